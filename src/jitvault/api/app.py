@@ -1,0 +1,30 @@
+"""The FastAPI application. Routes are thin: parse, call one service, map the result."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from jitvault import __version__
+from jitvault.api import errors
+from jitvault.api.routers import audit, auth, sys, targets, users
+from jitvault.services import Node
+
+
+def create_app(node: Node) -> FastAPI:
+    app = FastAPI(
+        title="jitvault",
+        version=__version__,
+        description="Just-in-time privileged access: vault, requests, grants, session proxies.",
+    )
+    app.state.node = node
+    errors.install(app)
+    # public routes: health, seal status, init, unseal, login
+    app.include_router(sys.public)
+    app.include_router(auth.public)
+    # everything else needs a caller (CallerDep), and a permission checked in the services
+    for router in (sys.router, auth.router, users.router, targets.router, audit.router):
+        app.include_router(router)
+    return app
+
+
+__all__ = ["create_app"]

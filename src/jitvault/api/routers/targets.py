@@ -1,0 +1,65 @@
+"""/v1/targets and their accounts. Responses carry metadata only, never a secret."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from jitvault.api.deps import CallerDep, NodeDep, SourceDep
+from jitvault.api.schemas import AccountIn, AccountOut, SecretIn, TargetIn, TargetOut
+from jitvault.domain import Sensitive
+from jitvault.services import targets
+
+router = APIRouter(prefix="/v1", tags=["targets"])
+
+
+@router.post("/targets", response_model=TargetOut, status_code=status.HTTP_201_CREATED)
+def add_target(body: TargetIn, caller: CallerDep, node: NodeDep, source: SourceDep) -> TargetOut:
+    secret = Sensitive(body.admin_password.get_secret_value()) if body.admin_password else None
+    target = targets.add_target(
+        node, caller, body.name, body.kind, body.options, body.admin_user, secret, source
+    )
+    return TargetOut.of(target)
+
+
+@router.get("/targets", response_model=list[TargetOut])
+def list_targets(caller: CallerDep, node: NodeDep) -> list[TargetOut]:
+    return [TargetOut.of(t) for t in targets.list_targets(node, caller)]
+
+
+@router.get("/targets/{name}", response_model=TargetOut)
+def get_target(name: str, caller: CallerDep, node: NodeDep) -> TargetOut:
+    return TargetOut.of(targets.get_target(node, caller, name))
+
+
+@router.post(
+    "/targets/{name}/accounts", response_model=AccountOut, status_code=status.HTTP_201_CREATED
+)
+def add_account(
+    name: str, body: AccountIn, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> AccountOut:
+    secret = Sensitive(body.password.get_secret_value()) if body.password else None
+    account = targets.add_account(node, caller, name, body.username, body.mode, secret, source)
+    return AccountOut.of(account)
+
+
+@router.get("/targets/{name}/accounts", response_model=list[AccountOut])
+def list_target_accounts(name: str, caller: CallerDep, node: NodeDep) -> list[AccountOut]:
+    return [AccountOut.of(a) for a in targets.list_accounts(node, caller, name)]
+
+
+@router.get("/targets/{name}/accounts/{username}", response_model=AccountOut)
+def get_account(name: str, username: str, caller: CallerDep, node: NodeDep) -> AccountOut:
+    return AccountOut.of(targets.get_account(node, caller, name, username))
+
+
+@router.put("/targets/{name}/accounts/{username}/secret", response_model=AccountOut)
+def set_account_secret(
+    name: str, username: str, body: SecretIn, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> AccountOut:
+    secret = Sensitive(body.password.get_secret_value())
+    return AccountOut.of(targets.set_account_secret(node, caller, name, username, secret, source))
+
+
+@router.get("/accounts", response_model=list[AccountOut])
+def list_accounts(caller: CallerDep, node: NodeDep) -> list[AccountOut]:
+    return [AccountOut.of(a) for a in targets.list_accounts(node, caller)]

@@ -1,0 +1,50 @@
+"""/v1/users and /v1/tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+
+from jitvault.api.deps import CallerDep, NodeDep, SourceDep
+from jitvault.api.schemas import TokenIn, TokenOut, UserIn, UserOut
+from jitvault.domain import Sensitive, parse_duration
+from jitvault.services import users
+
+router = APIRouter(prefix="/v1", tags=["users"])
+
+
+@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
+def add_user(body: UserIn, caller: CallerDep, node: NodeDep, source: SourceDep) -> UserOut:
+    password = Sensitive(body.password.get_secret_value()) if body.password else None
+    user = users.add_user(node, caller, body.name, body.role, body.groups, password, source)
+    return UserOut.of(user)
+
+
+@router.get("/users", response_model=list[UserOut])
+def list_users(caller: CallerDep, node: NodeDep) -> list[UserOut]:
+    return [UserOut.of(u) for u in users.list_users(node, caller)]
+
+
+@router.get("/users/{name}", response_model=UserOut)
+def get_user(name: str, caller: CallerDep, node: NodeDep) -> UserOut:
+    return UserOut.of(users.get_user(node, caller, name))
+
+
+@router.post("/users/{name}/tokens", response_model=TokenOut, status_code=201)
+def create_token(
+    name: str, body: TokenIn, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> TokenOut:
+    ttl = parse_duration(body.ttl) if body.ttl else None
+    token = users.create_token(node, caller, name, body.description, ttl, source)
+    return TokenOut(token=token.reveal(), user=name)
+
+
+@router.get("/users/{name}/tokens")
+def list_tokens(name: str, caller: CallerDep, node: NodeDep) -> list[dict[str, Any]]:
+    return users.list_tokens(node, caller, name)
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+def revoke_token(token_id: str, caller: CallerDep, node: NodeDep, source: SourceDep) -> None:
+    users.revoke_token(node, caller, token_id, source)

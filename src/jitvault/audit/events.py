@@ -1,0 +1,70 @@
+"""Typed audit events. Every action jitvault takes is one of these, emitted once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from jitvault.domain import Sensitive
+
+
+class Action(StrEnum):
+    SYSTEM_INIT = "system.init"
+    VAULT_UNSEALED = "vault.unsealed"
+    KEY_ROTATED = "key.rotated"
+    KEY_REENCRYPTED = "key.reencrypted"
+    KEY_RETIRED = "key.retired"
+    USER_CREATED = "user.created"
+    USER_UPDATED = "user.updated"
+    TOKEN_CREATED = "token.created"
+    TOKEN_REVOKED = "token.revoked"
+    AUTH_LOGIN = "auth.login"
+    AUTH_FAILED = "auth.failed"
+    AUTH_LOCKED_OUT = "auth.locked_out"
+    TARGET_CREATED = "target.created"
+    ACCOUNT_CREATED = "account.created"
+    ACCOUNT_SECRET_SET = "account.secret_set"
+    AUDIT_VERIFIED = "audit.verified"
+    AUDIT_EXPORTED = "audit.exported"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    DENIED = "denied"
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_details(value: Any, path: str = "details") -> None:
+    """Refuse anything that is not plain data; a Sensitive value can never enter the log."""
+    if isinstance(value, Sensitive):
+        raise TypeError(f"{path} holds a Sensitive value; secrets never enter the audit log")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{path} has a non-string key")
+            _check_details(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_details(v, f"{path}[{i}]")
+    elif not isinstance(value, _SCALARS):
+        raise TypeError(f"{path} holds a {type(value).__name__}; only plain data is audited")
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    action: Action
+    actor: str
+    subject: str = ""
+    outcome: Outcome = Outcome.SUCCESS
+    source: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_details(self.details)
+
+
+__all__ = ["Action", "AuditEvent", "Outcome"]

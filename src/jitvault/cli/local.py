@@ -1,0 +1,189 @@
+"""Local operator commands: init, server, dev. They open the data directory directly."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Literal
+
+import typer
+
+from jitvault import runtime
+from jitvault.cli.client import EXIT_CONFLICT, EXIT_INVALID, EXIT_UNAVAILABLE, fail
+from jitvault.cli.output import err_console
+from jitvault.config import Settings, default_data_dir, load_settings
+from jitvault.errors import JitvaultError
+from jitvault.services import Node, keys, system
+
+DataDirOpt = typer.Option(
+    None, "--data-dir", help="Data directory (default: ~/.local/share/jitvault)."
+)
+ConfigOpt = typer.Option(None, "--config", "-c", help="Path to config.toml.")
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> Settings:
+    if config is not None:
+        return load_settings(config)
+    d = (data_dir or default_data_dir()).expanduser().resolve()
+    if (d / "config.toml").exists():
+        return load_settings(d / "config.toml")
+    return load_settings(None, data_dir=str(d))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            fail(
+                f"port {port} on {host} is in use: is another jitvault running? "
+                "(choose another with --port)",
+                EXIT_UNAVAILABLE,
+            )
+
+
+def _print_exports(settings: Settings, token: str | None) -> None:
+    cfg = settings.server
+    typer.echo(f"export JITVAULT_ADDR=http://{cfg.listen}:{cfg.api_port}")
+    if token:
+        typer.echo(f"export JITVAULT_TOKEN={token}")
+
+
+def init(
+    data_dir: Path | None = DataDirOpt,
+    key_provider: str = typer.Option(
+        "file", "--key-provider", help="Root key provider: file, shamir or transit."
+    ),
+    database_url: str = typer.Option(
+        "", "--database-url", help="Default: SQLite in the data directory."
+    ),
+    admin: str = typer.Option("admin", "--admin", help="Name of the first admin."),
+    transit_addr: str | None = typer.Option(None, "--transit-addr", help="OpenBao/Vault URL."),
+    transit_key: str | None = typer.Option(None, "--transit-key", help="Transit key name."),
+    transit_mount: str | None = typer.Option(None, "--transit-mount", help="Transit mount."),
+    port: int | None = typer.Option(None, "--port", help="API port (default 8470)."),
+) -> None:
+    """Create the data directory, config, database and root key, and the first admin.
+
+    Prints the lines to export. With --key-provider shamir, only the config is written:
+    start the server and run 'jitvault operator init --shares 5 --threshold 3'.
+    """
+    if key_provider not in ("file", "shamir", "transit"):
+        fail("--key-provider must be file, shamir or transit", EXIT_INVALID)
+    provider: Literal["file", "shamir", "transit"] = key_provider  # type: ignore[assignment]
+    d = (data_dir or default_data_dir()).expanduser().resolve()
+    if (d / "config.toml").exists():
+        fail(f"{d} is already initialized (config.toml exists)", EXIT_CONFLICT)
+    settings = load_settings(None, data_dir=str(d), database_url=database_url or None)
+    settings.keys.provider = provider
+    transit = settings.keys.transit
+    transit.addr = transit_addr or transit.addr
+    transit.key_name = transit_key or transit.key_name
+    transit.mount = transit_mount or transit.mount
+    if port is not None:
+        settings.server.api_port = port
+    path = system.write_config(settings)
+    err_console.print(f"wrote {path}")
+    if provider == "shamir":
+        err_console.print(
+            "next: 'jitvault server --config "
+            f"{path}', then 'jitvault operator init --shares 5 --threshold 3'"
+        )
+        _print_exports(settings, None)
+        return
+    node = Node.open(settings)
+    try:
+        result = system.initialize(node, admin)
+    finally:
+        node.close()
+    err_console.print(f"initialized: {provider} key provider, admin {result.admin_name!r}")
+    if provider == "file":
+        err_console.print(f"root key: {settings.effective_key_file} (back it up, mode 0600)")
+    _print_exports(settings, result.admin_token.reveal())
+
+
+def server(
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    port: int | None = typer.Option(None, "--port", help="API port (overrides config)."),
+) -> None:
+    """Run the API, the proxies and the background worker in one process."""
+    settings = _settings(config, data_dir)
+    if port is not None:
+        settings.server.api_port = port
+    runtime.configure_logging(settings.log_level)
+    _check_port_free(settings.server.listen, settings.server.api_port)
+    runtime.serve(runtime.open_node(settings))
+
+
+def dev(
+    data_dir: Path | None = DataDirOpt,
+    port: int | None = typer.Option(None, "--port", help="API port (default 8470)."),
+) -> None:
+    """Initialize if needed (SQLite, local key file), print an admin token, run the server.
+
+    Running it again reuses the data directory and prints a fresh admin token.
+    """
+    settings = _settings(None, data_dir)
+    if port is not None:
+        settings.server.api_port = port
+    if settings.keys.provider != "file":
+        fail("'jitvault dev' uses the file key provider; use 'jitvault server'", EXIT_INVALID)
+    runtime.configure_logging(settings.log_level)
+    _check_port_free(settings.server.listen, settings.server.api_port)
+    system.write_config(settings)
+    node = runtime.open_node(settings)
+    if not node.vault.is_initialized():
+        token = system.initialize(node).admin_token
+        err_console.print(f"initialized {settings.data_dir}")
+    else:
+        if node.vault.sealed:
+            fail("the vault could not be unsealed (see the log above)", EXIT_UNAVAILABLE)
+        token = system.dev_admin_token(node)
+    cfg = settings.server
+    _print_exports(settings, token.reveal())
+    typer.echo(f"# data: {settings.data_dir} (SQLite, root key {settings.effective_key_file})")
+    typer.echo(
+        f"# psql: host={cfg.listen} port={cfg.pg_proxy_port} "
+        "(PostgreSQL proxy: not in this version yet)"
+    )
+    typer.echo(f"# ssh:  ssh -p {cfg.ssh_proxy_port} USER@{cfg.listen} (SSH proxy: not yet)")
+    typer.echo(f"# API docs: http://{cfg.listen}:{cfg.api_port}/docs  (Ctrl-C stops)")
+    sys.stdout.flush()
+    runtime.serve(node)
+
+
+def reencrypt(
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Move every stored secret to the active key term now (what the worker does), with
+    progress. Safe to interrupt and run again."""
+    from rich.progress import Progress
+
+    settings = _settings(config, data_dir)
+    node = runtime.open_node(settings)
+    try:
+        if node.vault.sealed:
+            fail(
+                "the vault is sealed; this command needs the file or transit key provider",
+                EXIT_UNAVAILABLE,
+            )
+        total = keys.status(node).remaining
+        with Progress(console=err_console, transient=False) as progress:
+            task = progress.add_task("re-encrypting", total=max(total, 1))
+            moved = keys.reencrypt_all(
+                node, lambda done, tot: progress.update(task, completed=done, total=max(tot, 1))
+            )
+        err_console.print(
+            f"done: {moved} values now under key term {node.vault.keyring.active_term}"
+        )
+    except JitvaultError as exc:
+        fail(str(exc))
+    finally:
+        node.close()
+
+
+__all__ = ["dev", "init", "reencrypt", "server"]

@@ -1,0 +1,127 @@
+"""jitvault target / account. Secrets go in on standard input and never come back."""
+
+from __future__ import annotations
+
+import typer
+
+from jitvault.cli.client import EXIT_INVALID, ApiClient, fail, read_secret_stdin
+from jitvault.cli.output import JsonOpt, show
+
+target_app = typer.Typer(
+    help="Manage targets (systems access is brokered to).", no_args_is_help=True
+)
+account_app = typer.Typer(help="Manage privileged accounts on targets.", no_args_is_help=True)
+
+TARGET_COLUMNS = ("name", "kind", "options", "admin_user", "has_admin_secret")
+ACCOUNT_COLUMNS = ("target", "username", "mode", "status", "has_secret", "secret_updated_at")
+
+
+def _split(ref: str, username: str | None) -> tuple[str, str]:
+    if username is not None:
+        return ref, username
+    target, sep, user = ref.partition("/")
+    if not sep or not target or not user:
+        fail(f"expected TARGET/USERNAME, got {ref!r}", EXIT_INVALID)
+    return target, user
+
+
+@target_app.command("add")
+def target_add(
+    kind: str = typer.Argument(..., help="Target kind, e.g. postgres"),
+    name: str = typer.Argument(...),
+    host: str = typer.Option(..., "--host"),
+    port: int | None = typer.Option(None, "--port"),
+    dbname: str | None = typer.Option(None, "--dbname"),
+    option: list[str] = typer.Option([], "--option", "-o", help="Extra option KEY=VALUE."),
+    admin_user: str | None = typer.Option(None, "--admin-user"),
+    admin_password_stdin: bool = typer.Option(
+        False, "--admin-password-stdin", help="Read the admin password from standard input."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register a target; its admin credential goes into the vault."""
+    options: dict[str, object] = {"host": host}
+    if port is not None:
+        options["port"] = port
+    if dbname is not None:
+        options["dbname"] = dbname
+    for item in option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--option expects KEY=VALUE, got {item!r}", EXIT_INVALID)
+        options[key] = value
+    body: dict[str, object] = {
+        "name": name,
+        "kind": kind,
+        "options": options,
+        "admin_user": admin_user,
+    }
+    if admin_password_stdin:
+        body["admin_password"] = read_secret_stdin("admin password")
+    show(ApiClient().request("POST", "/v1/targets", json=body), as_json)
+
+
+@target_app.command("list")
+def target_list(as_json: bool = JsonOpt) -> None:
+    """List targets."""
+    show(ApiClient().request("GET", "/v1/targets"), as_json, TARGET_COLUMNS)
+
+
+@target_app.command("show")
+def target_show(name: str, as_json: bool = JsonOpt) -> None:
+    """Show one target (never its secret)."""
+    show(ApiClient().request("GET", f"/v1/targets/{name}"), as_json)
+
+
+@account_app.command("add")
+def account_add(
+    target: str,
+    username: str,
+    mode: str = typer.Option("injected", "--mode", help="injected, ephemeral or elevation"),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the account's current password from stdin."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Register an account; its credential goes into the vault."""
+    body: dict[str, object] = {"username": username, "mode": mode}
+    if password_stdin:
+        body["password"] = read_secret_stdin("password")
+    show(ApiClient().request("POST", f"/v1/targets/{target}/accounts", json=body), as_json)
+
+
+@account_app.command("list")
+def account_list(
+    target: str | None = typer.Option(None, "--target", "-t"), as_json: bool = JsonOpt
+) -> None:
+    """List accounts (never their secrets)."""
+    path = f"/v1/targets/{target}/accounts" if target else "/v1/accounts"
+    show(ApiClient().request("GET", path), as_json, ACCOUNT_COLUMNS)
+
+
+@account_app.command("show")
+def account_show(
+    ref: str = typer.Argument(..., help="TARGET/USERNAME (or TARGET USERNAME)"),
+    username: str | None = typer.Argument(None),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show one account (never its secret)."""
+    target, user = _split(ref, username)
+    show(ApiClient().request("GET", f"/v1/targets/{target}/accounts/{user}"), as_json)
+
+
+@account_app.command("set-secret")
+def account_set_secret(
+    ref: str = typer.Argument(..., help="TARGET/USERNAME"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Replace the vaulted credential (read from standard input)."""
+    target, user = _split(ref, None)
+    body = {"password": read_secret_stdin("password")}
+    show(
+        ApiClient().request("PUT", f"/v1/targets/{target}/accounts/{user}/secret", json=body),
+        as_json,
+    )
+
+
+__all__ = ["account_app", "target_app"]

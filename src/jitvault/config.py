@@ -1,0 +1,143 @@
+"""Settings: a TOML file plus ``JITVAULT_*`` environment variables (environment wins).
+
+The data directory holds ``config.toml``, the SQLite database and, with the file key provider,
+the root key file (mode 0600). Nothing secret is ever stored in the TOML file itself.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jitvault.errors import ConfigError
+
+DEFAULT_API_PORT = 8470
+DEFAULT_PG_PROXY_PORT = 6543
+DEFAULT_SSH_PROXY_PORT = 2222
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/jitvault`` or ``~/.local/share/jitvault``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "jitvault"
+
+
+class TransitSettings(BaseModel):
+    """OpenBao / HashiCorp Vault Transit: the root key never leaves the Transit server."""
+
+    addr: str = "http://127.0.0.1:8200"
+    mount: str = "transit"
+    key_name: str = "jitvault-root"
+    #: a file holding the Transit token; else the JITVAULT_TRANSIT_TOKEN environment variable
+    token_file: Path | None = None
+    ca_cert: Path | None = None
+
+
+class KeySettings(BaseModel):
+    provider: Literal["file", "shamir", "transit"] = "file"
+    key_file: Path | None = None
+    transit: TransitSettings = Field(default_factory=TransitSettings)
+
+
+class ServerSettings(BaseModel):
+    listen: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    pg_proxy_port: int = DEFAULT_PG_PROXY_PORT
+    ssh_proxy_port: int = DEFAULT_SSH_PROXY_PORT
+    #: seconds between background worker passes (re-encryption, later expiry)
+    worker_interval: float = 1.0
+
+
+class AuthSettings(BaseModel):
+    max_failures: int = 10
+    lockout_seconds: int = 30 * 60
+    #: only trust X-Forwarded-For from these peers (empty: never)
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    """Everything a jitvault node needs to start."""
+
+    model_config = SettingsConfigDict(env_prefix="JITVAULT_", env_nested_delimiter="__")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    log_level: str = "info"
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    keys: KeySettings = Field(default_factory=KeySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'jitvault.db'}"
+
+    @property
+    def effective_key_file(self) -> Path:
+        return self.keys.key_file or (self.data_dir / "root.key")
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "config.toml"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read ``config_file`` (if given), then apply environment variables and ``overrides``."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"config file {config_file} does not exist",
+                hint="run 'jitvault init' first or pass --config",
+            ) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        data.setdefault("data_dir", str(config_file.parent))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        # init kwargs take precedence over env in pydantic-settings; we want env to win over the
+        # file, so we read the file as the lowest-priority source by merging env on top.
+        env_settings = Settings()
+        merged = _merge(data, env_settings.model_dump(exclude_unset=True))
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return Settings(**merged)
+    except PydanticValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc.errors()[0]['msg']}") from exc
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def settings_to_toml(settings: Settings) -> dict[str, Any]:
+    """The TOML document ``jitvault init`` writes: no secrets, paths as strings."""
+    dumped = settings.model_dump(mode="json", exclude_none=True)
+    return dumped
+
+
+__all__ = [
+    "DEFAULT_API_PORT",
+    "DEFAULT_PG_PROXY_PORT",
+    "DEFAULT_SSH_PROXY_PORT",
+    "AuthSettings",
+    "KeySettings",
+    "ServerSettings",
+    "Settings",
+    "TransitSettings",
+    "default_data_dir",
+    "load_settings",
+    "settings_to_toml",
+]

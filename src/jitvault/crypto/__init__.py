@@ -1,0 +1,67 @@
+"""All cryptography of jitvault. The only package that imports ``cryptography``."""
+
+from jitvault.crypto.envelope import CipherContext, new_key, parse_term
+from jitvault.crypto.keyring import (
+    PURPOSE_AUDIT,
+    PURPOSE_DATA,
+    Keyring,
+    KeyringEntry,
+    chain_mac,
+    wrap_aad,
+)
+from jitvault.crypto.providers import (
+    LocalRootKey,
+    RootKeyProvider,
+    TransitRootKey,
+    create_key_file,
+    load_key_file,
+)
+from jitvault.crypto.shamir import combine as combine_shares
+from jitvault.crypto.shamir import parse_share
+from jitvault.crypto.shamir import split as split_secret
+from jitvault.crypto.tokens import (
+    API_TOKEN_PREFIX,
+    DUMMY_PASSWORD_HASH,
+    LINK_TOKEN_PREFIX,
+    SESSION_TOKEN_PREFIX,
+    IssuedToken,
+    generate_password,
+    hash_password,
+    hash_secret,
+    issue_token,
+    parse_token,
+    secret_matches,
+    verify_password,
+)
+
+__all__ = [
+    "API_TOKEN_PREFIX",
+    "DUMMY_PASSWORD_HASH",
+    "LINK_TOKEN_PREFIX",
+    "PURPOSE_AUDIT",
+    "PURPOSE_DATA",
+    "SESSION_TOKEN_PREFIX",
+    "CipherContext",
+    "IssuedToken",
+    "Keyring",
+    "KeyringEntry",
+    "LocalRootKey",
+    "RootKeyProvider",
+    "TransitRootKey",
+    "chain_mac",
+    "combine_shares",
+    "create_key_file",
+    "generate_password",
+    "hash_password",
+    "hash_secret",
+    "issue_token",
+    "load_key_file",
+    "new_key",
+    "parse_share",
+    "parse_term",
+    "parse_token",
+    "secret_matches",
+    "split_secret",
+    "verify_password",
+    "wrap_aad",
+]

@@ -1,0 +1,56 @@
+"""Who may do what: the one table of permissions. Anything not listed here is denied."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from jitvault.domain.identity import Principal, Role
+from jitvault.errors import Forbidden
+
+
+class Permission(StrEnum):
+    USER_CREATE = "user.create"
+    USER_READ = "user.read"
+    TOKEN_CREATE_ANY = "token.create_any"
+    TOKEN_READ_ANY = "token.read_any"
+    TARGET_CREATE = "target.create"
+    TARGET_READ = "target.read"
+    ACCOUNT_CREATE = "account.create"
+    ACCOUNT_READ = "account.read"
+    KEY_ROTATE = "key.rotate"
+    KEY_STATUS = "key.status"
+    AUDIT_READ = "audit.read"
+
+
+_ALL = frozenset(Role)
+
+GRANTS: dict[Permission, frozenset[Role]] = {
+    Permission.USER_CREATE: frozenset({Role.ADMIN}),
+    Permission.USER_READ: frozenset({Role.ADMIN, Role.AUDITOR}),
+    Permission.TOKEN_CREATE_ANY: frozenset({Role.ADMIN}),
+    Permission.TOKEN_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
+    Permission.TARGET_CREATE: frozenset({Role.ADMIN}),
+    # requesters must see what they can ask for; no secret is ever part of it
+    Permission.TARGET_READ: _ALL,
+    Permission.ACCOUNT_CREATE: frozenset({Role.ADMIN}),
+    Permission.ACCOUNT_READ: _ALL,
+    Permission.KEY_ROTATE: frozenset({Role.ADMIN}),
+    Permission.KEY_STATUS: frozenset({Role.ADMIN, Role.AUDITOR}),
+    Permission.AUDIT_READ: frozenset({Role.ADMIN, Role.AUDITOR}),
+}
+
+
+def allowed(principal: Principal, permission: Permission) -> bool:
+    return principal.role in GRANTS.get(permission, frozenset())
+
+
+def authorize(principal: Principal, permission: Permission) -> None:
+    """Raise :class:`Forbidden` unless the principal's role holds ``permission``."""
+    if not allowed(principal, permission):
+        raise Forbidden(
+            f"role {principal.role.value!r} may not {permission.value}",
+            hint="ask an admin for a role that allows it",
+        )
+
+
+__all__ = ["GRANTS", "Permission", "allowed", "authorize"]

@@ -1,0 +1,1 @@
+"""Protocol-free session machinery (listeners, session registry, kill on expiry). Later issue."""

@@ -1,0 +1,198 @@
+"""Targets and the privileged accounts whose credentials the vault keeps.
+
+Credentials go in and never come out through this module's public functions: callers get
+metadata only. :func:`account_secret` is for the session proxies and lifecycle jobs, which use
+the value upstream and never return it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError as PydanticValidationError
+
+from jitvault.audit import Action, AuditEvent
+from jitvault.domain import (
+    Account,
+    AccountMode,
+    Permission,
+    Principal,
+    Sensitive,
+    Target,
+    authorize,
+    validate_account_name,
+    validate_target_name,
+)
+from jitvault.errors import ValidationError
+from jitvault.services.node import Node
+from jitvault.storage import repositories as repo
+from jitvault.storage import sealed
+from jitvault.storage.tables import ACCOUNT_SECRET, TARGET_ADMIN_SECRET
+
+MAX_SECRET_BYTES = 16 * 1024
+
+
+def _secret_bytes(secret: Sensitive[str]) -> Sensitive[bytes]:
+    raw = secret.reveal()
+    if not raw:
+        raise ValidationError("the secret is empty", hint="pass it on standard input")
+    if len(raw.encode()) > MAX_SECRET_BYTES:
+        raise ValidationError("the secret is too long", hint=f"at most {MAX_SECRET_BYTES} bytes")
+    return Sensitive(raw.encode())
+
+
+def add_target(
+    node: Node,
+    actor: Principal,
+    name: str,
+    kind: str,
+    options: dict[str, Any],
+    admin_user: str | None = None,
+    admin_secret: Sensitive[str] | None = None,
+    source: str = "",
+) -> Target:
+    authorize(actor, Permission.TARGET_CREATE)
+    validate_target_name(name)
+    plugin = node.targets.get(kind)
+    try:
+        clean = plugin.parse_options(options)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValidationError(f"invalid {kind} target option {where}: {first['msg']}") from None
+    if admin_user is not None:
+        validate_account_name(admin_user)
+    secret = _secret_bytes(admin_secret) if admin_secret is not None else None
+    with node.write() as tx:
+        target = repo.target_add(tx.conn, name, kind, clean, admin_user)
+        if secret is not None:
+            sealed.seal_column(tx.conn, tx.keyring, TARGET_ADMIN_SECRET, target.id, secret)
+        tx.emit(
+            AuditEvent(
+                Action.TARGET_CREATED,
+                actor=actor.name,
+                subject=f"target:{name}",
+                source=source,
+                details={
+                    "kind": kind,
+                    "options": clean,
+                    "admin_user": admin_user,
+                    "admin_secret_set": secret is not None,
+                },
+            )
+        )
+        return repo.target_get(tx.conn, name)
+
+
+def list_targets(node: Node, actor: Principal) -> list[Target]:
+    authorize(actor, Permission.TARGET_READ)
+    with node.read() as conn:
+        return repo.target_list(conn)
+
+
+def get_target(node: Node, actor: Principal, name: str) -> Target:
+    authorize(actor, Permission.TARGET_READ)
+    with node.read() as conn:
+        return repo.target_get(conn, name)
+
+
+def add_account(
+    node: Node,
+    actor: Principal,
+    target_name: str,
+    username: str,
+    mode: AccountMode,
+    secret: Sensitive[str] | None,
+    source: str = "",
+) -> Account:
+    authorize(actor, Permission.ACCOUNT_CREATE)
+    validate_account_name(username)
+    if mode == AccountMode.INJECTED and secret is None:
+        raise ValidationError(
+            "an injected account needs its current credential", hint="use --password-stdin"
+        )
+    value = _secret_bytes(secret) if secret is not None else None
+    with node.write() as tx:
+        target = repo.target_get(tx.conn, target_name)
+        account = repo.account_add(tx.conn, target, username, mode)
+        if value is not None:
+            sealed.seal_column(tx.conn, tx.keyring, ACCOUNT_SECRET, account.id, value)
+            repo.account_touch_secret(tx.conn, account.id)
+        tx.emit(
+            AuditEvent(
+                Action.ACCOUNT_CREATED,
+                actor=actor.name,
+                subject=f"account:{target_name}/{username}",
+                source=source,
+                details={"mode": mode.value, "secret_set": value is not None},
+            )
+        )
+        return repo.account_get(tx.conn, target_name, username)
+
+
+def set_account_secret(
+    node: Node,
+    actor: Principal,
+    target_name: str,
+    username: str,
+    secret: Sensitive[str],
+    source: str = "",
+) -> Account:
+    """Replace the vaulted credential of an account (an operator correcting the vault)."""
+    authorize(actor, Permission.ACCOUNT_CREATE)
+    value = _secret_bytes(secret)
+    with node.write() as tx:
+        account = repo.account_get(tx.conn, target_name, username)
+        sealed.seal_column(tx.conn, tx.keyring, ACCOUNT_SECRET, account.id, value)
+        repo.account_touch_secret(tx.conn, account.id)
+        tx.emit(
+            AuditEvent(
+                Action.ACCOUNT_SECRET_SET,
+                actor=actor.name,
+                subject=f"account:{target_name}/{username}",
+                source=source,
+            )
+        )
+        return repo.account_get(tx.conn, target_name, username)
+
+
+def list_accounts(node: Node, actor: Principal, target_name: str | None = None) -> list[Account]:
+    authorize(actor, Permission.ACCOUNT_READ)
+    with node.read() as conn:
+        if target_name is not None:
+            repo.target_get(conn, target_name)
+        return repo.account_list(conn, target_name)
+
+
+def get_account(node: Node, actor: Principal, target_name: str, username: str) -> Account:
+    authorize(actor, Permission.ACCOUNT_READ)
+    with node.read() as conn:
+        return repo.account_get(conn, target_name, username)
+
+
+def account_secret(node: Node, account: Account) -> Sensitive[str] | None:
+    """The vaulted credential, for use upstream only. Sealed: 503."""
+    keyring = node.vault.keyring
+    with node.read() as conn:
+        raw = sealed.open_column(conn, keyring, ACCOUNT_SECRET, account.id)
+    return None if raw is None else raw.map(bytes.decode)
+
+
+def target_admin_secret(node: Node, target: Target) -> Sensitive[str] | None:
+    keyring = node.vault.keyring
+    with node.read() as conn:
+        raw = sealed.open_column(conn, keyring, TARGET_ADMIN_SECRET, target.id)
+    return None if raw is None else raw.map(bytes.decode)
+
+
+__all__ = [
+    "account_secret",
+    "add_account",
+    "add_target",
+    "get_account",
+    "get_target",
+    "list_accounts",
+    "list_targets",
+    "set_account_secret",
+    "target_admin_secret",
+]

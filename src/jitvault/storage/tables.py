@@ -1,0 +1,180 @@
+"""The schema, as SQLAlchemy Core tables. Alembic migrations create it; keep both in step.
+
+Every encrypted column holds a ``jv1:`` envelope and has a companion ``*_term`` column with the
+key term it is sealed under, so re-encryption after a key rotation finds its work by index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+keyring = Table(
+    "keyring",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("purpose", String(16), nullable=False),
+    Column("term", Integer, nullable=False),
+    Column("provider", String(16), nullable=False),
+    # NULL once retired: the key material is destroyed
+    Column("wrapped", LargeBinary, nullable=True),
+    # active | decrypt_only | retired
+    Column("state", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("purpose", "term", name="uq_keyring_purpose_term"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # NFKC + case-folded: the only form compared
+    Column("name", String(63), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("groups", Text, nullable=False, default="[]"),
+    Column("password_hash", Text, nullable=True),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+targets = Table(
+    "targets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("options", Text, nullable=False),
+    Column("admin_user", Text, nullable=True),
+    Column("admin_secret", Text, nullable=True),
+    Column("admin_secret_term", Integer, nullable=True, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target_id", Integer, ForeignKey("targets.id", ondelete="CASCADE"), nullable=False),
+    Column("username", Text, nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("status", String(16), nullable=False, default="ok"),
+    Column("secret", Text, nullable=True),
+    Column("secret_term", Integer, nullable=True, index=True),
+    Column("secret_updated_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("target_id", "username", name="uq_accounts_target_username"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
+    Column("ts", String(40), nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("details", Text, nullable=False),
+    Column("prev_mac", String(64), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+
+# The chain head, kept apart from the events so that cutting off the tail is detected.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("mac", String(64), nullable=False),
+    Column("head_mac", String(64), nullable=False),
+)
+
+auth_failures = Table(
+    "auth_failures",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("first_at", DateTime(timezone=True), nullable=False),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class EncryptedColumn:
+    """A column holding envelopes, with its key-term companion and the row id column."""
+
+    table: Table
+    column: str
+    term_column: str
+    id_column: str = "id"
+
+
+TARGET_ADMIN_SECRET = EncryptedColumn(targets, "admin_secret", "admin_secret_term")
+ACCOUNT_SECRET = EncryptedColumn(accounts, "secret", "secret_term")
+
+#: every column holding envelopes; key rotation re-encrypts exactly these
+ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (TARGET_ADMIN_SECRET, ACCOUNT_SECRET)
+
+__all__ = [
+    "ACCOUNT_SECRET",
+    "ENCRYPTED_COLUMNS",
+    "TARGET_ADMIN_SECRET",
+    "EncryptedColumn",
+    "accounts",
+    "api_tokens",
+    "audit_events",
+    "audit_head",
+    "auth_failures",
+    "keyring",
+    "meta",
+    "metadata",
+    "targets",
+    "users",
+]

@@ -1,0 +1,128 @@
+"""Helpers shared by the tests: free ports, real server processes, the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+VENV_BIN = Path(sys.executable).parent
+JITVAULT = str(VENV_BIN / "jitvault")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, ok: tuple[int, ...] = (200,)) -> httpx.Response:
+    """Poll ``url`` until it answers one of ``ok`` (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(url, timeout=2.0)
+            if resp.status_code in ok:
+                return resp
+        except httpx.TransportError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer {ok} within {timeout}s ({last})")
+
+
+def cli_env(addr: str | None = None, token: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JITVAULT_")}
+    if addr:
+        env["JITVAULT_ADDR"] = addr
+    if token:
+        env["JITVAULT_TOKEN"] = token
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``jitvault ARGS`` as a user would, capturing output."""
+    return subprocess.run(
+        [JITVAULT, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    addr: str
+    data_dir: Path
+    log: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_server(config: Path, port: int, env: dict[str, str] | None = None) -> ServerProcess:
+    """``jitvault server --config FILE --port PORT`` in the background; waits until it answers."""
+    log = config.parent / f"server-{port}.log"
+    fh = log.open("ab")
+    proc = subprocess.Popen(
+        [JITVAULT, "server", "--config", str(config), "--port", str(port)],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        env=env or cli_env(),
+        start_new_session=True,
+    )
+    fh.close()
+    addr = f"http://127.0.0.1:{port}"
+    server = ServerProcess(proc, addr, config.parent, log)
+    try:
+        wait_http(f"{addr}/v1/sys/seal-status")
+    except TimeoutError:
+        server.stop()
+        raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}") from None
+    return server
+
+
+@contextmanager
+def running_server(config: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    server = start_server(config, free_port(), env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+__all__ = [
+    "JITVAULT",
+    "ServerProcess",
+    "cli_env",
+    "free_port",
+    "run_cli",
+    "running_server",
+    "start_server",
+    "wait_http",
+]
