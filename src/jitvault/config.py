@@ -61,6 +61,28 @@ class AuthSettings(BaseModel):
     trusted_proxies: list[str] = Field(default_factory=list)
 
 
+class NotifierSettings(BaseModel):
+    """One notification channel, e.g. a signed webhook."""
+
+    name: str
+    kind: str = "webhook"
+    #: event names to send (request.created, request.decided, grant.created, grant.expiring,
+    #: grant.revoked, break_glass), or "*" for all
+    events: list[str] = Field(default_factory=lambda: ["*"])
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: the signing secret: a file, or the name of an environment variable
+    secret_file: Path | None = None
+    secret_env: str | None = None
+
+
+class WorkflowSettings(BaseModel):
+    #: warn (notify) this many seconds before a grant expires
+    expiry_warning_seconds: int = 300
+    #: retry backoff of background jobs: base * 2^attempt seconds, capped
+    job_backoff_base: float = 2.0
+    job_backoff_max: float = 300.0
+
+
 class Settings(BaseSettings):
     """Everything a jitvault node needs to start."""
 
@@ -72,6 +94,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     keys: KeySettings = Field(default_factory=KeySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    workflow: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    notifiers: list[NotifierSettings] = Field(default_factory=list)
 
     @property
     def effective_database_url(self) -> str:
@@ -134,9 +158,11 @@ __all__ = [
     "DEFAULT_SSH_PROXY_PORT",
     "AuthSettings",
     "KeySettings",
+    "NotifierSettings",
     "ServerSettings",
     "Settings",
     "TransitSettings",
+    "WorkflowSettings",
     "default_data_dir",
     "load_settings",
     "settings_to_toml",

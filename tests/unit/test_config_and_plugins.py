@@ -8,7 +8,7 @@ import pytest
 
 from jitvault.config import load_settings
 from jitvault.errors import ConfigError, NotFound
-from jitvault.plugin_api import TargetPlugin, TargetRegistry
+from jitvault.plugin_api import TargetPlugin, discover_targets
 
 
 def test_environment_overrides_the_config_file(
@@ -39,7 +39,7 @@ def test_missing_or_broken_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_postgres_target_plugin_is_found_through_its_entry_point() -> None:
-    registry = TargetRegistry.discover()
+    registry = discover_targets()
     assert "postgres" in registry.kinds()
     plugin = registry.get("postgres")
     assert isinstance(plugin, TargetPlugin)
@@ -49,5 +49,5 @@ def test_postgres_target_plugin_is_found_through_its_entry_point() -> None:
 
 def test_unknown_target_kind_names_the_installed_kinds() -> None:
     with pytest.raises(NotFound) as err:
-        TargetRegistry.discover().get("mainframe")
+        discover_targets().get("mainframe")
     assert "postgres" in (err.value.hint or "")

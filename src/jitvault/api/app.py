@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from jitvault import __version__
 from jitvault.api import errors
-from jitvault.api.routers import audit, auth, sys, targets, users
+from jitvault.api.routers import audit, auth, requests, sys, targets, users
 from jitvault.services import Node
 
 
@@ -22,7 +22,14 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(sys.public)
     app.include_router(auth.public)
     # everything else needs a caller (CallerDep), and a permission checked in the services
-    for router in (sys.router, auth.router, users.router, targets.router, audit.router):
+    for router in (
+        sys.router,
+        auth.router,
+        users.router,
+        targets.router,
+        requests.router,
+        audit.router,
+    ):
         app.include_router(router)
     return app
 

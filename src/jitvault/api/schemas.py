@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
 
-from jitvault.domain import Account, AccountMode, Role, Target, User
+from jitvault.domain import AccessRequest, Account, AccountMode, Grant, Role, Target, User
 
 
 class UserIn(BaseModel):
@@ -66,6 +66,7 @@ class TargetIn(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     admin_user: str | None = None
     admin_password: SecretStr | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
 
 
 class TargetOut(BaseModel):
@@ -76,6 +77,7 @@ class TargetOut(BaseModel):
     admin_user: str | None
     has_admin_secret: bool
     created_at: datetime | None
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, t: Target) -> TargetOut:
@@ -87,6 +89,7 @@ class TargetOut(BaseModel):
             admin_user=t.admin_user,
             has_admin_secret=t.has_admin_secret,
             created_at=t.created_at,
+            labels=t.labels,
         )
 
 
@@ -141,12 +144,147 @@ class UnsealIn(BaseModel):
     share: SecretStr
 
 
+class RequestIn(BaseModel):
+    target: str
+    account: str | None = None
+    role: str | None = None
+    ephemeral: str | None = None
+    duration: str = Field(description="e.g. 30m, 1h, 2h30m")
+    reason: str
+    start_at: datetime | None = None
+    break_glass: bool = False
+
+
+class DecisionIn(BaseModel):
+    comment: str = ""
+
+
+class ReasonIn(BaseModel):
+    reason: str
+
+
+class RequestOut(BaseModel):
+    id: int
+    requester: str
+    target: str
+    kind: str
+    name: str
+    duration_seconds: int
+    reason: str
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    start_at: datetime | None
+    break_glass: bool
+    rule: str | None
+    explanation: str
+    required_approvals: int
+    approver_groups: list[str]
+    approvals: list[str]
+    max_connections: int | None
+    review_required: bool
+    reviewed_by: str | None
+    grant_id: int | None = None
+
+    @classmethod
+    def of(cls, r: AccessRequest, grant_id: int | None = None) -> RequestOut:
+        return cls(
+            id=r.id,
+            requester=r.requester,
+            target=r.target,
+            kind=r.kind.value,
+            name=r.name,
+            duration_seconds=int(r.duration.total_seconds()),
+            reason=r.reason,
+            state=r.state.value,
+            created_at=r.created_at,
+            expires_at=r.expires_at,
+            start_at=r.start_at,
+            break_glass=r.break_glass,
+            rule=r.rule,
+            explanation=r.explanation,
+            required_approvals=r.required_approvals,
+            approver_groups=list(r.approver_groups),
+            approvals=list(r.approvals),
+            max_connections=r.max_connections,
+            review_required=r.review_required,
+            reviewed_by=r.reviewed_by,
+            grant_id=grant_id,
+        )
+
+
+class GrantOut(BaseModel):
+    id: int
+    request_id: int
+    user: str
+    target: str
+    kind: str
+    name: str
+    # the account, role or template name, under the name the CLI's --json promises
+    account: str
+    state: str
+    starts_at: datetime
+    expires_at: datetime
+    seconds_left: int
+    max_connections: int | None
+    break_glass: bool
+    ended_at: datetime | None
+    end_reason: str | None
+
+    @classmethod
+    def of(cls, g: Grant, now: datetime) -> GrantOut:
+        left = 0
+        if g.state.value in ("approved", "active"):
+            left = max(0, int((g.expires_at - now).total_seconds()))
+        return cls(
+            id=g.id,
+            request_id=g.request_id,
+            user=g.user,
+            target=g.target,
+            kind=g.kind.value,
+            name=g.name,
+            account=g.name,
+            state=g.state.value,
+            starts_at=g.starts_at,
+            expires_at=g.expires_at,
+            seconds_left=left,
+            max_connections=g.max_connections,
+            break_glass=g.break_glass,
+            ended_at=g.ended_at,
+            end_reason=g.end_reason,
+        )
+
+
+class PolicyIn(BaseModel):
+    document: str = Field(description="the policy as YAML (or JSON)")
+
+
+class PolicyTestIn(BaseModel):
+    document: str | None = Field(default=None, description="omit to test the active policy")
+    as_user: str
+    target: str
+    account: str | None = None
+    role: str | None = None
+    ephemeral: str | None = None
+    duration: str
+    reason: str = ""
+    at: datetime | None = None
+    break_glass: bool = False
+
+
 __all__ = [
     "AccountIn",
     "AccountOut",
+    "DecisionIn",
+    "GrantOut",
     "InitIn",
     "InitOut",
     "LoginIn",
+    "PolicyIn",
+    "PolicyTestIn",
+    "ReasonIn",
+    "RequestIn",
+    "RequestOut",
     "SecretIn",
     "TargetIn",
     "TargetOut",

@@ -27,6 +27,20 @@ class Action(StrEnum):
     ACCOUNT_SECRET_SET = "account.secret_set"
     AUDIT_VERIFIED = "audit.verified"
     AUDIT_EXPORTED = "audit.exported"
+    POLICY_APPLIED = "policy.applied"
+    REQUEST_CREATED = "request.created"
+    REQUEST_APPROVED = "request.approved"
+    REQUEST_DENIED = "request.denied"
+    REQUEST_CANCELLED = "request.cancelled"
+    REQUEST_EXPIRED = "request.expired"
+    REQUEST_REVIEWED = "request.reviewed"
+    BREAK_GLASS = "request.break_glass"
+    GRANT_CREATED = "grant.created"
+    GRANT_ACTIVATED = "grant.activated"
+    GRANT_ENDED = "grant.ended"
+    GRANT_REVOKED = "grant.revoked"
+    GRANT_CLEANUP = "grant.cleanup"
+    JOB_DEAD = "job.dead"
 
 
 class Outcome(StrEnum):
@@ -64,6 +78,9 @@ class AuditEvent:
     details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("actor", "subject", "source"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a plain string; secrets never enter the audit log")
         _check_details(self.details)
 
 

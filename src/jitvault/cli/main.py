@@ -9,14 +9,28 @@ import sys
 import typer
 
 from jitvault import __version__
-from jitvault.cli import local
+from jitvault.cli import client, local
 from jitvault.cli.audit import audit_app
 from jitvault.cli.client import CliError
 from jitvault.cli.operator import operator_app
 from jitvault.cli.output import err_console
 from jitvault.cli.targets import account_app, target_app
 from jitvault.cli.users import login, token_app, user_app, whoami
+from jitvault.cli.workflow import grant_app, policy_app, request_app
 from jitvault.errors import JitvaultError
+
+_EXIT_BY_CODE = {
+    "config": client.EXIT_INVALID,
+    "invalid": client.EXIT_INVALID,
+    "not_found": client.EXIT_NOT_FOUND,
+    "conflict": client.EXIT_CONFLICT,
+    "unauthenticated": client.EXIT_UNAUTHENTICATED,
+    "locked_out": client.EXIT_UNAUTHENTICATED,
+    "forbidden": client.EXIT_FORBIDDEN,
+    "unavailable": client.EXIT_UNAVAILABLE,
+    "sealed": client.EXIT_UNAVAILABLE,
+    "audit_unavailable": client.EXIT_UNAVAILABLE,
+}
 
 app = typer.Typer(
     name="jitvault",
@@ -35,6 +49,9 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(target_app, name="target")
 app.add_typer(account_app, name="account")
+app.add_typer(request_app, name="request")
+app.add_typer(grant_app, name="grant")
+app.add_typer(policy_app, name="policy")
 app.add_typer(operator_app, name="operator")
 app.add_typer(audit_app, name="audit")
 
@@ -54,8 +71,9 @@ def main() -> None:
         err_console.print(f"error: {exc}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
     except JitvaultError as exc:
+        # local commands (init, dev, server, reencrypt) raise these: same exit codes as the API
         err_console.print(f"error: {exc}", markup=False, highlight=False)
-        sys.exit(1)
+        sys.exit(_EXIT_BY_CODE.get(exc.code, client.EXIT_ERROR))
 
 
 __all__ = ["app", "main"]

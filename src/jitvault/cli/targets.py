@@ -25,6 +25,16 @@ def _split(ref: str, username: str | None) -> tuple[str, str]:
     return target, user
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"{flag} expects KEY=VALUE, got {item!r}", EXIT_INVALID)
+        out[key] = value
+    return out
+
+
 @target_app.command("add")
 def target_add(
     kind: str = typer.Argument(..., help="Target kind, e.g. postgres"),
@@ -33,6 +43,7 @@ def target_add(
     port: int | None = typer.Option(None, "--port"),
     dbname: str | None = typer.Option(None, "--dbname"),
     option: list[str] = typer.Option([], "--option", "-o", help="Extra option KEY=VALUE."),
+    label: list[str] = typer.Option([], "--label", "-l", help="Label KEY=VALUE for policies."),
     admin_user: str | None = typer.Option(None, "--admin-user"),
     admin_password_stdin: bool = typer.Option(
         False, "--admin-password-stdin", help="Read the admin password from standard input."
@@ -45,16 +56,13 @@ def target_add(
         options["port"] = port
     if dbname is not None:
         options["dbname"] = dbname
-    for item in option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            fail(f"--option expects KEY=VALUE, got {item!r}", EXIT_INVALID)
-        options[key] = value
+    options.update(_pairs(option, "--option"))
     body: dict[str, object] = {
         "name": name,
         "kind": kind,
         "options": options,
         "admin_user": admin_user,
+        "labels": _pairs(label, "--label"),
     }
     if admin_password_stdin:
         body["admin_password"] = read_secret_stdin("admin password")

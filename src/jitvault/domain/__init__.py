@@ -10,6 +10,23 @@ from jitvault.domain.identity import (
     validate_username,
 )
 from jitvault.domain.permissions import GRANTS, Permission, allowed, authorize
+from jitvault.domain.policy import (
+    AccessKind,
+    Decision,
+    Outcome,
+    PolicyDocument,
+    RequestFacts,
+    Rule,
+    evaluate,
+)
+from jitvault.domain.requests import (
+    LIVE_GRANT_STATES,
+    AccessRequest,
+    Grant,
+    RequestState,
+    check_can_approve,
+    transition,
+)
 from jitvault.domain.sensitive import REDACTED, Sensitive
 from jitvault.domain.targets import (
     MAX_ACCOUNT_NAME_BYTES,
@@ -25,21 +42,34 @@ from jitvault.domain.targets import (
 
 __all__ = [
     "GRANTS",
+    "LIVE_GRANT_STATES",
     "MAX_ACCOUNT_NAME_BYTES",
     "REDACTED",
+    "AccessKind",
+    "AccessRequest",
     "Account",
     "AccountMode",
     "AccountStatus",
+    "Decision",
+    "Grant",
+    "Outcome",
     "Permission",
+    "PolicyDocument",
     "Principal",
+    "RequestFacts",
+    "RequestState",
     "Role",
+    "Rule",
     "Sensitive",
     "Target",
     "User",
     "allowed",
     "authorize",
+    "check_can_approve",
+    "evaluate",
     "normalize_username",
     "parse_duration",
+    "transition",
     "validate_account_name",
     "validate_group",
     "validate_host",

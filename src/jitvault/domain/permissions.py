@@ -20,6 +20,15 @@ class Permission(StrEnum):
     KEY_ROTATE = "key.rotate"
     KEY_STATUS = "key.status"
     AUDIT_READ = "audit.read"
+    REQUEST_CREATE = "request.create"
+    REQUEST_READ_ANY = "request.read_any"
+    REQUEST_DECIDE = "request.decide"
+    REQUEST_REVIEW = "request.review"
+    GRANT_READ_ANY = "grant.read_any"
+    GRANT_REVOKE = "grant.revoke"
+    POLICY_APPLY = "policy.apply"
+    POLICY_READ = "policy.read"
+    POLICY_TEST = "policy.test"
 
 
 _ALL = frozenset(Role)
@@ -37,6 +46,17 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.KEY_ROTATE: frozenset({Role.ADMIN}),
     Permission.KEY_STATUS: frozenset({Role.ADMIN, Role.AUDITOR}),
     Permission.AUDIT_READ: frozenset({Role.ADMIN, Role.AUDITOR}),
+    # auditors watch; they do not take access
+    Permission.REQUEST_CREATE: frozenset({Role.REQUESTER, Role.APPROVER, Role.ADMIN}),
+    Permission.REQUEST_READ_ANY: frozenset({Role.APPROVER, Role.ADMIN, Role.AUDITOR}),
+    # who among these may decide a given request is the request's approver groups' business
+    Permission.REQUEST_DECIDE: frozenset({Role.APPROVER, Role.ADMIN}),
+    Permission.REQUEST_REVIEW: frozenset({Role.APPROVER, Role.ADMIN, Role.AUDITOR}),
+    Permission.GRANT_READ_ANY: frozenset({Role.APPROVER, Role.ADMIN, Role.AUDITOR}),
+    Permission.GRANT_REVOKE: frozenset({Role.APPROVER, Role.ADMIN}),
+    Permission.POLICY_APPLY: frozenset({Role.ADMIN}),
+    Permission.POLICY_READ: _ALL,
+    Permission.POLICY_TEST: frozenset({Role.ADMIN, Role.AUDITOR, Role.APPROVER}),
 }
 
 

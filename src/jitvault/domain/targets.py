@@ -74,6 +74,7 @@ class Target:
     admin_user: str | None = None
     has_admin_secret: bool = False
     created_at: datetime | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """The background worker of a node: one daemon thread, one pass per interval.
 
-Each pass: auto-unseal if the key provider can (Transit that was unreachable at start), then
-move stored values to the active key term until none is left. Errors are logged and retried on
-the next pass; the worker never takes the server down.
+Each pass: auto-unseal if the key provider can (Transit that was unreachable at start); sweep
+requests and grants (lapse, start, end on time, warn of expiry); run due jobs (grant cleanup,
+notifications); move stored values to the active key term. Each step's errors are logged and
+retried on the next pass; the worker never takes the server down. The first pass runs at start,
+so grants that expired while the server was down end within one interval.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import threading
 
 from jitvault.errors import JitvaultError
-from jitvault.services import Node, keys
+from jitvault.services import Node, grants, jobs, keys
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,11 @@ class Worker:
             except JitvaultError as exc:
                 log.warning("vault still sealed: %s", exc)
                 return
+        for step in (grants.sweep, jobs.run_due_jobs):
+            try:
+                step(self.node)
+            except JitvaultError as exc:
+                log.warning("worker step %s failed: %s", step.__module__, exc)
         moved = -1
         while moved != 0 and not self._stop.is_set():
             moved = keys.reencrypt_step(self.node)

@@ -20,11 +20,15 @@ class Unsupported(JitvaultError):
     code = "unsupported"
 
 
-class TargetPlugin:
-    """Base class of target plugins, found through the ``jitvault.targets`` entry point."""
+class Plugin:
+    """What every plugin has: a kind (its name) and a pydantic model of its options."""
 
     kind: ClassVar[str]
     config_model: ClassVar[type[BaseModel]]
+
+
+class TargetPlugin(Plugin):
+    """Base class of target plugins, found through the ``jitvault.targets`` entry point."""
 
     def parse_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Validate target options with :attr:`config_model`; return them normalized."""
@@ -66,4 +70,24 @@ class TargetPlugin:
         raise Unsupported(f"{self.kind} targets cannot revoke elevations yet")
 
 
-__all__ = ["TargetPlugin", "Unsupported"]
+class NotifierPlugin(Plugin):
+    """Base class of notifier plugins, found through the ``jitvault.notifiers`` entry point.
+
+    :meth:`deliver` sends one event (plain JSON data, never a secret of the vault) and raises on
+    failure; the core retries with backoff. ``signing_secret`` comes from the notifier's
+    configuration (a file or an environment variable), never from the vault.
+    """
+
+    def parse_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return self.config_model.model_validate(options).model_dump(mode="json")
+
+    async def deliver(
+        self,
+        options: dict[str, Any],
+        event: dict[str, Any],
+        signing_secret: Sensitive[str] | None,
+    ) -> None:
+        raise Unsupported(f"{self.kind} notifier cannot deliver")
+
+
+__all__ = ["NotifierPlugin", "Plugin", "TargetPlugin", "Unsupported"]

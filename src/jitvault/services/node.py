@@ -6,9 +6,10 @@ unsealed and whose audit event is written in it (fail closed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
@@ -17,7 +18,12 @@ from jitvault.audit import AuditEvent
 from jitvault.config import Settings
 from jitvault.crypto import Keyring
 from jitvault.errors import Unavailable
-from jitvault.plugin_api import TargetRegistry
+from jitvault.plugin_api import (
+    NotifierRegistry,
+    TargetRegistry,
+    discover_notifiers,
+    discover_targets,
+)
 from jitvault.services.vault import Vault
 from jitvault.storage import Database, sealed, upgrade
 
@@ -34,11 +40,20 @@ class Tx:
 
 
 class Node:
-    def __init__(self, settings: Settings, db: Database, registry: TargetRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        targets: TargetRegistry,
+        notifiers: NotifierRegistry,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.vault = Vault(settings, db)
-        self.targets = registry
+        self.targets = targets
+        self.notifiers = notifiers
+        #: the time every decision is made at; tests move it instead of sleeping
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> Node:
@@ -46,7 +61,7 @@ class Node:
         db = Database(settings.effective_database_url)
         if migrate:
             upgrade(db)
-        return cls(settings, db, TargetRegistry.discover())
+        return cls(settings, db, discover_targets(), discover_notifiers())
 
     @contextmanager
     def write(self) -> Iterator[Tx]:

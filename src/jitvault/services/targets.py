@@ -50,6 +50,7 @@ def add_target(
     admin_user: str | None = None,
     admin_secret: Sensitive[str] | None = None,
     source: str = "",
+    labels: dict[str, str] | None = None,
 ) -> Target:
     authorize(actor, Permission.TARGET_CREATE)
     validate_target_name(name)
@@ -64,7 +65,7 @@ def add_target(
         validate_account_name(admin_user)
     secret = _secret_bytes(admin_secret) if admin_secret is not None else None
     with node.write() as tx:
-        target = repo.target_add(tx.conn, name, kind, clean, admin_user)
+        target = repo.target_add(tx.conn, name, kind, clean, admin_user, labels)
         if secret is not None:
             sealed.seal_column(tx.conn, tx.keyring, TARGET_ADMIN_SECRET, target.id, secret)
         tx.emit(
@@ -76,6 +77,7 @@ def add_target(
                 details={
                     "kind": kind,
                     "options": clean,
+                    "labels": labels or {},
                     "admin_user": admin_user,
                     "admin_secret_set": secret is not None,
                 },

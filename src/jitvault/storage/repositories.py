@@ -26,7 +26,7 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything we store is UTC.
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
@@ -104,7 +104,7 @@ def _user(row: Row[Any]) -> User:
         role=Role(row.role),
         groups=tuple(json.loads(row.groups)),
         disabled=bool(row.disabled),
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
     )
 
 
@@ -209,7 +209,7 @@ def token_lookup(conn: Connection, token_id: str) -> tuple[str, Principal, datet
         groups=tuple(json.loads(row.groups)),
         token_id=token_id,
     )
-    return row.secret_hash, principal, _aware(row.expires_at)
+    return row.secret_hash, principal, aware(row.expires_at)
 
 
 def token_list(conn: Connection, user_id: int) -> list[dict[str, Any]]:
@@ -228,8 +228,8 @@ def token_list(conn: Connection, user_id: int) -> list[dict[str, Any]]:
         {
             "id": r.id,
             "description": r.description,
-            "created_at": _aware(r.created_at),
-            "expires_at": _aware(r.expires_at),
+            "created_at": aware(r.created_at),
+            "expires_at": aware(r.expires_at),
             "revoked": r.revoked_at is not None,
         }
         for r in rows
@@ -265,12 +265,18 @@ def _target(row: Row[Any]) -> Target:
         options=json.loads(row.options),
         admin_user=row.admin_user,
         has_admin_secret=row.admin_secret is not None,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
+        labels=json.loads(row.labels or "{}"),
     )
 
 
 def target_add(
-    conn: Connection, name: str, kind: str, options: dict[str, Any], admin_user: str | None
+    conn: Connection,
+    name: str,
+    kind: str,
+    options: dict[str, Any],
+    admin_user: str | None,
+    labels: dict[str, str] | None = None,
 ) -> Target:
     try:
         conn.execute(
@@ -280,6 +286,7 @@ def target_add(
                 options=json.dumps(options, sort_keys=True),
                 admin_user=admin_user,
                 created_at=now(),
+                labels=json.dumps(labels or {}, sort_keys=True),
             )
         )
     except IntegrityError:
@@ -320,8 +327,8 @@ def _account(row: Row[Any]) -> Account:
         mode=AccountMode(row.mode),
         status=AccountStatus(row.status),
         has_secret=bool(row.has_secret),
-        secret_updated_at=_aware(row.secret_updated_at),
-        created_at=_aware(row.created_at),
+        secret_updated_at=aware(row.secret_updated_at),
+        created_at=aware(row.created_at),
     )
 
 
@@ -375,9 +382,9 @@ def auth_failure_state(conn: Connection, key: str) -> tuple[int, datetime, datet
     row = conn.execute(select(t.auth_failures).where(t.auth_failures.c.key == key)).first()
     if row is None:
         return None
-    first_at = _aware(row.first_at)
+    first_at = aware(row.first_at)
     assert first_at is not None
-    return int(row._mapping["count"]), first_at, _aware(row.locked_until)
+    return int(row._mapping["count"]), first_at, aware(row.locked_until)
 
 
 def auth_failure_put(
@@ -405,6 +412,7 @@ __all__ = [
     "auth_failure_clear",
     "auth_failure_put",
     "auth_failure_state",
+    "aware",
     "keyring_add",
     "keyring_all",
     "keyring_demote_active",

@@ -92,6 +92,7 @@ targets = Table(
     Column("admin_secret", Text, nullable=True),
     Column("admin_secret_term", Integer, nullable=True, index=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("labels", Text, nullable=False, server_default="{}"),
 )
 
 accounts = Table(
@@ -146,6 +147,114 @@ auth_failures = Table(
 )
 
 
+policies = Table(
+    "policies",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("document", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("requester_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("target_id", Integer, ForeignKey("targets.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("duration_s", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # a pending request lapses at expires_at (the rule's request_ttl)
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("start_at", DateTime(timezone=True), nullable=True),
+    Column("break_glass", Boolean, nullable=False, default=False),
+    Column("policy_version", Integer, nullable=True),
+    Column("rule", Text, nullable=True),
+    Column("explanation", Text, nullable=False, default=""),
+    Column("required_approvals", Integer, nullable=False, default=0),
+    Column("approver_groups", Text, nullable=False, default="[]"),
+    Column("max_connections", Integer, nullable=True),
+    Column("decided_at", DateTime(timezone=True), nullable=True),
+    Column("decided_by", Text, nullable=True),
+    Column("decision_note", Text, nullable=True),
+    Column("review_required", Boolean, nullable=False, default=False),
+    Column("reviewed_by", Text, nullable=True),
+    Column("reviewed_at", DateTime(timezone=True), nullable=True),
+)
+
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "request_id",
+        Integer,
+        ForeignKey("access_requests.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("approver_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("approver", Text, nullable=False),
+    Column("comment", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # an approver counts once, however often they approve
+    UniqueConstraint("request_id", "approver_id", name="uq_approvals_request_approver"),
+)
+
+# A grant is a lease. It copies what its cleanup needs (user, target id and kind, the account,
+# role or template name), so cleanup works whatever the configuration says later.
+grants = Table(
+    "grants",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "request_id",
+        Integer,
+        ForeignKey("access_requests.id"),
+        nullable=False,
+        unique=True,  # one grant per request, however many approvals race
+    ),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("user_name", Text, nullable=False),
+    Column("target_id", Integer, nullable=False),
+    Column("target_name", Text, nullable=False),
+    Column("target_kind", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("starts_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("max_connections", Integer, nullable=True),
+    Column("break_glass", Boolean, nullable=False, default=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("end_reason", Text, nullable=True),
+    Column("expiry_warned", Boolean, nullable=False, default=False),
+)
+
+# Background jobs (grant cleanup, notifications). Claimed with FOR UPDATE SKIP LOCKED on
+# PostgreSQL, so several nodes never run one job twice at once.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    # queued | running | done | dead | unsupported
+    Column("state", String(16), nullable=False, index=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False, default=6),
+    Column("run_after", DateTime(timezone=True), nullable=False, index=True),
+    Column("locked_by", Text, nullable=True),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class EncryptedColumn:
     """A column holding envelopes, with its key-term companion and the row id column."""
@@ -167,14 +276,19 @@ __all__ = [
     "ENCRYPTED_COLUMNS",
     "TARGET_ADMIN_SECRET",
     "EncryptedColumn",
+    "access_requests",
     "accounts",
     "api_tokens",
+    "approvals",
     "audit_events",
     "audit_head",
     "auth_failures",
+    "grants",
+    "jobs",
     "keyring",
     "meta",
     "metadata",
+    "policies",
     "targets",
     "users",
 ]

@@ -1,0 +1,188 @@
+"""Grants (leases): list, revoke, and the sweeper that starts and ends them on time.
+
+Ending a grant queues its cleanup (rotate the shared account, drop the ephemeral one, revoke the
+elevation) as a background job in the same transaction, so a crash cannot end a grant without
+its cleanup, nor run a cleanup for a grant that did not end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from jitvault.audit import Action, AuditEvent
+from jitvault.domain import (
+    LIVE_GRANT_STATES,
+    Grant,
+    Permission,
+    Principal,
+    RequestState,
+    allowed,
+    authorize,
+    transition,
+)
+from jitvault.errors import ValidationError
+from jitvault.services import notify
+from jitvault.services.node import Node, Tx
+from jitvault.services.requests import activate, lapse_if_due, summary
+from jitvault.storage import workflow
+
+log = logging.getLogger(__name__)
+
+SWEEP_BATCH = 200
+
+
+def list_grants(node: Node, actor: Principal, live: bool = True, mine: bool = False) -> list[Grant]:
+    see_all = allowed(actor, Permission.GRANT_READ_ANY) and not mine
+    states = list(LIVE_GRANT_STATES) if live else None
+    with node.read() as conn:
+        return workflow.grant_list(conn, None if see_all else actor.user_id, states)
+
+
+def get_grant(node: Node, actor: Principal, grant_id: int) -> Grant:
+    with node.read() as conn:
+        g = workflow.grant_get(conn, grant_id)
+    if g.user_id != actor.user_id:
+        authorize(actor, Permission.GRANT_READ_ANY)
+    return g
+
+
+def _finish(
+    node: Node,
+    tx: Tx,
+    request_id: int,
+    new: RequestState,
+    at: datetime,
+    by: str,
+    reason: str,
+    source: str = "",
+) -> Grant:
+    r = workflow.request_get(tx.conn, request_id)
+    transition(r.state, new)
+    grant = workflow.grant_for_request(tx.conn, request_id)
+    assert grant is not None
+    workflow.request_update(tx.conn, request_id, state=new)
+    workflow.grant_update(tx.conn, grant.id, ended_at=at, end_reason=reason)
+    started = r.state == RequestState.ACTIVE
+    if started:
+        # only a grant that was in use has something to clean up
+        workflow.job_enqueue(
+            tx.conn,
+            "grant.cleanup",
+            {"grant_id": grant.id},
+        )
+    tx.emit(
+        AuditEvent(
+            Action.GRANT_REVOKED if new == RequestState.REVOKED else Action.GRANT_ENDED,
+            actor=by,
+            subject=f"grant:{grant.id}",
+            source=source,
+            details={
+                "request_id": request_id,
+                "reason": reason,
+                "at": at.isoformat(),
+                "cleanup_queued": started,
+            },
+        )
+    )
+    if new == RequestState.REVOKED:
+        notify.notify(
+            node,
+            tx,
+            "grant.revoked",
+            {**summary(r), "grant_id": grant.id, "reason": reason, "by": by},
+        )
+    return workflow.grant_get(tx.conn, grant.id)
+
+
+def revoke_grant(
+    node: Node, actor: Principal, grant_id: int, reason: str, source: str = ""
+) -> Grant:
+    """Cut access now: the grant ends, its sessions are cut and its cleanup is queued."""
+    authorize(actor, Permission.GRANT_REVOKE)
+    if not reason.strip():
+        raise ValidationError("a reason is required to revoke", hint='use --reason "..."')
+    with node.write() as tx:
+        g = workflow.grant_get(tx.conn, grant_id)
+        workflow.request_lock(tx.conn, g.request_id)
+        return _finish(
+            node, tx, g.request_id, RequestState.REVOKED, node.clock(), actor.name, reason, source
+        )
+
+
+@dataclass
+class SweepResult:
+    expired_requests: int = 0
+    started: int = 0
+    ended: int = 0
+    warned: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.expired_requests + self.started + self.ended + self.warned
+
+
+def sweep(node: Node, at: datetime | None = None, batch: int = SWEEP_BATCH) -> SweepResult:
+    """One pass: lapse stale pending requests, start scheduled grants, end expired ones, and
+    warn of those about to expire. Each batch is one transaction; rows other nodes hold are
+    skipped (SKIP LOCKED), so nodes share the sweep without doing anything twice."""
+    at = at or node.clock()
+    out = SweepResult()
+    warn = timedelta(seconds=node.settings.workflow.expiry_warning_seconds)
+    while True:
+        with node.write() as tx:
+            ids = workflow.due_pending(tx.conn, at, batch)
+            for rid in ids:
+                r = workflow.request_get(tx.conn, rid)
+                out.expired_requests += lapse_if_due(node, tx, r, at)
+        if len(ids) < batch:
+            break
+    while True:
+        with node.write() as tx:
+            ids = workflow.due_to_start(tx.conn, at, batch)
+            for rid in ids:
+                g = workflow.grant_for_request(tx.conn, rid)
+                assert g is not None
+                if g.expires_at > at:
+                    activate(tx, rid, g.id, at)
+                    out.started += 1
+        if len(ids) < batch:
+            break
+    while True:
+        with node.write() as tx:
+            ids = workflow.due_to_end(tx.conn, at, batch)
+            for rid in ids:
+                _finish(node, tx, rid, _end_state(tx, rid), at, "system", "expired")
+                out.ended += 1
+        if len(ids) < batch:
+            break
+    with node.write() as tx:
+        for gid in workflow.due_expiry_warning(tx.conn, at, warn, batch):
+            g = workflow.grant_get(tx.conn, gid)
+            workflow.grant_update(tx.conn, gid, expiry_warned=True)
+            r = workflow.request_get(tx.conn, g.request_id)
+            notify.notify(
+                node,
+                tx,
+                "grant.expiring",
+                {**summary(r), "grant_id": gid, "expires_at": g.expires_at.isoformat()},
+            )
+            out.warned += 1
+    if out.total:
+        log.info("sweep: %s", out)
+    return out
+
+
+def _end_state(tx: Tx, request_id: int) -> RequestState:
+    r = workflow.request_get(tx.conn, request_id)
+    # a scheduled grant whose window passed unused is ended too (approved -> revoked would
+    # misname it; approved -> active -> ended keeps the machine honest)
+    if r.state == RequestState.APPROVED:
+        grant = workflow.grant_for_request(tx.conn, request_id)
+        assert grant is not None
+        activate(tx, request_id, grant.id, grant.starts_at)
+    return RequestState.ENDED
+
+
+__all__ = ["SweepResult", "get_grant", "list_grants", "revoke_grant", "sweep"]

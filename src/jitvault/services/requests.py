@@ -1,0 +1,472 @@
+"""Access requests: create (policy decides), approve (N of M, never oneself), deny, cancel,
+review. Every decision on a request is made under that request's row lock, so racing
+approvals, denials and expiry have exactly one outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from jitvault.audit import Action, AuditEvent
+from jitvault.audit import Outcome as AuditOutcome
+from jitvault.domain import (
+    AccessKind,
+    AccessRequest,
+    AccountMode,
+    Decision,
+    Outcome,
+    Permission,
+    PolicyDocument,
+    Principal,
+    RequestState,
+    allowed,
+    authorize,
+    check_can_approve,
+    evaluate,
+    transition,
+    validate_account_name,
+)
+from jitvault.errors import Conflict, Forbidden, ValidationError
+from jitvault.services import notify
+from jitvault.services.node import Node, Tx
+from jitvault.services.policies import active_policy, gather_facts
+from jitvault.storage import repositories as repo
+from jitvault.storage import workflow
+
+MAX_REASON = 2000
+MAX_DURATION = timedelta(days=31)
+MAX_SCHEDULE_AHEAD = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    target: str
+    kind: AccessKind
+    name: str
+    duration: timedelta
+    reason: str
+    start_at: datetime | None = None
+    break_glass: bool = False
+
+
+def _validate(req: NewRequest, at: datetime) -> None:
+    if not req.reason.strip():
+        raise ValidationError("a reason is required", hint='use --reason "INC-1234 ..."')
+    if len(req.reason) > MAX_REASON:
+        raise ValidationError(f"the reason is longer than {MAX_REASON} characters")
+    if not timedelta(0) < req.duration <= MAX_DURATION:
+        raise ValidationError("the duration must be positive and at most 31 days")
+    validate_account_name(req.name)
+    if req.start_at is not None:
+        if req.start_at.tzinfo is None:
+            raise ValidationError("--start-at needs a time zone (e.g. 2026-11-23T09:00Z)")
+        if req.start_at < at - timedelta(minutes=1):
+            raise ValidationError("--start-at is in the past")
+        if req.start_at > at + MAX_SCHEDULE_AHEAD:
+            raise ValidationError("--start-at is more than 90 days ahead")
+        if req.break_glass:
+            raise ValidationError("break-glass access starts now; drop --start-at")
+
+
+def summary(r: AccessRequest) -> dict[str, Any]:
+    """What notifications say about a request: no secrets, no free-text beyond the reason."""
+    return {
+        "request_id": r.id,
+        "requester": r.requester,
+        "target": r.target,
+        "kind": r.kind.value,
+        "name": r.name,
+        "duration_seconds": int(r.duration.total_seconds()),
+        "reason": r.reason,
+        "state": r.state.value,
+        "rule": r.rule,
+        "break_glass": r.break_glass,
+    }
+
+
+def create_request(
+    node: Node, actor: Principal, req: NewRequest, source: str = ""
+) -> AccessRequest:
+    """File a request; the active policy auto-approves, routes to approvers, or denies it."""
+    authorize(actor, Permission.REQUEST_CREATE)
+    at = node.clock()
+    _validate(req, at)
+    with node.write() as tx:
+        target = repo.target_get(tx.conn, req.target)
+        if req.kind == AccessKind.ACCOUNT:
+            account = repo.account_get(tx.conn, target.name, req.name)
+            if account.mode != AccountMode.INJECTED:
+                raise ValidationError(
+                    f"account {target.name}/{req.name} is {account.mode.value}, not a shared "
+                    "(injected) account",
+                    hint="use --role for elevation or --ephemeral for a template",
+                )
+        facts = gather_facts(
+            tx.conn,
+            actor.name,
+            target.name,
+            req.kind,
+            req.name,
+            req.duration,
+            req.reason,
+            at,
+            req.break_glass,
+        )
+        policy = active_policy(tx.conn)
+        decision = evaluate(policy.document if policy else PolicyDocument(), facts)
+        if policy is None:
+            decision = Decision(Outcome.DENY, None, "no policy has been applied (deny by default)")
+        request_id = workflow.request_insert(
+            tx.conn,
+            requester_id=actor.user_id,
+            target_id=target.id,
+            kind=req.kind.value,
+            name=req.name,
+            duration_s=int(req.duration.total_seconds()),
+            reason=req.reason,
+            state=RequestState.PENDING.value,
+            created_at=at,
+            expires_at=at + decision.request_ttl,
+            start_at=req.start_at,
+            break_glass=req.break_glass,
+            policy_version=policy.version if policy else None,
+            rule=decision.rule,
+            explanation=decision.explanation,
+            required_approvals=decision.required_approvals,
+            approver_groups=decision.approver_groups,
+            max_connections=decision.max_connections,
+            review_required=decision.break_glass,
+        )
+        tx.emit(
+            AuditEvent(
+                Action.REQUEST_CREATED,
+                actor=actor.name,
+                subject=f"request:{request_id}",
+                source=source,
+                details={
+                    "target": target.name,
+                    "kind": req.kind.value,
+                    "name": req.name,
+                    "duration_seconds": int(req.duration.total_seconds()),
+                    "reason": req.reason,
+                    "break_glass": req.break_glass,
+                    "policy_version": policy.version if policy else None,
+                    "decision": decision.as_dict(),
+                },
+            )
+        )
+        created = workflow.request_get(tx.conn, request_id)
+        notify.notify(node, tx, "request.created", summary(created))
+        if decision.outcome == Outcome.DENY:
+            _set_state(tx, created, RequestState.DENIED, at, "policy", decision.explanation)
+            tx.emit(
+                AuditEvent(
+                    Action.REQUEST_DENIED,
+                    actor="policy",
+                    subject=f"request:{request_id}",
+                    outcome=AuditOutcome.DENIED,
+                    source=source,
+                    details={"rule": decision.rule, "reason": decision.explanation},
+                )
+            )
+        elif decision.outcome == Outcome.AUTO_APPROVE:
+            if decision.break_glass:
+                tx.emit(
+                    AuditEvent(
+                        Action.BREAK_GLASS,
+                        actor=actor.name,
+                        subject=f"request:{request_id}",
+                        source=source,
+                        details={
+                            "rule": decision.rule,
+                            "reason": req.reason,
+                            "review_required": True,
+                        },
+                    )
+                )
+                notify.notify(node, tx, "break_glass", summary(created))
+            _approve(node, tx, created, at, "policy", decision.explanation, source)
+        result = workflow.request_get(tx.conn, request_id)
+        if result.state != RequestState.PENDING:
+            notify.notify(node, tx, "request.decided", summary(result))
+        return result
+
+
+def _set_state(
+    tx: Tx, r: AccessRequest, new: RequestState, at: datetime, by: str, note: str = ""
+) -> None:
+    transition(r.state, new)
+    values: dict[str, Any] = {"state": new}
+    if r.state == RequestState.PENDING:
+        values.update(decided_at=at, decided_by=by, decision_note=note)
+    workflow.request_update(tx.conn, r.id, **values)
+
+
+def _approve(
+    node: Node, tx: Tx, r: AccessRequest, at: datetime, by: str, note: str, source: str
+) -> None:
+    """pending -> approved, create the grant (a lease), and start it if its time has come."""
+    _set_state(tx, r, RequestState.APPROVED, at, by, note)
+    target = repo.target_get(tx.conn, r.target)
+    starts = max(r.start_at or at, at)
+    grant_id = workflow.grant_insert(
+        tx.conn,
+        request_id=r.id,
+        user_id=r.requester_id,
+        user_name=r.requester,
+        target_id=target.id,
+        target_name=target.name,
+        target_kind=target.kind,
+        kind=r.kind.value,
+        name=r.name,
+        starts_at=starts,
+        expires_at=starts + r.duration,
+        max_connections=r.max_connections,
+        break_glass=r.break_glass,
+        expiry_warned=False,
+    )
+    tx.emit(
+        AuditEvent(
+            Action.GRANT_CREATED,
+            actor=by,
+            subject=f"grant:{grant_id}",
+            source=source,
+            details={
+                "request_id": r.id,
+                "user": r.requester,
+                "target": target.name,
+                "kind": r.kind.value,
+                "name": r.name,
+                "starts_at": starts.isoformat(),
+                "expires_at": (starts + r.duration).isoformat(),
+                "break_glass": r.break_glass,
+            },
+        )
+    )
+    notify.notify(
+        node,
+        tx,
+        "grant.created",
+        {**summary(r), "grant_id": grant_id, "expires_at": (starts + r.duration).isoformat()},
+    )
+    if starts <= at:
+        activate(tx, r.id, grant_id, at)
+
+
+def activate(tx: Tx, request_id: int, grant_id: int, at: datetime) -> None:
+    r = workflow.request_get(tx.conn, request_id)
+    _set_state(tx, r, RequestState.ACTIVE, at, "system")
+    tx.emit(
+        AuditEvent(
+            Action.GRANT_ACTIVATED,
+            actor="system",
+            subject=f"grant:{grant_id}",
+            details={"request_id": request_id, "at": at.isoformat()},
+        )
+    )
+
+
+def lapse_if_due(node: Node, tx: Tx, r: AccessRequest, at: datetime) -> bool:
+    """Expire a pending request whose time ran out; True if it did."""
+    if r.state == RequestState.PENDING and r.expires_at <= at:
+        _set_state(tx, r, RequestState.EXPIRED, at, "system", "no decision in time")
+        tx.emit(
+            AuditEvent(
+                Action.REQUEST_EXPIRED,
+                actor="system",
+                subject=f"request:{r.id}",
+                outcome=AuditOutcome.FAILURE,
+                details={"expired_at": r.expires_at.isoformat()},
+            )
+        )
+        notify.notify(node, tx, "request.decided", {**summary(r), "state": "expired"})
+        return True
+    return False
+
+
+def approve(
+    node: Node, actor: Principal, request_id: int, comment: str = "", source: str = ""
+) -> AccessRequest:
+    """Count ``actor``'s approval; grant when the required number of distinct approvers agree."""
+    authorize(actor, Permission.REQUEST_DECIDE)
+    at = node.clock()
+    lapsed = False
+    with node.write() as tx:
+        r = workflow.request_lock(tx.conn, request_id)
+        check_can_approve(actor, r)
+        if lapse_if_due(node, tx, r, at):
+            lapsed = True
+        else:
+            transition(r.state, RequestState.APPROVED)  # only a pending request takes approvals
+            if workflow.approval_add(tx.conn, r.id, actor.user_id, actor.name, comment):
+                count = workflow.approval_count(tx.conn, r.id)
+                tx.emit(
+                    AuditEvent(
+                        Action.REQUEST_APPROVED,
+                        actor=actor.name,
+                        subject=f"request:{r.id}",
+                        source=source,
+                        details={
+                            "comment": comment,
+                            "approvals": count,
+                            "required": r.required_approvals,
+                            "rule": r.rule,
+                        },
+                    )
+                )
+                if count >= r.required_approvals:
+                    _approve(node, tx, r, at, actor.name, comment, source)
+                    notify.notify(
+                        node,
+                        tx,
+                        "request.decided",
+                        summary(workflow.request_get(tx.conn, r.id)),
+                    )
+        result = workflow.request_get(tx.conn, request_id)
+    if lapsed:
+        raise Conflict(
+            f"request {request_id} expired before it was approved", hint="file a new request"
+        )
+    return result
+
+
+def deny(
+    node: Node, actor: Principal, request_id: int, reason: str, source: str = ""
+) -> AccessRequest:
+    authorize(actor, Permission.REQUEST_DECIDE)
+    if not reason.strip():
+        raise ValidationError("a reason is required to deny", hint='use --reason "..."')
+    at = node.clock()
+    lapsed = False
+    with node.write() as tx:
+        r = workflow.request_lock(tx.conn, request_id)
+        check_can_approve(actor, r)
+        if lapse_if_due(node, tx, r, at):
+            lapsed = True
+        else:
+            _set_state(tx, r, RequestState.DENIED, at, actor.name, reason)
+            tx.emit(
+                AuditEvent(
+                    Action.REQUEST_DENIED,
+                    actor=actor.name,
+                    subject=f"request:{r.id}",
+                    outcome=AuditOutcome.DENIED,
+                    source=source,
+                    details={"reason": reason, "rule": r.rule},
+                )
+            )
+            notify.notify(node, tx, "request.decided", {**summary(r), "state": "denied"})
+        result = workflow.request_get(tx.conn, request_id)
+    if lapsed:
+        raise Conflict(f"request {request_id} had already expired")
+    return result
+
+
+def cancel(node: Node, actor: Principal, request_id: int, source: str = "") -> AccessRequest:
+    """The requester withdraws a request that has not started yet."""
+    with node.write() as tx:
+        r = workflow.request_lock(tx.conn, request_id)
+        if r.requester_id != actor.user_id and not allowed(actor, Permission.GRANT_REVOKE):
+            raise Forbidden("only the requester can cancel a request")
+        _set_state(tx, r, RequestState.CANCELLED, node.clock(), actor.name, "cancelled")
+        grant = workflow.grant_for_request(tx.conn, r.id)
+        if grant is not None:
+            workflow.grant_update(
+                tx.conn, grant.id, ended_at=node.clock(), end_reason="cancelled before start"
+            )
+        tx.emit(
+            AuditEvent(
+                Action.REQUEST_CANCELLED,
+                actor=actor.name,
+                subject=f"request:{r.id}",
+                source=source,
+                details={"previous_state": r.state.value},
+            )
+        )
+        return workflow.request_get(tx.conn, request_id)
+
+
+def review(
+    node: Node, actor: Principal, request_id: int, comment: str = "", source: str = ""
+) -> AccessRequest:
+    """Close the mandatory review of a break-glass grant (by someone other than its user)."""
+    authorize(actor, Permission.REQUEST_REVIEW)
+    with node.write() as tx:
+        r = workflow.request_lock(tx.conn, request_id)
+        if not r.review_required:
+            raise Conflict(f"request {request_id} needs no review")
+        if r.reviewed_by is not None:
+            raise Conflict(f"request {request_id} was already reviewed by {r.reviewed_by}")
+        if r.requester_id == actor.user_id:
+            raise Forbidden("you cannot review your own break-glass access")
+        workflow.request_update(tx.conn, r.id, reviewed_by=actor.name, reviewed_at=node.clock())
+        tx.emit(
+            AuditEvent(
+                Action.REQUEST_REVIEWED,
+                actor=actor.name,
+                subject=f"request:{r.id}",
+                source=source,
+                details={"comment": comment},
+            )
+        )
+        return workflow.request_get(tx.conn, request_id)
+
+
+def get_request(node: Node, actor: Principal, request_id: int) -> AccessRequest:
+    with node.read() as conn:
+        r = workflow.request_get(conn, request_id)
+    if r.requester_id != actor.user_id:
+        authorize(actor, Permission.REQUEST_READ_ANY)
+    return r
+
+
+def list_requests(
+    node: Node,
+    actor: Principal,
+    pending: bool = False,
+    mine: bool = False,
+    review: bool = False,
+) -> list[AccessRequest]:
+    """Your own requests, or (approvers, admins, auditors) everyone's. ``pending`` shows what
+    waits for a decision; for an approver, only what they may decide."""
+    see_all = allowed(actor, Permission.REQUEST_READ_ANY) and not mine
+    states = [RequestState.PENDING] if pending else None
+    with node.read() as conn:
+        rows = workflow.request_list(conn, None if see_all else actor.user_id, states)
+    if pending and see_all:
+        rows = [r for r in rows if _decidable_by(actor, r)]
+    if review:
+        rows = [r for r in rows if r.review_required and r.reviewed_by is None]
+    return rows
+
+
+def grant_id_of(node: Node, r: AccessRequest) -> int | None:
+    with node.read() as conn:
+        g = workflow.grant_for_request(conn, r.id)
+    return g.id if g else None
+
+
+def _decidable_by(actor: Principal, r: AccessRequest) -> bool:
+    try:
+        check_can_approve(actor, r)
+    except Forbidden:
+        return False
+    return True
+
+
+__all__ = [
+    "NewRequest",
+    "activate",
+    "approve",
+    "cancel",
+    "create_request",
+    "deny",
+    "get_request",
+    "grant_id_of",
+    "lapse_if_due",
+    "list_requests",
+    "review",
+    "summary",
+]
