@@ -71,6 +71,7 @@ def _finish(
             tx.conn,
             "grant.cleanup",
             {"grant_id": grant.id},
+            run_after=at,
         )
     tx.emit(
         AuditEvent(

@@ -27,7 +27,8 @@ from jitvault.storage import workflow
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=5)
+# long enough for a whole claimed batch (10 jobs x 15 s delivery timeout) with room to spare
+LEASE = timedelta(minutes=10)
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -58,7 +59,7 @@ def _backoff(node: Node, attempt: int) -> timedelta:
     return timedelta(seconds=min(cfg.job_backoff_base * 2 ** (attempt - 1), cfg.job_backoff_max))
 
 
-def run_due_jobs(node: Node, limit: int = 20) -> int:
+def run_due_jobs(node: Node, limit: int = 10) -> int:
     """Claim and run up to ``limit`` due jobs; returns how many ran."""
     at = node.clock()
     with node.write() as tx:

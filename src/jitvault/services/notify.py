@@ -35,7 +35,11 @@ def notify(node: Node, tx: Tx, event: str, data: dict[str, Any]) -> int:
     for n in node.settings.notifiers:
         if "*" in n.events or event in n.events:
             workflow.job_enqueue(
-                tx.conn, "notify", {"notifier": n.name, "event": payload}, max_attempts=8
+                tx.conn,
+                "notify",
+                {"notifier": n.name, "event": payload},
+                run_after=node.clock(),
+                max_attempts=8,
             )
             queued += 1
     return queued

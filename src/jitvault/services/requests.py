@@ -186,8 +186,12 @@ def create_request(
                         },
                     )
                 )
-                notify.notify(node, tx, "break_glass", summary(created))
             _approve(node, tx, created, at, "policy", decision.explanation, source)
+            if decision.break_glass:
+                # announced after approval, so the payload says what happened: active
+                notify.notify(
+                    node, tx, "break_glass", summary(workflow.request_get(tx.conn, request_id))
+                )
         result = workflow.request_get(tx.conn, request_id)
         if result.state != RequestState.PENDING:
             notify.notify(node, tx, "request.decided", summary(result))
@@ -245,14 +249,18 @@ def _approve(
             },
         )
     )
+    if starts <= at:
+        activate(tx, r.id, grant_id, at)
     notify.notify(
         node,
         tx,
         "grant.created",
-        {**summary(r), "grant_id": grant_id, "expires_at": (starts + r.duration).isoformat()},
+        {
+            **summary(workflow.request_get(tx.conn, r.id)),
+            "grant_id": grant_id,
+            "expires_at": (starts + r.duration).isoformat(),
+        },
     )
-    if starts <= at:
-        activate(tx, r.id, grant_id, at)
 
 
 def activate(tx: Tx, request_id: int, grant_id: int, at: datetime) -> None:
