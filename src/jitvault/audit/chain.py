@@ -139,24 +139,22 @@ class VerifyResult:
 
 
 def _rows(conn: Connection, chunk: int = 2000) -> Iterator[Any]:
-    last = 0
-    while True:
-        rows = conn.execute(
-            select(t.audit_events)
-            .where(t.audit_events.c.seq > last)
-            .order_by(t.audit_events.c.seq)
-            .limit(chunk)
-        ).all()
-        if not rows:
-            return
+    """Every row in seq order, including any forged below seq 1 (verify must see those too)."""
+    page = select(t.audit_events).order_by(t.audit_events.c.seq).limit(chunk)
+    rows = conn.execute(page).all()
+    while rows:
         yield from rows
-        last = rows[-1].seq
+        rows = conn.execute(page.where(t.audit_events.c.seq > rows[-1].seq)).all()
 
 
 def verify(conn: Connection, keyring: Keyring) -> VerifyResult:
     """Walk the chain; name the first row that is missing, altered or out of place."""
     key = keyring.audit_key()
-    head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == HEAD_ID)).first()
+    # FOR SHARE holds appends (emit locks the head FOR UPDATE) until the caller's transaction
+    # ends, so the walk sees exactly the chain this head vouches for, even under READ COMMITTED.
+    head = conn.execute(
+        select(t.audit_head).where(t.audit_head.c.id == HEAD_ID).with_for_update(read=True)
+    ).first()
     expected, prev, checked = 1, GENESIS, 0
 
     def bad(seq: int, reason: str) -> VerifyResult:
@@ -164,12 +162,11 @@ def verify(conn: Connection, keyring: Keyring) -> VerifyResult:
 
     if head is None:
         return bad(0, "the chain head is missing")
-    if head.head_mac != _head_mac(key, int(head.seq), head.mac):
-        return bad(int(head.seq), "the chain head was altered")
+    head_ok = head.head_mac == _head_mac(key, int(head.seq), head.mac)
     for row in _rows(conn):
         if row.seq != expected:
             if row.seq < expected:
-                return bad(row.seq, f"event {row.seq} is out of order")
+                return bad(row.seq, f"event {row.seq} is outside the chain")
             return bad(expected, f"event {expected} is missing")
         if row.prev_mac != prev:
             return bad(row.seq, f"event {row.seq} does not link to event {row.seq - 1}")
@@ -191,6 +188,10 @@ def verify(conn: Connection, keyring: Keyring) -> VerifyResult:
             return bad(row.seq, f"event {row.seq} was altered")
         prev, expected, checked = row.mac, expected + 1, checked + 1
     last = expected - 1
+    if not head_ok:
+        # The events up to ``last`` chain correctly; the head that vouches for where the chain
+        # ends does not, so the first event in doubt is the next one (e.g. a cut tail).
+        return bad(last + 1, f"the chain head was altered: events after {last} may be missing")
     if int(head.seq) != last or head.mac != prev:
         if int(head.seq) > last:
             return bad(last + 1, f"events {last + 1}..{head.seq} were cut from the end")
