@@ -39,7 +39,8 @@ def parse_term(envelope: str) -> int:
     """The key term an envelope was sealed under, without decrypting it."""
     try:
         version, term, _ = envelope.split(":", 2)
-        if version != VERSION:
+        # one spelling per term: int() would also take "+1", "01", " 1" or non-ASCII digits
+        if version != VERSION or not (term.isascii() and term.isdigit()) or term != str(int(term)):
             raise ValueError(version)
         return int(term)
     except ValueError as exc:
@@ -56,7 +57,8 @@ def seal(key: Sensitive[bytes], term: int, plaintext: bytes, aad: bytes) -> str:
 def open_(key: Sensitive[bytes], envelope: str, aad: bytes) -> bytes:
     try:
         _, _, body = envelope.split(":", 2)
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        # strict: the default decoder skips characters outside the alphabet and trailing data
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
     except ValueError as exc:
         raise CryptoError("stored value is not a jitvault ciphertext (bad encoding)") from exc
     if len(raw) < NONCE_BYTES + 16:

@@ -250,6 +250,8 @@ class Vault:
         for row in rows:
             try:
                 key = provider.unwrap(row.wrapped, wrap_aad(row.term, row.purpose))
+            except KeyProviderError:
+                raise  # the provider's own diagnosis (Transit unreachable, bad token, ...)
             except CryptoError:
                 raise KeyProviderError(
                     "the root key does not open this database's keyring",
