@@ -20,14 +20,17 @@ def get_node(request: Request) -> Node:
     return node
 
 
+MAX_SOURCE = 64  # an IPv6 address is at most 45 characters
+
+
 def source_address(request: Request) -> str:
     node = get_node(request)
     peer = request.client.host if request.client else "unknown"
     if peer in node.settings.auth.trusted_proxies:
         forwarded = request.headers.get("x-forwarded-for", "")
         if forwarded:
-            return forwarded.split(",")[-1].strip() or peer
-    return peer
+            return (forwarded.split(",")[-1].strip() or peer)[:MAX_SOURCE]
+    return peer[:MAX_SOURCE]
 
 
 def _bearer(request: Request) -> Sensitive[str] | None:

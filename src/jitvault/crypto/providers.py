@@ -121,9 +121,11 @@ class TransitRootKey:
 
     def ensure_key(self) -> None:
         """Create the Transit key if it does not exist (needs create rights; done at init)."""
+        import hvac.exceptions
+
         try:
             self._client.secrets.transit.read_key(name=self._key_name, mount_point=self._mount)
-        except Exception:
+        except hvac.exceptions.InvalidPath:  # only "no such key" leads to creating it
             try:
                 self._client.secrets.transit.create_key(
                     name=self._key_name, key_type="aes256-gcm96", mount_point=self._mount
@@ -134,6 +136,12 @@ class TransitRootKey:
                     f"{type(exc).__name__}",
                     hint="enable the transit engine and grant create/read on the key",
                 ) from None
+        except Exception as exc:
+            raise KeyProviderError(
+                f"cannot read Transit key {self._key_name!r} at mount {self._mount!r}: "
+                f"{type(exc).__name__}",
+                hint="check the Transit address, token and policy",
+            ) from None
 
     def wrap(self, plaintext: Sensitive[bytes], aad: bytes) -> bytes:
         payload = len(aad).to_bytes(2, "big") + aad + plaintext.reveal()

@@ -19,8 +19,8 @@ from jitvault.crypto import (
     secret_matches,
     verify_password,
 )
-from jitvault.domain import Principal, Sensitive, normalize_username
-from jitvault.errors import AuthError, JitvaultError, LockedOut
+from jitvault.domain import Principal, Sensitive, normalize_username, validate_username
+from jitvault.errors import AuthError, JitvaultError, LockedOut, ValidationError
 from jitvault.services.node import Node
 from jitvault.services.users import issue_api_token
 from jitvault.storage import repositories as repo
@@ -110,15 +110,22 @@ def login(
 ) -> tuple[Principal, Sensitive[str]]:
     """Password login (for the web UI and scripts): returns a new 12-hour API token."""
     now = datetime.now(UTC)
-    name = normalize_username(username)
+    try:
+        name: str | None = validate_username(username)
+    except ValidationError:
+        # no user can have this name (too long, NUL, ...): it is not looked up nor stored as a
+        # counter key (the database may refuse it), but the source still counts the failure
+        name = None
     keys = _keys(source, name)
     _check_locked(node, keys, now)
-    with node.read() as conn:
-        found = repo.user_find(conn, name)
+    found = None
+    if name is not None:
+        with node.read() as conn:
+            found = repo.user_find(conn, name)
     stored = found[1] if found and found[1] else DUMMY_PASSWORD_HASH
     ok = verify_password(password, stored)  # always spend the argon2 time
     if not ok or found is None or found[1] is None or found[0].disabled:
-        _record_failure(node, keys, source, name, now)
+        _record_failure(node, keys, source, name or "anonymous", now)
         raise AuthError(_FAILED)
     user = found[0]
     principal = Principal(user.id, user.name, user.role, user.groups)

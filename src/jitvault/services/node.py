@@ -79,7 +79,8 @@ class Node:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.db.begin() as conn:
+        """A read-only transaction (never write in it: on SQLite it takes no write lock)."""
+        with self.db.read() as conn:
             yield conn
 
     def close(self) -> None:

@@ -97,11 +97,11 @@ class Vault:
         return self.settings.keys.provider
 
     def is_initialized(self) -> bool:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return repo.meta_get(conn, "initialized") == "1"
 
     def status(self) -> SealStatus:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             initialized = repo.meta_get(conn, "initialized") == "1"
             threshold = repo.meta_get(conn, "shamir_threshold")
             shares = repo.meta_get(conn, "shamir_shares")
@@ -234,7 +234,7 @@ class Vault:
     # --- unsealing ----------------------------------------------------------------------------
 
     def _check_provider_matches(self) -> None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             stored = repo.meta_get(conn, "key_provider")
         if stored and stored != self.provider_name:
             raise KeyProviderError(
@@ -244,7 +244,7 @@ class Vault:
             )
 
     def _unseal_with(self, provider: RootKeyProvider) -> None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             rows = repo.keyring_rows(conn)
         entries = []
         for row in rows:
@@ -284,7 +284,7 @@ class Vault:
             try:
                 self._unseal_with(self._make_provider(for_init=False))
             except KeyProviderError as exc:
-                self._last_error = exc.message
+                self._last_error = str(exc)  # with its hint: seal-status shows what to do
                 raise
             self._last_error = None
             return True
@@ -302,7 +302,7 @@ class Vault:
             if any(parse_share(s)[0] == x for s in self._shares):
                 raise ValidationError("this unseal share was already given")
             self._shares.append(share)
-            with self.db.begin() as conn:
+            with self.db.read() as conn:
                 threshold = int(repo.meta_get(conn, "shamir_threshold") or "0")
             if len(self._shares) < threshold:
                 return self.status()
@@ -345,23 +345,20 @@ class Vault:
                     provider.wrap(new, wrap_aad(term, PURPOSE_DATA)),
                     "active",
                 )
-                keyring.add(KeyringEntry(term, PURPOSE_DATA, new))
-                try:
-                    remaining = sealed.count_below(conn, term)
-                    audit.emit(
-                        conn,
-                        keyring,
-                        AuditEvent(
-                            Action.KEY_ROTATED,
-                            actor=actor,
-                            source=source,
-                            subject=f"term:{term}",
-                            details={"previous_term": old, "to_reencrypt": remaining},
-                        ),
-                    )
-                except Exception:
-                    keyring.forget(term)
-                    raise
+                remaining = sealed.count_below(conn, term)
+                audit.emit(
+                    conn,
+                    keyring,
+                    AuditEvent(
+                        Action.KEY_ROTATED,
+                        actor=actor,
+                        source=source,
+                        subject=f"term:{term}",
+                        details={"previous_term": old, "to_reencrypt": remaining},
+                    ),
+                )
+            # only once committed: a term the database does not have must never encrypt
+            keyring.add(KeyringEntry(term, PURPOSE_DATA, new))
             return term
 
     def refresh(self) -> None:
@@ -369,7 +366,7 @@ class Vault:
         with self._lock:
             keyring, provider = self.keyring, self._provider
             assert provider is not None
-            with self.db.begin() as conn:
+            with self.db.read() as conn:
                 rows = repo.keyring_rows(conn)
             known = set(keyring.terms)
             for row in rows:

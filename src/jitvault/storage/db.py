@@ -36,7 +36,8 @@ class Database:
             raise ConfigError(
                 f"unsupported database {self.dialect!r}", hint="use sqlite:/// or postgresql://"
             )
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # hide_parameters: a driver error in a traceback must never print a bound value
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -62,12 +63,27 @@ class Database:
                 "the database is unavailable", hint="check database_url and that it is running"
             ) from exc
 
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction. On SQLite it is a deferred one, which in WAL mode reads a
+        consistent snapshot without waiting for writers (a key rotation's re-encryption, say)."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(jitvault_read=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise Unavailable(
+                "the database is unavailable", hint="check database_url and that it is running"
+            ) from exc
+
     def dispose(self) -> None:
         self.engine.dispose()
 
 
 def _sqlite_discipline(engine: Engine) -> None:
-    """WAL, foreign keys, and BEGIN IMMEDIATE so two writers never deadlock on upgrade."""
+    """WAL, foreign keys, and BEGIN IMMEDIATE for writes so two writers never deadlock on a
+    lock upgrade (reads begin deferred, see :meth:`Database.read`)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -81,7 +97,8 @@ def _sqlite_discipline(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get("jitvault_read", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 __all__ = ["Database", "normalize_url"]
