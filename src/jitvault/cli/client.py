@@ -92,7 +92,10 @@ class ApiClient:
                     self._raise(r)
                 yield from r.iter_lines()
         except httpx.TransportError:
-            fail(f"cannot reach jitvault at {self.addr}", EXIT_UNAVAILABLE)
+            fail(
+                f"cannot reach jitvault at {self.addr}: is the server running? (set JITVAULT_ADDR)",
+                EXIT_UNAVAILABLE,
+            )
 
     @staticmethod
     def _raise(resp: httpx.Response) -> NoReturn:

@@ -1,20 +1,24 @@
-"""Local operator commands: init, server, dev. They open the data directory directly."""
+"""Local operator commands: init, server, dev. They open the data directory directly.
+
+The server stack (FastAPI, SQLAlchemy, the services) is imported inside the commands that need
+it, so that remote commands such as ``jitvault whoami`` start fast.
+"""
 
 from __future__ import annotations
 
 import socket
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
-from jitvault import runtime
 from jitvault.cli.client import EXIT_CONFLICT, EXIT_INVALID, EXIT_UNAVAILABLE, fail
 from jitvault.cli.output import err_console
-from jitvault.config import Settings, default_data_dir, load_settings
 from jitvault.errors import JitvaultError
-from jitvault.services import Node, keys, system
+
+if TYPE_CHECKING:
+    from jitvault.config import Settings
 
 DataDirOpt = typer.Option(
     None, "--data-dir", help="Data directory (default: ~/.local/share/jitvault)."
@@ -23,6 +27,8 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Path to config.toml.")
 
 
 def _settings(config: Path | None, data_dir: Path | None) -> Settings:
+    from jitvault.config import default_data_dir, load_settings
+
     if config is not None:
         return load_settings(config)
     d = (data_dir or default_data_dir()).expanduser().resolve()
@@ -70,6 +76,9 @@ def init(
     Prints the lines to export. With --key-provider shamir, only the config is written:
     start the server and run 'jitvault operator init --shares 5 --threshold 3'.
     """
+    from jitvault.config import default_data_dir, load_settings
+    from jitvault.services import Node, system
+
     if key_provider not in ("file", "shamir", "transit"):
         fail("--key-provider must be file, shamir or transit", EXIT_INVALID)
     provider: Literal["file", "shamir", "transit"] = key_provider  # type: ignore[assignment]
@@ -113,8 +122,10 @@ def server(
     settings = _settings(config, data_dir)
     if port is not None:
         settings.server.api_port = port
-    runtime.configure_logging(settings.log_level)
     _check_port_free(settings.server.listen, settings.server.api_port)
+    from jitvault import runtime  # after the cheap checks: it loads the whole server
+
+    runtime.configure_logging(settings.log_level)
     runtime.serve(runtime.open_node(settings))
 
 
@@ -131,16 +142,23 @@ def dev(
         settings.server.api_port = port
     if settings.keys.provider != "file":
         fail("'jitvault dev' uses the file key provider; use 'jitvault server'", EXIT_INVALID)
-    runtime.configure_logging(settings.log_level)
     _check_port_free(settings.server.listen, settings.server.api_port)
+    from jitvault import runtime  # after the cheap checks: it loads the whole server
+    from jitvault.services import Node, system
+
+    runtime.configure_logging(settings.log_level)
     system.write_config(settings)
-    node = runtime.open_node(settings)
+    # not runtime.open_node: on a fresh directory it would log "run 'jitvault operator init'"
+    node = Node.open(settings)
     if not node.vault.is_initialized():
         token = system.initialize(node).admin_token
         err_console.print(f"initialized {settings.data_dir}")
     else:
-        if node.vault.sealed:
-            fail("the vault could not be unsealed (see the log above)", EXIT_UNAVAILABLE)
+        try:
+            node.vault.auto_unseal()
+        except JitvaultError as exc:
+            node.close()
+            fail(f"the vault could not be unsealed: {exc}", EXIT_UNAVAILABLE)
         token = system.dev_admin_token(node)
     cfg = settings.server
     _print_exports(settings, token.reveal())
@@ -162,6 +180,9 @@ def reencrypt(
     """Move every stored secret to the active key term now (what the worker does), with
     progress. Safe to interrupt and run again."""
     from rich.progress import Progress
+
+    from jitvault import runtime
+    from jitvault.services import keys
 
     settings = _settings(config, data_dir)
     node = runtime.open_node(settings)

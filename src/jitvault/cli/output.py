@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: an error stays one line on stderr whatever the terminal width
+err_console = Console(stderr=True, soft_wrap=True)
 
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 

@@ -75,8 +75,14 @@ def verify_password(password: Sensitive[str], stored: str) -> bool:
         return False
 
 
-# a fixed argon2 hash used to spend the same time when the user does not exist
-DUMMY_PASSWORD_HASH = _hasher.hash("jitvault-timing-equalizer")
+# a fixed argon2 hash used to spend the same time when the user does not exist. It is a literal
+# (made once by ``_hasher.hash("jitvault-timing-equalizer")``) because hashing it at import cost
+# every process, the CLI included, about 0.4 s of start-up. If argon2's default parameters change
+# (``_hasher.check_needs_rehash(DUMMY_PASSWORD_HASH)`` turns true), regenerate it.
+DUMMY_PASSWORD_HASH = (
+    "$argon2id$v=19$m=65536,t=3,p=4$ri2QeJ46B3POu5oJBCaUjg$"
+    "ExCBaWFo0qJakagrnbt6vi2uDJmQigQ+1IznWexOAPk"
+)
 
 
 __all__ = [

@@ -16,7 +16,14 @@ router = APIRouter(prefix="/v1", tags=["targets"])
 def add_target(body: TargetIn, caller: CallerDep, node: NodeDep, source: SourceDep) -> TargetOut:
     secret = Sensitive(body.admin_password.get_secret_value()) if body.admin_password else None
     target = targets.add_target(
-        node, caller, body.name, body.kind, body.options, body.admin_user, secret, source,
+        node,
+        caller,
+        body.name,
+        body.kind,
+        body.options,
+        body.admin_user,
+        secret,
+        source,
         body.labels,
     )
     return TargetOut.of(target)
