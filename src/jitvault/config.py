@@ -148,8 +148,9 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def settings_to_toml(settings: Settings) -> dict[str, Any]:
     """The TOML document ``jitvault init`` writes: no secrets, paths as strings."""
-    dumped = settings.model_dump(mode="json", exclude_none=True)
-    return dumped
+    # data_dir is where the file lives: writing it down would tie a copied or moved data
+    # directory to its old place
+    return settings.model_dump(mode="json", exclude_none=True, exclude={"data_dir"})
 
 
 __all__ = [

@@ -231,6 +231,9 @@ def test_dev_again_on_the_same_dir_keeps_the_data_and_prints_a_new_working_token
         assert targets[0]["has_admin_secret"] is True
         assert (data / "root.key").read_bytes() == key_before
         assert (data / "config.toml").read_text() == config_before
+        # one live dev token at a time: the first run's token no longer works
+        stale = run_cli("whoami", env=cli_env(second.addr, first.token))
+        assert stale.returncode == 3, stale.stderr
     finally:
         second.stop()
 

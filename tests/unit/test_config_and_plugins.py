@@ -51,3 +51,25 @@ def test_unknown_target_kind_names_the_installed_kinds() -> None:
     with pytest.raises(NotFound) as err:
         discover_targets().get("mainframe")
     assert "postgres" in (err.value.hint or "")
+
+
+def test_written_config_names_no_data_dir_so_a_moved_directory_keeps_working(
+    tmp_path: Path,
+) -> None:
+    import tomllib
+
+    import tomli_w
+
+    from jitvault.config import settings_to_toml
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.toml").write_text(
+        tomli_w.dumps(settings_to_toml(load_settings(None, data_dir=str(old))))
+    )
+    assert "data_dir" not in tomllib.loads((old / "config.toml").read_text())
+    moved = tmp_path / "moved"
+    old.rename(moved)
+    settings = load_settings(moved / "config.toml")
+    assert settings.data_dir == moved
+    assert settings.effective_key_file == moved / "root.key"

@@ -151,7 +151,7 @@ def dev(
     # not runtime.open_node: on a fresh directory it would log "run 'jitvault operator init'"
     node = Node.open(settings)
     if not node.vault.is_initialized():
-        token = system.initialize(node).admin_token
+        token = system.initialize(node, token_description=system.DEV_TOKEN).admin_token
         err_console.print(f"initialized {settings.data_dir}")
     else:
         try:

@@ -73,10 +73,12 @@ def _create_user(
     return user
 
 
-def bootstrap_admin(node: Node, name: str) -> tuple[User, Sensitive[str]]:
+def bootstrap_admin(
+    node: Node, name: str, description: str = "bootstrap"
+) -> tuple[User, Sensitive[str]]:
     """The first admin and its token, made by a local operator command (no API caller yet)."""
     user = _create_user(node, "system", name, Role.ADMIN, [], None, "local")
-    token = issue_api_token(node, user, description="bootstrap", actor="system", source="local")
+    token = issue_api_token(node, user, description=description, actor="system", source="local")
     return user, token
 
 

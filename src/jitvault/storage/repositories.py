@@ -245,6 +245,18 @@ def token_owner(conn: Connection, token_id: str) -> int:
     return int(user_id)
 
 
+def token_ids_described(conn: Connection, user_id: int, description: str) -> list[str]:
+    """Live token ids of a user with this description (e.g. the ones ``jitvault dev`` made)."""
+    rows = conn.execute(
+        select(t.api_tokens.c.id).where(
+            t.api_tokens.c.user_id == user_id,
+            t.api_tokens.c.description == description,
+            t.api_tokens.c.revoked_at.is_(None),
+        )
+    )
+    return [str(r) for r in rows.scalars()]
+
+
 def token_revoke(conn: Connection, token_id: str) -> None:
     token_owner(conn, token_id)
     conn.execute(
@@ -424,6 +436,7 @@ __all__ = [
     "target_get",
     "target_list",
     "token_add",
+    "token_ids_described",
     "token_list",
     "token_lookup",
     "token_owner",
