@@ -1,6 +1,13 @@
 """What plugins implement and how the core finds them."""
 
-from jitvault.plugin_api.contracts import NotifierPlugin, TargetPlugin, Unsupported
+from jitvault.plugin_api.contracts import (
+    AccountTemplate,
+    NotifierPlugin,
+    TargetAccess,
+    TargetPlugin,
+    TargetRejected,
+    Unsupported,
+)
 from jitvault.plugin_api.registry import (
     NOTIFIERS_GROUP,
     TARGETS_GROUP,
@@ -14,11 +21,14 @@ from jitvault.plugin_api.registry import (
 __all__ = [
     "NOTIFIERS_GROUP",
     "TARGETS_GROUP",
+    "AccountTemplate",
     "NotifierPlugin",
     "NotifierRegistry",
     "PluginRegistry",
+    "TargetAccess",
     "TargetPlugin",
     "TargetRegistry",
+    "TargetRejected",
     "Unsupported",
     "discover_notifiers",
     "discover_targets",

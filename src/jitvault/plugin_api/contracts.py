@@ -1,12 +1,14 @@
-"""The contract target plugins implement (the shape of Vault's database plugin v5).
+"""The contracts plugins implement (target plugins: the shape of Vault's database plugin v5).
 
 The core generates every secret; a plugin only applies it. Every call is async, idempotent and
 safe to retry. A plugin that does not support an operation leaves the default, which raises
-:class:`Unsupported`.
+:class:`Unsupported`. Plugins must never put a secret into an exception message or a log line:
+errors say what failed (and the server's SQLSTATE or similar code), not with which value.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -18,6 +20,46 @@ from jitvault.errors import JitvaultError
 
 class Unsupported(JitvaultError):
     code = "unsupported"
+
+
+class TargetRejected(JitvaultError):
+    """The target refused the operation (bad credential, permission denied, ...).
+
+    ``retryable`` says whether trying again later may help (a timeout, a restart) or not
+    (a rejected password).
+    """
+
+    code = "target_rejected"
+
+    def __init__(self, message: str, *, hint: str | None = None, retryable: bool = False):
+        super().__init__(message, hint=hint)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class TargetAccess:
+    """What a plugin needs to reach a target as its administrator.
+
+    ``options`` are the validated options of the target's ``config_model``; ``admin_secret`` is
+    revealed only by the plugin, at the line that logs in.
+    """
+
+    name: str
+    options: dict[str, Any]
+    admin_user: str | None = None
+    admin_secret: Sensitive[str] | None = None
+
+
+@dataclass(frozen=True)
+class AccountTemplate:
+    """How an ephemeral account is made and taken away (stored with the grant that uses it)."""
+
+    name: str
+    grant_roles: tuple[str, ...] = ()
+    #: "drop_owned" drops what the account created; "reassign_owned" gives it to reassign_to
+    on_drop: str = "drop_owned"
+    reassign_to: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Plugin:
@@ -36,37 +78,40 @@ class TargetPlugin(Plugin):
             mode="json"
         )
 
-    async def verify(self, target: dict[str, Any], username: str, secret: Sensitive[str]) -> bool:
+    async def verify(self, target: TargetAccess, username: str, secret: Sensitive[str]) -> bool:
+        """Can ``username`` log in with ``secret``? False if the target says no; raises
+        :class:`TargetRejected` (retryable) if the target cannot be asked."""
         raise Unsupported(f"{self.kind} targets cannot verify credentials yet")
 
-    async def rotate(
-        self,
-        target: dict[str, Any],
-        username: str,
-        current: Sensitive[str],
-        new: Sensitive[str],
-    ) -> None:
+    async def rotate(self, target: TargetAccess, username: str, new: Sensitive[str]) -> None:
+        """Set ``new`` as the password of ``username`` (idempotent: setting it twice is fine)."""
         raise Unsupported(f"{self.kind} targets cannot rotate credentials yet")
 
     async def create_account(
         self,
-        target: dict[str, Any],
-        template: dict[str, Any],
+        target: TargetAccess,
+        template: AccountTemplate,
         username: str,
         secret: Sensitive[str],
         expires_at: datetime,
     ) -> None:
+        """Create ``username`` from ``template`` (idempotent: an existing one is updated)."""
         raise Unsupported(f"{self.kind} targets cannot create ephemeral accounts yet")
 
-    async def drop_account(self, target: dict[str, Any], username: str) -> None:
+    async def drop_account(
+        self, target: TargetAccess, template: AccountTemplate, username: str
+    ) -> None:
+        """End the account's sessions and drop it; no error if it is already gone."""
         raise Unsupported(f"{self.kind} targets cannot drop ephemeral accounts yet")
 
     async def elevate(
-        self, target: dict[str, Any], username: str, role: str, expires_at: datetime
+        self, target: TargetAccess, username: str, role: str, expires_at: datetime
     ) -> None:
+        """Give ``username`` the ``role`` (idempotent)."""
         raise Unsupported(f"{self.kind} targets cannot elevate accounts yet")
 
-    async def revoke(self, target: dict[str, Any], username: str, role: str) -> None:
+    async def revoke(self, target: TargetAccess, username: str, role: str) -> None:
+        """Take ``role`` back from ``username``; no error if already revoked or gone."""
         raise Unsupported(f"{self.kind} targets cannot revoke elevations yet")
 
 
@@ -90,4 +135,12 @@ class NotifierPlugin(Plugin):
         raise Unsupported(f"{self.kind} notifier cannot deliver")
 
 
-__all__ = ["NotifierPlugin", "Plugin", "TargetPlugin", "Unsupported"]
+__all__ = [
+    "AccountTemplate",
+    "NotifierPlugin",
+    "Plugin",
+    "TargetAccess",
+    "TargetPlugin",
+    "TargetRejected",
+    "Unsupported",
+]

@@ -19,8 +19,8 @@ from typing import Any
 from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.domain import AccessKind
 from jitvault.errors import JitvaultError
-from jitvault.plugin_api import Unsupported
-from jitvault.services import notify
+from jitvault.plugin_api import AccountTemplate, Unsupported
+from jitvault.services import notify, targets
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import workflow
@@ -38,11 +38,12 @@ def _cleanup_grant(node: Node, payload: dict[str, Any]) -> None:
         grant = workflow.grant_get(conn, int(payload["grant_id"]))
         target = repo.target_get(conn, grant.target)
     plugin = node.targets.get(target.kind)
-    options = target.options
+    access = targets.target_access(node, target)
     if grant.kind == AccessKind.ROLE:
-        asyncio.run(plugin.revoke(options, grant.user, grant.name))
+        asyncio.run(plugin.revoke(access, grant.user, grant.name))
     elif grant.kind == AccessKind.EPHEMERAL:
-        asyncio.run(plugin.drop_account(options, f"{grant.name}-{grant.id}"))
+        template = AccountTemplate(name=grant.name)
+        asyncio.run(plugin.drop_account(access, template, f"{grant.name}-{grant.id}"))
     else:
         # rotation of a shared account is journaled two-phase by the target's plugin support
         raise Unsupported(f"{target.kind} targets cannot rotate shared accounts yet")

@@ -24,6 +24,7 @@ from jitvault.domain import (
     validate_target_name,
 )
 from jitvault.errors import ValidationError
+from jitvault.plugin_api import TargetAccess
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed
@@ -180,6 +181,16 @@ def account_secret(node: Node, account: Account) -> Sensitive[str] | None:
     return None if raw is None else raw.map(bytes.decode)
 
 
+def target_access(node: Node, target: Target) -> TargetAccess:
+    """What a plugin needs to act on the target as its admin (the secret stays Sensitive)."""
+    return TargetAccess(
+        name=target.name,
+        options=target.options,
+        admin_user=target.admin_user,
+        admin_secret=target_admin_secret(node, target),
+    )
+
+
 def target_admin_secret(node: Node, target: Target) -> Sensitive[str] | None:
     keyring = node.vault.keyring
     with node.read() as conn:
@@ -196,5 +207,6 @@ __all__ = [
     "list_accounts",
     "list_targets",
     "set_account_secret",
+    "target_access",
     "target_admin_secret",
 ]
