@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jitvault.domain.durations import parse_duration
+from jitvault.errors import ValidationError
 
 DEFAULT_REQUEST_TTL = timedelta(hours=1)
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -34,7 +35,11 @@ def _duration(value: Any) -> timedelta | None:
         return value
     if isinstance(value, int):
         return timedelta(seconds=value)
-    return parse_duration(str(value))
+    try:
+        return parse_duration(str(value))
+    except ValidationError as exc:
+        # a ValueError, so that pydantic reports it with its place (and parse_policy the rule)
+        raise ValueError(str(exc)) from None
 
 
 class AccessKind(StrEnum):

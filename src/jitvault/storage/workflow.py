@@ -296,7 +296,13 @@ def due_to_start(conn: Connection, at: datetime, limit: int) -> list[int]:
     q = (
         select(_R.c.id)
         .join(_G, _G.c.request_id == _R.c.id)
-        .where(_R.c.state == RequestState.APPROVED.value, _G.c.starts_at <= at)
+        # a window that has passed entirely is due_to_end's; selecting it here too would make
+        # the sweep re-select the same full batch forever
+        .where(
+            _R.c.state == RequestState.APPROVED.value,
+            _G.c.starts_at <= at,
+            _G.c.expires_at > at,
+        )
         .order_by(_R.c.id)
         .limit(limit)
         .with_for_update(of=_R, skip_locked=True)
@@ -375,7 +381,8 @@ def job_claim(
             _J.c.run_after <= at,
             (_J.c.state == "queued") | and_(_J.c.state == "running", _J.c.locked_until < at),
         )
-        .order_by(_J.c.run_after, _J.c.id)
+        # credential cleanup before notifications: a slow webhook must not delay removal
+        .order_by(_J.c.kind == "notify", _J.c.run_after, _J.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
