@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -500,3 +501,22 @@ def test_an_empty_document_is_a_policy_that_denies_everything() -> None:
     doc = parse_policy("")
     assert doc.rules == []
     assert evaluate(doc, _facts()).outcome == Outcome.DENY
+
+
+@pytest.mark.parametrize("days", [["Monxyz"], ["mo"], ["weekday"]])
+def test_day_names_must_be_real_days(days: list[str]) -> None:
+    with pytest.raises(ValidationError):
+        parse_policy(
+            yaml.safe_dump(
+                {"rules": [{"name": "r", "match": {"days": days}, "auto_approve": True}]}
+            )
+        )
+
+
+def test_an_empty_hours_window_is_rejected() -> None:
+    with pytest.raises(ValidationError):
+        parse_policy(
+            yaml.safe_dump(
+                {"rules": [{"name": "r", "match": {"hours": "09:00-09:00"}, "auto_approve": True}]}
+            )
+        )

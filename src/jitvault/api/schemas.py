@@ -235,7 +235,8 @@ class GrantOut(BaseModel):
     def of(cls, g: Grant, now: datetime) -> GrantOut:
         left = 0
         if g.state.value in ("approved", "active"):
-            left = max(0, int((g.expires_at - now).total_seconds()))
+            # time of access left: a scheduled grant's wait before it starts does not count
+            left = max(0, int((g.expires_at - max(now, g.starts_at)).total_seconds()))
         return cls(
             id=g.id,
             request_id=g.request_id,

@@ -84,7 +84,8 @@ class Match(BaseModel):
     @classmethod
     def _days(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
-            bad = [d for d in v if d.lower()[:3] not in _DAYS]
+            full = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+            bad = [d for d in v if d.lower() not in _DAYS and d.lower() not in full]
             if bad:
                 raise ValueError(f"unknown day(s) {bad}; use mon..sun")
             v = [d.lower()[:3] for d in v]
@@ -118,9 +119,12 @@ class Match(BaseModel):
 def _parse_hours(text: str) -> tuple[time, time]:
     try:
         start, end = text.split("-")
-        return time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
+        window = time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
     except ValueError:
         raise ValueError(f"invalid hours {text!r}; use HH:MM-HH:MM") from None
+    if window[0] == window[1]:
+        raise ValueError(f"hours {text!r} is an empty window")
+    return window
 
 
 class Rule(BaseModel):
