@@ -124,12 +124,24 @@ class SweepResult:
         return self.expired_requests + self.started + self.ended + self.warned
 
 
-def sweep(node: Node, at: datetime | None = None, batch: int = SWEEP_BATCH) -> SweepResult:
+def sweep(
+    node: Node,
+    at: datetime | None = None,
+    batch: int = SWEEP_BATCH,
+    max_batches: int | None = None,
+) -> SweepResult:
     """One pass: lapse stale pending requests, start scheduled grants, end expired ones, and
     warn of those about to expire. Each batch is one transaction; rows other nodes hold are
     skipped (SKIP LOCKED), so nodes share the sweep without doing anything twice."""
     at = at or node.clock()
     out = SweepResult()
+    budget = [max_batches if max_batches is not None else -1]
+
+    def more(ids: list[int]) -> bool:
+        """Another batch? Not when this one was short, nor when the pass's budget is spent."""
+        budget[0] -= 1
+        return len(ids) == batch and budget[0] != 0
+
     warn = timedelta(seconds=node.settings.workflow.expiry_warning_seconds)
     while True:
         with node.write() as tx:
@@ -137,7 +149,7 @@ def sweep(node: Node, at: datetime | None = None, batch: int = SWEEP_BATCH) -> S
             for rid in ids:
                 r = workflow.request_get(tx.conn, rid)
                 out.expired_requests += lapse_if_due(node, tx, r, at)
-        if len(ids) < batch:
+        if not more(ids):
             break
     while True:
         with node.write() as tx:
@@ -148,7 +160,7 @@ def sweep(node: Node, at: datetime | None = None, batch: int = SWEEP_BATCH) -> S
                 if g.expires_at > at:
                     activate(tx, rid, g.id, at)
                     out.started += 1
-        if len(ids) < batch:
+        if not more(ids):
             break
     while True:
         with node.write() as tx:
@@ -156,7 +168,7 @@ def sweep(node: Node, at: datetime | None = None, batch: int = SWEEP_BATCH) -> S
             for rid in ids:
                 _finish(node, tx, rid, _end_state(tx, rid), at, "system", "expired")
                 out.ended += 1
-        if len(ids) < batch:
+        if not more(ids):
             break
     with node.write() as tx:
         for gid in workflow.due_expiry_warning(tx.conn, at, warn, batch):

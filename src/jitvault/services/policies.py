@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,11 @@ from jitvault.storage import repositories as repo
 from jitvault.storage import workflow
 
 MAX_POLICY_BYTES = 256 * 1024
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_cached(text: str) -> PolicyDocument:
+    return parse_policy(text)
 
 
 def parse_policy(text: str) -> PolicyDocument:
@@ -70,7 +76,8 @@ def active_policy(conn: Connection) -> ActivePolicy | None:
     row = workflow.policy_current(conn)
     if row is None:
         return None
-    return ActivePolicy(row.version, row.sha256, parse_policy(row.document), row.document)
+    # parsed once per document, not on every request (the document is immutable per version)
+    return ActivePolicy(row.version, row.sha256, _parse_cached(row.document), row.document)
 
 
 def apply_policy(node: Node, actor: Principal, text: str, source: str = "") -> dict[str, Any]:
