@@ -105,3 +105,6 @@ def api(booted: Booted) -> Iterator[TestClient]:
     with TestClient(create_app(booted.node), base_url="http://testserver") as client:
         client.headers["Authorization"] = f"Bearer {booted.admin_token}"
         yield client
+
+
+from tests.pgcluster import pg_cluster  # noqa: E402, F401
