@@ -27,6 +27,7 @@ from jitvault.config import Settings
 from jitvault.services import Node
 from jitvault.storage import tables as t
 from tests.conftest import Booted, make_settings
+from tests.support import free_port
 
 PUBLIC = "public"
 ROLES = ("requester", "approver", "admin", "auditor")
@@ -80,6 +81,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("GET", "/v1/targets/{name}/accounts"): EVERYONE,
     ("GET", "/v1/targets/{name}/accounts/{username}"): EVERYONE,
     ("PUT", "/v1/targets/{name}/accounts/{username}/secret"): ADMIN,
+    ("POST", "/v1/targets/{name}/accounts/{username}/rotate"): ADMIN,
+    ("POST", "/v1/targets/{name}/accounts/{username}/verify"): ADMIN,
     ("GET", "/v1/accounts"): EVERYONE,
     # audit
     ("GET", "/v1/audit/events"): ADMIN_AUDITOR,
@@ -237,7 +240,8 @@ def make_world(booted: Booted, api: TestClient) -> World:
         json={
             "name": w.target,
             "kind": "postgres",
-            "options": {"host": "127.0.0.1", "port": 5432},
+            # a closed port: no test here may touch a real database through the plugin
+            "options": {"host": "127.0.0.1", "port": free_port()},
             "admin_user": "postgres",
             "admin_password": "target-admin-password",
         },
@@ -339,6 +343,14 @@ REQUESTS: dict[tuple[str, str], Builder] = {
         "PUT",
         f"/v1/targets/{w.target}/accounts/{w.account}/secret",
         json={"password": w.fresh("new-password")},
+    ),
+    # the matrix's target is not a reachable database: an allowed caller gets as far as the
+    # target (502), a refused one never does
+    ("POST", "/v1/targets/{name}/accounts/{username}/rotate"): lambda w, c: Call(
+        "POST", f"/v1/targets/{w.target}/accounts/{w.account}/rotate", ok=502
+    ),
+    ("POST", "/v1/targets/{name}/accounts/{username}/verify"): lambda w, c: Call(
+        "POST", f"/v1/targets/{w.target}/accounts/{w.account}/verify", ok=502
     ),
     ("GET", "/v1/accounts"): lambda w, c: Call("GET", "/v1/accounts"),
     ("GET", "/v1/audit/events"): lambda w, c: Call("GET", "/v1/audit/events", params={"limit": 10}),

@@ -20,10 +20,14 @@ from jitvault.errors import (
     Unavailable,
     ValidationError,
 )
+from jitvault.plugin_api import TargetRejected, Unsupported
 
 log = logging.getLogger(__name__)
 
 STATUS: list[tuple[type[JitvaultError], int]] = [
+    (Unsupported, 501),
+    # the target (a database, a host) refused or could not be reached
+    (TargetRejected, 502),
     (LockedOut, 429),
     (AuthError, 401),
     (Forbidden, 403),

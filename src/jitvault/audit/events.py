@@ -41,6 +41,12 @@ class Action(StrEnum):
     GRANT_REVOKED = "grant.revoked"
     GRANT_CLEANUP = "grant.cleanup"
     JOB_DEAD = "job.dead"
+    ROTATION_STARTED = "rotation.started"
+    ROTATION_REJECTED = "rotation.rejected"
+    ROTATION_COMPLETED = "rotation.completed"
+    ROTATION_ROLLED_BACK = "rotation.rolled_back"
+    ACCOUNT_NEEDS_OPERATOR = "account.needs_operator"
+    ACCOUNT_VERIFIED = "account.verified"
 
 
 class Outcome(StrEnum):

@@ -14,7 +14,7 @@ from jitvault.cli.audit import audit_app
 from jitvault.cli.client import CliError
 from jitvault.cli.operator import operator_app
 from jitvault.cli.output import err_console
-from jitvault.cli.targets import account_app, target_app
+from jitvault.cli.targets import account_app, rotate, target_app
 from jitvault.cli.users import login, token_app, user_app, whoami
 from jitvault.cli.workflow import grant_app, policy_app, request_app
 from jitvault.errors import JitvaultError
@@ -45,6 +45,7 @@ app.command()(local.init)
 app.command()(local.server)
 app.command()(whoami)
 app.command()(login)
+app.command()(rotate)
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(target_app, name="target")

@@ -132,4 +132,35 @@ def account_set_secret(
     )
 
 
-__all__ = ["account_app", "target_app"]
+@account_app.command("verify")
+def account_verify(
+    ref: str = typer.Argument(..., help="TARGET/USERNAME"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check that the vaulted credential still logs in (exit 1 if it does not)."""
+    target, user = _split(ref, None)
+    data = ApiClient().request("POST", f"/v1/targets/{target}/accounts/{user}/verify")
+    if as_json:
+        show(data, True)
+    else:
+        typer.echo(f"{data['account']}: {'ok' if data['ok'] else 'FAILED: does not log in'}")
+    if not data["ok"]:
+        raise typer.Exit(1)
+
+
+def rotate(
+    ref: str = typer.Argument(..., help="TARGET/USERNAME"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rotate a shared account's credential now (journaled, verified, crash-safe)."""
+    target, user = _split(ref, None)
+    data = ApiClient().request("POST", f"/v1/targets/{target}/accounts/{user}/rotate")
+    if as_json:
+        show(data, True)
+    elif data["rotated"]:
+        typer.echo(f"{data['account']}: rotated")
+    else:
+        fail(f"{data['account']}: not rotated ({data['reconciled']})")
+
+
+__all__ = ["account_app", "rotate", "target_app"]

@@ -29,6 +29,7 @@ class Permission(StrEnum):
     POLICY_APPLY = "policy.apply"
     POLICY_READ = "policy.read"
     POLICY_TEST = "policy.test"
+    ACCOUNT_ROTATE = "account.rotate"
 
 
 _ALL = frozenset(Role)
@@ -57,6 +58,8 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.POLICY_APPLY: frozenset({Role.ADMIN}),
     Permission.POLICY_READ: _ALL,
     Permission.POLICY_TEST: frozenset({Role.ADMIN, Role.AUDITOR, Role.APPROVER}),
+    # security staff rotate and check credentials on demand
+    Permission.ACCOUNT_ROTATE: frozenset({Role.ADMIN}),
 }
 
 

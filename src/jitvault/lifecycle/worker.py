@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from jitvault.errors import JitvaultError
-from jitvault.services import Node, grants, jobs, keys
+from jitvault.services import Node, grants, jobs, keys, rotation
 
 log = logging.getLogger(__name__)
+
+BATCHES_PER_PASS = 5
 
 
 class Worker:
@@ -23,40 +26,69 @@ class Worker:
         self.node = node
         self.interval = interval if interval is not None else node.settings.server.worker_interval
         self._stop = threading.Event()
+        self._reconciled = False
         self._thread: threading.Thread | None = None
 
-    def run_once(self) -> None:
+    def run_once(self) -> bool:
+        """One bounded pass; True if it found work (so the next pass should come at once)."""
         vault = self.node.vault
         if vault.sealed:
             if vault.provider_name == "shamir":
-                return
+                return False
             try:
                 vault.auto_unseal()
             except JitvaultError as exc:
                 log.warning("vault still sealed: %s", exc)
-                return
-        for step in (grants.sweep, jobs.run_due_jobs):
+                return False
+        if not self._reconciled:
+            # rotations a crash left in flight are finished or rolled back before anything
+            # else uses their accounts
             try:
-                step(self.node)
+                rotation.reconcile_all(self.node)
+                self._reconciled = True
             except JitvaultError as exc:
-                log.warning("worker step %s failed: %s", step.__module__, exc)
-        moved = -1
-        while moved != 0 and not self._stop.is_set():
+                log.warning("reconciling rotations failed, will retry: %s", exc)
+        # Every step is bounded, so that a burst of one kind of work (10,000 expiries, a key
+        # rotation of a large vault) never holds back the others, cleanup jobs above all.
+        steps: tuple[tuple[str, Callable[[], int]], ...] = (
+            ("sweep", lambda: grants.sweep(self.node, max_batches=BATCHES_PER_PASS).total),
+            ("jobs", lambda: jobs.run_due_jobs(self.node)),
+            ("re-encryption", self._reencrypt),
+        )
+        busy = False
+        for name, step in steps:
+            try:
+                busy = bool(step()) or busy
+            except JitvaultError as exc:
+                log.warning("worker step %s failed: %s", name, exc)
+        return busy
+
+    def _reencrypt(self) -> int:
+        moved_total = 0
+        for _ in range(BATCHES_PER_PASS):
             moved = keys.reencrypt_step(self.node)
-            if moved:
-                log.info(
-                    "re-encrypted %d values under key term %d", moved, vault.keyring.active_term
-                )
+            if not moved:
+                break
+            moved_total += moved
+        if moved_total:
+            log.info(
+                "re-encrypted %d values under key term %d",
+                moved_total,
+                self.node.vault.keyring.active_term,
+            )
+        return moved_total
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            busy = False
             try:
-                self.run_once()
+                busy = self.run_once()
             except JitvaultError as exc:
                 log.warning("worker pass failed: %s", exc)
             except Exception:
                 log.exception("worker pass failed unexpectedly")
-            self._stop.wait(self.interval)
+            if not busy:
+                self._stop.wait(self.interval)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="jitvault-worker", daemon=True)

@@ -20,7 +20,7 @@ from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.domain import AccessKind
 from jitvault.errors import JitvaultError
 from jitvault.plugin_api import AccountTemplate, Unsupported
-from jitvault.services import notify, targets
+from jitvault.services import notify, rotation, targets
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import workflow
@@ -45,13 +45,28 @@ def _cleanup_grant(node: Node, payload: dict[str, Any]) -> None:
         template = AccountTemplate(name=grant.name)
         asyncio.run(plugin.drop_account(access, template, f"{grant.name}-{grant.id}"))
     else:
-        # rotation of a shared account is journaled two-phase by the target's plugin support
-        raise Unsupported(f"{target.kind} targets cannot rotate shared accounts yet")
+        with node.read() as conn:
+            account = repo.account_get(conn, grant.target, grant.name)
+        rotation.rotate(node, account, reason=f"grant {grant.id} ended")
+
+
+def _cleanup_dead(node: Node, payload: dict[str, Any], error: str) -> None:
+    """Cleanup gave up: a shared account that could not be rotated must not be handed out."""
+    with node.read() as conn:
+        grant = workflow.grant_get(conn, int(payload["grant_id"]))
+        if grant.kind != AccessKind.ACCOUNT:
+            return
+        account = repo.account_get(conn, grant.target, grant.name)
+    rotation.mark_needs_operator(node, account, f"rotation after grant {grant.id} failed: {error}")
 
 
 HANDLERS: dict[str, Callable[[Node, dict[str, Any]], None]] = {
     "notify": notify.deliver,
     "grant.cleanup": _cleanup_grant,
+}
+#: what to do when a job of this kind is given up on
+ON_DEAD: dict[str, Callable[[Node, dict[str, Any], str], None]] = {
+    "grant.cleanup": _cleanup_dead,
 }
 
 
@@ -104,6 +119,12 @@ def _run(node: Node, job: dict[str, Any]) -> None:
 
 def _terminal(node: Node, job: dict[str, Any], state: str, error: str) -> None:
     log.error("job %s (%s) is %s: %s", job["id"], job["kind"], state, error)
+    on_dead = ON_DEAD.get(job["kind"])
+    if on_dead is not None:
+        try:
+            on_dead(node, job["payload"], error)
+        except JitvaultError as exc:
+            log.error("giving up on job %s: %s", job["id"], exc)
     with node.write() as tx:
         workflow.job_finish(tx.conn, job["id"], state, error)
         action = Action.GRANT_CLEANUP if job["kind"] == "grant.cleanup" else Action.JOB_DEAD

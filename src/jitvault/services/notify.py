@@ -23,6 +23,7 @@ EVENTS = (
     "grant.expiring",
     "grant.revoked",
     "break_glass",
+    "account.needs_operator",
 )
 DELIVERY_TIMEOUT = 15.0
 

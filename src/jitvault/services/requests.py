@@ -15,6 +15,7 @@ from jitvault.domain import (
     AccessKind,
     AccessRequest,
     AccountMode,
+    AccountStatus,
     Decision,
     Outcome,
     Permission,
@@ -97,6 +98,12 @@ def create_request(
         target = repo.target_get(tx.conn, req.target)
         if req.kind == AccessKind.ACCOUNT:
             account = repo.account_get(tx.conn, target.name, req.name)
+            if account.status == AccountStatus.NEEDS_OPERATOR:
+                raise Conflict(
+                    f"account {target.name}/{req.name} needs an operator: its vaulted secret "
+                    "does not log in",
+                    hint="an admin sets it with 'jitvault account set-secret'",
+                )
             if account.mode != AccountMode.INJECTED:
                 raise ValidationError(
                     f"account {target.name}/{req.name} is {account.mode.value}, not a shared "

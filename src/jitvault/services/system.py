@@ -15,7 +15,6 @@ from jitvault.services import users
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 
-
 DEV_TOKEN = "jitvault dev"
 
 

@@ -107,7 +107,33 @@ accounts = Table(
     Column("secret_term", Integer, nullable=True, index=True),
     Column("secret_updated_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the secret before the last rotation: reconciliation tries it when nothing else logs in
+    Column("previous_secret", Text, nullable=True),
+    Column("previous_secret_term", Integer, nullable=True, index=True),
     UniqueConstraint("target_id", "username", name="uq_accounts_target_username"),
+)
+
+# The write-ahead journal of a rotation: the new secret is stored (encrypted) here before the
+# target is touched, so a crash at any point leaves a secret that reconciliation can try.
+rotation_journal = Table(
+    "rotation_journal",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,  # at most one rotation of an account in flight
+    ),
+    Column("pending_secret", Text, nullable=True),
+    Column("pending_secret_term", Integer, nullable=True, index=True),
+    # journaled | applied
+    Column("state", String(16), nullable=False),
+    Column("rejections", Integer, nullable=False, default=0),
+    Column("reason", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 audit_events = Table(
@@ -267,13 +293,22 @@ class EncryptedColumn:
 
 TARGET_ADMIN_SECRET = EncryptedColumn(targets, "admin_secret", "admin_secret_term")
 ACCOUNT_SECRET = EncryptedColumn(accounts, "secret", "secret_term")
+ACCOUNT_PREVIOUS_SECRET = EncryptedColumn(accounts, "previous_secret", "previous_secret_term")
+JOURNAL_SECRET = EncryptedColumn(rotation_journal, "pending_secret", "pending_secret_term")
 
 #: every column holding envelopes; key rotation re-encrypts exactly these
-ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (TARGET_ADMIN_SECRET, ACCOUNT_SECRET)
+ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
+    TARGET_ADMIN_SECRET,
+    ACCOUNT_SECRET,
+    ACCOUNT_PREVIOUS_SECRET,
+    JOURNAL_SECRET,
+)
 
 __all__ = [
+    "ACCOUNT_PREVIOUS_SECRET",
     "ACCOUNT_SECRET",
     "ENCRYPTED_COLUMNS",
+    "JOURNAL_SECRET",
     "TARGET_ADMIN_SECRET",
     "EncryptedColumn",
     "access_requests",
@@ -289,6 +324,7 @@ __all__ = [
     "meta",
     "metadata",
     "policies",
+    "rotation_journal",
     "targets",
     "users",
 ]

@@ -7,7 +7,7 @@ from fastapi import APIRouter, status
 from jitvault.api.deps import CallerDep, NodeDep, SourceDep
 from jitvault.api.schemas import AccountIn, AccountOut, SecretIn, TargetIn, TargetOut
 from jitvault.domain import Sensitive
-from jitvault.services import targets
+from jitvault.services import rotation, targets
 
 router = APIRouter(prefix="/v1", tags=["targets"])
 
@@ -71,3 +71,21 @@ def set_account_secret(
 @router.get("/accounts", response_model=list[AccountOut])
 def list_accounts(caller: CallerDep, node: NodeDep) -> list[AccountOut]:
     return [AccountOut.of(a) for a in targets.list_accounts(node, caller)]
+
+
+@router.post("/targets/{name}/accounts/{username}/rotate")
+def rotate_account(
+    name: str, username: str, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> dict[str, object]:
+    result = rotation.rotate_now(node, caller, f"{name}/{username}", source)
+    return {
+        "account": result.account,
+        "rotated": result.rotated,
+        "reconciled": result.reconciled.value,
+    }
+
+
+@router.post("/targets/{name}/accounts/{username}/verify")
+def verify_account(name: str, username: str, caller: CallerDep, node: NodeDep) -> dict[str, object]:
+    ok = rotation.verify_now(node, caller, f"{name}/{username}")
+    return {"account": f"{name}/{username}", "ok": ok}

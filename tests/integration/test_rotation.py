@@ -1,0 +1,282 @@
+"""Crash-safe rotation of shared PostgreSQL accounts, against a real cluster (SCRAM over TCP).
+
+The target is the tests' own cluster (tests/pgcluster.py); jitvault's state store is SQLite or
+PostgreSQL per ``--db``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from psycopg import sql
+from sqlalchemy import func, select
+
+from jitvault.config import load_settings
+from jitvault.domain import AccessKind, AccountMode, AccountStatus, Principal, Sensitive
+from jitvault.errors import Conflict
+from jitvault.plugin_api import TargetRejected
+from jitvault.services import Node, grants, jobs, policies, requests, rotation, targets
+from jitvault.services.requests import NewRequest
+from jitvault.storage import journal
+from jitvault.storage import repositories as repo
+from jitvault.storage import tables as t
+from jitvault_postgres.scram import scram_verifier
+from tests.conftest import Booted
+from tests.pgcluster import PgCluster
+from tests.support import cli_env, free_port, run_cli, start_server
+
+
+def _role(cluster: PgCluster, password: Sensitive[str]) -> str:
+    name = f"app_{secrets.token_hex(4)}"
+    cluster.create_role(name, "LOGIN")
+    cluster.sql(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(name), sql.Literal(scram_verifier(password).reveal())
+        )
+    )
+    return name
+
+
+def _register(
+    node: Node, admin: Principal, cluster: PgCluster, role: str, pw: Sensitive[str]
+) -> str:
+    tname = f"pg-{secrets.token_hex(3)}"
+    targets.add_target(
+        node,
+        admin,
+        tname,
+        "postgres",
+        {"host": cluster.host, "port": cluster.port, "dbname": "postgres", "sslmode": "disable"},
+        cluster.admin_user,
+        cluster.admin_password,
+    )
+    targets.add_account(node, admin, tname, role, AccountMode.INJECTED, pw)
+    return tname
+
+
+def _vaulted(
+    node: Node, tname: str, role: str
+) -> tuple[Sensitive[str] | None, Sensitive[str] | None]:
+    with node.read() as conn:
+        account = repo.account_get(conn, tname, role)
+        cur, prev = journal.account_secrets(conn, node.vault.keyring, account.id)
+    dec = lambda s: None if s is None else s.map(bytes.decode)  # noqa: E731
+    return dec(cur), dec(prev)
+
+
+def _journal_rows(node: Node) -> int:
+    with node.read() as conn:
+        return int(conn.execute(select(func.count()).select_from(t.rotation_journal)).scalar_one())
+
+
+@pytest.fixture
+def world(booted: Booted, pg_cluster: PgCluster) -> tuple[Node, Principal, PgCluster]:
+    return booted.node, booted.admin, pg_cluster
+
+
+def test_rotation_on_demand_leaves_a_password_only_the_vault_knows(
+    world: tuple[Node, Principal, PgCluster],
+) -> None:
+    node, admin, cluster = world
+    old = Sensitive(secrets.token_urlsafe(16))
+    role = _role(cluster, old)
+    tname = _register(node, admin, cluster, role, old)
+    mark = cluster.log_mark()
+
+    result = rotation.rotate_now(node, admin, f"{tname}/{role}")
+
+    assert result.rotated
+    current, previous = _vaulted(node, tname, role)
+    assert current is not None
+    assert current != old
+    assert previous == old
+    assert not cluster.can_login(role, old)
+    assert cluster.can_login(role, current)
+    assert _journal_rows(node) == 0
+    assert rotation.verify_now(node, admin, f"{tname}/{role}")
+    # the new plaintext never reached the server (its statement log shows only a verifier)
+    assert current.reveal() not in cluster.log_text()
+    assert any("SCRAM-SHA-256$" in e.message for e in cluster.entries_since(mark))
+
+
+def test_a_grant_that_ends_rotates_its_shared_account(
+    world: tuple[Node, Principal, PgCluster],
+) -> None:
+    node, admin, cluster = world
+    old = Sensitive(secrets.token_urlsafe(16))
+    role = _role(cluster, old)
+    tname = _register(node, admin, cluster, role, old)
+    policies.apply_policy(
+        node,
+        admin,
+        f"rules:\n  - name: auto\n    match: {{targets: [{tname}]}}\n    auto_approve: true\n",
+    )
+    r = requests.create_request(
+        node, admin, NewRequest(tname, AccessKind.ACCOUNT, role, duration_of(60), "INC-1 test")
+    )
+    assert r.state.value == "active"
+    later = node.clock() + duration_of(120)
+    node.clock = lambda: later
+    grants.sweep(node)
+    for _ in range(20):  # bounded: the cleanup job runs on the first pass
+        if not jobs.run_due_jobs(node):
+            break
+    current, previous = _vaulted(node, tname, role)
+    assert previous == old
+    assert current is not None
+    assert current != old
+    assert not cluster.can_login(role, old)
+    assert cluster.can_login(role, current)
+
+
+def duration_of(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+def test_three_rejections_of_one_pending_secret_bring_a_new_one_and_nothing_is_lost(
+    world: tuple[Node, Principal, PgCluster],
+) -> None:
+    node, admin, cluster = world
+    old = Sensitive(secrets.token_urlsafe(16))
+    role = _role(cluster, old)
+    tname = _register(node, admin, cluster, role, old)
+    # the target accepts the new password but refuses every login with it
+    cluster.sql(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+    with node.read() as conn:
+        account = repo.account_get(conn, tname, role)
+    pendings = []
+    for attempt in range(1, 4):
+        with pytest.raises(TargetRejected):
+            rotation.rotate(node, account, reason="test")
+        with node.read() as conn:
+            entry = journal.entry_for(conn, account.id)
+            assert entry is not None
+            pendings.append(journal.pending_secret(conn, node.vault.keyring, entry))
+            # the third rejection brings a fresh secret, which is tried (and refused) at once
+            expected = attempt if attempt < rotation.MAX_REJECTIONS else 1
+            assert entry.rejections == expected
+    assert pendings[0] == pendings[1], "the same pending secret is retried"
+    assert pendings[2] != pendings[1], "after three rejections a new one is generated"
+    # the target takes logins again: the next attempt completes with the journaled secret
+    cluster.sql(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+    rotation.rotate(node, account, reason="test")
+    current, _ = _vaulted(node, tname, role)
+    assert current is not None
+    assert cluster.can_login(role, current)
+    assert _journal_rows(node) == 0
+
+
+def test_when_no_vaulted_secret_logs_in_the_account_needs_an_operator_and_is_refused(
+    world: tuple[Node, Principal, PgCluster],
+) -> None:
+    node, admin, cluster = world
+    old = Sensitive(secrets.token_urlsafe(16))
+    role = _role(cluster, old)
+    tname = _register(node, admin, cluster, role, old)
+    with node.read() as conn:
+        account = repo.account_get(conn, tname, role)
+    # a rotation crashed after journaling, and someone changed the password behind our back
+    with node.write() as tx:
+        journal.create(tx.conn, tx.keyring, account.id, Sensitive(b"never-applied"), "test")
+    cluster.sql(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(scram_verifier(Sensitive("someone-else")).reveal())
+        )
+    )
+    out = rotation.reconcile_all(node)
+    assert out[f"{tname}/{role}"] == rotation.Reconciled.NEEDS_OPERATOR
+    with node.read() as conn:
+        assert repo.account_get(conn, tname, role).status == AccountStatus.NEEDS_OPERATOR
+    policies.apply_policy(
+        node,
+        admin,
+        f"rules:\n  - name: auto\n    match: {{targets: [{tname}]}}\n    auto_approve: true\n",
+    )
+    with pytest.raises(Conflict, match="needs an operator"):
+        requests.create_request(
+            node, admin, NewRequest(tname, AccessKind.ACCOUNT, role, duration_of(60), "INC-2")
+        )
+
+
+# --- kill -9 at each step, through the real server ------------------------------------------
+
+RUNS_PER_STEP = int(os.environ.get("JITVAULT_CRASH_RUNS", "10"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", rotation.STEPS)
+def test_kill_9_at_each_rotation_step_loses_no_password(
+    step: str, tmp_path: Path, database_url: str, pg_cluster: PgCluster
+) -> None:
+    cluster = pg_cluster
+    port = free_port()
+    data = tmp_path / "data"
+    init = run_cli(
+        "init", "--data-dir", str(data), "--port", str(port), "--database-url", database_url,
+        env=cli_env(),
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    token = next(
+        line.split("=", 1)[1] for line in init.stdout.splitlines() if "JITVAULT_TOKEN=" in line
+    )
+    config = data / "config.toml"
+    addr = f"http://127.0.0.1:{port}"
+    env = cli_env(addr, token)
+    old = Sensitive(secrets.token_urlsafe(16))
+    role = _role(cluster, old)
+    server = start_server(config, port, env=cli_env())
+    try:
+        add = run_cli(
+            "target", "add", "postgres", "pgc", "--host", cluster.host, "--port",
+            str(cluster.port), "--dbname", "postgres", "--option", "sslmode=disable",
+            "--admin-user", cluster.admin_user, "--admin-password-stdin",
+            env=env, stdin=cluster.admin_password.reveal() + "\n",
+        )  # fmt: skip
+        assert add.returncode == 0, add.stderr
+        acc = run_cli(
+            "account", "add", "pgc", role, "--password-stdin", env=env, stdin=old.reveal() + "\n"
+        )
+        assert acc.returncode == 0, acc.stderr
+    finally:
+        server.stop()
+
+    settings = load_settings(config)
+    for run in range(RUNS_PER_STEP):
+        crashing = start_server(config, port, env=cli_env(JITVAULT_FAULT_CRASH_AT=step))
+        try:
+            with pytest.raises(httpx.TransportError):
+                httpx.post(
+                    f"{addr}/v1/targets/pgc/accounts/{role}/rotate",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=60,
+                )
+            crashing.proc.wait(30)
+            assert crashing.proc.returncode == -signal.SIGKILL, f"run {run}: no crash at {step}"
+        finally:
+            crashing.stop()
+        # restart without the fault: reconciliation runs at start
+        server = start_server(config, port, env=cli_env())
+        try:
+            node = Node.open(settings)
+            try:
+                node.vault.auto_unseal()
+                deadline = time.monotonic() + 30
+                while _journal_rows(node) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert _journal_rows(node) == 0, f"run {run}: journal entry left after {step}"
+                current, _ = _vaulted(node, "pgc", role)
+                assert current is not None
+                assert cluster.can_login(role, current), f"run {run}: vaulted secret lost at {step}"
+            finally:
+                node.close()
+            verify = run_cli("account", "verify", f"pgc/{role}", env=env)
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+        finally:
+            server.stop()
