@@ -65,6 +65,22 @@ def run_cli(
     )
 
 
+def init_data_dir(data_dir: Path, port: int, database_url: str | None = None) -> str:
+    """``jitvault init`` as an operator runs it; returns the admin token it prints.
+
+    ``database_url`` None keeps the default (SQLite in the data directory).
+    """
+    args = ["init", "--data-dir", str(data_dir), "--port", str(port)]
+    if database_url is not None:
+        args += ["--database-url", database_url]
+    done = run_cli(*args, env=cli_env())
+    assert done.returncode == 0, done.stderr
+    for line in done.stdout.splitlines():
+        if line.startswith("export JITVAULT_TOKEN="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError(f"jitvault init printed no token: {done.stdout}")
+
+
 @dataclass
 class ServerProcess:
     proc: subprocess.Popen[bytes]
@@ -121,6 +137,7 @@ __all__ = [
     "ServerProcess",
     "cli_env",
     "free_port",
+    "init_data_dir",
     "run_cli",
     "running_server",
     "start_server",

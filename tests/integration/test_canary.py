@@ -22,7 +22,7 @@ from sqlalchemy import inspect, select, text
 
 from jitvault.storage import Database
 from jitvault.storage.tables import ENCRYPTED_COLUMNS
-from tests.support import ServerProcess, cli_env, free_port, run_cli, start_server
+from tests.support import ServerProcess, cli_env, free_port, init_data_dir, run_cli, start_server
 
 
 def forms_of(canary: str) -> list[bytes]:
@@ -79,16 +79,8 @@ def node(tmp_path: Path, database_url: str) -> Iterator[Node]:
     """``jitvault init`` then ``jitvault server`` at debug level, on loopback."""
     data = tmp_path / "node"
     port = free_port()
-    args = ["init", "--data-dir", str(data), "--port", str(port)]
-    if not database_url.startswith("sqlite"):
-        args += ["--database-url", database_url]
-    done = run_cli(*args, env=cli_env())
-    assert done.returncode == 0, done.stderr
-    token = next(
-        line.split("=", 1)[1]
-        for line in done.stdout.splitlines()
-        if line.startswith("export JITVAULT_TOKEN=")
-    )
+    default = database_url.startswith("sqlite")
+    token = init_data_dir(data, port, None if default else database_url)
     server = start_server(
         data / "config.toml", port, env=cli_env(**{"JITVAULT_LOG_LEVEL": "debug"})
     )

@@ -11,7 +11,6 @@ value is under the one remaining data term and every older term's key material i
 from __future__ import annotations
 
 import random
-import re
 import secrets
 import time
 import tomllib
@@ -31,7 +30,7 @@ from jitvault.services import Node, targets
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed
 from jitvault.storage import tables as t
-from tests.support import ServerProcess, cli_env, free_port, run_cli, start_server
+from tests.support import ServerProcess, free_port, init_data_dir, start_server
 
 N_SECRETS = 10_000
 N_KILLS = 20
@@ -54,26 +53,14 @@ class DataDir:
 def _init_data_dir(tmp_path: Path, database_url: str) -> DataDir:
     data_dir = tmp_path / "data"
     port = free_port()
-    out = run_cli(
-        "init",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--database-url",
-        database_url,
-        env=cli_env(),
-    )
-    assert out.returncode == 0, out.stderr
-    match = re.search(r"^export JITVAULT_TOKEN=(\S+)$", out.stdout, re.MULTILINE)
-    assert match, out.stdout
+    token = init_data_dir(data_dir, port, database_url)
     config = data_dir / "config.toml"
     doc = tomllib.loads(config.read_text())
     doc.setdefault("server", {})["worker_interval"] = 0.05  # start re-encrypting promptly
     config.write_text(tomli_w.dumps(doc))
     settings = load_settings(config)
     assert settings.server.worker_interval == 0.05
-    return DataDir(config, port, settings, match.group(1), target_id=0)
+    return DataDir(config, port, settings, token, target_id=0)
 
 
 def _fill(dd: DataDir) -> None:

@@ -26,7 +26,7 @@ from jitvault.services import Node, policies, requests, targets, users
 from jitvault.services.requests import NewRequest
 from jitvault.storage import Database, repositories, workflow
 from jitvault.storage import tables as t
-from tests.support import ServerProcess, cli_env, free_port, run_cli, start_server
+from tests.support import ServerProcess, cli_env, free_port, init_data_dir, start_server
 
 POLICY = """
 rules:
@@ -36,25 +36,6 @@ rules:
     max_duration: 1h
 """
 END_WITHIN = 30.0  # seconds after the server answers
-
-
-def init_data_dir(data_dir: Path, port: int, database_url: str) -> str:
-    """``jitvault init`` as an operator runs it; returns the admin token it prints."""
-    done = run_cli(
-        "init",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--database-url",
-        database_url,
-        env=cli_env(),
-    )
-    assert done.returncode == 0, done.stderr
-    for line in done.stdout.splitlines():
-        if line.startswith("export JITVAULT_TOKEN="):
-            return line.split("=", 1)[1].strip()
-    raise AssertionError(f"no token in: {done.stdout}")
 
 
 def server_env() -> dict[str, str]:

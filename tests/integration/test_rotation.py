@@ -30,7 +30,7 @@ from jitvault.storage import tables as t
 from jitvault_postgres.scram import scram_verifier
 from tests.conftest import Booted
 from tests.pgcluster import PgCluster
-from tests.support import cli_env, free_port, run_cli, start_server
+from tests.support import cli_env, free_port, init_data_dir, run_cli, start_server
 
 
 def _role(cluster: PgCluster, password: Sensitive[str]) -> str:
@@ -218,14 +218,7 @@ def test_kill_9_at_each_rotation_step_loses_no_password(
     cluster = pg_cluster
     port = free_port()
     data = tmp_path / "data"
-    init = run_cli(
-        "init", "--data-dir", str(data), "--port", str(port), "--database-url", database_url,
-        env=cli_env(),
-    )  # fmt: skip
-    assert init.returncode == 0, init.stderr
-    token = next(
-        line.split("=", 1)[1] for line in init.stdout.splitlines() if "JITVAULT_TOKEN=" in line
-    )
+    token = init_data_dir(data, port, database_url)
     config = data / "config.toml"
     addr = f"http://127.0.0.1:{port}"
     env = cli_env(addr, token)

@@ -32,7 +32,7 @@ from tests.integration.test_authz_matrix import (
     World,
     make_world,
 )
-from tests.support import cli_env, free_port, run_cli, start_server
+from tests.support import free_port, init_data_dir, start_server
 
 AUTHENTICATED = sorted(route for route, rule in EXPECTED.items() if rule != PUBLIC)
 #: the vault answers these while sealed, with these statuses
@@ -247,16 +247,8 @@ def test_a_different_root_key_file_refuses_to_unseal(world: World, key_file: Pat
 def initialized_dir(tmp_path: Path, database_url: str) -> tuple[Path, int, str]:
     data = tmp_path / "node"
     port = free_port()
-    args = ["init", "--data-dir", str(data), "--port", str(port)]
-    if not database_url.startswith("sqlite"):
-        args += ["--database-url", database_url]
-    done = run_cli(*args, env=cli_env())
-    assert done.returncode == 0, done.stderr
-    token = next(
-        line.split("=", 1)[1]
-        for line in done.stdout.splitlines()
-        if line.startswith("export JITVAULT_TOKEN=")
-    )
+    default = database_url.startswith("sqlite")
+    token = init_data_dir(data, port, None if default else database_url)
     return data, port, token
 
 
