@@ -5,6 +5,7 @@ approvals, denials and expiry have exactly one outcome.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -301,82 +302,81 @@ def lapse_if_due(node: Node, tx: Tx, r: AccessRequest, at: datetime) -> bool:
     return False
 
 
+def _decide(
+    node: Node,
+    actor: Principal,
+    request_id: int,
+    decide: Callable[[Tx, AccessRequest, datetime], None],
+) -> AccessRequest:
+    """The one way a request is decided: under its row lock, by an eligible approver who is
+    not the requester, and never after it lapsed (a lapsed request is expired, then refused)."""
+    authorize(actor, Permission.REQUEST_DECIDE)
+    at = node.clock()
+    with node.write() as tx:
+        r = workflow.request_lock(tx.conn, request_id)
+        check_can_approve(actor, r)
+        lapsed = lapse_if_due(node, tx, r, at)
+        if not lapsed:
+            decide(tx, r, at)
+        result = workflow.request_get(tx.conn, request_id)
+    if lapsed:
+        # raised after the commit, so that the expiry itself is kept
+        raise Conflict(f"request {request_id} expired before a decision", hint="file a new one")
+    return result
+
+
 def approve(
     node: Node, actor: Principal, request_id: int, comment: str = "", source: str = ""
 ) -> AccessRequest:
     """Count ``actor``'s approval; grant when the required number of distinct approvers agree."""
-    authorize(actor, Permission.REQUEST_DECIDE)
-    at = node.clock()
-    lapsed = False
-    with node.write() as tx:
-        r = workflow.request_lock(tx.conn, request_id)
-        check_can_approve(actor, r)
-        if lapse_if_due(node, tx, r, at):
-            lapsed = True
-        else:
-            transition(r.state, RequestState.APPROVED)  # only a pending request takes approvals
-            if workflow.approval_add(tx.conn, r.id, actor.user_id, actor.name, comment):
-                count = workflow.approval_count(tx.conn, r.id)
-                tx.emit(
-                    AuditEvent(
-                        Action.REQUEST_APPROVED,
-                        actor=actor.name,
-                        subject=f"request:{r.id}",
-                        source=source,
-                        details={
-                            "comment": comment,
-                            "approvals": count,
-                            "required": r.required_approvals,
-                            "rule": r.rule,
-                        },
-                    )
-                )
-                if count >= r.required_approvals:
-                    _approve(node, tx, r, at, actor.name, comment, source)
-                    notify.notify(
-                        node,
-                        tx,
-                        "request.decided",
-                        summary(workflow.request_get(tx.conn, r.id)),
-                    )
-        result = workflow.request_get(tx.conn, request_id)
-    if lapsed:
-        raise Conflict(
-            f"request {request_id} expired before it was approved", hint="file a new request"
+
+    def count_approval(tx: Tx, r: AccessRequest, at: datetime) -> None:
+        transition(r.state, RequestState.APPROVED)  # only a pending request takes approvals
+        if not workflow.approval_add(tx.conn, r.id, actor.user_id, actor.name, comment):
+            return  # an approver counts once, however often they approve
+        count = workflow.approval_count(tx.conn, r.id)
+        tx.emit(
+            AuditEvent(
+                Action.REQUEST_APPROVED,
+                actor=actor.name,
+                subject=f"request:{r.id}",
+                source=source,
+                details={
+                    "comment": comment,
+                    "approvals": count,
+                    "required": r.required_approvals,
+                    "rule": r.rule,
+                },
+            )
         )
-    return result
+        if count >= r.required_approvals:
+            _approve(node, tx, r, at, actor.name, comment, source)
+            notify.notify(node, tx, "request.decided", summary(workflow.request_get(tx.conn, r.id)))
+
+    return _decide(node, actor, request_id, count_approval)
 
 
 def deny(
     node: Node, actor: Principal, request_id: int, reason: str, source: str = ""
 ) -> AccessRequest:
-    authorize(actor, Permission.REQUEST_DECIDE)
     if not reason.strip():
         raise ValidationError("a reason is required to deny", hint='use --reason "..."')
-    at = node.clock()
-    lapsed = False
-    with node.write() as tx:
-        r = workflow.request_lock(tx.conn, request_id)
-        check_can_approve(actor, r)
-        if lapse_if_due(node, tx, r, at):
-            lapsed = True
-        else:
-            _set_state(tx, r, RequestState.DENIED, at, actor.name, reason)
-            tx.emit(
-                AuditEvent(
-                    Action.REQUEST_DENIED,
-                    actor=actor.name,
-                    subject=f"request:{r.id}",
-                    outcome=AuditOutcome.DENIED,
-                    source=source,
-                    details={"reason": reason, "rule": r.rule},
-                )
+
+    def refuse(tx: Tx, r: AccessRequest, at: datetime) -> None:
+        _set_state(tx, r, RequestState.DENIED, at, actor.name, reason)
+        tx.emit(
+            AuditEvent(
+                Action.REQUEST_DENIED,
+                actor=actor.name,
+                subject=f"request:{r.id}",
+                outcome=AuditOutcome.DENIED,
+                source=source,
+                details={"reason": reason, "rule": r.rule},
             )
-            notify.notify(node, tx, "request.decided", {**summary(r), "state": "denied"})
-        result = workflow.request_get(tx.conn, request_id)
-    if lapsed:
-        raise Conflict(f"request {request_id} had already expired")
-    return result
+        )
+        notify.notify(node, tx, "request.decided", {**summary(r), "state": "denied"})
+
+    return _decide(node, actor, request_id, refuse)
 
 
 def cancel(node: Node, actor: Principal, request_id: int, source: str = "") -> AccessRequest:
