@@ -47,6 +47,10 @@ class Action(StrEnum):
     ROTATION_ROLLED_BACK = "rotation.rolled_back"
     ACCOUNT_NEEDS_OPERATOR = "account.needs_operator"
     ACCOUNT_VERIFIED = "account.verified"
+    SESSION_TOKEN_ISSUED = "session.token_issued"
+    SESSION_OPENED = "session.opened"
+    SESSION_REFUSED = "session.refused"
+    SESSION_ENDED = "session.ended"
 
 
 class Outcome(StrEnum):

@@ -26,7 +26,7 @@ from jitvault.errors import ValidationError
 from jitvault.services import notify
 from jitvault.services.node import Node, Tx
 from jitvault.services.requests import activate, lapse_if_due, summary
-from jitvault.storage import workflow
+from jitvault.storage import session_store, workflow
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ def _finish(
     assert grant is not None
     workflow.request_update(tx.conn, request_id, state=new)
     workflow.grant_update(tx.conn, grant.id, ended_at=at, end_reason=reason)
+    # live sessions end with their grant, in the same transaction; their proxies cut them
+    cut = session_store.end_sessions(tx.conn, grant.id, at, f"grant {new.value}: {reason}")
     started = r.state == RequestState.ACTIVE
     if started:
         # only a grant that was in use has something to clean up
@@ -84,6 +86,7 @@ def _finish(
                 "reason": reason,
                 "at": at.isoformat(),
                 "cleanup_queued": started,
+                "sessions_cut": cut,
             },
         )
     )

@@ -281,6 +281,36 @@ jobs = Table(
 )
 
 
+# Session tokens: what a client presents to a session proxy instead of the vaulted credential.
+# Bound to one grant and valid only while it is live; only the SHA-256 of the secret is kept.
+session_tokens = Table(
+    "session_tokens",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("grant_id", Integer, ForeignKey("grants.id", ondelete="CASCADE"), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("single_use", Boolean, nullable=False, default=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Live and past proxy sessions. ended_at is set by whoever ends the session (grant end or
+# revoke in the same transaction, or the proxy when the client leaves); the proxy node holding
+# the connection cuts it when it sees ended_at.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("grant_id", Integer, ForeignKey("grants.id", ondelete="CASCADE"), nullable=False),
+    Column("token_id", String(16), nullable=False),
+    Column("protocol", String(16), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True, index=True),
+    Column("end_reason", Text, nullable=True),
+)
+
+
 @dataclass(frozen=True)
 class EncryptedColumn:
     """A column holding envelopes, with its key-term companion and the row id column."""
@@ -325,6 +355,8 @@ __all__ = [
     "metadata",
     "policies",
     "rotation_journal",
+    "session_tokens",
+    "sessions",
     "targets",
     "users",
 ]

@@ -1,0 +1,161 @@
+"""Session tokens and the opening of proxy sessions.
+
+A session token is bound to one grant and is good only while that grant is live, for at most the
+grant's ``max_connections`` concurrent sessions; a single-use token opens exactly one session,
+however many clients race with it. Opening a session takes the grant's request row lock, the
+same lock revoke and expiry take, so "revoke racing open" has one outcome: either the session
+is refused, or it opens and the revoke that follows ends it (the proxy holding it cuts it).
+
+Every refusal looks the same to the client ("authentication failed"); the audit log says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jitvault.audit import Action, AuditEvent, Outcome
+from jitvault.crypto import SESSION_TOKEN_PREFIX, issue_token, parse_token, secret_matches
+from jitvault.domain import Grant, Principal, RequestState, Sensitive
+from jitvault.errors import AuthError, Conflict, Forbidden
+from jitvault.services.node import Node
+from jitvault.storage import session_store, workflow
+
+_FAILED = "authentication failed"
+
+
+class TooManySessions(Conflict):
+    """The grant's max_connections are in use (PostgreSQL says 53300 to the client)."""
+
+    code = "too_many_sessions"
+
+
+@dataclass(frozen=True)
+class SessionTicket:
+    """What a proxy needs once a client is in: the session, its grant and its deadline."""
+
+    session_id: int
+    token_id: str
+    grant: Grant
+
+
+def issue_session_token(
+    node: Node, actor: Principal, request_id: int, once: bool = False, source: str = ""
+) -> tuple[Sensitive[str], Grant]:
+    """A new session token for the caller's own live grant (printed once, stored as a hash)."""
+    at = node.clock()
+    with node.write() as tx:
+        r = workflow.request_lock(tx.conn, request_id)
+        if r.requester_id != actor.user_id:
+            raise Forbidden("only the requester can connect with a grant")
+        grant = workflow.grant_for_request(tx.conn, request_id)
+        if grant is None or r.state not in (RequestState.ACTIVE, RequestState.APPROVED):
+            raise Conflict(f"request {request_id} is {r.state.value}: it has no live grant")
+        if grant.expires_at <= at:
+            raise Conflict(f"the grant of request {request_id} has expired")
+        issued = issue_token(SESSION_TOKEN_PREFIX)
+        session_store.token_add(tx.conn, issued.token_id, grant.id, issued.secret_hash, once, at)
+        tx.emit(
+            AuditEvent(
+                Action.SESSION_TOKEN_ISSUED,
+                actor=actor.name,
+                subject=f"grant:{grant.id}",
+                source=source,
+                details={"token_id": issued.token_id, "single_use": once},
+            )
+        )
+    return issued.token, grant
+
+
+def open_session(
+    node: Node, token: Sensitive[str], protocol: str, source: str = ""
+) -> SessionTicket:
+    """Check a token and record a live session, or raise AuthError / TooManySessions."""
+    at = node.clock()
+    parsed = parse_token(token)
+    refusal: str | None = None
+    ticket: SessionTicket | None = None
+    token_id = parsed[1] if parsed else "-"
+    if parsed is None or parsed[0] != SESSION_TOKEN_PREFIX:
+        refusal = "malformed token"
+    else:
+        with node.write() as tx:
+            row = session_store.token_find(tx.conn, token_id)
+            if row is None:
+                refusal = "unknown token"
+            elif not secret_matches(parsed[2], row.secret_hash):
+                refusal = "wrong token secret"
+            else:
+                grant = workflow.grant_get(tx.conn, row.grant_id)
+                workflow.request_lock(tx.conn, grant.request_id)  # serializes with revoke
+                grant = workflow.grant_get(tx.conn, row.grant_id)
+                if grant.state != RequestState.ACTIVE or grant.expires_at <= at:
+                    refusal = f"grant is {grant.state.value}"
+                elif row.single_use and not session_store.token_use(tx.conn, token_id, at):
+                    refusal = "single-use token already used"
+                elif grant.max_connections is not None and (
+                    session_store.live_count(tx.conn, grant.id) >= grant.max_connections
+                ):
+                    raise TooManySessions(
+                        f"this grant allows {grant.max_connections} concurrent connections",
+                        hint="close one first",
+                    )
+                else:
+                    session_id = session_store.session_add(
+                        tx.conn, grant.id, token_id, protocol, source, at
+                    )
+                    tx.emit(
+                        AuditEvent(
+                            Action.SESSION_OPENED,
+                            actor=grant.user,
+                            subject=f"session:{session_id}",
+                            source=source,
+                            details={
+                                "grant_id": grant.id,
+                                "token_id": token_id,
+                                "protocol": protocol,
+                                "account": grant.name,
+                                "target": grant.target,
+                            },
+                        )
+                    )
+                    ticket = SessionTicket(session_id, token_id, grant)
+    if ticket is not None:
+        return ticket
+    with node.write() as tx:
+        tx.emit(
+            AuditEvent(
+                Action.SESSION_REFUSED,
+                actor="anonymous",
+                subject=f"token:{token_id}",
+                outcome=Outcome.DENIED,
+                source=source,
+                details={"reason": refusal, "protocol": protocol},
+            )
+        )
+    raise AuthError(_FAILED)
+
+
+def close_session(node: Node, session_id: int, reason: str = "client closed") -> bool:
+    """Record that a session ended (idempotent); True if this call ended it."""
+    at = node.clock()
+    with node.write() as tx:
+        ended = session_store.session_end(tx.conn, session_id, at, reason)
+        if ended:
+            tx.emit(
+                AuditEvent(
+                    Action.SESSION_ENDED,
+                    actor="system",
+                    subject=f"session:{session_id}",
+                    details={"reason": reason},
+                )
+            )
+    return ended
+
+
+__all__ = [
+    "SessionTicket",
+    "TooManySessions",
+    "close_session",
+    "issue_session_token",
+    "open_session",
+]

@@ -1,0 +1,107 @@
+"""Session tokens and sessions: the rows a session proxy checks and writes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, func, insert, select, update
+
+from jitvault.storage import tables as t
+
+_T = t.session_tokens
+_S = t.sessions
+
+
+def token_add(
+    conn: Connection,
+    token_id: str,
+    grant_id: int,
+    secret_hash: str,
+    single_use: bool,
+    at: datetime,
+) -> None:
+    conn.execute(
+        insert(_T).values(
+            id=token_id,
+            grant_id=grant_id,
+            secret_hash=secret_hash,
+            single_use=single_use,
+            created_at=at,
+        )
+    )
+
+
+def token_find(conn: Connection, token_id: str) -> Row[Any] | None:
+    return conn.execute(select(_T).where(_T.c.id == token_id)).first()
+
+
+def token_use(conn: Connection, token_id: str, at: datetime) -> bool:
+    """Spend a single-use token: True for exactly one caller, however many race."""
+    result = conn.execute(
+        update(_T).where(_T.c.id == token_id, _T.c.used_at.is_(None)).values(used_at=at)
+    )
+    return result.rowcount == 1
+
+
+def session_add(
+    conn: Connection, grant_id: int, token_id: str, protocol: str, source: str, at: datetime
+) -> int:
+    result = conn.execute(
+        insert(_S).values(
+            grant_id=grant_id, token_id=token_id, protocol=protocol, source=source, started_at=at
+        )
+    )
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def live_count(conn: Connection, grant_id: int) -> int:
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(_S)
+            .where(_S.c.grant_id == grant_id, _S.c.ended_at.is_(None))
+        ).scalar_one()
+    )
+
+
+def live_sessions(conn: Connection, grant_id: int | None = None) -> list[Row[Any]]:
+    q = select(_S).where(_S.c.ended_at.is_(None))
+    if grant_id is not None:
+        q = q.where(_S.c.grant_id == grant_id)
+    return list(conn.execute(q.order_by(_S.c.id)).all())
+
+
+def end_sessions(conn: Connection, grant_id: int, at: datetime, reason: str) -> list[int]:
+    """End every live session of a grant; returns their ids (the proxies cut them)."""
+    ids = [r.id for r in live_sessions(conn, grant_id)]
+    if ids:
+        conn.execute(
+            update(_S)
+            .where(_S.c.id.in_(ids), _S.c.ended_at.is_(None))
+            .values(ended_at=at, end_reason=reason)
+        )
+    return ids
+
+
+def session_end(conn: Connection, session_id: int, at: datetime, reason: str) -> bool:
+    result = conn.execute(
+        update(_S)
+        .where(_S.c.id == session_id, _S.c.ended_at.is_(None))
+        .values(ended_at=at, end_reason=reason)
+    )
+    return result.rowcount == 1
+
+
+__all__ = [
+    "end_sessions",
+    "live_count",
+    "live_sessions",
+    "session_add",
+    "session_end",
+    "token_add",
+    "token_find",
+    "token_use",
+]
