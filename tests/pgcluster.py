@@ -35,7 +35,7 @@ from psycopg import sql
 
 from jitvault.domain import Sensitive
 from jitvault.plugin_api import TargetAccess
-from jitvault_postgres.scram import scram_verifier
+from jitvault.plugin_api.scram import scram_verifier
 from tests.support import free_port
 
 ADMIN_USER = "vault_admin"

@@ -32,7 +32,7 @@ from psycopg import sql
 from jitvault.domain import Sensitive
 from jitvault.errors import ValidationError
 from jitvault.plugin_api import AccountTemplate, TargetRejected
-from jitvault_postgres.scram import scram_verifier
+from jitvault.plugin_api.scram import scram_verifier
 
 T = TypeVar("T")
 

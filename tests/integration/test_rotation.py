@@ -22,12 +22,12 @@ from jitvault.config import load_settings
 from jitvault.domain import AccessKind, AccountMode, AccountStatus, Principal, Sensitive
 from jitvault.errors import Conflict
 from jitvault.plugin_api import TargetRejected
+from jitvault.plugin_api.scram import scram_verifier
 from jitvault.services import Node, grants, jobs, policies, requests, rotation, targets
 from jitvault.services.requests import NewRequest
 from jitvault.storage import journal
 from jitvault.storage import repositories as repo
 from jitvault.storage import tables as t
-from jitvault_postgres.scram import scram_verifier
 from tests.conftest import Booted
 from tests.pgcluster import PgCluster
 from tests.support import cli_env, free_port, init_data_dir, run_cli, start_server

@@ -228,3 +228,30 @@ def test_revoke_racing_session_open_has_one_outcome(world: World) -> None:
         assert world.live(gid) == 0, f"trial {trial}: a live session outlived its revoked grant"
     assert sum(outcomes.values()) == TRIALS
     print(f"revoke vs open over {TRIALS} trials: {dict(outcomes)}")
+
+
+def test_a_scram_exchange_with_the_token_as_password_proves_it_without_sending_it(
+    world: World,
+) -> None:
+    from jitvault.plugin_api.scram import ScramAuthFailed, ScramClient, ScramServer
+
+    rid = world.grant()
+    token = world.token(rid)
+    token_id = token.reveal().split("_")[1]
+    verifier = sessions.token_verifier(world.node, token_id)
+    assert verifier is not None
+    assert token.reveal() not in verifier.reveal()
+
+    def exchange(password: Sensitive[str]) -> None:
+        client, server = ScramClient(password), ScramServer(verifier)
+        final = server.handle_client_final(
+            client.handle_server_first(server.handle_client_first(client.first_message()))
+        )
+        client.verify_server_final(final)
+
+    exchange(token)  # the right token proves itself
+    ticket = sessions.open_session_verified(world.node, token_id, "postgres", "127.0.0.1")
+    assert ticket.grant.request_id == rid
+    with pytest.raises(ScramAuthFailed):
+        exchange(Sensitive(token.reveal()[:-1] + "x"))
+    assert sessions.token_verifier(world.node, "0" * 16) is None

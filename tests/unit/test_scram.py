@@ -19,7 +19,7 @@ from psycopg import sql
 
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, ValidationError
-from jitvault_postgres.scram import (
+from jitvault.plugin_api.scram import (
     MAX_ITERATIONS,
     ScramAuthFailed,
     ScramClient,

@@ -8,6 +8,12 @@ from jitvault.plugin_api.contracts import (
     TargetRejected,
     Unsupported,
 )
+from jitvault.plugin_api.proxy import (
+    ProtocolFrontend,
+    ProxyContext,
+    SessionHandle,
+    SessionTicket,
+)
 from jitvault.plugin_api.registry import (
     NOTIFIERS_GROUP,
     TARGETS_GROUP,
@@ -25,6 +31,10 @@ __all__ = [
     "NotifierPlugin",
     "NotifierRegistry",
     "PluginRegistry",
+    "ProtocolFrontend",
+    "ProxyContext",
+    "SessionHandle",
+    "SessionTicket",
     "TargetAccess",
     "TargetPlugin",
     "TargetRegistry",

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 from jitvault.domain import Sensitive
 from jitvault.errors import JitvaultError
+
+if TYPE_CHECKING:
+    from jitvault.plugin_api.proxy import ProtocolFrontend
 
 
 class Unsupported(JitvaultError):
@@ -113,6 +116,10 @@ class TargetPlugin(Plugin):
     async def revoke(self, target: TargetAccess, username: str, role: str) -> None:
         """Take ``role`` back from ``username``; no error if already revoked or gone."""
         raise Unsupported(f"{self.kind} targets cannot revoke elevations yet")
+
+    def frontend(self) -> ProtocolFrontend | None:
+        """The session-proxy front end of this kind, or None if it has no proxy."""
+        return None
 
 
 class NotifierPlugin(Plugin):

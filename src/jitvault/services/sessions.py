@@ -11,12 +11,15 @@ Every refusal looks the same to the client ("authentication failed"); the audit 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.crypto import SESSION_TOKEN_PREFIX, issue_token, parse_token, secret_matches
 from jitvault.domain import Grant, Principal, RequestState, Sensitive
 from jitvault.errors import AuthError, Conflict, Forbidden
+from jitvault.plugin_api.scram import scram_verifier
 from jitvault.services.node import Node
 from jitvault.storage import session_store, workflow
 
@@ -53,7 +56,15 @@ def issue_session_token(
         if grant.expires_at <= at:
             raise Conflict(f"the grant of request {request_id} has expired")
         issued = issue_token(SESSION_TOKEN_PREFIX)
-        session_store.token_add(tx.conn, issued.token_id, grant.id, issued.secret_hash, once, at)
+        session_store.token_add(
+            tx.conn,
+            issued.token_id,
+            grant.id,
+            issued.secret_hash,
+            scram_verifier(issued.token).reveal(),
+            once,
+            at,
+        )
         tx.emit(
             AuditEvent(
                 Action.SESSION_TOKEN_ISSUED,
@@ -66,61 +77,89 @@ def issue_session_token(
     return issued.token, grant
 
 
+def token_verifier(node: Node, token_id: str) -> Sensitive[str] | None:
+    """The SCRAM verifier of a session token (None if there is no such token)."""
+    with node.read() as conn:
+        row = session_store.token_find(conn, token_id)
+    return None if row is None else Sensitive(row.scram_verifier)
+
+
 def open_session(
     node: Node, token: Sensitive[str], protocol: str, source: str = ""
 ) -> SessionTicket:
-    """Check a token and record a live session, or raise AuthError / TooManySessions."""
-    at = node.clock()
+    """Check a token sent in full and record a live session; raises AuthError or
+    TooManySessions."""
     parsed = parse_token(token)
-    refusal: str | None = None
-    ticket: SessionTicket | None = None
-    token_id = parsed[1] if parsed else "-"
     if parsed is None or parsed[0] != SESSION_TOKEN_PREFIX:
-        refusal = "malformed token"
-    else:
-        with node.write() as tx:
-            row = session_store.token_find(tx.conn, token_id)
-            if row is None:
-                refusal = "unknown token"
-            elif not secret_matches(parsed[2], row.secret_hash):
-                refusal = "wrong token secret"
+        _refuse(node, "-", "malformed token", protocol, source)
+    secret = parsed[2]
+    return _open(
+        node, parsed[1], lambda row: secret_matches(secret, row.secret_hash), protocol, source
+    )
+
+
+def open_session_verified(
+    node: Node, token_id: str, protocol: str, source: str = ""
+) -> SessionTicket:
+    """Record a live session for a token whose possession a SCRAM exchange proved."""
+    return _open(node, token_id, lambda _row: True, protocol, source)
+
+
+def _open(
+    node: Node,
+    token_id: str,
+    proven: Callable[[Any], bool],
+    protocol: str,
+    source: str,
+) -> SessionTicket:
+    at = node.clock()
+    refusal = "refused"
+    with node.write() as tx:
+        row = session_store.token_find(tx.conn, token_id)
+        if row is None:
+            refusal = "unknown token"
+        elif not proven(row):
+            refusal = "wrong token secret"
+        else:
+            grant = workflow.grant_get(tx.conn, row.grant_id)
+            workflow.request_lock(tx.conn, grant.request_id)  # serializes with revoke
+            grant = workflow.grant_get(tx.conn, row.grant_id)
+            if grant.state != RequestState.ACTIVE or grant.expires_at <= at:
+                refusal = f"grant is {grant.state.value}"
+            elif row.single_use and not session_store.token_use(tx.conn, token_id, at):
+                refusal = "single-use token already used"
+            elif grant.max_connections is not None and (
+                session_store.live_count(tx.conn, grant.id) >= grant.max_connections
+            ):
+                raise TooManySessions(
+                    f"this grant allows {grant.max_connections} concurrent connections",
+                    hint="close one first",
+                )
             else:
-                grant = workflow.grant_get(tx.conn, row.grant_id)
-                workflow.request_lock(tx.conn, grant.request_id)  # serializes with revoke
-                grant = workflow.grant_get(tx.conn, row.grant_id)
-                if grant.state != RequestState.ACTIVE or grant.expires_at <= at:
-                    refusal = f"grant is {grant.state.value}"
-                elif row.single_use and not session_store.token_use(tx.conn, token_id, at):
-                    refusal = "single-use token already used"
-                elif grant.max_connections is not None and (
-                    session_store.live_count(tx.conn, grant.id) >= grant.max_connections
-                ):
-                    raise TooManySessions(
-                        f"this grant allows {grant.max_connections} concurrent connections",
-                        hint="close one first",
+                session_id = session_store.session_add(
+                    tx.conn, grant.id, token_id, protocol, source, at
+                )
+                tx.emit(
+                    AuditEvent(
+                        Action.SESSION_OPENED,
+                        actor=grant.user,
+                        subject=f"session:{session_id}",
+                        source=source,
+                        details={
+                            "grant_id": grant.id,
+                            "token_id": token_id,
+                            "protocol": protocol,
+                            "account": grant.name,
+                            "target": grant.target,
+                        },
                     )
-                else:
-                    session_id = session_store.session_add(
-                        tx.conn, grant.id, token_id, protocol, source, at
-                    )
-                    tx.emit(
-                        AuditEvent(
-                            Action.SESSION_OPENED,
-                            actor=grant.user,
-                            subject=f"session:{session_id}",
-                            source=source,
-                            details={
-                                "grant_id": grant.id,
-                                "token_id": token_id,
-                                "protocol": protocol,
-                                "account": grant.name,
-                                "target": grant.target,
-                            },
-                        )
-                    )
-                    ticket = SessionTicket(session_id, token_id, grant)
-    if ticket is not None:
-        return ticket
+                )
+                return SessionTicket(session_id, token_id, grant)
+    _refuse(node, token_id, refusal, protocol, source)
+
+
+def _refuse(node: Node, token_id: str, reason: str, protocol: str, source: str) -> NoReturn:
+    """Audit why (in its own transaction), and tell the client only that it failed."""
     with node.write() as tx:
         tx.emit(
             AuditEvent(
@@ -129,7 +168,7 @@ def open_session(
                 subject=f"token:{token_id}",
                 outcome=Outcome.DENIED,
                 source=source,
-                details={"reason": refusal, "protocol": protocol},
+                details={"reason": reason, "protocol": protocol},
             )
         )
     raise AuthError(_FAILED)
@@ -158,4 +197,6 @@ __all__ = [
     "close_session",
     "issue_session_token",
     "open_session",
+    "open_session_verified",
+    "token_verifier",
 ]

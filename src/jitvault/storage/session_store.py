@@ -18,6 +18,7 @@ def token_add(
     token_id: str,
     grant_id: int,
     secret_hash: str,
+    scram_verifier: str,
     single_use: bool,
     at: datetime,
 ) -> None:
@@ -26,6 +27,7 @@ def token_add(
             id=token_id,
             grant_id=grant_id,
             secret_hash=secret_hash,
+            scram_verifier=scram_verifier,
             single_use=single_use,
             created_at=at,
         )

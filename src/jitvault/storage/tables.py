@@ -289,6 +289,9 @@ session_tokens = Table(
     Column("id", String(16), primary_key=True),
     Column("grant_id", Integer, ForeignKey("grants.id", ondelete="CASCADE"), nullable=False),
     Column("secret_hash", String(64), nullable=False),
+    # SCRAM-SHA-256 verifier of the whole token: a proxy can run SCRAM with the token as the
+    # password, so that not even the token crosses the wire (a salted hash, like secret_hash)
+    Column("scram_verifier", Text, nullable=False),
     Column("single_use", Boolean, nullable=False, default=False),
     Column("used_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),

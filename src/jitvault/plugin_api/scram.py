@@ -1,4 +1,5 @@
-"""SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL uses it, sans-IO. Stdlib only.
+"""SCRAM-SHA-256 (RFC 5802, RFC 7677), sans-IO, stdlib only: shared by the core (session token
+verifiers) and the plugins (PostgreSQL front end, upstream logins, rotation).
 
 :func:`scram_verifier` computes the verifier PostgreSQL stores for a password, so that
 ``ALTER ROLE ... PASSWORD 'SCRAM-SHA-256$...'`` never sends the plaintext to the server (nor to

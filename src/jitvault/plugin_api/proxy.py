@@ -1,0 +1,87 @@
+"""The session-proxy contract between the core and a protocol front end (a plugin).
+
+The core owns listeners, tokens, grants, the session registry and the recording sink; it knows no
+protocol. A front end owns one protocol: it speaks to the client, asks the core to authenticate
+the client's session token, logs in upstream with the vaulted credential it is handed (revealing
+it only at the line that sends it), relays, and reports what to record. The core cuts a session
+through its :class:`SessionHandle` when the grant ends or is revoked, on whichever node holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from jitvault.domain import Sensitive
+from jitvault.plugin_api.contracts import TargetAccess
+
+
+@dataclass(frozen=True)
+class SessionTicket:
+    """A client that is in: its session, grant, account and the credential to use upstream."""
+
+    session_id: int
+    grant_id: int
+    user: str  # the jitvault user the grant belongs to
+    account: str  # the account (role) to log in as upstream
+    target: TargetAccess
+    credential: Sensitive[str]
+    expires_at: datetime
+
+
+class SessionHandle(Protocol):
+    """What the core holds to cut a live session."""
+
+    session_id: int
+
+    async def close(self, reason: str) -> None:
+        """Tell the client why (e.g. a FATAL error), close both sides. Idempotent."""
+
+
+class ProxyContext(Protocol):
+    """What the core offers a front end for one listener."""
+
+    #: TLS for the client side (a certificate from config, or the self-signed one made at init)
+    ssl_context: ssl.SSLContext | None
+
+    async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
+        """The SCRAM-SHA-256 verifier of a session token, or None if there is no such token.
+
+        A front end that authenticates with SCRAM uses it before the client proves anything;
+        for an unknown id it must still run the exchange with a dummy verifier and fail it,
+        so that a client cannot tell unknown tokens from wrong ones.
+        """
+
+    async def open_verified(self, token_id: str, source: str) -> SessionTicket:
+        """Open a session for a token whose possession was proven by SCRAM. Raises AuthError
+        (any reason: say only "authentication failed") or Conflict (too many sessions)."""
+
+    async def open_with_token(self, token: Sensitive[str], source: str) -> SessionTicket:
+        """Open a session for a token sent in the clear (over TLS). Same errors."""
+
+    def register(self, handle: SessionHandle) -> None:
+        """Put a live session in the registry, so that the core can cut it."""
+
+    async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
+        """Record an event of the session (e.g. a query text); encrypted at rest by the core."""
+
+    async def closed(self, session_id: int, reason: str) -> None:
+        """The session is over (client left, upstream closed, or cut): unregister and end it."""
+
+
+class ProtocolFrontend(Protocol):
+    """One protocol's server side. The core binds it to a listener."""
+
+    protocol: str  # "postgres", "ssh"
+
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext
+    ) -> None:
+        """Serve one client connection to its end. Must never raise out: a misbehaving client
+        ends its own connection, never the listener."""
+
+
+__all__ = ["ProtocolFrontend", "ProxyContext", "SessionHandle", "SessionTicket"]
