@@ -50,8 +50,15 @@ class ServerSettings(BaseModel):
     api_port: int = DEFAULT_API_PORT
     pg_proxy_port: int = DEFAULT_PG_PROXY_PORT
     ssh_proxy_port: int = DEFAULT_SSH_PROXY_PORT
-    #: seconds between background worker passes (re-encryption, later expiry)
+    #: seconds between background worker passes (expiry, jobs, re-encryption)
     worker_interval: float = 1.0
+    #: start the session proxies (PostgreSQL on pg_proxy_port) with the server
+    proxies: bool = True
+    #: the proxies' TLS certificate and key; default: a self-signed pair in the data directory
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: what `jitvault connect` tells clients to connect to (default: listen)
+    public_host: str | None = None
 
 
 class AuthSettings(BaseModel):

@@ -1,4 +1,4 @@
-"""The composition root: one process runs the API, the (later) proxies and the worker.
+"""The composition root: one process runs the API, the session proxies and the worker.
 
 This is the only module that wires the layers together; the CLI's local commands call it.
 """
@@ -14,6 +14,7 @@ from jitvault.api import create_app
 from jitvault.config import Settings
 from jitvault.errors import JitvaultError
 from jitvault.lifecycle import Worker
+from jitvault.proxy import ProxyServer
 from jitvault.services import Node
 
 log = logging.getLogger("jitvault")
@@ -47,6 +48,9 @@ def serve(node: Node) -> None:
     cfg = node.settings.server
     worker = Worker(node)
     worker.start()
+    proxies = ProxyServer(node) if cfg.proxies else None
+    if proxies is not None:
+        proxies.start()
     app = create_app(node)
     try:
         uvicorn.run(
@@ -58,6 +62,8 @@ def serve(node: Node) -> None:
             server_header=False,
         )
     finally:
+        if proxies is not None:
+            proxies.stop()
         worker.stop()
         node.close()
 

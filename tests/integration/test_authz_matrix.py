@@ -96,6 +96,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/requests/{request_id}/approve"): frozenset({"approver", "admin"}),
     ("POST", "/v1/requests/{request_id}/deny"): frozenset({"approver", "admin"}),
     ("POST", "/v1/requests/{request_id}/cancel"): frozenset({"approver", "admin"}),
+    # only the grant's own user gets a session token for it: no role may take another's
+    ("POST", "/v1/requests/{request_id}/connect"): frozenset(),
     ("POST", "/v1/requests/{request_id}/review"): frozenset({"approver", "admin", "auditor"}),
     ("GET", "/v1/grants"): EVERYONE,
     ("GET", "/v1/grants/{grant_id}"): frozenset({"approver", "admin", "auditor"}),
@@ -373,6 +375,9 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ),
     ("POST", "/v1/requests/{request_id}/deny"): lambda w, c: Call(
         "POST", f"/v1/requests/{w.victim_request()['id']}/deny", json={"reason": "no"}
+    ),
+    ("POST", "/v1/requests/{request_id}/connect"): lambda w, c: Call(
+        "POST", f"/v1/requests/{w.victim_request(break_glass=True)['id']}/connect", json={}
     ),
     ("POST", "/v1/requests/{request_id}/cancel"): lambda w, c: Call(
         "POST", f"/v1/requests/{w.victim_request()['id']}/cancel"

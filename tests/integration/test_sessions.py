@@ -255,3 +255,20 @@ def test_a_scram_exchange_with_the_token_as_password_proves_it_without_sending_i
     with pytest.raises(ScramAuthFailed):
         exchange(Sensitive(token.reveal()[:-1] + "x"))
     assert sessions.token_verifier(world.node, "0" * 16) is None
+
+
+def test_connect_info_names_the_token_in_the_user_and_its_password_opens_a_session(
+    world: World,
+) -> None:
+    rid = world.grant()
+    info = sessions.connect_info(world.node, world.alice, rid, once=True)
+    account, token_id = info["user"].rsplit(".", 1)
+    assert account == "app"
+    assert info["password"].startswith(f"jvs_{token_id}_")
+    assert info["port"] == world.node.settings.server.pg_proxy_port
+    assert info["uri"].startswith("postgresql://app.")
+    assert "sslmode=require" in info["uri"]
+    ticket = sessions.open_session(world.node, Sensitive(info["password"]), "postgres")
+    assert ticket.grant.request_id == rid
+    with pytest.raises(AuthError):  # --once
+        sessions.open_session(world.node, Sensitive(info["password"]), "postgres")

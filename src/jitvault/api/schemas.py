@@ -256,6 +256,10 @@ class GrantOut(BaseModel):
         )
 
 
+class ConnectIn(BaseModel):
+    once: bool = False
+
+
 class PolicyIn(BaseModel):
     document: str = Field(description="the policy as YAML (or JSON)")
 
@@ -276,6 +280,7 @@ class PolicyTestIn(BaseModel):
 __all__ = [
     "AccountIn",
     "AccountOut",
+    "ConnectIn",
     "DecisionIn",
     "GrantOut",
     "InitIn",

@@ -16,7 +16,7 @@ from jitvault.cli.operator import operator_app
 from jitvault.cli.output import err_console
 from jitvault.cli.targets import account_app, rotate, target_app
 from jitvault.cli.users import login, token_app, user_app, whoami
-from jitvault.cli.workflow import grant_app, policy_app, request_app
+from jitvault.cli.workflow import connect, grant_app, policy_app, request_app
 from jitvault.errors import JitvaultError
 
 _EXIT_BY_CODE = {
@@ -46,6 +46,7 @@ app.command()(local.server)
 app.command()(whoami)
 app.command()(login)
 app.command()(rotate)
+app.command()(connect)
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(target_app, name="target")

@@ -151,6 +151,27 @@ def review(
         typer.echo(f"request {r['id']}: reviewed by {r['reviewed_by']}")
 
 
+def connect(
+    request_id: int,
+    once: bool = typer.Option(False, "--once", help="A token that opens one connection only."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print how to connect with your live grant (a new session token as the password)."""
+    info = ApiClient().request("POST", f"/v1/requests/{request_id}/connect", json={"once": once})
+    if as_json:
+        show(info, True)
+        return
+    typer.echo(
+        f'psql "host={info["host"]} port={info["port"]} dbname={info["dbname"]} '
+        f'user={info["user"]} password={info["password"]} sslmode=require"'
+    )
+    err_console.print(
+        f"token valid until {info['expires_at']}"
+        + (" for one connection" if info["single_use"] else "")
+        + "; the password is your session token, not the account's"
+    )
+
+
 @grant_app.command("list")
 def grant_list(
     all_: bool = typer.Option(False, "--all", help="Include ended and revoked grants."),
@@ -256,4 +277,4 @@ def policy_test(
         typer.echo(f"rule: {d['rule'] or '(none: deny by default)'}")
 
 
-__all__ = ["grant_app", "policy_app", "request_app"]
+__all__ = ["connect", "grant_app", "policy_app", "request_app"]

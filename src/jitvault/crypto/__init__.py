@@ -19,6 +19,7 @@ from jitvault.crypto.providers import (
 from jitvault.crypto.shamir import combine as combine_shares
 from jitvault.crypto.shamir import parse_share
 from jitvault.crypto.shamir import split as split_secret
+from jitvault.crypto.tls import ensure_self_signed, server_context
 from jitvault.crypto.tokens import (
     API_TOKEN_PREFIX,
     DUMMY_PASSWORD_HASH,
@@ -51,6 +52,7 @@ __all__ = [
     "chain_mac",
     "combine_shares",
     "create_key_file",
+    "ensure_self_signed",
     "generate_password",
     "hash_password",
     "hash_secret",
@@ -61,6 +63,7 @@ __all__ = [
     "parse_term",
     "parse_token",
     "secret_matches",
+    "server_context",
     "split_secret",
     "verify_password",
     "wrap_aad",

@@ -11,17 +11,23 @@ Every refusal looks the same to the client ("authentication failed"); the audit 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import quote
 
 from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.crypto import SESSION_TOKEN_PREFIX, issue_token, parse_token, secret_matches
-from jitvault.domain import Grant, Principal, RequestState, Sensitive
+from jitvault.domain import AccessKind, Grant, Principal, RequestState, Sensitive, Target
 from jitvault.errors import AuthError, Conflict, Forbidden
+from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
+from jitvault.services import targets
 from jitvault.services.node import Node
-from jitvault.storage import session_store, workflow
+from jitvault.storage import repositories as repo
+from jitvault.storage import sealed, session_store, workflow
+from jitvault.storage.tables import SESSION_EVENT_DATA
 
 _FAILED = "authentication failed"
 
@@ -75,6 +81,45 @@ def issue_session_token(
             )
         )
     return issued.token, grant
+
+
+def connect_info(
+    node: Node, actor: Principal, request_id: int, once: bool = False, source: str = ""
+) -> dict[str, Any]:
+    """Where and how to connect with one's live grant: a new session token as the password.
+
+    The connection user is ``<account>.<token id>``: a proxy reads the token id from it to run
+    SCRAM with the token as the password (it must know which verifier to use before the client
+    proves anything), so the token itself never crosses the wire.
+    """
+    token, grant = issue_session_token(node, actor, request_id, once, source)
+    with node.read() as conn:
+        target = repo.target_get(conn, grant.target)
+    cfg = node.settings.server
+    host = cfg.public_host or cfg.listen
+    token_id = token.reveal().split("_")[1]
+    user = f"{grant.name}.{token_id}"
+    if target.kind != "postgres":
+        raise Unsupported(f"{target.kind} targets have no session proxy yet")
+    port, dbname = cfg.pg_proxy_port, str(target.options.get("dbname", "postgres"))
+    password = token.reveal()
+    uri = (
+        f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+        f"{quote(dbname, safe='')}?sslmode=require"
+    )
+    return {
+        "protocol": target.kind,
+        "host": host,
+        "port": port,
+        "dbname": dbname,
+        "user": user,
+        "password": password,
+        "uri": uri,
+        "token_id": token_id,
+        "single_use": once,
+        "grant_id": grant.id,
+        "expires_at": grant.expires_at.isoformat(),
+    }
 
 
 def token_verifier(node: Node, token_id: str) -> Sensitive[str] | None:
@@ -174,6 +219,52 @@ def _refuse(node: Node, token_id: str, reason: str, protocol: str, source: str) 
     raise AuthError(_FAILED)
 
 
+def proxy_material(node: Node, ticket: SessionTicket) -> tuple[Target, Sensitive[str]]:
+    """The target and the vaulted credential a proxy logs in upstream with (just in time;
+    sealed: 503). Shared accounts only, until ephemeral and elevated grants get theirs."""
+    grant = ticket.grant
+    if grant.kind != AccessKind.ACCOUNT:
+        raise Unsupported(f"{grant.kind.value} grants cannot be proxied yet")
+    with node.read() as conn:
+        target = repo.target_get(conn, grant.target)
+        account = repo.account_get(conn, grant.target, grant.name)
+    secret = targets.account_secret(node, account)
+    if secret is None:
+        raise Conflict(f"account {grant.target}/{grant.name} has no vaulted credential")
+    return target, secret
+
+
+def record_event(node: Node, session_id: int, kind: str, data: dict[str, Any]) -> None:
+    """Store one event of a session, encrypted at rest and bound to its row."""
+    at = node.clock()
+    payload = Sensitive(json.dumps(data, sort_keys=True, default=str).encode())
+    with node.write() as tx:
+        event_id = session_store.event_add(tx.conn, session_id, kind, at)
+        sealed.seal_column(tx.conn, tx.keyring, SESSION_EVENT_DATA, event_id, payload)
+
+
+def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
+    """A session's recorded events, decrypted (for ``jitvault session show``)."""
+    keyring = node.vault.keyring
+    out = []
+    with node.read() as conn:
+        for row in session_store.events(conn, session_id):
+            raw = sealed.open_column(conn, keyring, SESSION_EVENT_DATA, row.id)
+            out.append(
+                {
+                    "ts": row.ts,
+                    "kind": row.kind,
+                    "data": json.loads(raw.reveal()) if raw is not None else None,
+                }
+            )
+    return out
+
+
+def ended_among(node: Node, session_ids: list[int]) -> dict[int, str]:
+    with node.read() as conn:
+        return session_store.ended_among(conn, session_ids)
+
+
 def close_session(node: Node, session_id: int, reason: str = "client closed") -> bool:
     """Record that a session ended (idempotent); True if this call ended it."""
     at = node.clock()
@@ -195,8 +286,13 @@ __all__ = [
     "SessionTicket",
     "TooManySessions",
     "close_session",
+    "connect_info",
+    "ended_among",
     "issue_session_token",
     "open_session",
     "open_session_verified",
+    "proxy_material",
+    "record_event",
+    "session_events",
     "token_verifier",
 ]

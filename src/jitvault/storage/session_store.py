@@ -97,8 +97,38 @@ def session_end(conn: Connection, session_id: int, at: datetime, reason: str) ->
     return result.rowcount == 1
 
 
+def event_add(conn: Connection, session_id: int, kind: str, at: datetime) -> int:
+    result = conn.execute(insert(t.session_events).values(session_id=session_id, ts=at, kind=kind))
+    pk = result.inserted_primary_key
+    assert pk is not None
+    return int(pk[0])
+
+
+def events(conn: Connection, session_id: int) -> list[Row[Any]]:
+    return list(
+        conn.execute(
+            select(t.session_events)
+            .where(t.session_events.c.session_id == session_id)
+            .order_by(t.session_events.c.id)
+        ).all()
+    )
+
+
+def ended_among(conn: Connection, session_ids: list[int]) -> dict[int, str]:
+    """Which of these sessions have been ended (by revoke, expiry or elsewhere), and why."""
+    if not session_ids:
+        return {}
+    rows = conn.execute(
+        select(_S.c.id, _S.c.end_reason).where(_S.c.id.in_(session_ids), _S.c.ended_at.is_not(None))
+    ).all()
+    return {int(r.id): r.end_reason or "ended" for r in rows}
+
+
 __all__ = [
     "end_sessions",
+    "ended_among",
+    "event_add",
+    "events",
     "live_count",
     "live_sessions",
     "session_add",

@@ -314,6 +314,25 @@ sessions = Table(
 )
 
 
+# What a session did (query texts, commands), encrypted at rest like every secret.
+session_events = Table(
+    "session_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "session_id",
+        Integer,
+        ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("data", Text, nullable=True),
+    Column("data_term", Integer, nullable=True, index=True),
+)
+
+
 @dataclass(frozen=True)
 class EncryptedColumn:
     """A column holding envelopes, with its key-term companion and the row id column."""
@@ -328,6 +347,7 @@ TARGET_ADMIN_SECRET = EncryptedColumn(targets, "admin_secret", "admin_secret_ter
 ACCOUNT_SECRET = EncryptedColumn(accounts, "secret", "secret_term")
 ACCOUNT_PREVIOUS_SECRET = EncryptedColumn(accounts, "previous_secret", "previous_secret_term")
 JOURNAL_SECRET = EncryptedColumn(rotation_journal, "pending_secret", "pending_secret_term")
+SESSION_EVENT_DATA = EncryptedColumn(session_events, "data", "data_term")
 
 #: every column holding envelopes; key rotation re-encrypts exactly these
 ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
@@ -335,6 +355,7 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     ACCOUNT_SECRET,
     ACCOUNT_PREVIOUS_SECRET,
     JOURNAL_SECRET,
+    SESSION_EVENT_DATA,
 )
 
 __all__ = [
@@ -342,6 +363,7 @@ __all__ = [
     "ACCOUNT_SECRET",
     "ENCRYPTED_COLUMNS",
     "JOURNAL_SECRET",
+    "SESSION_EVENT_DATA",
     "TARGET_ADMIN_SECRET",
     "EncryptedColumn",
     "access_requests",
@@ -358,6 +380,7 @@ __all__ = [
     "metadata",
     "policies",
     "rotation_journal",
+    "session_events",
     "session_tokens",
     "sessions",
     "targets",

@@ -8,6 +8,7 @@ from fastapi import APIRouter, status
 
 from jitvault.api.deps import CallerDep, NodeDep, SourceDep
 from jitvault.api.schemas import (
+    ConnectIn,
     DecisionIn,
     GrantOut,
     PolicyIn,
@@ -18,7 +19,7 @@ from jitvault.api.schemas import (
 )
 from jitvault.domain import AccessKind, AccessRequest, parse_duration
 from jitvault.errors import ValidationError
-from jitvault.services import grants, policies, requests
+from jitvault.services import grants, policies, requests, sessions
 from jitvault.services.node import Node
 
 router = APIRouter(prefix="/v1", tags=["workflow"])
@@ -102,6 +103,14 @@ def review(
     request_id: int, body: DecisionIn, caller: CallerDep, node: NodeDep, source: SourceDep
 ) -> RequestOut:
     return _out(node, requests.review(node, caller, request_id, body.comment, source))
+
+
+@router.post("/requests/{request_id}/connect")
+def connect(
+    request_id: int, body: ConnectIn, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> dict[str, Any]:
+    """A session token for your own live grant, with where to connect (shown once)."""
+    return sessions.connect_info(node, caller, request_id, body.once, source)
 
 
 @router.get("/grants", response_model=list[GrantOut])

@@ -1,0 +1,79 @@
+"""The core's side of the proxy contract, backed by a node's services."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from jitvault.domain import Sensitive
+from jitvault.plugin_api import SessionHandle, SessionTicket, TargetAccess
+from jitvault.proxy.registry import SessionRegistry
+from jitvault.services import Node, sessions
+
+
+class NodeProxyContext:
+    """One per listener: what its front end may ask of the core."""
+
+    def __init__(
+        self,
+        node: Node,
+        registry: SessionRegistry,
+        protocol: str,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.node = node
+        self.registry = registry
+        self.protocol = protocol
+        self.ssl_context = ssl_context
+        self._expiry: dict[int, Any] = {}
+
+    async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
+        return await asyncio.to_thread(sessions.token_verifier, self.node, token_id)
+
+    async def open_verified(self, token_id: str, source: str) -> SessionTicket:
+        opened = await asyncio.to_thread(
+            sessions.open_session_verified, self.node, token_id, self.protocol, source
+        )
+        return await self._ticket(opened)
+
+    async def open_with_token(self, token: Sensitive[str], source: str) -> SessionTicket:
+        opened = await asyncio.to_thread(
+            sessions.open_session, self.node, token, self.protocol, source
+        )
+        return await self._ticket(opened)
+
+    async def _ticket(self, opened: sessions.SessionTicket) -> SessionTicket:
+        try:
+            target, secret = await asyncio.to_thread(sessions.proxy_material, self.node, opened)
+        except BaseException:
+            await asyncio.to_thread(
+                sessions.close_session, self.node, opened.session_id, "no credential"
+            )
+            raise
+        grant = opened.grant
+        self._expiry[opened.session_id] = grant.expires_at
+        return SessionTicket(
+            session_id=opened.session_id,
+            grant_id=grant.id,
+            user=grant.user,
+            account=grant.name,
+            target=TargetAccess(name=target.name, options=target.options),
+            credential=secret,
+            expires_at=grant.expires_at,
+        )
+
+    def register(self, handle: SessionHandle) -> None:
+        expires = self._expiry.pop(handle.session_id)
+        self.registry.add(handle, expires)
+
+    async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
+        await asyncio.to_thread(sessions.record_event, self.node, session_id, kind, data)
+
+    async def closed(self, session_id: int, reason: str) -> None:
+        self.registry.remove(session_id)
+        self._expiry.pop(session_id, None)
+        await asyncio.to_thread(sessions.close_session, self.node, session_id, reason)
+
+
+__all__ = ["NodeProxyContext"]
