@@ -96,6 +96,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/requests/{request_id}/approve"): frozenset({"approver", "admin"}),
     ("POST", "/v1/requests/{request_id}/deny"): frozenset({"approver", "admin"}),
     ("POST", "/v1/requests/{request_id}/cancel"): frozenset({"approver", "admin"}),
+    ("GET", "/v1/sessions"): EVERYONE,
+    ("GET", "/v1/sessions/{session_id}"): frozenset({"admin", "auditor"}),
     # only the grant's own user gets a session token for it: no role may take another's
     ("POST", "/v1/requests/{request_id}/connect"): frozenset(),
     ("POST", "/v1/requests/{request_id}/review"): frozenset({"approver", "admin", "auditor"}),
@@ -199,6 +201,19 @@ class World:
         out: dict[str, Any] = resp.json()
         assert out["state"] == ("active" if break_glass else "pending"), out
         return out
+
+    def victim_session(self) -> int:
+        """A session of the victim's (opened through the service: no proxy needed)."""
+        from jitvault.domain import Sensitive
+        from jitvault.services import sessions
+
+        rid = self.victim_request(break_glass=True)["id"]
+        info = self.api.post(
+            f"/v1/requests/{rid}/connect",
+            json={},
+            headers={"Authorization": f"Bearer {self.victim_token}"},
+        ).json()
+        return sessions.open_session(self.node, Sensitive(info["password"]), "postgres").session_id
 
     def headers(self, caller: str) -> dict[str, str]:
         token = self.tokens[caller]
@@ -375,6 +390,10 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ),
     ("POST", "/v1/requests/{request_id}/deny"): lambda w, c: Call(
         "POST", f"/v1/requests/{w.victim_request()['id']}/deny", json={"reason": "no"}
+    ),
+    ("GET", "/v1/sessions"): lambda w, c: Call("GET", "/v1/sessions"),
+    ("GET", "/v1/sessions/{session_id}"): lambda w, c: Call(
+        "GET", f"/v1/sessions/{w.victim_session()}"
     ),
     ("POST", "/v1/requests/{request_id}/connect"): lambda w, c: Call(
         "POST", f"/v1/requests/{w.victim_request(break_glass=True)['id']}/connect", json={}

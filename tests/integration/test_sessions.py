@@ -272,3 +272,22 @@ def test_connect_info_names_the_token_in_the_user_and_its_password_opens_a_sessi
     assert ticket.grant.request_id == rid
     with pytest.raises(AuthError):  # --once
         sessions.open_session(world.node, Sensitive(info["password"]), "postgres")
+
+
+def test_a_session_recording_is_encrypted_at_rest_and_shown_to_its_user_and_auditors(
+    world: World,
+) -> None:
+    rid = world.grant()
+    ticket = sessions.open_session(world.node, world.token(rid), "postgres")
+    sessions.record_event(world.node, ticket.session_id, "query", {"text": "SELECT 42"})
+    with world.node.read() as conn:
+        raw = conn.execute(select(t.session_events.c.data)).scalars().all()
+    assert raw
+    assert all(r.startswith("jv1:") and "SELECT 42" not in r for r in raw)
+    shown = sessions.show_session(world.node, world.alice, ticket.session_id)
+    assert [e["data"]["text"] for e in shown["events"]] == ["SELECT 42"]
+    auditor = world.principal("audrey", Role.AUDITOR)
+    assert sessions.show_session(world.node, auditor, ticket.session_id)["user"] == "alice"
+    with pytest.raises(Forbidden):
+        sessions.show_session(world.node, world.bob, ticket.session_id)
+    assert [s["id"] for s in sessions.list_sessions(world.node, world.bob)] == []

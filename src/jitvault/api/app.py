@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from jitvault import __version__
 from jitvault.api import errors
-from jitvault.api.routers import audit, auth, requests, sys, targets, users
+from jitvault.api.routers import audit, auth, requests, sessions, sys, targets, users
 from jitvault.services import Node
 
 
@@ -28,6 +28,7 @@ def create_app(node: Node) -> FastAPI:
         users.router,
         targets.router,
         requests.router,
+        sessions.router,
         audit.router,
     ):
         app.include_router(router)

@@ -14,6 +14,7 @@ from jitvault.cli.audit import audit_app
 from jitvault.cli.client import CliError
 from jitvault.cli.operator import operator_app
 from jitvault.cli.output import err_console
+from jitvault.cli.sessions import session_app
 from jitvault.cli.targets import account_app, rotate, target_app
 from jitvault.cli.users import login, token_app, user_app, whoami
 from jitvault.cli.workflow import connect, grant_app, policy_app, request_app
@@ -54,6 +55,7 @@ app.add_typer(account_app, name="account")
 app.add_typer(request_app, name="request")
 app.add_typer(grant_app, name="grant")
 app.add_typer(policy_app, name="policy")
+app.add_typer(session_app, name="session")
 app.add_typer(operator_app, name="operator")
 app.add_typer(audit_app, name="audit")
 

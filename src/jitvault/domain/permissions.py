@@ -30,6 +30,7 @@ class Permission(StrEnum):
     POLICY_READ = "policy.read"
     POLICY_TEST = "policy.test"
     ACCOUNT_ROTATE = "account.rotate"
+    SESSION_READ_ANY = "session.read_any"
 
 
 _ALL = frozenset(Role)
@@ -60,6 +61,8 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.POLICY_TEST: frozenset({Role.ADMIN, Role.AUDITOR, Role.APPROVER}),
     # security staff rotate and check credentials on demand
     Permission.ACCOUNT_ROTATE: frozenset({Role.ADMIN}),
+    # recordings show what people did with their access: auditors' business
+    Permission.SESSION_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
 }
 
 

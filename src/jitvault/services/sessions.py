@@ -19,14 +19,25 @@ from urllib.parse import quote
 
 from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.crypto import SESSION_TOKEN_PREFIX, issue_token, parse_token, secret_matches
-from jitvault.domain import AccessKind, Grant, Principal, RequestState, Sensitive, Target
-from jitvault.errors import AuthError, Conflict, Forbidden
+from jitvault.domain import (
+    AccessKind,
+    Grant,
+    Permission,
+    Principal,
+    RequestState,
+    Sensitive,
+    Target,
+    allowed,
+    authorize,
+)
+from jitvault.errors import AuthError, Conflict, Forbidden, NotFound
 from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
 from jitvault.services import targets
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed, session_store, workflow
+from jitvault.storage.repositories import aware
 from jitvault.storage.tables import SESSION_EVENT_DATA
 
 _FAILED = "authentication failed"
@@ -260,6 +271,41 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
     return out
 
 
+def _view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "grant_id": row.grant_id,
+        "user": row.user_name,
+        "target": row.target_name,
+        "account": row.name,
+        "protocol": row.protocol,
+        "source": row.source,
+        "started_at": aware(row.started_at),
+        "ended_at": aware(row.ended_at),
+        "end_reason": row.end_reason,
+    }
+
+
+def list_sessions(node: Node, actor: Principal, live: bool = False) -> list[dict[str, Any]]:
+    """Your own sessions; admins and auditors see everyone's."""
+    mine = None if allowed(actor, Permission.SESSION_READ_ANY) else actor.user_id
+    with node.read() as conn:
+        return [_view(r) for r in session_store.session_rows(conn, mine, live)]
+
+
+def show_session(node: Node, actor: Principal, session_id: int) -> dict[str, Any]:
+    """One session with what it did (decrypted recording)."""
+    with node.read() as conn:
+        rows = [r for r in session_store.session_rows(conn, None) if r.id == session_id]
+    if not rows:
+        raise NotFound(f"session {session_id} does not exist", hint="see 'jitvault session list'")
+    view = _view(rows[0])
+    if view["user"] != actor.name:
+        authorize(actor, Permission.SESSION_READ_ANY)
+    view["events"] = session_events(node, session_id)
+    return view
+
+
 def ended_among(node: Node, session_ids: list[int]) -> dict[int, str]:
     with node.read() as conn:
         return session_store.ended_among(conn, session_ids)
@@ -289,10 +335,12 @@ __all__ = [
     "connect_info",
     "ended_among",
     "issue_session_token",
+    "list_sessions",
     "open_session",
     "open_session_verified",
     "proxy_material",
     "record_event",
     "session_events",
+    "show_session",
     "token_verifier",
 ]

@@ -114,6 +114,19 @@ def events(conn: Connection, session_id: int) -> list[Row[Any]]:
     )
 
 
+def session_rows(
+    conn: Connection, user_id: int | None = None, live_only: bool = False, limit: int = 500
+) -> list[Row[Any]]:
+    q = select(_S, t.grants.c.user_name, t.grants.c.target_name, t.grants.c.name).join(
+        t.grants, t.grants.c.id == _S.c.grant_id
+    )
+    if user_id is not None:
+        q = q.where(t.grants.c.user_id == user_id)
+    if live_only:
+        q = q.where(_S.c.ended_at.is_(None))
+    return list(conn.execute(q.order_by(_S.c.id.desc()).limit(limit)).all())
+
+
 def ended_among(conn: Connection, session_ids: list[int]) -> dict[int, str]:
     """Which of these sessions have been ended (by revoke, expiry or elsewhere), and why."""
     if not session_ids:
@@ -133,6 +146,7 @@ __all__ = [
     "live_sessions",
     "session_add",
     "session_end",
+    "session_rows",
     "token_add",
     "token_find",
     "token_use",
