@@ -88,6 +88,8 @@ class WorkflowSettings(BaseModel):
     #: retry backoff of background jobs: base * 2^attempt seconds, capped
     job_backoff_base: float = 2.0
     job_backoff_max: float = 300.0
+    #: attempts of a grant's cleanup (rotation, drop, revoke) before the account needs an operator
+    cleanup_max_attempts: int = Field(default=6, ge=1, le=50)
 
 
 class Settings(BaseSettings):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import tomli_w
 from sqlalchemy import func, select
 
 from jitvault.config import load_settings
@@ -174,6 +176,10 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
     data_dir = tmp_path / "node"
     init_data_dir(data_dir, free_port(), database_url)
     config = data_dir / "config.toml"
+    # one attempt per cleanup, so that "run once" is exactly one claim of one node
+    doc = tomllib.loads(config.read_text())
+    doc.setdefault("workflow", {})["cleanup_max_attempts"] = 1
+    config.write_text(tomli_w.dumps(doc))
 
     # the test's own node (no worker) files the requests, as fast as the services allow
     node = Node.open(load_settings(config))
@@ -182,7 +188,10 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
         with node.read() as conn:
             a = repositories.user_get(conn, "admin")
         admin = Principal(a.id, a.name, Role.ADMIN, ())
-        targets.add_target(node, admin, "pg-prod", "postgres", {"host": "127.0.0.1"})
+        # elevations on an unreachable target: every cleanup (a revoke) fails at once,
+        # deterministically, and no shared account is marked for an operator
+        unreachable = {"host": "127.0.0.1", "port": free_port()}
+        targets.add_target(node, admin, "pg-prod", "postgres", unreachable)
         secret = Sensitive("owner-pw-1234")
         targets.add_account(node, admin, "pg-prod", "app_owner", AccountMode.INJECTED, secret)
         policies.apply_policy(node, admin, POLICY)
@@ -190,7 +199,7 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
         olga = Principal(u.id, u.name, u.role, u.groups)
 
         def ask(duration: timedelta, start_at: datetime | None = None) -> int:
-            new = NewRequest("pg-prod", AccessKind.ACCOUNT, "app_owner", duration, "load", start_at)
+            new = NewRequest("pg-prod", AccessKind.ROLE, "pg_monitor", duration, "load", start_at)
             return requests.create_request(node, olga, new).id
 
         # wave 1: grants that all expire before any server runs
@@ -230,7 +239,7 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
                     t.access_requests.c.state != "ended",
                 )
                 unrun = _count(
-                    conn, t.jobs, t.jobs.c.kind == "grant.cleanup", t.jobs.c.state != "unsupported"
+                    conn, t.jobs, t.jobs.c.kind == "grant.cleanup", t.jobs.c.state != "dead"
                 )
         assert remaining == 0, f"{remaining} grants did not end"
         assert unrun == 0, f"{unrun} cleanup jobs did not run"
@@ -259,10 +268,10 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
                     )
                 )
                 assert len(jobs) == 1, (rid, len(jobs))
-                # run once: one attempt, one terminal audit event (shared accounts cannot be
-                # rotated by this version's postgres plugin, so the job ends "unsupported")
+                # run once: one claim, one attempt, one terminal audit event (the target is
+                # unreachable and one attempt is allowed, so the job ends "dead")
                 job = jobs[0]
-                assert (job.state, job.attempts) == ("unsupported", 1), (rid, job.state)
+                assert (job.state, job.attempts) == ("dead", 1), (rid, job.state)
                 job_subject = t.audit_events.c.subject == f"job:{job.id}"
                 assert _count(conn, t.audit_events, job_subject) == 1, rid
     finally:

@@ -74,6 +74,7 @@ def _finish(
             "grant.cleanup",
             {"grant_id": grant.id},
             run_after=at,
+            max_attempts=node.settings.workflow.cleanup_max_attempts,
         )
     tx.emit(
         AuditEvent(
