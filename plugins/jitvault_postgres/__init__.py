@@ -6,6 +6,7 @@ session proxy (wire protocol) in its own modules.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Literal
 
@@ -16,6 +17,7 @@ from jitvault.domain import Sensitive
 from jitvault.errors import ValidationError
 from jitvault.plugin_api import AccountTemplate, TargetAccess, TargetPlugin
 from jitvault_postgres import lifecycle
+from jitvault_postgres.frontend import PostgresFrontend
 
 
 class PostgresTargetOptions(BaseModel):
@@ -88,6 +90,15 @@ class PostgresTarget(TargetPlugin):
 
     async def revoke(self, target: TargetAccess, username: str, role: str) -> None:
         await lifecycle.revoke(self.endpoint(target), username, role)
+
+    def frontend(self) -> PostgresFrontend:
+        """The session proxy's front end: one per process (it holds the cancel keys)."""
+        return _frontend()
+
+
+@functools.cache
+def _frontend() -> PostgresFrontend:
+    return PostgresFrontend()
 
 
 __all__ = ["PostgresTarget", "PostgresTargetOptions"]

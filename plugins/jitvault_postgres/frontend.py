@@ -1,0 +1,612 @@
+"""The PostgreSQL session proxy: the server side a client talks to, and the relay.
+
+One :class:`PostgresFrontend` serves every client connection of the postgres listener:
+
+1. the start phase (SSLRequest -> TLS with the core's certificate, GSSENCRequest -> "N",
+   CancelRequest -> forwarded to the backend it names, through the fake keys handed out here);
+2. SCRAM-SHA-256 against the session token's verifier (the connection user is
+   ``<account>.<token id>``; an unknown id runs the same exchange against a mock verifier, so
+   unknown and wrong tokens look alike); the core then opens the session;
+3. the upstream login with the vaulted credential (:mod:`.upstream`);
+4. the relay: client messages are read through the sans-IO codec, so that every query text
+   (simple ``Q`` and extended ``P``) is recorded before it is forwarded; server bytes are passed
+   through as they come, cut at message boundaries only, so that the core can end the session
+   at any time with a FATAL 57P01 the client understands.
+
+Nothing here raises out of :meth:`PostgresFrontend.handle`; log lines carry no secret and no
+driver or server message text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import struct
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from jitvault.errors import AuthError, JitvaultError, Unavailable
+from jitvault.plugin_api import ProxyContext, SessionTicket
+from jitvault.plugin_api.scram import (
+    DEFAULT_ITERATIONS,
+    MECHANISM,
+    ScramServer,
+    ScramVerifier,
+    parse_verifier,
+)
+from jitvault_postgres import protocol as pg
+from jitvault_postgres import upstream as up
+
+log = logging.getLogger(__name__)
+
+#: from the first byte to ReadyForQuery (PostgreSQL's authentication_timeout is 60 s)
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+_READ_CHUNK = 65536
+_CLOSE_TIMEOUT_SECONDS = 2.0
+_HEADER = struct.Struct("!ci")
+
+SQLSTATE_TOO_MANY_CONNECTIONS = "53300"
+SQLSTATE_INVALID_AUTHORIZATION = "28000"
+SQLSTATE_CANNOT_CONNECT_NOW = "57P03"
+SQLSTATE_CONNECTION_FAILURE = "08006"
+SQLSTATE_UNABLE_TO_CONNECT = "08001"
+UPSTREAM_REFUSED_MESSAGE = (
+    "the vaulted credential was refused by the target; an operator has been told"
+)
+
+
+class BackendFramer:
+    """Cuts the server's byte stream at message boundaries, without parsing any body.
+
+    :meth:`feed` returns what may be sent to the client now: every complete message (the chunk
+    itself when it ends at a boundary: no copy). The start of an incomplete message is held
+    back until it is complete, so that between two writes the client's stream is at a message
+    boundary and a FATAL error can be put in at any time; a message longer than
+    ``hold_limit`` is streamed through instead of being held (:attr:`at_boundary` is False
+    while it passes).
+    """
+
+    __slots__ = ("_held", "_through", "hold_limit")
+
+    def __init__(self, hold_limit: int = 1 << 20) -> None:
+        self.hold_limit = hold_limit
+        self._held = bytearray()
+        self._through = 0
+
+    @property
+    def at_boundary(self) -> bool:
+        """Does what was returned so far end at a message boundary?"""
+        return self._through == 0
+
+    def feed(self, data: bytes) -> bytes:
+        head = b""
+        if self._through:
+            n = min(self._through, len(data))
+            self._through -= n
+            if n == len(data):
+                return data
+            head, data = data[:n], data[n:]
+        if self._held:
+            self._held += data
+            data = bytes(self._held)
+            self._held.clear()
+        pos, size = 0, len(data)
+        while size - pos >= 5:
+            length: int = _HEADER.unpack_from(data, pos)[1]
+            if length < 4:
+                raise pg.ProtocolViolation(f"invalid length {length} of a server message")
+            end = pos + 1 + length
+            if end > size:
+                if end - pos > self.hold_limit:
+                    self._through = end - size
+                    pos = size
+                break
+            pos = end
+        if pos < size:
+            self._held += data[pos:]
+            data = data[:pos]
+        return head + data if head else data
+
+
+@dataclass(frozen=True)
+class _CancelTarget:
+    endpoint: up.Endpoint
+    pid: int
+    secret_key: bytes = field(repr=False)
+
+
+class _ClientGone(Exception):
+    """The client closed its side (or the connection broke) before the relay."""
+
+
+class PostgresFrontend:
+    """The postgres kind's :class:`~jitvault.plugin_api.ProtocolFrontend` (one per process)."""
+
+    protocol = "postgres"
+
+    def __init__(self) -> None:
+        # the mock verifier of unknown token ids: a salt derived from the id (stable per id, as
+        # a real token's is) and keys nobody knows
+        self._mock_secret = secrets.token_bytes(32)
+        self._mock_keys = (secrets.token_bytes(32), secrets.token_bytes(32))
+        # fake pid -> (fake key, where the real backend is)
+        self._cancel_keys: dict[int, tuple[bytes, _CancelTarget]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the contract ---------------------------------------------------------------------
+
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext
+    ) -> None:
+        connection = _Connection(self, reader, writer, ctx)
+        try:
+            await connection.serve()
+        except Exception as exc:  # a misbehaving client ends its own connection only
+            log.warning("postgres proxy: a connection failed (%s)", type(exc).__name__)
+        finally:
+            await connection.finish()
+
+    # -- shared state ---------------------------------------------------------------------
+
+    def mock_verifier(self, token_id: str) -> ScramVerifier:
+        salt = hmac.new(self._mock_secret, token_id.encode(), hashlib.sha256).digest()[:16]
+        stored, server = self._mock_keys
+        return ScramVerifier(DEFAULT_ITERATIONS, salt, stored, server)
+
+    def add_cancel_key(self, target: _CancelTarget) -> tuple[int, bytes]:
+        """A fake (pid, key) for the client that stands for the real backend's."""
+        while True:
+            pid = secrets.randbelow(2**31 - 2) + 1
+            if pid not in self._cancel_keys:
+                break
+        key = secrets.token_bytes(4)
+        self._cancel_keys[pid] = (key, target)
+        return pid, key
+
+    def drop_cancel_key(self, pid: int) -> None:
+        self._cancel_keys.pop(pid, None)
+
+    def cancel_target(self, pid: int, key: bytes) -> _CancelTarget | None:
+        entry = self._cancel_keys.get(pid)
+        if entry is None or not hmac.compare_digest(entry[0], key):
+            return None
+        return entry[1]
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class _Session:
+    """A live session: what the core holds (a SessionHandle) and the relay's shared state."""
+
+    def __init__(
+        self,
+        frontend: PostgresFrontend,
+        ctx: ProxyContext,
+        ticket: SessionTicket,
+        client_writer: asyncio.StreamWriter,
+    ) -> None:
+        self.session_id = ticket.session_id
+        self.frontend = frontend
+        self.ctx = ctx
+        self.ticket = ticket
+        self.client_writer = client_writer
+        self.upstream: up.Upstream | None = None
+        self.fake_pid: int | None = None
+        self.framer = BackendFramer()
+        #: why the core cut the session (set once, by close)
+        self.cut_reason: str | None = None
+        self.reported = False
+
+    async def close(self, reason: str) -> None:
+        """Tell the client why, cancel what the backend runs, close both sides. Idempotent."""
+        if self.cut_reason is not None or self.reported:
+            return
+        self.cut_reason = reason
+        if self.framer.at_boundary:  # else a long row is on its way: just close
+            with contextlib.suppress(Exception):
+                self.client_writer.write(
+                    pg.grant_expired_error(message=f"terminating connection: {reason}")
+                )
+        _close_writer(self.client_writer)
+        upstream = self.upstream
+        if upstream is not None:
+            self.frontend.spawn(_stop_upstream(upstream))
+        log.info("postgres proxy: session %s cut (%s)", self.session_id, reason)
+
+
+async def _stop_upstream(upstream: up.Upstream) -> None:
+    """Close the server connection and cancel a running query, so that its backend ends now
+    (a backend busy in a query would not notice a closed socket until the query is over)."""
+    with contextlib.suppress(Exception):
+        upstream.writer.write(pg.terminate())
+    upstream.close()
+    await up.send_cancel(upstream.endpoint, upstream.pid, upstream.secret_key)
+
+
+def _close_writer(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(Exception):
+        writer.close()
+
+
+class _Connection:
+    """One client connection, from its first byte to its end."""
+
+    def __init__(
+        self,
+        frontend: PostgresFrontend,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ctx: ProxyContext,
+    ) -> None:
+        self.frontend = frontend
+        self.reader = reader
+        self.writer = writer
+        self.ctx = ctx
+        self.codec = pg.FrontendReader()
+        self._pending: list[pg.Message] = []
+        peer = writer.get_extra_info("peername")
+        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self.session: _Session | None = None
+        self.end_reason = "client closed"
+
+    # -- I/O helpers ----------------------------------------------------------------------
+
+    async def next(self) -> pg.Message:
+        """The client's next message (raises _ClientGone at EOF, ProtocolViolation if bad)."""
+        while not self._pending:
+            try:
+                data = await self.reader.read(_READ_CHUNK)
+            except OSError:
+                raise _ClientGone from None
+            if not data:
+                raise _ClientGone
+            self._pending.extend(self.codec.feed(data))
+        return self._pending.pop(0)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def fail(self, data: bytes) -> None:
+        """Send a last (FATAL) message; the connection ends after it."""
+        with contextlib.suppress(Exception):
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), _CLOSE_TIMEOUT_SECONDS)
+
+    # -- the conversation -----------------------------------------------------------------
+
+    async def serve(self) -> None:
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_SECONDS):
+                startup = await self._start()
+                if startup is None:
+                    return
+                session = await self._login(startup)
+                if session is None:
+                    return
+        except TimeoutError:
+            self.end_reason = "login timed out"
+            return
+        except _ClientGone:
+            self.end_reason = "client left during login"
+            return
+        except pg.ProtocolViolation as exc:
+            self.end_reason = "protocol violation"
+            await self.fail(pg.protocol_violation_error(exc))
+            return
+        except OSError:  # reset, broken pipe, a TLS handshake that failed
+            self.end_reason = "client connection lost during login"
+            return
+        await self._relay(session)
+
+    async def _start(self) -> pg.StartupMessage | None:
+        """Answer encryption and cancel requests until the StartupMessage; None: all done."""
+        while True:
+            message = await self.next()
+            match message:
+                case pg.SSLRequest():
+                    if self.ctx.ssl_context is None:
+                        await self.send(pg.encryption_refused())
+                    else:
+                        await self.send(pg.encryption_accepted())
+                        await self.writer.start_tls(self.ctx.ssl_context)
+                    self.codec.resume_startup()
+                case pg.GSSENCRequest():
+                    await self.send(pg.encryption_refused())
+                    self.codec.resume_startup()
+                case pg.CancelRequest(pid=pid, secret_key=key):
+                    target = self.frontend.cancel_target(pid, key)
+                    if target is not None:
+                        await up.send_cancel(target.endpoint, target.pid, target.secret_key)
+                    return None
+                case pg.StartupMessage():
+                    return message
+                case _:  # the codec lets nothing else through in this phase
+                    raise pg.ProtocolViolation("unexpected message before the startup")
+
+    async def _login(self, startup: pg.StartupMessage) -> _Session | None:
+        options = [name for name in startup.params if name.startswith("_pq_.")]
+        if startup.minor != 0 or options:
+            await self.send(pg.negotiate_protocol_version(0, options))
+        user = startup.user
+        account, dot, token_id = user.rpartition(".")
+        well_formed = bool(dot and account and token_id)
+        # SCRAM-SHA-256 only: the token never crosses the wire, even without TLS
+        self.codec.expect_auth(pg.AuthPhase.SASL_INITIAL)
+        await self.send(pg.authentication_sasl([MECHANISM]))
+        first = await self.next()
+        if not isinstance(first, pg.SASLInitialResponse) or first.mechanism != MECHANISM:
+            await self._refuse(user)
+            return None
+        verifier = await self.ctx.token_verifier(token_id) if well_formed else None
+        known: ScramVerifier | None = None
+        if verifier is not None:
+            with contextlib.suppress(JitvaultError):
+                known = parse_verifier(verifier)
+        scram = ScramServer(known or self.frontend.mock_verifier(token_id))
+        try:
+            server_first = scram.handle_client_first(first.data or b"")
+        except JitvaultError:
+            await self._refuse(user)
+            return None
+        self.codec.expect_auth(pg.AuthPhase.SASL_RESPONSE)
+        await self.send(pg.authentication_sasl_continue(server_first))
+        final = await self.next()
+        if not isinstance(final, pg.SASLResponse):
+            await self._refuse(user)
+            return None
+        try:
+            server_final = scram.handle_client_final(final.data)
+        except JitvaultError:
+            await self._refuse(user)
+            return None
+        if known is None:
+            await self._refuse(user)
+            return None
+        try:
+            ticket = await self.ctx.open_verified(token_id, self.source)
+        except AuthError:
+            await self._refuse(user)
+            return None
+        except JitvaultError as exc:
+            await self.fail(_open_refusal(exc))
+            self.end_reason = "session refused"
+            return None
+        session = _Session(self.frontend, self.ctx, ticket, self.writer)
+        self.session = session
+        self.ctx.register(session)
+        upstream = await self._upstream(session, startup)
+        if upstream is None:
+            return None
+        if session.cut_reason is not None:
+            await _stop_upstream(upstream)
+            return None
+        session.upstream = upstream
+        fake_pid, fake_key = self.frontend.add_cancel_key(
+            _CancelTarget(upstream.endpoint, upstream.pid, upstream.secret_key)
+        )
+        session.fake_pid = fake_pid
+        self.codec.authenticated()
+        await self.send(
+            b"".join(
+                [
+                    pg.authentication_sasl_final(server_final),
+                    pg.authentication_ok(),
+                    *upstream.greeting,
+                    pg.backend_key_data(fake_pid, fake_key),
+                    upstream.ready,
+                ]
+            )
+        )
+        log.info(
+            "postgres proxy: session %s open (grant %s, account %s)",
+            session.session_id,
+            ticket.grant_id,
+            ticket.account,
+        )
+        return session
+
+    async def _refuse(self, user: str) -> None:
+        self.end_reason = "authentication failed"
+        await self.fail(pg.authentication_failed_error(user))
+
+    async def _upstream(self, session: _Session, startup: pg.StartupMessage) -> up.Upstream | None:
+        ticket = session.ticket
+        try:
+            endpoint = up.Endpoint.from_options(ticket.target.options)
+            params = up.startup_params(
+                ticket.account, startup.params, startup.user, endpoint.dbname
+            )
+            return await up.login(endpoint, ticket.account, ticket.credential, params)
+        except up.UpstreamRefused as exc:
+            log.warning(
+                "postgres proxy: target %s refused the vaulted credential of %s (SQLSTATE %s)",
+                ticket.target.name,
+                ticket.account,
+                exc.sqlstate or "-",
+            )
+            self.end_reason = "upstream refused the credential"
+            await self._record_quietly(
+                session,
+                "upstream_refused",
+                {"target": ticket.target.name, "account": ticket.account, "sqlstate": exc.sqlstate},
+            )
+            await self.fail(
+                pg.fatal_error(SQLSTATE_INVALID_AUTHORIZATION, UPSTREAM_REFUSED_MESSAGE)
+            )
+            return None
+        except up.UpstreamFailed as exc:
+            log.warning(
+                "postgres proxy: login to target %s failed: %s (SQLSTATE %s)",
+                ticket.target.name,
+                exc.message,
+                exc.sqlstate or "-",
+            )
+            self.end_reason = "upstream login failed"
+            await self._record_quietly(
+                session,
+                "upstream_failed",
+                {"target": ticket.target.name, "reason": exc.message, "sqlstate": exc.sqlstate},
+            )
+            sqlstate = _client_sqlstate(exc.sqlstate)
+            suffix = f" (SQLSTATE {sqlstate})" if sqlstate != SQLSTATE_UNABLE_TO_CONNECT else ""
+            await self.fail(
+                pg.fatal_error(sqlstate, f"the target refused or failed the connection{suffix}")
+            )
+            return None
+
+    async def _record_quietly(self, session: _Session, kind: str, data: dict[str, Any]) -> None:
+        try:
+            await self.ctx.record(session.session_id, kind, data)
+        except Exception as exc:
+            log.warning(
+                "postgres proxy: session %s: cannot record %s (%s)",
+                session.session_id,
+                kind,
+                type(exc).__name__,
+            )
+
+    # -- the relay ------------------------------------------------------------------------
+
+    async def _relay(self, session: _Session) -> None:
+        upstream = session.upstream
+        assert upstream is not None
+        to_server = asyncio.create_task(self._client_to_server(session, upstream))
+        to_client = asyncio.create_task(self._server_to_client(session, upstream))
+        tasks = {to_server, to_client}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first = to_server if to_server in done else to_client
+            failure = first.exception()
+            if failure is None:
+                self.end_reason = first.result()
+            else:
+                # e.g. a query that could not be recorded: the session ends (fail closed)
+                self.end_reason = "relay failed"
+                log.warning(
+                    "postgres proxy: session %s: relay failed (%s)",
+                    session.session_id,
+                    type(failure).__name__,
+                )
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _client_to_server(self, session: _Session, upstream: up.Upstream) -> str:
+        while True:
+            try:
+                data = await self.reader.read(_READ_CHUNK)
+            except OSError:
+                return "client connection lost"
+            if not data:
+                return "client closed"
+            try:
+                messages = self.codec.feed(data)
+            except pg.ProtocolViolation as exc:
+                if session.cut_reason is None:
+                    await self.fail(pg.protocol_violation_error(exc))
+                return "protocol violation"
+            terminated = False
+            for message in messages:
+                if isinstance(message, pg.Query):
+                    await self.ctx.record(
+                        session.session_id, "query", {"text": message.sql, "kind": "simple"}
+                    )
+                elif isinstance(message, pg.Parse):
+                    await self.ctx.record(
+                        session.session_id, "query", {"text": message.query, "kind": "extended"}
+                    )
+                elif isinstance(message, pg.Terminate):
+                    terminated = True
+            if session.cut_reason is not None:
+                return session.cut_reason
+            upstream.writer.write(b"".join(m.raw for m in messages))
+            await upstream.writer.drain()
+            if terminated:
+                return "client closed"
+
+    async def _server_to_client(self, session: _Session, upstream: up.Upstream) -> str:
+        framer = session.framer
+        while True:
+            try:
+                data = await upstream.reader.read(_READ_CHUNK)
+            except OSError:
+                return "upstream connection lost"
+            if not data:
+                return "upstream closed"
+            try:
+                chunk = framer.feed(data)
+            except pg.ProtocolViolation:
+                return "upstream protocol violation"
+            if session.cut_reason is not None:
+                return session.cut_reason
+            if chunk:
+                self.writer.write(chunk)
+                await self.writer.drain()
+
+    # -- the end --------------------------------------------------------------------------
+
+    async def finish(self) -> None:
+        """Close both sides; tell the core the session is over (exactly once)."""
+        session = self.session
+        if session is not None:
+            if session.fake_pid is not None:
+                self.frontend.drop_cancel_key(session.fake_pid)
+            if session.upstream is not None and session.cut_reason is None:
+                session.upstream.close()
+        _close_writer(self.writer)
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_TIMEOUT_SECONDS)
+        except Exception:  # a client that does not read (or a TLS close that hangs)
+            with contextlib.suppress(Exception):
+                self.writer.transport.abort()
+        if session is not None and not session.reported:
+            session.reported = True
+            reason = session.cut_reason or self.end_reason
+            try:
+                await self.ctx.closed(session.session_id, reason)
+            except Exception as exc:
+                log.warning(
+                    "postgres proxy: session %s: cannot record its end (%s)",
+                    session.session_id,
+                    type(exc).__name__,
+                )
+            log.info("postgres proxy: session %s ended (%s)", session.session_id, reason)
+
+
+def _client_sqlstate(sqlstate: str | None) -> str:
+    """The target's SQLSTATE when it is one (and not an auth failure's), else 08001."""
+    if (
+        sqlstate is not None
+        and len(sqlstate) == 5
+        and all(c.isdigit() or "A" <= c <= "Z" for c in sqlstate)
+        and not sqlstate.startswith("28")
+    ):
+        return sqlstate
+    return SQLSTATE_UNABLE_TO_CONNECT
+
+
+def _open_refusal(exc: JitvaultError) -> bytes:
+    """What the client hears when the core does not open a session for a proven token."""
+    if exc.code == "too_many_sessions":
+        return pg.fatal_error(
+            SQLSTATE_TOO_MANY_CONNECTIONS, "too many connections for this access grant"
+        )
+    if isinstance(exc, Unavailable):
+        return pg.fatal_error(
+            SQLSTATE_CANNOT_CONNECT_NOW, "the access broker cannot open sessions now"
+        )
+    return pg.fatal_error(SQLSTATE_CONNECTION_FAILURE, f"the session cannot open: {exc.message}")
+
+
+__all__ = ["HANDSHAKE_TIMEOUT_SECONDS", "BackendFramer", "PostgresFrontend"]
