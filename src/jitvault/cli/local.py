@@ -164,8 +164,8 @@ def dev(
     _print_exports(settings, token.reveal())
     typer.echo(f"# data: {settings.data_dir} (SQLite, root key {settings.effective_key_file})")
     typer.echo(
-        f"# psql: host={cfg.listen} port={cfg.pg_proxy_port} "
-        "(PostgreSQL proxy: not in this version yet)"
+        f"# psql: PostgreSQL proxy on {cfg.listen}:{cfg.pg_proxy_port}; "
+        "'jitvault connect REQUEST_ID' prints the psql line for a live grant"
     )
     typer.echo(f"# ssh:  ssh -p {cfg.ssh_proxy_port} USER@{cfg.listen} (SSH proxy: not yet)")
     typer.echo(f"# API docs: http://{cfg.listen}:{cfg.api_port}/docs  (Ctrl-C stops)")
