@@ -1,0 +1,675 @@
+"""The PostgreSQL session proxy next to a direct connection and PgBouncer, in the same run.
+
+    .venv/bin/python bench/bench_pg_proxy.py             # 20 s per pgbench row, 1,000 idle conns
+    .venv/bin/python bench/bench_pg_proxy.py --quick     # 5 s per row, 100 idle connections
+
+Everything runs on this machine, started here and stopped by pid:
+
+* a PostgreSQL cluster of its own (``tests/pgcluster.py``: ``initdb`` as ``postgres``, SCRAM over
+  loopback TCP), restarted with ``max_connections`` raised and statement logging off; a role
+  ``bench`` owning a database ``bench`` initialized by ``pgbench -i -s 10``;
+* PgBouncer (``/usr/sbin/pgbouncer``, if installed), session pooling, its own ini and auth file in
+  a temp dir, as the ``postgres`` user (it refuses root);
+* ``jitvault server`` with its PostgreSQL proxy (``[server] pg_proxy_port``): ``jitvault init`` in
+  a temp dir, the cluster as a target, ``bench`` as an injected account, an auto-approve policy,
+  a request, and ``jitvault connect --json`` for the session token.
+
+Measured, each with its anchors:
+
+* pgbench (the cluster's own), select-only (``-S``) and tpcb-like, 8 clients (``-c 8 -j 2``),
+  fixed duration, against direct / PgBouncer / jitvault (``sslmode=disable``, as direct) /
+  jitvault with ``sslmode=require``: tps, as a ratio to direct and to PgBouncer;
+* 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
+* memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
+  growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
+  anchor.
+
+The machine is shared (CI may run beside it): absolute numbers are noise-prone, the ratios less
+so. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+from tests.pgcluster import PgCluster, _as_postgres, _run, _stop, find_pg_bin, start_cluster  # noqa: E402
+from tests.support import (  # noqa: E402
+    ServerProcess,
+    cli_env,
+    free_port,
+    init_data_dir,
+    run_cli,
+    start_server,
+)
+
+from jitvault.domain import Sensitive  # noqa: E402
+from jitvault.plugin_api.scram import scram_verifier  # noqa: E402
+
+PGBOUNCER = Path("/usr/sbin/pgbouncer")
+TARGET = "bench-pg"
+ROLE = "bench"
+DBNAME = "bench"
+SCALE = 10
+CLIENTS = 8
+THREADS = 2
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS of a process, in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def raise_fd_limit() -> None:
+    """Room for the idle connections (inherited by the servers started here)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 65536), hard))
+
+
+def stop_pid(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    """Where a client connects: libpq parameters (and the process to weigh, if any)."""
+
+    name: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+    sslmode: str = "disable"
+    pid: int | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(
+            PGHOST="127.0.0.1",
+            PGPORT=str(self.port),
+            PGUSER=self.user,
+            PGPASSWORD=self.password,
+            PGDATABASE=self.dbname,
+            PGSSLMODE=self.sslmode,
+            PGCONNECT_TIMEOUT="15",
+            PGAPPNAME="bench",
+        )
+        return env
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.dbname,
+            sslmode=self.sslmode,
+            connect_timeout=30,
+            autocommit=True,
+        )
+
+
+# --- the cluster ---------------------------------------------------------------------------------
+
+
+def tune_cluster(cluster: PgCluster, max_connections: int) -> None:
+    """max_connections raised and statement logging off (ALTER SYSTEM wins over the include)."""
+    for name, value in (
+        ("max_connections", str(max_connections)),
+        ("log_statement", "none"),
+        ("shared_buffers", "256MB"),
+    ):
+        cluster.sql(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), value))
+    done = _run(
+        _as_postgres(
+            [
+                str(cluster.bin_dir / "pg_ctl"),
+                "-D",
+                str(cluster.data_dir),
+                "-l",
+                str(cluster.log_path),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ]
+        ),
+        timeout=90,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_ctl restart failed: {done.stderr[-1000:]}\n{cluster.log_text()}")
+    got = cluster.sql("SHOW max_connections")[0][0]
+    if int(got) != max_connections:
+        raise RuntimeError(f"max_connections is {got}, not {max_connections}")
+
+
+def prepare_bench_db(cluster: PgCluster, password: Sensitive[str]) -> Endpoint:
+    verifier = scram_verifier(password)
+    cluster.sql(
+        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.Identifier(ROLE), sql.Literal(verifier.reveal())
+        )
+    )
+    cluster.sql(sql.SQL("CREATE DATABASE {} OWNER {}").format(*map(sql.Identifier, (DBNAME, ROLE))))
+    direct = Endpoint("direct", cluster.port, ROLE, password.reveal(), DBNAME)
+    init = subprocess.run(
+        [str(cluster.bin_dir / "pgbench"), "-i", "-q", "-s", str(SCALE)],
+        capture_output=True,
+        text=True,
+        env=direct.env(),
+        timeout=600,
+        check=False,
+    )
+    if init.returncode != 0:
+        raise RuntimeError(f"pgbench -i failed: {init.stderr[-2000:]}")
+    with direct.connect() as conn:
+        conn.execute("VACUUM ANALYZE")
+    return direct
+
+
+def backends_of(cluster: PgCluster, role: str) -> int:
+    rows = cluster.sql(
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = %s", [role]
+    )
+    return int(rows[0][0])
+
+
+def wait_backends_gone(cluster: PgCluster, role: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while backends_of(cluster, role) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+# --- PgBouncer -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Bouncer:
+    proc: subprocess.Popen[bytes]
+    endpoint: Endpoint
+    workdir: Path
+
+    def stop(self) -> None:
+        stop_pid(self.proc)  # SIGTERM: immediate shutdown
+
+
+def start_pgbouncer(cluster: PgCluster, password: Sensitive[str], pool: int, work: Path) -> Bouncer:
+    workdir = work / "pgbouncer"
+    workdir.mkdir(mode=0o700)
+    port = free_port()
+    ini = workdir / "pgbouncer.ini"
+    users = workdir / "userlist.txt"
+    ini.write_text(
+        "[databases]\n"
+        f"{DBNAME} = host=127.0.0.1 port={cluster.port} dbname={DBNAME}\n"
+        "[pgbouncer]\n"
+        "listen_addr = 127.0.0.1\n"
+        f"listen_port = {port}\n"
+        "unix_socket_dir =\n"
+        "auth_type = scram-sha-256\n"
+        f"auth_file = {users}\n"
+        "pool_mode = session\n"
+        f"max_client_conn = {pool + 100}\n"
+        f"default_pool_size = {pool + 50}\n"
+        "max_db_connections = 0\n"
+        "server_tls_sslmode = disable\n"
+        "client_tls_sslmode = disable\n"
+        "ignore_startup_parameters = extra_float_digits,options\n"
+        f"logfile = {workdir / 'pgbouncer.log'}\n"
+        "log_connections = 0\n"
+        "log_disconnections = 0\n"
+        "log_pooler_errors = 1\n"
+    )
+    users.write_text(f'"{ROLE}" "{password.reveal()}"\n')
+    users.chmod(0o600)
+    kwargs: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        for p in (workdir, ini, users):
+            shutil.chown(p, "postgres", "postgres")
+        kwargs = {"user": "postgres", "group": "postgres", "extra_groups": []}
+    with (workdir / "stdout.log").open("wb") as fh:
+        # exec'd as postgres directly (no runuser in between): the pid is pgbouncer's own
+        proc = subprocess.Popen(
+            [str(PGBOUNCER), str(ini)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=workdir,
+            **kwargs,
+        )
+    endpoint = Endpoint("PgBouncer", port, ROLE, password.reveal(), DBNAME, pid=proc.pid)
+    bouncer = Bouncer(proc, endpoint, workdir)
+    try:
+        wait_port(port)
+        with endpoint.connect() as conn:
+            conn.execute("SELECT 1")
+    except BaseException:
+        bouncer.stop()
+        log = (workdir / "pgbouncer.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"PgBouncer did not start:\n{log}") from None
+    return bouncer
+
+
+# --- jitvault ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Jitvault:
+    server: ServerProcess
+    plain: Endpoint
+    tls: Endpoint
+    request_id: int
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _cli(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
+    done = run_cli(*args, env=env, stdin=stdin, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"jitvault {' '.join(args[:3])} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def start_jitvault(
+    cluster: PgCluster, password: Sensitive[str], max_conns: int, work: Path
+) -> Jitvault:
+    data = work / "jitvault"
+    api_port, pg_port = free_port(), free_port()
+    token = init_data_dir(data, api_port)
+    config = data / "config.toml"
+    text = config.read_text()
+    if "pg_proxy_port = 6543" not in text:
+        raise RuntimeError("config.toml has no default pg_proxy_port to replace")
+    config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
+    server = start_server(config, api_port)
+    try:
+        admin = cli_env(server.addr, token)
+        _cli(
+            "target", "add", "postgres", TARGET, "--host", cluster.host, "--port",
+            str(cluster.port), "--dbname", DBNAME, "--option", "sslmode=disable",
+            "--admin-user", cluster.admin_user, "--admin-password-stdin",
+            env=admin, stdin=cluster.admin_password.reveal() + "\n",
+        )  # fmt: skip
+        _cli("account", "add", TARGET, ROLE, "--password-stdin", env=admin,
+             stdin=password.reveal() + "\n")  # fmt: skip
+        policy = work / "policy.yaml"
+        policy.write_text(
+            "rules:\n  - name: bench\n"
+            f"    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
+            f"    max_duration: 8h\n    max_connections: {max_conns}\n"
+        )
+        _cli("policy", "apply", str(policy), env=admin)
+        _cli("user", "add", "benchuser", "--role", "requester", env=admin)
+        user_env = cli_env(server.addr, _cli("token", "create", "benchuser", env=admin).strip())
+        req_args = ["request", "create", "--target", TARGET, "--account", ROLE]
+        req_args += ["--duration", "4h", "--reason", "BENCH-1 proxy benchmark", "--json"]
+        req = json.loads(_cli(*req_args, env=user_env))
+        if req["state"] != "active":
+            raise RuntimeError(f"the request was not auto-approved: {req}")
+        info = json.loads(_cli("connect", str(req["id"]), "--json", env=user_env))
+        wait_port(int(info["port"]))
+        plain = Endpoint(
+            "jitvault",
+            int(info["port"]),
+            info["user"],
+            info["password"],
+            info["dbname"],
+            "disable",
+            pid=server.proc.pid,
+        )
+        tls = Endpoint(
+            "jitvault TLS",
+            plain.port,
+            plain.user,
+            plain.password,
+            plain.dbname,
+            "require",
+            pid=server.proc.pid,
+        )
+        with plain.connect() as conn:
+            got = conn.execute("SELECT current_user").fetchone()
+            if got != (ROLE,):
+                raise RuntimeError(f"the proxy logged in as {got}, not {ROLE}")
+    except BaseException:
+        server.stop()
+        raise
+    return Jitvault(server, plain, tls, int(req["id"]))
+
+
+# --- pgbench -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PgbenchResult:
+    endpoint: str
+    workload: str
+    clients: int
+    tps: float
+    latency_ms: float
+    transactions: int
+    failed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+_LAT = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
+_TX = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
+
+
+def pgbench(
+    bin_dir: Path, ep: Endpoint, workload: str, clients: int, threads: int, seconds: int
+) -> PgbenchResult:
+    args = [str(bin_dir / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
+    args += ["-T", str(seconds)]
+    if workload == "select-only":
+        args.append("-S")
+    done = subprocess.run(
+        args, capture_output=True, text=True, env=ep.env(), timeout=seconds + 120, check=False
+    )
+    out = done.stdout
+    tps, lat, tx = _TPS.search(out), _LAT.search(out), _TX.search(out)
+    if done.returncode != 0 or tps is None or lat is None or tx is None:
+        raise RuntimeError(
+            f"pgbench {workload} on {ep.name} failed ({done.returncode}):"
+            f"\n{out[-1500:]}\n{done.stderr[-1500:]}"
+        )
+    failed = _FAILED.search(out)
+    return PgbenchResult(
+        ep.name,
+        workload,
+        clients,
+        float(tps.group(1)),
+        float(lat.group(1)),
+        int(tx.group(1)),
+        int(failed.group(1)) if failed else 0,
+    )
+
+
+def print_tps(rows: list[PgbenchResult]) -> None:
+    print(
+        f"{'workload':<12} {'endpoint':<14} {'tps':>10} {'latency ms':>11}"
+        f" {'x direct':>9} {'x PgBouncer':>12}"
+    )
+    for workload in dict.fromkeys(r.workload for r in rows):
+        group = [r for r in rows if r.workload == workload]
+        direct = next(r for r in group if r.endpoint == "direct")
+        bouncer = next((r for r in group if r.endpoint == "PgBouncer"), None)
+        for r in group:
+            vs_b = f"{r.tps / bouncer.tps:>12.2f}" if bouncer else f"{'-':>12}"
+            print(
+                f"{workload:<12} {r.endpoint:<14} {r.tps:>10.0f} {r.latency_ms:>11.3f}"
+                f" {r.tps / direct.tps:>9.2f} {vs_b}"
+                + (f"  ({r.failed} failed)" if r.failed else "")
+            )
+
+
+def print_latency(rows: list[PgbenchResult]) -> None:
+    direct = next(r for r in rows if r.endpoint == "direct")
+    print(
+        f"{'endpoint':<14} {'tps':>9} {'latency us':>11} {'added us':>9}"
+        f" {'x direct':>9} {'added x PgBouncer':>18}"
+    )
+    bouncer = next((r for r in rows if r.endpoint == "PgBouncer"), None)
+    b_added = (bouncer.latency_ms - direct.latency_ms) * 1000 if bouncer else None
+    for r in rows:
+        us = r.latency_ms * 1000
+        added = us - direct.latency_ms * 1000
+        vs = f"{added / b_added:>18.1f}" if b_added and r.endpoint != "direct" else f"{'-':>18}"
+        print(
+            f"{r.endpoint:<14} {r.tps:>9.0f} {us:>11.1f} {added:>+9.1f}"
+            f" {r.latency_ms / direct.latency_ms:>9.2f} {vs}"
+        )
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+@dataclass
+class MemoryResult:
+    endpoint: str
+    opened: int
+    wanted: int
+    before_kb: int
+    after_kb: int
+    open_seconds: float
+    errors: list[str]
+
+    @property
+    def kb_per_conn(self) -> float:
+        return (self.after_kb - self.before_kb) / self.opened if self.opened else float("nan")
+
+
+def idle_connections(ep: Endpoint, n: int, deadline_s: float, workers: int = 16) -> MemoryResult:
+    """Open ``n`` idle connections through ``ep`` (at most ``deadline_s`` seconds), weigh the
+    hop's process, close them all."""
+    assert ep.pid is not None
+    with ep.connect() as warm:  # one connection first: lazy imports, pools, caches
+        warm.execute("SELECT 1")
+    time.sleep(1.0)
+    before = rss_kb(ep.pid)
+    conns: list[psycopg.Connection[Any]] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + deadline_s
+
+    def one(_: int) -> None:
+        if time.monotonic() > stop_at:
+            return
+        try:
+            c = ep.connect()
+            c.execute("SELECT 1")
+        except psycopg.Error as exc:
+            with lock:
+                errors.append(str(exc).strip().splitlines()[0][:200])
+            return
+        with lock:
+            conns.append(c)
+
+    start = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(one, range(n)))
+        took = time.perf_counter() - start
+        time.sleep(2.0)  # let the hop settle (buffers, a watcher pass)
+        after = rss_kb(ep.pid)
+    finally:
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()
+    return MemoryResult(ep.name, len(conns), n, before, after, took, errors)
+
+
+def print_memory(rows: list[MemoryResult]) -> None:
+    print(
+        f"{'endpoint':<12} {'opened':>9} {'open s':>7} {'RSS before kB':>14} {'RSS after kB':>13}"
+        f" {'kB / conn':>10} {'x PgBouncer':>12}"
+    )
+    bouncer = next((r for r in rows if r.endpoint == "PgBouncer"), None)
+    for r in rows:
+        vs = (
+            f"{r.kb_per_conn / bouncer.kb_per_conn:>12.1f}"
+            if bouncer and bouncer.kb_per_conn > 0
+            else f"{'-':>12}"
+        )
+        print(
+            f"{r.endpoint:<12} {f'{r.opened}/{r.wanted}':>9} {r.open_seconds:>7.1f}"
+            f" {r.before_kb:>14} {r.after_kb:>13} {r.kb_per_conn:>10.1f} {vs}"
+        )
+        if r.errors:
+            print(f"  {len(r.errors)} connections failed, e.g.: {r.errors[0]}")
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+@contextlib.contextmanager
+def cluster_running(max_connections: int) -> Iterator[PgCluster]:
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise SystemExit("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin)")
+    cluster = start_cluster(bin_dir)
+    try:
+        tune_cluster(cluster, max_connections)
+        yield cluster
+    finally:
+        _stop(cluster)
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="5 s per pgbench row, 100 idle conns")
+    p.add_argument("--seconds", type=int, help="pgbench duration per row (default 20; quick 5)")
+    p.add_argument("--idle", type=int, help="idle connections (default 1000; quick 100)")
+    p.add_argument("--open-timeout", type=float, default=240.0, help="bound on opening them")
+    args = p.parse_args()
+    seconds = args.seconds or (5 if args.quick else 20)
+    idle = args.idle or (100 if args.quick else 1000)
+    if seconds < 1 or idle < 1:
+        p.error("counts must be positive")
+    raise_fd_limit()
+    print(
+        f"jitvault PostgreSQL proxy benchmark: python {sys.version.split()[0]},"
+        f" {os.cpu_count()} CPUs, {load()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    print(
+        f"pgbench -s {SCALE}, {seconds} s per row, {CLIENTS} clients / {THREADS} threads;"
+        f" {idle} idle connections for the memory rows"
+    )
+    have_bouncer = PGBOUNCER.exists()
+    if not have_bouncer:
+        print("PgBouncer not installed (apt-get install pgbouncer): skipping its rows")
+    password = Sensitive("bench-" + secrets.token_urlsafe(18))
+    tps_rows: list[PgbenchResult] = []
+    lat_rows: list[PgbenchResult] = []
+    mem_rows: list[MemoryResult] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="jvbench-pgproxy-") as tmp,
+        cluster_running(idle + 200) as cluster,
+    ):
+        work = Path(tmp)
+        work.chmod(0o755)  # PgBouncer (as postgres) reads its dir inside
+        print(f"PostgreSQL: {cluster.sql('SELECT version()')[0][0].split(' on ')[0]}", end="")
+        bouncer_version = ""
+        if have_bouncer:
+            v = subprocess.run(
+                [str(PGBOUNCER), "--version"], capture_output=True, text=True, check=False
+            )
+            bouncer_version = v.stdout.splitlines()[0] if v.stdout else "?"
+            print(f"; {bouncer_version}", end="")
+        print()
+        direct = prepare_bench_db(cluster, password)
+        bouncer = start_pgbouncer(cluster, password, idle, work) if have_bouncer else None
+        jv: Jitvault | None = None
+        try:
+            jv = start_jitvault(cluster, password, idle + 1000, work)
+            endpoints = [direct]
+            endpoints += [bouncer.endpoint] if bouncer else []
+            endpoints += [jv.plain, jv.tls]
+            print(f"ready ({load()}); warming up every endpoint")
+            for ep in endpoints:
+                pgbench(cluster.bin_dir, ep, "select-only", 1, 1, 2)
+            for workload in ("select-only", "tpcb-like"):
+                for ep in endpoints:
+                    tps_rows.append(
+                        pgbench(cluster.bin_dir, ep, workload, CLIENTS, THREADS, seconds)
+                    )
+            for ep in endpoints:
+                lat_rows.append(pgbench(cluster.bin_dir, ep, "select-only", 1, 1, seconds))
+            after_pgbench = load()
+            # memory: one hop at a time, so that PostgreSQL holds one set of backends
+            if bouncer:
+                mem_rows.append(idle_connections(bouncer.endpoint, idle, args.open_timeout))
+                bouncer.stop()
+                wait_backends_gone(cluster, ROLE)
+            mem_rows.append(idle_connections(jv.plain, idle, args.open_timeout))
+        finally:
+            if jv is not None:
+                jv.stop()
+            if bouncer is not None:
+                bouncer.stop()
+
+    print()
+    print(
+        f"-- pgbench, {CLIENTS} clients, {seconds} s per row (tps without connection time;"
+        " jitvault rows: every statement recorded)"
+    )
+    print_tps(tps_rows)
+    print()
+    print(f"-- 1-client select-only latency ({seconds} s per row): what each hop adds per query")
+    print_latency(lat_rows)
+    print()
+    print(
+        f"-- memory of {idle} idle connections (psycopg, sslmode=disable), RSS growth of the"
+        " hop's process (jitvault: the whole server)"
+    )
+    print_memory(mem_rows)
+    print()
+    print(f"after pgbench: {after_pgbench}; at the end: {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
