@@ -71,6 +71,23 @@ def _vaulted(
     return dec(cur), dec(prev)
 
 
+def _shared_account(world: tuple[Node, Principal, PgCluster]) -> tuple[str, str, Sensitive[str]]:
+    """A fresh role on the cluster with a known password, registered as an injected account:
+    ``(target name, role, its password)``."""
+    node, admin, cluster = world
+    old = Sensitive(secrets.token_urlsafe(16))
+    role = _role(cluster, old)
+    return _register(node, admin, cluster, role, old), role, old
+
+
+def _auto_approve(node: Node, admin: Principal, tname: str) -> None:
+    policies.apply_policy(
+        node,
+        admin,
+        f"rules:\n  - name: auto\n    match: {{targets: [{tname}]}}\n    auto_approve: true\n",
+    )
+
+
 def _journal_rows(node: Node) -> int:
     with node.read() as conn:
         return int(conn.execute(select(func.count()).select_from(t.rotation_journal)).scalar_one())
@@ -85,9 +102,7 @@ def test_rotation_on_demand_leaves_a_password_only_the_vault_knows(
     world: tuple[Node, Principal, PgCluster],
 ) -> None:
     node, admin, cluster = world
-    old = Sensitive(secrets.token_urlsafe(16))
-    role = _role(cluster, old)
-    tname = _register(node, admin, cluster, role, old)
+    tname, role, old = _shared_account(world)
     mark = cluster.log_mark()
 
     result = rotation.rotate_now(node, admin, f"{tname}/{role}")
@@ -110,14 +125,8 @@ def test_a_grant_that_ends_rotates_its_shared_account(
     world: tuple[Node, Principal, PgCluster],
 ) -> None:
     node, admin, cluster = world
-    old = Sensitive(secrets.token_urlsafe(16))
-    role = _role(cluster, old)
-    tname = _register(node, admin, cluster, role, old)
-    policies.apply_policy(
-        node,
-        admin,
-        f"rules:\n  - name: auto\n    match: {{targets: [{tname}]}}\n    auto_approve: true\n",
-    )
+    tname, role, old = _shared_account(world)
+    _auto_approve(node, admin, tname)
     r = requests.create_request(
         node, admin, NewRequest(tname, AccessKind.ACCOUNT, role, duration_of(60), "INC-1 test")
     )
@@ -143,10 +152,8 @@ def duration_of(seconds: int) -> timedelta:
 def test_three_rejections_of_one_pending_secret_bring_a_new_one_and_nothing_is_lost(
     world: tuple[Node, Principal, PgCluster],
 ) -> None:
-    node, admin, cluster = world
-    old = Sensitive(secrets.token_urlsafe(16))
-    role = _role(cluster, old)
-    tname = _register(node, admin, cluster, role, old)
+    node, _admin, cluster = world
+    tname, role, _old = _shared_account(world)
     # the target accepts the new password but refuses every login with it
     cluster.sql(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
     with node.read() as conn:
@@ -177,9 +184,7 @@ def test_when_no_vaulted_secret_logs_in_the_account_needs_an_operator_and_is_ref
     world: tuple[Node, Principal, PgCluster],
 ) -> None:
     node, admin, cluster = world
-    old = Sensitive(secrets.token_urlsafe(16))
-    role = _role(cluster, old)
-    tname = _register(node, admin, cluster, role, old)
+    tname, role, _old = _shared_account(world)
     with node.read() as conn:
         account = repo.account_get(conn, tname, role)
     # a rotation crashed after journaling, and someone changed the password behind our back
@@ -194,11 +199,7 @@ def test_when_no_vaulted_secret_logs_in_the_account_needs_an_operator_and_is_ref
     assert out[f"{tname}/{role}"] == rotation.Reconciled.NEEDS_OPERATOR
     with node.read() as conn:
         assert repo.account_get(conn, tname, role).status == AccountStatus.NEEDS_OPERATOR
-    policies.apply_policy(
-        node,
-        admin,
-        f"rules:\n  - name: auto\n    match: {{targets: [{tname}]}}\n    auto_approve: true\n",
-    )
+    _auto_approve(node, admin, tname)
     with pytest.raises(Conflict, match="needs an operator"):
         requests.create_request(
             node, admin, NewRequest(tname, AccessKind.ACCOUNT, role, duration_of(60), "INC-2")

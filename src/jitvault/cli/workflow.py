@@ -40,6 +40,17 @@ def _left(seconds: int) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _post_request_action(
+    request_id: int, action: str, body: dict[str, Any] | None, as_json: bool
+) -> None:
+    """approve / deny / cancel: one POST, then the request as JSON or as one line."""
+    r = ApiClient().request("POST", f"/v1/requests/{request_id}/{action}", json=body)
+    if as_json:
+        show(r, True)
+    else:
+        _request_line(r)
+
+
 def _request_line(r: dict[str, Any]) -> None:
     state = r["state"]
     extra = ""
@@ -115,8 +126,7 @@ def approve(
     as_json: bool = JsonOpt,
 ) -> None:
     """Approve a request (you count once; never your own)."""
-    r = ApiClient().request("POST", f"/v1/requests/{request_id}/approve", json={"comment": comment})
-    show(r, True) if as_json else _request_line(r)
+    _post_request_action(request_id, "approve", {"comment": comment}, as_json)
 
 
 @request_app.command("deny")
@@ -126,15 +136,13 @@ def deny(
     as_json: bool = JsonOpt,
 ) -> None:
     """Deny a request."""
-    r = ApiClient().request("POST", f"/v1/requests/{request_id}/deny", json={"reason": reason})
-    show(r, True) if as_json else _request_line(r)
+    _post_request_action(request_id, "deny", {"reason": reason}, as_json)
 
 
 @request_app.command("cancel")
 def cancel(request_id: int, as_json: bool = JsonOpt) -> None:
     """Withdraw your request before it starts."""
-    r = ApiClient().request("POST", f"/v1/requests/{request_id}/cancel")
-    show(r, True) if as_json else _request_line(r)
+    _post_request_action(request_id, "cancel", None, as_json)
 
 
 @request_app.command("review")
