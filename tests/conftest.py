@@ -108,3 +108,4 @@ def api(booted: Booted) -> Iterator[TestClient]:
 
 
 from tests.pgcluster import pg_cluster  # noqa: E402, F401
+from tests.sshd import sshd_server  # noqa: E402, F401

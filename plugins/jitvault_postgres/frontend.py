@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jitvault.errors import AuthError, JitvaultError, Unavailable
-from jitvault.plugin_api import ProxyContext, SessionTicket
+from jitvault.plugin_api import ProxyContext, ProxyListener, SessionTicket
 from jitvault.plugin_api.scram import (
     DEFAULT_ITERATIONS,
     MECHANISM,
@@ -124,6 +124,20 @@ class _ClientGone(Exception):
     """The client closed its side (or the connection broke) before the relay."""
 
 
+class _Listener:
+    """The bound asyncio server, as the core's :class:`ProxyListener`."""
+
+    def __init__(self, server: asyncio.Server) -> None:
+        self._server = server
+
+    @property
+    def port(self) -> int:
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        self._server.close()
+
+
 class PostgresFrontend:
     """The postgres kind's :class:`~jitvault.plugin_api.ProtocolFrontend` (one per process)."""
 
@@ -139,6 +153,17 @@ class PostgresFrontend:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the contract ---------------------------------------------------------------------
+
+    async def listen(self, host: str, port: int, ctx: ProxyContext) -> ProxyListener:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await self.handle(reader, writer, ctx)
+            except Exception:  # handle() contains its own failures; this is the last guard
+                log.exception("postgres proxy: a connection failed")
+                writer.close()
+
+        server = await asyncio.start_server(serve, host, port, limit=2**20)
+        return _Listener(server)
 
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext

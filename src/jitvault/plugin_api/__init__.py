@@ -11,6 +11,7 @@ from jitvault.plugin_api.contracts import (
 from jitvault.plugin_api.proxy import (
     ProtocolFrontend,
     ProxyContext,
+    ProxyListener,
     SessionHandle,
     SessionTicket,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "PluginRegistry",
     "ProtocolFrontend",
     "ProxyContext",
+    "ProxyListener",
     "SessionHandle",
     "SessionTicket",
     "TargetAccess",

@@ -9,7 +9,6 @@ through its :class:`SessionHandle` when the grant ends or is revoked, on whichev
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
@@ -72,16 +71,35 @@ class ProxyContext(Protocol):
         """The session is over (client left, upstream closed, or cut): unregister and end it."""
 
 
+class ProxyListener(Protocol):
+    """A bound listener of one front end, as the core holds it."""
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful when 0 was asked for)."""
+
+    def close(self) -> None:
+        """Stop accepting new connections (live sessions are cut through their handles)."""
+
+
 class ProtocolFrontend(Protocol):
-    """One protocol's server side. The core binds it to a listener."""
+    """One protocol's server side. The core asks it to listen; it owns its sockets.
+
+    A front end binds with whatever its protocol library wants (asyncio streams or Protocols,
+    an SSH server library), on the core's event loop, and serves each client to its end: a
+    misbehaving client ends its own connection, never the listener.
+    """
 
     protocol: str  # "postgres", "ssh"
 
-    async def handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext
-    ) -> None:
-        """Serve one client connection to its end. Must never raise out: a misbehaving client
-        ends its own connection, never the listener."""
+    async def listen(self, host: str, port: int, ctx: ProxyContext) -> ProxyListener:
+        """Bind ``host:port`` and serve clients through ``ctx`` until closed."""
 
 
-__all__ = ["ProtocolFrontend", "ProxyContext", "SessionHandle", "SessionTicket"]
+__all__ = [
+    "ProtocolFrontend",
+    "ProxyContext",
+    "ProxyListener",
+    "SessionHandle",
+    "SessionTicket",
+]

@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 from jitvault.crypto import ensure_self_signed, server_context
-from jitvault.plugin_api import ProtocolFrontend
+from jitvault.plugin_api import ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node
@@ -29,7 +29,7 @@ class ProxyServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._servers: list[asyncio.AbstractServer] = []
+        self._listeners: list[ProxyListener] = []
         self.bound: dict[str, int] = {}
 
     def _tls(self) -> tuple[Path, Path]:
@@ -49,24 +49,9 @@ class ProxyServer:
             if frontend is None or kind not in ports:
                 continue
             ctx = NodeProxyContext(self.node, self.registry, frontend.protocol, tls)
-
-            async def serve(
-                reader: asyncio.StreamReader,
-                writer: asyncio.StreamWriter,
-                fe: ProtocolFrontend = frontend,
-                ctx: NodeProxyContext = ctx,
-            ) -> None:
-                try:
-                    await fe.handle(reader, writer, ctx)
-                except Exception:  # a front end must not raise; if it does, contain it
-                    log.exception("%s front end failed on a connection", fe.protocol)
-                    writer.close()
-
-            server = await asyncio.start_server(
-                serve, self.node.settings.server.listen, ports[kind], limit=2**20
-            )
-            self._servers.append(server)
-            self.bound[kind] = server.sockets[0].getsockname()[1]
+            listener = await frontend.listen(self.node.settings.server.listen, ports[kind], ctx)
+            self._listeners.append(listener)
+            self.bound[kind] = listener.port
             log.info(
                 "%s proxy listening on %s:%s",
                 kind,
@@ -99,8 +84,8 @@ class ProxyServer:
             return
 
         async def _close() -> None:
-            for s in self._servers:
-                s.close()
+            for listener in self._listeners:
+                listener.close()
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(_close(), loop)
