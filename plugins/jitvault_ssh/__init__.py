@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Literal
-
-from pydantic import BaseModel, Field
 
 from jitvault.domain import Sensitive
 from jitvault.plugin_api import AccountTemplate, TargetAccess, TargetPlugin
 from jitvault_ssh import lifecycle
 from jitvault_ssh.frontend import SshFrontend
-
-
-class SshTargetOptions(BaseModel):
-    kind: Literal["ssh"] = "ssh"
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    #: the target's host key ("ssh-ed25519 AAAA..."), pinned when the target is registered;
-    #: a server presenting another key is refused
-    host_key: str | None = None
-    connect_timeout: float = Field(default=10.0, gt=0, le=120)
+from jitvault_ssh.options import SshTargetOptions
 
 
 class SshTarget(TargetPlugin):
