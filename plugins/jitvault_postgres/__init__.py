@@ -91,6 +91,9 @@ class PostgresTarget(TargetPlugin):
     async def revoke(self, target: TargetAccess, username: str, role: str) -> None:
         await lifecycle.revoke(self.endpoint(target), username, role)
 
+    async def has_role(self, target: TargetAccess, username: str, role: str) -> bool:
+        return await lifecycle.has_role(self.endpoint(target), username, role)
+
     def frontend(self) -> PostgresFrontend:
         """The session proxy's front end: one per process (it holds the cancel keys)."""
         return _frontend()

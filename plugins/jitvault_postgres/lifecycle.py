@@ -466,6 +466,29 @@ async def revoke(ep: Endpoint, username: str, role: str) -> None:
     await _guarded(ep, "revoke", body)
 
 
+async def has_role(ep: Endpoint, username: str, role: str) -> bool:
+    """Is ``username`` a direct member of ``role``? (False if either role does not exist.)
+
+    Direct membership only: that is what ``GRANT``/``REVOKE`` add and remove; a membership
+    inherited through another role is untouched by either.
+    """
+    validate_identifier(username, "account name")
+    validate_role(role)
+
+    async def body() -> bool:
+        async with _admin(ep) as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_auth_members m"
+                " JOIN pg_catalog.pg_roles r ON r.oid = m.roleid"
+                " JOIN pg_catalog.pg_roles u ON u.oid = m.member"
+                " WHERE r.rolname = %s AND u.rolname = %s",
+                [role, username],
+            )
+            return await cur.fetchone() is not None
+
+    return await _guarded(ep, "has_role", body)
+
+
 __all__ = [
     "APPLICATION_NAME",
     "EPHEMERAL_MARK",
@@ -474,6 +497,7 @@ __all__ = [
     "create_account",
     "drop_account",
     "elevate",
+    "has_role",
     "revoke",
     "rotate",
     "valid_until_literal",

@@ -6,7 +6,16 @@ from fastapi import FastAPI
 
 from jitvault import __version__
 from jitvault.api import errors
-from jitvault.api.routers import audit, auth, requests, sessions, sys, targets, users
+from jitvault.api.routers import (
+    audit,
+    auth,
+    requests,
+    sessions,
+    sys,
+    targets,
+    templates,
+    users,
+)
 from jitvault.services import Node
 
 
@@ -27,6 +36,7 @@ def create_app(node: Node) -> FastAPI:
         auth.router,
         users.router,
         targets.router,
+        templates.router,
         requests.router,
         sessions.router,
         audit.router,

@@ -7,7 +7,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
 
-from jitvault.domain import AccessRequest, Account, AccountMode, Grant, Role, Target, User
+from jitvault.domain import (
+    AccessRequest,
+    Account,
+    AccountMode,
+    Grant,
+    Role,
+    Target,
+    Template,
+    User,
+)
 
 
 class UserIn(BaseModel):
@@ -146,13 +155,16 @@ class UnsealIn(BaseModel):
 
 class RequestIn(BaseModel):
     target: str
-    account: str | None = None
+    account: str | None = Field(
+        default=None, description="a shared account; with role: your own account to elevate"
+    )
     role: str | None = None
-    ephemeral: str | None = None
+    ephemeral: str | None = Field(default=None, description="an account template")
     duration: str = Field(description="e.g. 30m, 1h, 2h30m")
     reason: str
     start_at: datetime | None = None
     break_glass: bool = False
+    end_on_disconnect: bool = False
 
 
 class DecisionIn(BaseModel):
@@ -185,6 +197,9 @@ class RequestOut(BaseModel):
     review_required: bool
     reviewed_by: str | None
     grant_id: int | None = None
+    account: str | None = None
+    end_on_disconnect: bool = False
+    checkout: str = "refuse"
 
     @classmethod
     def of(cls, r: AccessRequest, grant_id: int | None = None) -> RequestOut:
@@ -210,6 +225,9 @@ class RequestOut(BaseModel):
             review_required=r.review_required,
             reviewed_by=r.reviewed_by,
             grant_id=grant_id,
+            account=r.account,
+            end_on_disconnect=r.end_on_disconnect,
+            checkout=r.checkout,
         )
 
 
@@ -230,6 +248,12 @@ class GrantOut(BaseModel):
     break_glass: bool
     ended_at: datetime | None
     end_reason: str | None
+    # the account sessions log in as on the target (the ephemeral or elevated one)
+    login: str
+    queued: bool
+    end_on_disconnect: bool
+    provisioned_at: datetime | None
+    role_held_before: bool | None
 
     @classmethod
     def of(cls, g: Grant, now: datetime) -> GrantOut:
@@ -253,6 +277,45 @@ class GrantOut(BaseModel):
             break_glass=g.break_glass,
             ended_at=g.ended_at,
             end_reason=g.end_reason,
+            login=g.login,
+            queued=g.queued,
+            end_on_disconnect=g.end_on_disconnect,
+            provisioned_at=g.provisioned_at,
+            role_held_before=g.role_held_before,
+        )
+
+
+class TemplateIn(BaseModel):
+    name: str
+    mode: str = "ephemeral"
+    grant_roles: list[str] = Field(
+        default_factory=list, description="roles (PostgreSQL) or groups (SSH) the account gets"
+    )
+    on_drop: str = "drop_owned"
+    reassign_to: str | None = None
+
+
+class TemplateOut(BaseModel):
+    id: int
+    target: str
+    name: str
+    mode: str
+    grant_roles: list[str]
+    on_drop: str
+    reassign_to: str | None
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, t: Template) -> TemplateOut:
+        return cls(
+            id=t.id,
+            target=t.target,
+            name=t.name,
+            mode=t.mode,
+            grant_roles=list(t.grant_roles),
+            on_drop=t.on_drop,
+            reassign_to=t.reassign_to,
+            created_at=t.created_at,
         )
 
 
@@ -294,6 +357,8 @@ __all__ = [
     "SecretIn",
     "TargetIn",
     "TargetOut",
+    "TemplateIn",
+    "TemplateOut",
     "TokenIn",
     "TokenOut",
     "UnsealIn",

@@ -51,6 +51,11 @@ class Action(StrEnum):
     SESSION_OPENED = "session.opened"
     SESSION_REFUSED = "session.refused"
     SESSION_ENDED = "session.ended"
+    TEMPLATE_CREATED = "template.created"
+    TEMPLATE_REMOVED = "template.removed"
+    GRANT_PROVISIONED = "grant.provisioned"
+    GRANT_QUEUED = "grant.queued"
+    ACCOUNT_CHECKED_IN = "account.checked_in"
 
 
 class Outcome(StrEnum):

@@ -16,6 +16,7 @@ from jitvault.cli.operator import operator_app
 from jitvault.cli.output import err_console
 from jitvault.cli.sessions import session_app
 from jitvault.cli.targets import account_app, rotate, target_app
+from jitvault.cli.templates import template_app
 from jitvault.cli.users import login, token_app, user_app, whoami
 from jitvault.cli.workflow import connect, grant_app, policy_app, request_app
 from jitvault.errors import JitvaultError
@@ -52,6 +53,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(target_app, name="target")
 app.add_typer(account_app, name="account")
+app.add_typer(template_app, name="template")
 app.add_typer(request_app, name="request")
 app.add_typer(grant_app, name="grant")
 app.add_typer(policy_app, name="policy")

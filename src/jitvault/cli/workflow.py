@@ -28,9 +28,17 @@ GRANT_COLUMNS = (
 )
 
 TargetOpt = typer.Option(..., "--target", "-t", help="Target name.")
-AccountOpt = typer.Option(None, "--account", help="A shared (injected) account.")
-RoleOpt = typer.Option(None, "--role", help="A role to be granted to your own account.")
-EphemeralOpt = typer.Option(None, "--ephemeral", help="An ephemeral account template.")
+AccountOpt = typer.Option(
+    None,
+    "--account",
+    help="A shared (injected) account; with --role, your own account (mode elevation).",
+)
+RoleOpt = typer.Option(
+    None, "--role", help="A role (SSH: a group) granted to your own --account for the grant."
+)
+EphemeralOpt = typer.Option(
+    None, "--ephemeral", help="A template: an account made for the grant, dropped at its end."
+)
 DurationOpt = typer.Option(..., "--duration", "-d", help="e.g. 30m, 1h, 2h30m")
 
 
@@ -75,6 +83,11 @@ def create(
     break_glass: bool = typer.Option(
         False, "--break-glass", help="Emergency access, where the policy allows it."
     ),
+    end_on_disconnect: bool = typer.Option(
+        False,
+        "--end-on-disconnect",
+        help="End the grant when its last session closes (then rotate, drop or revoke).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """File an access request; the policy grants it, routes it to approvers, or denies it."""
@@ -89,6 +102,7 @@ def create(
         "reason": reason,
         "break_glass": break_glass,
         "start_at": start_at.isoformat() if start_at else None,
+        "end_on_disconnect": end_on_disconnect,
     }
     r = ApiClient().request("POST", "/v1/requests", json=body)
     if as_json:

@@ -39,11 +39,19 @@ from jitvault.domain.targets import (
     validate_port,
     validate_target_name,
 )
+from jitvault.domain.templates import (
+    ON_DROP_CHOICES,
+    Template,
+    ephemeral_username,
+    validate_template,
+    validate_template_name,
+)
 
 __all__ = [
     "GRANTS",
     "LIVE_GRANT_STATES",
     "MAX_ACCOUNT_NAME_BYTES",
+    "ON_DROP_CHOICES",
     "REDACTED",
     "AccessKind",
     "AccessRequest",
@@ -62,10 +70,12 @@ __all__ = [
     "Rule",
     "Sensitive",
     "Target",
+    "Template",
     "User",
     "allowed",
     "authorize",
     "check_can_approve",
+    "ephemeral_username",
     "evaluate",
     "normalize_username",
     "parse_duration",
@@ -75,5 +85,7 @@ __all__ = [
     "validate_host",
     "validate_port",
     "validate_target_name",
+    "validate_template",
+    "validate_template_name",
     "validate_username",
 ]

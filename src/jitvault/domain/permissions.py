@@ -31,6 +31,8 @@ class Permission(StrEnum):
     POLICY_TEST = "policy.test"
     ACCOUNT_ROTATE = "account.rotate"
     SESSION_READ_ANY = "session.read_any"
+    TEMPLATE_MANAGE = "template.manage"
+    TEMPLATE_READ = "template.read"
 
 
 _ALL = frozenset(Role)
@@ -63,6 +65,10 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.ACCOUNT_ROTATE: frozenset({Role.ADMIN}),
     # recordings show what people did with their access: auditors' business
     Permission.SESSION_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
+    # templates say which roles an ephemeral account gets: admins' business; everyone may see
+    # them, like accounts, to know what to ask for
+    Permission.TEMPLATE_MANAGE: frozenset({Role.ADMIN}),
+    Permission.TEMPLATE_READ: _ALL,
 }
 
 

@@ -140,6 +140,9 @@ class Rule(BaseModel):
     request_ttl: timedelta = DEFAULT_REQUEST_TTL
     break_glass: Literal["allowed", "denied"] = "denied"
     max_connections: int | None = Field(default=None, ge=1, le=10_000)
+    #: a shared account is held by one live grant at a time; a request for an account that is
+    #: checked out is refused, or (queue) waits approved until the account is checked in
+    checkout: Literal["refuse", "queue"] = "refuse"
 
     _validate_durations = field_validator("max_duration", "request_ttl", mode="before")(_duration)
 
@@ -202,6 +205,7 @@ class Decision:
     max_connections: int | None = None
     request_ttl: timedelta = DEFAULT_REQUEST_TTL
     break_glass: bool = False
+    checkout: str = "refuse"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +220,7 @@ class Decision:
             "max_connections": self.max_connections,
             "request_ttl_seconds": int(self.request_ttl.total_seconds()),
             "break_glass": self.break_glass,
+            "checkout": self.checkout,
         }
 
 
@@ -275,6 +280,7 @@ def evaluate(policy: PolicyDocument, f: RequestFacts) -> Decision:
         "max_duration": rule.max_duration,
         "max_connections": rule.max_connections,
         "request_ttl": rule.request_ttl,
+        "checkout": rule.checkout,
     }
     if rule.deny:
         return Decision(Outcome.DENY, rule.name, f"denied by rule {rule.name!r}", **common)

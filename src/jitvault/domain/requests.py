@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from jitvault.domain.identity import Principal, Role
 from jitvault.domain.policy import AccessKind
@@ -85,6 +86,11 @@ class AccessRequest:
     decided_at: datetime | None = None
     review_required: bool = False
     reviewed_by: str | None = None
+    #: elevation: the requester's own account on the target that gets the role
+    account: str | None = None
+    end_on_disconnect: bool = False
+    #: what happens when the shared account is checked out: "refuse" or "queue" (the policy's)
+    checkout: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,23 @@ class Grant:
     break_glass: bool = False
     ended_at: datetime | None = None
     end_reason: str | None = None
+    #: the account sessions log in as on the target: the shared account, the requester's own
+    #: (elevation), or the ephemeral one made for this grant (``jv_<template>_<grant id>``)
+    account: str | None = None
+    end_on_disconnect: bool = False
+    #: waiting (approved) for its shared account to be checked in
+    queued: bool = False
+    #: when the account was made or the role granted on the target (None: not yet)
+    provisioned_at: datetime | None = None
+    #: elevation: the account held the role before the grant (so the end does not revoke it)
+    role_held_before: bool | None = None
+    #: ephemeral: the template as it was when the grant was made (what the drop uses)
+    template: dict[str, Any] | None = None
+
+    @property
+    def login(self) -> str:
+        """The account name sessions of this grant log in as upstream."""
+        return self.account or self.name
 
 
 def check_can_approve(approver: Principal, request: AccessRequest) -> None:

@@ -117,6 +117,13 @@ class TargetPlugin(Plugin):
         """Take ``role`` back from ``username``; no error if already revoked or gone."""
         raise Unsupported(f"{self.kind} targets cannot revoke elevations yet")
 
+    async def has_role(self, target: TargetAccess, username: str, role: str) -> bool:
+        """Does ``username`` hold ``role`` (a PostgreSQL role, a Linux group) directly now?
+
+        Asked before an elevation, so that its end does not take away a membership the account
+        held before the grant."""
+        raise Unsupported(f"{self.kind} targets cannot tell role memberships yet")
+
     def frontend(self) -> ProtocolFrontend | None:
         """The session-proxy front end of this kind, or None if it has no proxy."""
         return None

@@ -45,10 +45,13 @@ class NodeProxyContext:
 
     async def _ticket(self, opened: sessions.SessionTicket) -> SessionTicket:
         try:
-            target, secret = await asyncio.to_thread(sessions.proxy_material, self.node, opened)
+            target, account, secret = await asyncio.to_thread(
+                sessions.proxy_material, self.node, opened
+            )
         except BaseException:
+            # a session that never got going does not end an --end-on-disconnect grant
             await asyncio.to_thread(
-                sessions.close_session, self.node, opened.session_id, "no credential"
+                sessions.close_session, self.node, opened.session_id, "no credential", False
             )
             raise
         grant = opened.grant
@@ -57,7 +60,7 @@ class NodeProxyContext:
             session_id=opened.session_id,
             grant_id=grant.id,
             user=grant.user,
-            account=grant.name,
+            account=account,
             target=TargetAccess(name=target.name, options=target.options),
             credential=secret,
             expires_at=grant.expires_at,

@@ -25,7 +25,7 @@ from jitvault.domain import (
 from jitvault.errors import ValidationError
 from jitvault.services import notify
 from jitvault.services.node import Node, Tx
-from jitvault.services.requests import activate, lapse_if_due, summary
+from jitvault.services.requests import activate, check_in, lapse_if_due, summary
 from jitvault.storage import session_store, workflow
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def _finish(
     cut = session_store.end_sessions(tx.conn, grant.id, at, f"grant {new.value}: {reason}")
     started = r.state == RequestState.ACTIVE
     if started:
-        # only a grant that was in use has something to clean up
+        # only a grant that was in use has something to clean up; its shared account is
+        # checked in by the cleanup, after the rotation committed
         workflow.job_enqueue(
             tx.conn,
             "grant.cleanup",
@@ -76,6 +77,8 @@ def _finish(
             run_after=at,
             max_attempts=node.settings.workflow.cleanup_max_attempts,
         )
+    else:
+        check_in(node, tx, grant.id, at)  # never used: nothing to rotate
     tx.emit(
         AuditEvent(
             Action.GRANT_REVOKED if new == RequestState.REVOKED else Action.GRANT_ENDED,
@@ -114,6 +117,27 @@ def revoke_grant(
         return _finish(
             node, tx, g.request_id, RequestState.REVOKED, node.clock(), actor.name, reason, source
         )
+
+
+def end_on_last_disconnect(node: Node, tx: Tx, grant_id: int, session_id: int) -> bool:
+    """End a grant made with ``--end-on-disconnect`` whose last live session just closed (in
+    the transaction that closed it); its end, cleanup and audit are any grant end's."""
+    grant = workflow.grant_get(tx.conn, grant_id)
+    if not grant.end_on_disconnect:
+        return False
+    r = workflow.request_lock(tx.conn, grant.request_id)  # serializes with revoke and expiry
+    if r.state != RequestState.ACTIVE or session_store.live_count(tx.conn, grant_id):
+        return False
+    _finish(
+        node,
+        tx,
+        r.id,
+        RequestState.ENDED,
+        node.clock(),
+        "system",
+        f"last session closed (session {session_id}, end-on-disconnect)",
+    )
+    return True
 
 
 @dataclass
@@ -198,8 +222,15 @@ def _end_state(tx: Tx, request_id: int) -> RequestState:
     if r.state == RequestState.APPROVED:
         grant = workflow.grant_for_request(tx.conn, request_id)
         assert grant is not None
-        activate(tx, request_id, grant.id, grant.starts_at)
+        activate(tx, request_id, grant.id, grant.starts_at, provision=False)
     return RequestState.ENDED
 
 
-__all__ = ["SweepResult", "get_grant", "list_grants", "revoke_grant", "sweep"]
+__all__ = [
+    "SweepResult",
+    "end_on_last_disconnect",
+    "get_grant",
+    "list_grants",
+    "revoke_grant",
+    "sweep",
+]

@@ -8,7 +8,6 @@ yet marks it ``unsupported`` (audited as a failure), never silently done.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -19,8 +18,8 @@ from typing import Any
 from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.domain import AccessKind
 from jitvault.errors import JitvaultError
-from jitvault.plugin_api import AccountTemplate, Unsupported
-from jitvault.services import notify, rotation, targets
+from jitvault.plugin_api import Unsupported
+from jitvault.services import leases, notify, requests, rotation
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import workflow
@@ -33,36 +32,44 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _cleanup_grant(node: Node, payload: dict[str, Any]) -> None:
-    """Take back what a grant gave, from the lease's own data (not today's configuration)."""
+    """Take back what a grant gave, from the lease's own data (not today's configuration):
+    revoke the role, drop the ephemeral account, or rotate the shared account and check it in
+    (the next queued grant takes it only after the rotation committed)."""
     with node.read() as conn:
         grant = workflow.grant_get(conn, int(payload["grant_id"]))
-        target = repo.target_get(conn, grant.target)
-    plugin = node.targets.get(target.kind)
-    access = targets.target_access(node, target)
-    if grant.kind == AccessKind.ROLE:
-        asyncio.run(plugin.revoke(access, grant.user, grant.name))
-    elif grant.kind == AccessKind.EPHEMERAL:
-        template = AccountTemplate(name=grant.name)
-        asyncio.run(plugin.drop_account(access, template, f"{grant.name}-{grant.id}"))
-    else:
-        with node.read() as conn:
-            account = repo.account_get(conn, grant.target, grant.name)
-        rotation.rotate(node, account, reason=f"grant {grant.id} ended")
+    if grant.kind in (AccessKind.ROLE, AccessKind.EPHEMERAL):
+        leases.take_back(node, grant)
+        return
+    with node.read() as conn:
+        account = repo.account_get(conn, grant.target, grant.name)
+    rotation.rotate(node, account, reason=f"grant {grant.id} ended")
+    with node.write() as tx:
+        requests.check_in(node, tx, grant.id, node.clock())
+
+
+def _provision_grant(node: Node, payload: dict[str, Any]) -> None:
+    leases.provision(node, int(payload["grant_id"]))
 
 
 def _cleanup_dead(node: Node, payload: dict[str, Any], error: str) -> None:
-    """Cleanup gave up: a shared account that could not be rotated must not be handed out."""
+    """Cleanup gave up: a shared account that could not be rotated must not be handed out.
+
+    It is checked in (so that an operator's fix makes it usable again), but no queued grant
+    takes it: the account is refused until an operator sets its secret."""
     with node.read() as conn:
         grant = workflow.grant_get(conn, int(payload["grant_id"]))
         if grant.kind != AccessKind.ACCOUNT:
             return
         account = repo.account_get(conn, grant.target, grant.name)
     rotation.mark_needs_operator(node, account, f"rotation after grant {grant.id} failed: {error}")
+    with node.write() as tx:
+        requests.check_in(node, tx, grant.id, node.clock(), promote=False)
 
 
 HANDLERS: dict[str, Callable[[Node, dict[str, Any]], None]] = {
     "notify": notify.deliver,
     "grant.cleanup": _cleanup_grant,
+    "grant.provision": _provision_grant,
 }
 #: what to do when a job of this kind is given up on
 ON_DEAD: dict[str, Callable[[Node, dict[str, Any], str], None]] = {

@@ -5,6 +5,7 @@ approvals, denials and expiry have exactly one outcome.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,9 +13,11 @@ from typing import Any
 
 from jitvault.audit import Action, AuditEvent
 from jitvault.audit import Outcome as AuditOutcome
+from jitvault.crypto import generate_password
 from jitvault.domain import (
     AccessKind,
     AccessRequest,
+    Account,
     AccountMode,
     AccountStatus,
     Decision,
@@ -26,6 +29,7 @@ from jitvault.domain import (
     allowed,
     authorize,
     check_can_approve,
+    ephemeral_username,
     evaluate,
     transition,
     validate_account_name,
@@ -35,11 +39,18 @@ from jitvault.services import notify
 from jitvault.services.node import Node, Tx
 from jitvault.services.policies import active_policy, gather_facts
 from jitvault.storage import repositories as repo
-from jitvault.storage import workflow
+from jitvault.storage import sealed, templates, workflow
+from jitvault.storage.tables import GRANT_LEASE_SECRET
 
 MAX_REASON = 2000
 MAX_DURATION = timedelta(days=31)
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
+
+
+class CheckedOut(Conflict):
+    """The shared account is held by another live grant (exclusive checkout)."""
+
+    code = "checked_out"
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,10 @@ class NewRequest:
     reason: str
     start_at: datetime | None = None
     break_glass: bool = False
+    #: elevation (``--role``): the requester's own account on the target that gets the role
+    account: str | None = None
+    #: the grant ends when its last session closes
+    end_on_disconnect: bool = False
 
 
 def _validate(req: NewRequest, at: datetime) -> None:
@@ -61,6 +76,15 @@ def _validate(req: NewRequest, at: datetime) -> None:
     if not timedelta(0) < req.duration <= MAX_DURATION:
         raise ValidationError("the duration must be positive and at most 31 days")
     validate_account_name(req.name)
+    if req.kind == AccessKind.ROLE:
+        if not req.account:
+            raise ValidationError(
+                "an elevation needs your own account on the target",
+                hint="use --account NAME (an account of mode elevation) with --role",
+            )
+        validate_account_name(req.account)
+    elif req.account:
+        raise ValidationError("--account with --ephemeral makes no sense; give one of them")
     if req.start_at is not None:
         if req.start_at.tzinfo is None:
             raise ValidationError("--start-at needs a time zone (e.g. 2026-11-23T09:00Z)")
@@ -111,6 +135,17 @@ def create_request(
                     "(injected) account",
                     hint="use --role for elevation or --ephemeral for a template",
                 )
+        elif req.kind == AccessKind.ROLE:
+            assert req.account is not None
+            own = repo.account_get(tx.conn, target.name, req.account)
+            if own.mode != AccountMode.ELEVATION:
+                raise ValidationError(
+                    f"account {target.name}/{req.account} is {own.mode.value}; an elevation "
+                    "needs an account of mode elevation",
+                    hint="an admin registers it with 'jitvault account add ... --mode elevation'",
+                )
+        else:
+            templates.template_get(tx.conn, target.name, req.name)
         facts = gather_facts(
             tx.conn,
             actor.name,
@@ -126,6 +161,10 @@ def create_request(
         decision = evaluate(policy.document if policy else PolicyDocument(), facts)
         if policy is None:
             decision = Decision(Outcome.DENY, None, "no policy has been applied (deny by default)")
+        refuse = decision.outcome != Outcome.DENY and decision.checkout == "refuse"
+        if req.kind == AccessKind.ACCOUNT and refuse:
+            # said at once; the checkout itself (at approval) is what enforces it
+            _refuse_if_checked_out(tx, account)
         request_id = workflow.request_insert(
             tx.conn,
             requester_id=actor.user_id,
@@ -146,6 +185,9 @@ def create_request(
             approver_groups=decision.approver_groups,
             max_connections=decision.max_connections,
             review_required=decision.break_glass,
+            account=req.account,
+            end_on_disconnect=req.end_on_disconnect,
+            checkout=decision.checkout,
         )
         tx.emit(
             AuditEvent(
@@ -160,6 +202,8 @@ def create_request(
                     "duration_seconds": int(req.duration.total_seconds()),
                     "reason": req.reason,
                     "break_glass": req.break_glass,
+                    "account": req.account,
+                    "end_on_disconnect": req.end_on_disconnect,
                     "policy_version": policy.version if policy else None,
                     "decision": decision.as_dict(),
                 },
@@ -219,10 +263,21 @@ def _set_state(
 def _approve(
     node: Node, tx: Tx, r: AccessRequest, at: datetime, by: str, note: str, source: str
 ) -> None:
-    """pending -> approved, create the grant (a lease), and start it if its time has come."""
+    """pending -> approved, create the grant (a lease), and start it if its time has come.
+
+    The lease gets what its end needs before anything is done on the target: the account name
+    (``jv_<template>_<grant id>`` for an ephemeral grant, whose secret the core generates here,
+    encrypted), and a copy of the template. A shared account is checked out to the grant here,
+    or the grant queues for it, or the approval is refused (the policy's ``checkout``).
+    """
     _set_state(tx, r, RequestState.APPROVED, at, by, note)
     target = repo.target_get(tx.conn, r.target)
     starts = max(r.start_at or at, at)
+    template = (
+        templates.template_get(tx.conn, target.name, r.name)
+        if r.kind == AccessKind.EPHEMERAL
+        else None
+    )
     grant_id = workflow.grant_insert(
         tx.conn,
         request_id=r.id,
@@ -238,7 +293,24 @@ def _approve(
         max_connections=r.max_connections,
         break_glass=r.break_glass,
         expiry_warned=False,
+        account={AccessKind.ACCOUNT: r.name, AccessKind.ROLE: r.account}.get(r.kind),
+        end_on_disconnect=r.end_on_disconnect,
+        lease_template=json.dumps(template.snapshot()) if template else None,
     )
+    queued = False
+    if r.kind == AccessKind.ACCOUNT:
+        account = repo.account_get(tx.conn, target.name, r.name)
+        if not workflow.checkout_take(tx.conn, account.id, grant_id, at):
+            if r.checkout != "queue":
+                _refuse_if_checked_out(tx, account)
+                raise CheckedOut(f"{account.username} is checked out by another grant")
+            queued = True
+            workflow.grant_update(tx.conn, grant_id, queued=True)
+    elif r.kind == AccessKind.EPHEMERAL:
+        username = ephemeral_username(r.name, grant_id)
+        workflow.grant_update(tx.conn, grant_id, account=username)
+        secret = generate_password().map(str.encode)
+        sealed.seal_column(tx.conn, tx.keyring, GRANT_LEASE_SECRET, grant_id, secret)
     tx.emit(
         AuditEvent(
             Action.GRANT_CREATED,
@@ -254,10 +326,26 @@ def _approve(
                 "starts_at": starts.isoformat(),
                 "expires_at": (starts + r.duration).isoformat(),
                 "break_glass": r.break_glass,
+                "account": workflow.grant_get(tx.conn, grant_id).account,
+                "end_on_disconnect": r.end_on_disconnect,
+                "queued": queued,
             },
         )
     )
-    if starts <= at:
+    if queued:
+        holder = workflow.checkout_holder(tx.conn, account.id)
+        tx.emit(
+            AuditEvent(
+                Action.GRANT_QUEUED,
+                actor="system",
+                subject=f"grant:{grant_id}",
+                details={
+                    "account": f"{target.name}/{r.name}",
+                    "behind_grant": holder.id if holder else None,
+                },
+            )
+        )
+    elif starts <= at:
         activate(tx, r.id, grant_id, at)
     notify.notify(
         node,
@@ -271,7 +359,9 @@ def _approve(
     )
 
 
-def activate(tx: Tx, request_id: int, grant_id: int, at: datetime) -> None:
+def activate(tx: Tx, request_id: int, grant_id: int, at: datetime, provision: bool = True) -> None:
+    """approved -> active. An elevation or ephemeral grant queues its provisioning (a job: the
+    target is never called inside this transaction, which may be a sweep's whole batch)."""
     r = workflow.request_get(tx.conn, request_id)
     _set_state(tx, r, RequestState.ACTIVE, at, "system")
     tx.emit(
@@ -282,6 +372,60 @@ def activate(tx: Tx, request_id: int, grant_id: int, at: datetime) -> None:
             details={"request_id": request_id, "at": at.isoformat()},
         )
     )
+    if provision and r.kind in (AccessKind.ROLE, AccessKind.EPHEMERAL):
+        workflow.job_enqueue(tx.conn, "grant.provision", {"grant_id": grant_id}, run_after=at)
+
+
+def _refuse_if_checked_out(tx: Tx, account: Account) -> None:
+    holder = workflow.checkout_holder(tx.conn, account.id)
+    if holder is not None:
+        until = holder.expires_at.strftime("%H:%M UTC")
+        raise CheckedOut(
+            f"{account.username} is checked out until {until} by grant {holder.id}",
+            hint="try again after it is checked in, or ask for a policy with 'checkout: queue'",
+        )
+
+
+def check_in(node: Node, tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
+    """The grant gives its shared account back (after its rotation committed, or unused);
+    the oldest grant queued for the account takes it and starts now, for its full duration."""
+    account_id = workflow.checkout_release(tx.conn, grant_id)
+    if account_id is None:
+        return
+    grant = workflow.grant_get(tx.conn, grant_id)
+    tx.emit(
+        AuditEvent(
+            Action.ACCOUNT_CHECKED_IN,
+            actor="system",
+            subject=f"account:{grant.target}/{grant.name}",
+            details={"grant_id": grant_id},
+        )
+    )
+    if not promote:
+        return
+    target = repo.target_get(tx.conn, grant.target)
+    for request_id in workflow.next_queued(tx.conn, target.id, grant.name):
+        r = workflow.request_lock(tx.conn, request_id)
+        waiting = workflow.grant_for_request(tx.conn, request_id)
+        if r.state != RequestState.APPROVED or waiting is None or not waiting.queued:
+            continue
+        if not workflow.checkout_take(tx.conn, account_id, waiting.id, at):
+            return  # someone else took it meanwhile
+        workflow.grant_update(
+            tx.conn, waiting.id, queued=False, starts_at=at, expires_at=at + r.duration
+        )
+        activate(tx, request_id, waiting.id, at)
+        notify.notify(
+            node,
+            tx,
+            "grant.created",
+            {
+                **summary(workflow.request_get(tx.conn, request_id)),
+                "grant_id": waiting.id,
+                "expires_at": (at + r.duration).isoformat(),
+            },
+        )
+        return
 
 
 def lapse_if_due(node: Node, tx: Tx, r: AccessRequest, at: datetime) -> bool:
@@ -391,6 +535,7 @@ def cancel(node: Node, actor: Principal, request_id: int, source: str = "") -> A
             workflow.grant_update(
                 tx.conn, grant.id, ended_at=node.clock(), end_reason="cancelled before start"
             )
+            check_in(node, tx, grant.id, node.clock())  # unused: nothing to rotate
         tx.emit(
             AuditEvent(
                 Action.REQUEST_CANCELLED,
@@ -472,10 +617,12 @@ def _decidable_by(actor: Principal, r: AccessRequest) -> bool:
 
 
 __all__ = [
+    "CheckedOut",
     "NewRequest",
     "activate",
     "approve",
     "cancel",
+    "check_in",
     "create_request",
     "deny",
     "get_request",

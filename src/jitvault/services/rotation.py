@@ -50,7 +50,8 @@ FAULT_ENV = "JITVAULT_FAULT_CRASH_AT"
 STEPS = ("after_journal", "after_apply", "after_verify", "after_commit")
 
 
-def _crash_point(step: str) -> None:
+def crash_point(step: str) -> None:
+    """SIGKILL this process here if the crash-injection tests asked for ``step``."""
     if os.environ.get(FAULT_ENV) == step:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -196,7 +197,7 @@ def _rotate_locked(
         with node.write() as tx:
             entry = journal.create(tx.conn, tx.keyring, account.id, _b(generate_password()), reason)
             tx.emit(_event(Action.ROTATION_STARTED, actor, ctx.label, reason=reason))
-        _crash_point("after_journal")
+        crash_point("after_journal")
     while True:
         with node.read() as conn:
             pending = journal.pending_secret(conn, node.vault.keyring, entry)
@@ -204,7 +205,7 @@ def _rotate_locked(
         ctx.apply(pending)
         with node.db.begin() as conn:
             journal.set_state(conn, entry.id, "applied")
-        _crash_point("after_apply")
+        crash_point("after_apply")
         # 3. verify
         if ctx.verify(pending):
             break
@@ -223,12 +224,12 @@ def _rotate_locked(
             fresh = journal.entry_for(conn, account.id)
         assert fresh is not None
         entry = fresh
-    _crash_point("after_verify")
+    crash_point("after_verify")
     # 4. commit
     with node.write() as tx:
         journal.commit_secret(tx.conn, tx.keyring, account.id, pending)
         tx.emit(_event(Action.ROTATION_COMPLETED, actor, ctx.label, reason=reason))
-    _crash_point("after_commit")
+    crash_point("after_commit")
 
 
 def reconcile_all(node: Node) -> dict[str, Reconciled]:
@@ -299,6 +300,7 @@ __all__ = [
     "STEPS",
     "Reconciled",
     "RotationResult",
+    "crash_point",
     "mark_needs_operator",
     "reconcile_all",
     "rotate",

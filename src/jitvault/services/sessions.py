@@ -21,6 +21,7 @@ from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.crypto import SESSION_TOKEN_PREFIX, issue_token, parse_token, secret_matches
 from jitvault.domain import (
     AccessKind,
+    AccountStatus,
     Grant,
     Permission,
     Principal,
@@ -33,7 +34,7 @@ from jitvault.domain import (
 from jitvault.errors import AuthError, Conflict, Forbidden, NotFound
 from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
-from jitvault.services import targets
+from jitvault.services import grants, leases, targets
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed, session_store, workflow
@@ -230,19 +231,25 @@ def _refuse(node: Node, token_id: str, reason: str, protocol: str, source: str) 
     raise AuthError(_FAILED)
 
 
-def proxy_material(node: Node, ticket: SessionTicket) -> tuple[Target, Sensitive[str]]:
-    """The target and the vaulted credential a proxy logs in upstream with (just in time;
-    sealed: 503). Shared accounts only, until ephemeral and elevated grants get theirs."""
-    grant = ticket.grant
-    if grant.kind != AccessKind.ACCOUNT:
-        raise Unsupported(f"{grant.kind.value} grants cannot be proxied yet")
+def proxy_material(node: Node, ticket: SessionTicket) -> tuple[Target, str, Sensitive[str]]:
+    """The target, the account name and the credential a proxy logs in upstream with (just in
+    time; sealed: 503): the shared account's vaulted secret, the requester's own account's
+    (elevation), or the ephemeral account made for the grant (provisioned now if the grant's
+    start job has not done it yet)."""
+    grant = leases.ensure_provisioned(node, ticket.grant)
     with node.read() as conn:
         target = repo.target_get(conn, grant.target)
-        account = repo.account_get(conn, grant.target, grant.name)
-    secret = targets.account_secret(node, account)
+    if grant.kind == AccessKind.EPHEMERAL:
+        secret = leases.lease_secret(node, grant)
+    else:
+        with node.read() as conn:
+            account = repo.account_get(conn, grant.target, grant.login)
+        if account.status == AccountStatus.NEEDS_OPERATOR:
+            raise Conflict(f"account {grant.target}/{grant.login} needs an operator")
+        secret = targets.account_secret(node, account)
     if secret is None:
-        raise Conflict(f"account {grant.target}/{grant.name} has no vaulted credential")
-    return target, secret
+        raise Conflict(f"account {grant.target}/{grant.login} has no vaulted credential")
+    return target, grant.login, secret
 
 
 def record_event(node: Node, session_id: int, kind: str, data: dict[str, Any]) -> None:
@@ -311,10 +318,24 @@ def ended_among(node: Node, session_ids: list[int]) -> dict[int, str]:
         return session_store.ended_among(conn, session_ids)
 
 
-def close_session(node: Node, session_id: int, reason: str = "client closed") -> bool:
-    """Record that a session ended (idempotent); True if this call ended it."""
+def close_session(
+    node: Node, session_id: int, reason: str = "client closed", ends_grant: bool = True
+) -> bool:
+    """Record that a session ended (idempotent); True if this call ended it.
+
+    If its grant was made with ``--end-on-disconnect`` and this was its last live session, the
+    grant ends too, in the same transaction (``ends_grant=False`` for a session that never got
+    going, e.g. one whose credential could not be handed out).
+    """
     at = node.clock()
     with node.write() as tx:
+        grant_id = session_store.session_grant(tx.conn, session_id)
+        grant = workflow.grant_get(tx.conn, grant_id) if grant_id is not None else None
+        may_end = ends_grant and grant is not None and grant.end_on_disconnect
+        if may_end:
+            assert grant is not None
+            # the request row before the session row: the order revoke takes them in
+            workflow.request_lock(tx.conn, grant.request_id)
         ended = session_store.session_end(tx.conn, session_id, at, reason)
         if ended:
             tx.emit(
@@ -325,6 +346,9 @@ def close_session(node: Node, session_id: int, reason: str = "client closed") ->
                     details={"reason": reason},
                 )
             )
+            if may_end:
+                assert grant is not None
+                grants.end_on_last_disconnect(node, tx, grant.id, session_id)
     return ended
 
 

@@ -19,19 +19,21 @@ from jitvault.storage.db import Database
 _LOCAL: dict[tuple[str, int], threading.Lock] = {}
 _LOCAL_GUARD = threading.Lock()
 
-# advisory lock keys are (class id, object id) pairs; this class id is "jv" + 1
+# advisory lock keys are (class id, object id) pairs; class ids are "jv" + a number per kind
 ACCOUNT_LOCK_CLASS = 0x6A7601
+LOCK_CLASSES = {"account": ACCOUNT_LOCK_CLASS, "grant": 0x6A7602}
 
 
 @contextmanager
 def try_lock(db: Database, kind: str, object_id: int) -> Iterator[bool]:
     """Yield True while holding the lock, or False at once if someone else holds it."""
+    lock_class = LOCK_CLASSES[kind]
     if db.is_postgres:
         with db.engine.connect() as conn:
             got = bool(
                 conn.execute(
                     text("SELECT pg_try_advisory_lock(:c, :o)"),
-                    {"c": ACCOUNT_LOCK_CLASS, "o": object_id},
+                    {"c": lock_class, "o": object_id},
                 ).scalar_one()
             )
             conn.commit()
@@ -41,7 +43,7 @@ def try_lock(db: Database, kind: str, object_id: int) -> Iterator[bool]:
                 if got:
                     conn.execute(
                         text("SELECT pg_advisory_unlock(:c, :o)"),
-                        {"c": ACCOUNT_LOCK_CLASS, "o": object_id},
+                        {"c": lock_class, "o": object_id},
                     )
                     conn.commit()
         return

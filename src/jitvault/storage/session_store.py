@@ -97,6 +97,11 @@ def session_end(conn: Connection, session_id: int, at: datetime, reason: str) ->
     return result.rowcount == 1
 
 
+def session_grant(conn: Connection, session_id: int) -> int | None:
+    gid = conn.execute(select(_S.c.grant_id).where(_S.c.id == session_id)).scalar_one_or_none()
+    return None if gid is None else int(gid)
+
+
 def event_add(conn: Connection, session_id: int, kind: str, at: datetime) -> int:
     result = conn.execute(insert(t.session_events).values(session_id=session_id, ts=at, kind=kind))
     pk = result.inserted_primary_key
@@ -146,6 +151,7 @@ __all__ = [
     "live_sessions",
     "session_add",
     "session_end",
+    "session_grant",
     "session_rows",
     "token_add",
     "token_find",

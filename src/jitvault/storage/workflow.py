@@ -12,7 +12,9 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from jitvault.domain import AccessKind, AccessRequest, Grant, RequestState
@@ -122,6 +124,9 @@ def _request(conn: Connection, row: Row[Any]) -> AccessRequest:
         decided_at=aware(row.decided_at),
         review_required=bool(row.review_required),
         reviewed_by=row.reviewed_by,
+        account=row.account,
+        end_on_disconnect=bool(row.end_on_disconnect),
+        checkout=row.checkout,
     )
 
 
@@ -241,11 +246,19 @@ def _grant(row: Row[Any]) -> Grant:
         break_glass=bool(row.break_glass),
         ended_at=aware(row.ended_at),
         end_reason=row.end_reason,
+        account=row.account,
+        end_on_disconnect=bool(row.end_on_disconnect),
+        queued=bool(row.queued),
+        provisioned_at=aware(row.provisioned_at),
+        role_held_before=None if row.role_held_before is None else bool(row.role_held_before),
+        template=json.loads(row.lease_template) if row.lease_template else None,
     )
 
 
 def _grant_query() -> Any:
-    return select(_G, _R.c.state).join(_R, _R.c.id == _G.c.request_id)
+    return select(
+        *[c for c in _G.c if c.name not in ("lease_secret", "lease_secret_term")], _R.c.state
+    ).join(_R, _R.c.id == _G.c.request_id)
 
 
 def grant_get(conn: Connection, grant_id: int) -> Grant:
@@ -278,6 +291,82 @@ def grant_update(conn: Connection, grant_id: int, **values: Any) -> None:
     conn.execute(update(_G).where(_G.c.id == grant_id).values(**values))
 
 
+def live_elevations(conn: Connection, grant: Grant) -> list[Grant]:
+    """Other live grants giving the same role to the same account on the same target."""
+    q = _grant_query().where(
+        _G.c.id != grant.id,
+        _G.c.target_name == grant.target,
+        _G.c.kind == AccessKind.ROLE.value,
+        _G.c.name == grant.name,
+        _G.c.account == grant.account,
+        _R.c.state.in_([RequestState.APPROVED.value, RequestState.ACTIVE.value]),
+    )
+    return [_grant(r) for r in conn.execute(q)]
+
+
+# --- exclusive checkout of shared accounts ------------------------------------------------------
+
+_C = t.account_checkouts
+
+
+def checkout_take(conn: Connection, account_id: int, grant_id: int, at: datetime) -> bool:
+    """Check the account out to the grant; False if another grant holds it.
+
+    ``INSERT ... ON CONFLICT DO NOTHING`` on the primary key (the account): racing transactions
+    wait for each other on the key and exactly one row wins, on SQLite and PostgreSQL alike,
+    without aborting the loser's transaction.
+    """
+    values = {"account_id": account_id, "grant_id": grant_id, "since": at}
+    stmt: Any
+    if conn.dialect.name == "postgresql":
+        stmt = pg_insert(_C).values(**values).on_conflict_do_nothing()
+    else:
+        stmt = sqlite_insert(_C).values(**values).on_conflict_do_nothing()
+    return bool(conn.execute(stmt).rowcount == 1)
+
+
+def checkout_holder(conn: Connection, account_id: int) -> Grant | None:
+    """The grant holding the account, if any."""
+    gid = conn.execute(
+        select(_C.c.grant_id).where(_C.c.account_id == account_id)
+    ).scalar_one_or_none()
+    return None if gid is None else grant_get(conn, int(gid))
+
+
+def checkout_release(conn: Connection, grant_id: int) -> int | None:
+    """Check in what the grant holds; the account id, or None if it held nothing."""
+    account_id = conn.execute(
+        select(_C.c.account_id).where(_C.c.grant_id == grant_id).with_for_update()
+    ).scalar_one_or_none()
+    if account_id is None:
+        return None
+    conn.execute(delete(_C).where(_C.c.grant_id == grant_id))
+    return int(account_id)
+
+
+def checkout_held_by(conn: Connection, grant_id: int) -> bool:
+    return (
+        conn.execute(select(_C.c.account_id).where(_C.c.grant_id == grant_id)).first() is not None
+    )
+
+
+def next_queued(conn: Connection, target_id: int, account: str) -> list[int]:
+    """Request ids of grants queued for the account, oldest first."""
+    q = (
+        select(_R.c.id)
+        .join(_G, _G.c.request_id == _R.c.id)
+        .where(
+            _G.c.queued.is_(True),
+            _G.c.target_id == target_id,
+            _G.c.kind == AccessKind.ACCOUNT.value,
+            _G.c.name == account,
+            _R.c.state == RequestState.APPROVED.value,
+        )
+        .order_by(_G.c.id)
+    )
+    return [int(r) for r in conn.execute(q).scalars()]
+
+
 # --- sweeps (claimed with SKIP LOCKED) ------------------------------------------------------------
 
 
@@ -300,6 +389,7 @@ def due_to_start(conn: Connection, at: datetime, limit: int) -> list[int]:
         # the sweep re-select the same full batch forever
         .where(
             _R.c.state == RequestState.APPROVED.value,
+            _G.c.queued.is_(False),  # a queued grant starts at its account's check-in
             _G.c.starts_at <= at,
             _G.c.expires_at > at,
         )
@@ -316,6 +406,7 @@ def due_to_end(conn: Connection, at: datetime, limit: int) -> list[int]:
         .join(_G, _G.c.request_id == _R.c.id)
         .where(
             _R.c.state.in_([RequestState.ACTIVE.value, RequestState.APPROVED.value]),
+            _G.c.queued.is_(False),  # its window is set when it leaves the queue
             _G.c.expires_at <= at,
         )
         .order_by(_G.c.expires_at)
@@ -444,6 +535,10 @@ def job_list(conn: Connection, states: list[str] | None = None, limit: int = 500
 __all__ = [
     "approval_add",
     "approval_count",
+    "checkout_held_by",
+    "checkout_holder",
+    "checkout_release",
+    "checkout_take",
     "due_expiry_warning",
     "due_pending",
     "due_to_end",
@@ -458,6 +553,8 @@ __all__ = [
     "job_finish",
     "job_list",
     "job_retry",
+    "live_elevations",
+    "next_queued",
     "policy_add",
     "policy_current",
     "policy_history",

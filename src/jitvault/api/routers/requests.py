@@ -27,19 +27,19 @@ router = APIRouter(prefix="/v1", tags=["workflow"])
 
 def what_is_asked(
     account: str | None, role: str | None, ephemeral: str | None
-) -> tuple[AccessKind, str]:
+) -> tuple[AccessKind, str, str | None]:
+    """``(kind, name, own account)``: with a role, ``account`` is the requester's own account
+    that gets it; otherwise exactly one of a shared account or a template is asked for."""
+    if role:
+        if ephemeral:
+            raise ValidationError("ask for exactly one of account, role or ephemeral")
+        return AccessKind.ROLE, role, account
     given = [
-        (k, v)
-        for k, v in (
-            (AccessKind.ACCOUNT, account),
-            (AccessKind.ROLE, role),
-            (AccessKind.EPHEMERAL, ephemeral),
-        )
-        if v
+        (k, v) for k, v in ((AccessKind.ACCOUNT, account), (AccessKind.EPHEMERAL, ephemeral)) if v
     ]
     if len(given) != 1:
         raise ValidationError("ask for exactly one of account, role or ephemeral")
-    return given[0]
+    return given[0][0], given[0][1], None
 
 
 def _out(node: Node, r: AccessRequest) -> RequestOut:
@@ -50,7 +50,7 @@ def _out(node: Node, r: AccessRequest) -> RequestOut:
 def create_request(
     body: RequestIn, caller: CallerDep, node: NodeDep, source: SourceDep
 ) -> RequestOut:
-    kind, name = what_is_asked(body.account, body.role, body.ephemeral)
+    kind, name, own = what_is_asked(body.account, body.role, body.ephemeral)
     new = requests.NewRequest(
         target=body.target,
         kind=kind,
@@ -59,6 +59,8 @@ def create_request(
         reason=body.reason,
         start_at=body.start_at,
         break_glass=body.break_glass,
+        account=own,
+        end_on_disconnect=body.end_on_disconnect,
     )
     return _out(node, requests.create_request(node, caller, new, source))
 
@@ -151,7 +153,7 @@ def show_policy(caller: CallerDep, node: NodeDep) -> dict[str, Any]:
 
 @router.post("/policies/test")
 def test_policy(body: PolicyTestIn, caller: CallerDep, node: NodeDep) -> dict[str, Any]:
-    kind, name = what_is_asked(body.account, body.role, body.ephemeral)
+    kind, name, _ = what_is_asked(body.account, body.role, body.ephemeral)
     decision = policies.check_policy(
         node,
         caller,
