@@ -84,6 +84,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/targets/{name}/accounts/{username}/rotate"): ADMIN,
     ("POST", "/v1/targets/{name}/accounts/{username}/verify"): ADMIN,
     ("GET", "/v1/accounts"): EVERYONE,
+    # account templates: everyone may see what can be asked for, only admins change them
+    ("POST", "/v1/targets/{target}/templates"): ADMIN,
+    ("GET", "/v1/templates"): EVERYONE,
+    ("GET", "/v1/targets/{target}/templates"): EVERYONE,
+    ("GET", "/v1/targets/{target}/templates/{name}"): EVERYONE,
+    ("DELETE", "/v1/targets/{target}/templates/{name}"): ADMIN,
     # audit
     ("GET", "/v1/audit/events"): ADMIN_AUDITOR,
     ("POST", "/v1/audit/verify"): ADMIN_AUDITOR,
@@ -167,6 +173,9 @@ class World:
     victim_token: str = ""
     target: str = "db1"
     account: str = "svc"
+    #: the victim's own account on the target (its user name), which elevations give a role to
+    own_account: str = "victim"
+    template: str = "readers"
     login_user: str = "login-user"
     login_password: str = "login-password-123"
     _seq: Iterator[int] = field(default_factory=itertools.count)
@@ -268,6 +277,17 @@ def make_world(booted: Booted, api: TestClient) -> World:
         f"/v1/targets/{w.target}/accounts",
         json={"username": w.account, "mode": "injected", "password": "account-password"},
     )
+    for own in (w.own_account, w.names["admin"]):  # the users the policy lets elevate
+        w.admin(
+            "POST",
+            f"/v1/targets/{w.target}/accounts",
+            json={"username": own, "mode": "elevation", "password": "own-password"},
+        )
+    w.admin(
+        "POST",
+        f"/v1/targets/{w.target}/templates",
+        json={"name": w.template, "grant_roles": ["pg_read_all_data"]},
+    )
     admin_name = w.names["admin"]
     w.tokens["anonymous"] = None
     w.tokens["garbage"] = "not-a-token"
@@ -297,6 +317,12 @@ def make_world(booted: Booted, api: TestClient) -> World:
 
 # One builder per route: a valid request for it (fresh names so nothing collides).
 Builder = Callable[[World, str], Call]
+
+
+def _template_to_remove(w: World, caller: str) -> Call:
+    name = f"gone_{next(w._seq)}"
+    w.admin("POST", f"/v1/targets/{w.target}/templates", json={"name": name})
+    return Call("DELETE", f"/v1/targets/{w.target}/templates/{name}")
 
 
 def _victim_token_to_revoke(w: World, caller: str) -> Call:
@@ -370,6 +396,20 @@ REQUESTS: dict[tuple[str, str], Builder] = {
         "POST", f"/v1/targets/{w.target}/accounts/{w.account}/verify", ok=502
     ),
     ("GET", "/v1/accounts"): lambda w, c: Call("GET", "/v1/accounts"),
+    ("POST", "/v1/targets/{target}/templates"): lambda w, c: Call(
+        "POST",
+        f"/v1/targets/{w.target}/templates",
+        json={"name": f"tpl_{next(w._seq)}", "grant_roles": ["pg_monitor"]},
+        ok=201,
+    ),
+    ("GET", "/v1/templates"): lambda w, c: Call("GET", "/v1/templates"),
+    ("GET", "/v1/targets/{target}/templates"): lambda w, c: Call(
+        "GET", f"/v1/targets/{w.target}/templates"
+    ),
+    ("GET", "/v1/targets/{target}/templates/{name}"): lambda w, c: Call(
+        "GET", f"/v1/targets/{w.target}/templates/{w.template}"
+    ),
+    ("DELETE", "/v1/targets/{target}/templates/{name}"): _template_to_remove,
     ("GET", "/v1/audit/events"): lambda w, c: Call("GET", "/v1/audit/events", params={"limit": 10}),
     ("POST", "/v1/audit/verify"): lambda w, c: Call("POST", "/v1/audit/verify"),
     ("GET", "/v1/audit/export"): lambda w, c: Call(
@@ -420,7 +460,12 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("POST", "/v1/policies/test"): lambda w, c: Call(
         "POST",
         "/v1/policies/test",
-        json={"as_user": w.victim, "target": w.target, "role": "pg_monitor", "duration": "1h"},
+        json={
+            "as_user": w.victim,
+            "target": w.target,
+            "role": "pg_monitor",
+            "duration": "1h",
+        },
     ),
 }
 
@@ -633,7 +678,12 @@ def test_a_requester_may_read_and_cancel_its_own_request_and_read_its_own_grant(
 
 
 def test_no_one_may_approve_or_deny_their_own_request_even_an_admin(world: World) -> None:
-    body = {"target": world.target, "role": "pg_monitor", "duration": "1h", "reason": "mine"}
+    body = {
+        "target": world.target,
+        "role": "pg_monitor",
+        "duration": "1h",
+        "reason": "mine",
+    }
     filed = world.send("admin", Call("POST", "/v1/requests", json=body))
     assert filed.status_code == 201
     assert filed.json()["state"] == "pending"

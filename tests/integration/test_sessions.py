@@ -41,16 +41,26 @@ class World:
         policies.apply_policy(self.node, self.admin, POLICY)
         self.alice = self.principal("alice", Role.REQUESTER)
         self.bob = self.principal("bob", Role.REQUESTER)
+        self._grants = 0
 
     def principal(self, name: str, role: Role) -> Principal:
         u = users.add_user(self.node, self.admin, name, role)
         return Principal(u.id, u.name, u.role, u.groups)
 
     def grant(self, who: Principal | None = None) -> int:
+        """A live grant of a shared account: "app" first, then a fresh account each time (a
+        shared account serves one live grant at a time)."""
+        account = "app"
+        if self._grants:
+            account = f"app{self._grants}"
+            targets.add_account(
+                self.node, self.admin, "db1", account, AccountMode.INJECTED, Sensitive("pw-123456")
+            )
+        self._grants += 1
         r = requests.create_request(
             self.node,
             who or self.alice,
-            NewRequest("db1", AccessKind.ACCOUNT, "app", timedelta(minutes=30), "INC-1"),
+            NewRequest("db1", AccessKind.ACCOUNT, account, timedelta(minutes=30), "INC-1"),
         )
         assert r.state.value == "active"
         return r.id

@@ -74,6 +74,13 @@ class World:
         )
         return requests.create_request(self.node, who, new, source="test")
 
+    def account(self, name: str) -> str:
+        """Another shared account on pg-prod (a shared account serves one live grant at once)."""
+        targets.add_account(
+            self.node, self.admin, "pg-prod", name, AccountMode.INJECTED, Sensitive("pw-12345678")
+        )
+        return name
+
     def events(self, subject: str | None = None) -> list[dict[str, Any]]:
         with self.node.read() as conn:
             rows = audit.list_events(conn)
@@ -527,9 +534,12 @@ def test_the_sweep_finishes_when_more_scheduled_windows_passed_unused_than_one_b
 ) -> None:
     ids = [
         world.ask(
-            cast["olga"], start_at=T0 + timedelta(minutes=10), duration=timedelta(minutes=5)
+            cast["olga"],
+            account=world.account(f"app_{i}"),
+            start_at=T0 + timedelta(minutes=10),
+            duration=timedelta(minutes=5),
         ).id
-        for _ in range(5)
+        for i in range(5)
     ]
     world.at(T0 + timedelta(hours=2))
     done: list[grants.SweepResult] = []
@@ -577,7 +587,9 @@ def test_break_glass_is_granted_at_once_audited_and_flagged_until_someone_else_r
     with pytest.raises(Forbidden):
         requests.review(world.node, cast["olga"], r.id)  # requester role may not review
     selfish = world.user("oncall-admin", Role.ADMIN, "oncall")
-    own = world.ask(selfish, reason="INC-100 outage", break_glass=True)
+    own = world.ask(
+        selfish, account=world.account("ops_owner"), reason="INC-100 outage", break_glass=True
+    )
     with pytest.raises(Forbidden):
         requests.review(world.node, selfish, own.id)  # nobody reviews their own
     reviewed = requests.review(world.node, cast["audrey"], r.id, "checked")
@@ -646,6 +658,9 @@ def http(api: TestClient, booted: Booted) -> Api:
     a.call("POST", "/v1/targets/pg-prod/accounts", None, 201, json={
         "username": "app_owner", "mode": "injected", "password": "owner-pw-1234",
     })  # fmt: skip
+    a.call("POST", "/v1/targets/pg-prod/accounts", None, 201, json={
+        "username": "ops_owner", "mode": "injected", "password": "owner-pw-5678",
+    })  # fmt: skip
     a.call("PUT", "/v1/policies", None, 200, json={"document": readme_policy()})
     return a
 
@@ -664,7 +679,9 @@ def test_api_auto_approve_two_approvers_and_revoke_as_the_users(http: Api, boote
     dba1 = http.user("dba1", "approver", "dba")
     dba2 = http.user("dba2", "approver", "dba")
 
-    auto = http.call("POST", "/v1/requests", olga, 201, json={**BODY, "duration": "20m"})
+    auto = http.call(
+        "POST", "/v1/requests", olga, 201, json={**BODY, "account": "ops_owner", "duration": "20m"}
+    )
     assert (auto["state"], auto["rule"]) == ("active", "oncall-auto")
     g = http.call("GET", f"/v1/grants/{auto['grant_id']}", olga, 200)
     assert datetime.fromisoformat(g["expires_at"]) == T0 + timedelta(minutes=20)

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from jitvault.domain import Principal, Role
 from jitvault.domain.requests import RequestState
 from jitvault.errors import Conflict
-from jitvault.services import grants, requests
+from jitvault.services import grants, policies, requests
 from jitvault.storage import tables as t
 from tests.conftest import Booted
 from tests.integration.test_workflow import T0, World, setup_world
@@ -80,9 +80,31 @@ def approval_count(world: World, request_id: int) -> int:
     return count(world, t.approvals, t.approvals.c.request_id == request_id)
 
 
+#: the README's policy without its account criterion: each trial asks for an account of its own
+#: (a shared account serves one live grant at a time), so that every trial races on a free one
+RACE_POLICY = """
+rules:
+  - name: prod-needs-two-dbas
+    match: {groups: [dev], targets: [pg-prod]}
+    require_approvals: 2
+    approvers: [dba]
+    max_duration: 1h
+  - name: oncall-auto
+    match: {groups: [oncall], targets: [pg-prod], reason: "^INC-[0-9]+"}
+    auto_approve: true
+    max_duration: 30m
+"""
+
+
 @pytest.fixture
 def world(booted: Booted) -> World:
-    return setup_world(booted)
+    w = setup_world(booted)
+    policies.apply_policy(w.node, w.admin, RACE_POLICY)
+    return w
+
+
+def ask(world: World, who: Principal, trial: int, reason: str) -> Any:
+    return world.ask(who, account=world.account(f"app_{trial}"), reason=reason)
 
 
 @pytest.fixture
@@ -99,7 +121,7 @@ def test_fifty_distinct_approvers_racing_on_a_two_approver_request_create_exactl
     world: World, alice: Principal, dbas: list[Principal]
 ) -> None:
     for trial in range(TRIALS):
-        r = world.ask(alice, reason=f"trial {trial}")
+        r = ask(world, alice, trial, f"trial {trial}")
         assert r.required_approvals == 2
         results = race(*(partial(requests.approve, world.node, d, r.id) for d in dbas))
         lost = only_conflicts(results)
@@ -115,7 +137,7 @@ def test_fifty_approvals_by_one_approver_count_once_and_a_second_approver_grants
 ) -> None:
     same, other = dbas[0], dbas[1]
     for trial in range(TRIALS):
-        r = world.ask(alice, reason=f"trial {trial}")
+        r = ask(world, alice, trial, f"trial {trial}")
         if trial % 2 == 0:
             # one approver fifty times at once: one approval, nothing granted
             results = race(*(partial(requests.approve, world.node, same, r.id),) * APPROVERS)
@@ -143,7 +165,7 @@ def test_approve_racing_deny_has_exactly_one_outcome(
     first, approver, denier = dbas[:3]
     wins = {"approved": 0, "denied": 0}
     for trial in range(TRIALS):
-        r = world.ask(alice, reason=f"trial {trial}")
+        r = ask(world, alice, trial, f"trial {trial}")
         requests.approve(world.node, first, r.id)  # one more approval grants it
         results = race(
             partial(requests.approve, world.node, approver, r.id),
@@ -169,7 +191,7 @@ def test_approve_racing_request_expiry_has_exactly_one_outcome(
     for trial in range(TRIALS):
         base = T0 + timedelta(hours=2 * trial)
         world.at(base)
-        r = world.ask(alice, reason=f"trial {trial}")
+        r = ask(world, alice, trial, f"trial {trial}")
         requests.approve(world.node, first, r.id)
         # the approver acts just before the TTL; the sweeper runs just after it
         world.at(r.expires_at - timedelta(seconds=1))
@@ -194,7 +216,7 @@ def test_revoke_racing_revoke_revokes_once_and_the_other_gets_conflict(
     olga = world.user("olga", Role.REQUESTER, "oncall")
     a, b = dbas[:2]
     for trial in range(TRIALS):
-        r = world.ask(olga, reason=f"INC-{trial} fix")
+        r = ask(world, olga, trial, f"INC-{trial} fix")
         g = world.grant_of(r.id)
         results = race(
             partial(grants.revoke_grant, world.node, a, g.id, "race a"),

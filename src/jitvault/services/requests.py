@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,6 +63,7 @@ class NewRequest:
     start_at: datetime | None = None
     break_glass: bool = False
     #: elevation (``--role``): the requester's own account on the target that gets the role
+    #: (named as the requester's jitvault user; the default)
     account: str | None = None
     #: the grant ends when its last session closes
     end_on_disconnect: bool = False
@@ -77,12 +78,8 @@ def _validate(req: NewRequest, at: datetime) -> None:
         raise ValidationError("the duration must be positive and at most 31 days")
     validate_account_name(req.name)
     if req.kind == AccessKind.ROLE:
-        if not req.account:
-            raise ValidationError(
-                "an elevation needs your own account on the target",
-                hint="use --account NAME (an account of mode elevation) with --role",
-            )
-        validate_account_name(req.account)
+        if req.account:
+            validate_account_name(req.account)
     elif req.account:
         raise ValidationError("--account with --ephemeral makes no sense; give one of them")
     if req.start_at is not None:
@@ -136,8 +133,18 @@ def create_request(
                     hint="use --role for elevation or --ephemeral for a template",
                 )
         elif req.kind == AccessKind.ROLE:
-            assert req.account is not None
-            own = repo.account_get(tx.conn, target.name, req.account)
+            # An elevation is of one's own account, which bears one's jitvault user name on
+            # the target (registered by an admin with mode elevation and its password): that is
+            # the binding between a person and an account, so nobody elevates someone else's.
+            own_name = req.account or actor.name
+            if own_name != actor.name:
+                raise Forbidden(
+                    f"an elevation gives a role to your own account ({actor.name!r}), "
+                    f"not to {own_name!r}",
+                    hint="drop --account, or give your own user name",
+                )
+            req = replace(req, account=own_name)
+            own = repo.account_get(tx.conn, target.name, own_name)
             if own.mode != AccountMode.ELEVATION:
                 raise ValidationError(
                     f"account {target.name}/{req.account} is {own.mode.value}; an elevation "
@@ -161,10 +168,6 @@ def create_request(
         decision = evaluate(policy.document if policy else PolicyDocument(), facts)
         if policy is None:
             decision = Decision(Outcome.DENY, None, "no policy has been applied (deny by default)")
-        refuse = decision.outcome != Outcome.DENY and decision.checkout == "refuse"
-        if req.kind == AccessKind.ACCOUNT and refuse:
-            # said at once; the checkout itself (at approval) is what enforces it
-            _refuse_if_checked_out(tx, account)
         request_id = workflow.request_insert(
             tx.conn,
             requester_id=actor.user_id,
