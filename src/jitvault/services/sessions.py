@@ -100,7 +100,8 @@ def connect_info(
 ) -> dict[str, Any]:
     """Where and how to connect with one's live grant: a new session token as the password.
 
-    The connection user is ``<account>.<token id>``: a proxy reads the token id from it to run
+    The connection user is ``<account>.<token id>`` (the account the session logs in as
+    upstream: the shared, own or ephemeral one): a proxy reads the token id from it to run
     SCRAM with the token as the password (it must know which verifier to use before the client
     proves anything), so the token itself never crosses the wire.
     """
@@ -110,7 +111,7 @@ def connect_info(
     cfg = node.settings.server
     host = cfg.public_host or cfg.listen
     token_id = token.reveal().split("_")[1]
-    user = f"{grant.name}.{token_id}"
+    user = f"{grant.login}.{token_id}"
     if target.kind != "postgres":
         raise Unsupported(f"{target.kind} targets have no session proxy yet")
     port, dbname = cfg.pg_proxy_port, str(target.options.get("dbname", "postgres"))
