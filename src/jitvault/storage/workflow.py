@@ -322,7 +322,10 @@ def checkout_take(conn: Connection, account_id: int, grant_id: int, at: datetime
         stmt = pg_insert(_C).values(**values).on_conflict_do_nothing()
     else:
         stmt = sqlite_insert(_C).values(**values).on_conflict_do_nothing()
-    return bool(conn.execute(stmt).rowcount == 1)
+    conn.execute(stmt)
+    # whose row is there now tells who won (rowcount is not reliable for DO NOTHING everywhere)
+    holder = conn.execute(select(_C.c.grant_id).where(_C.c.account_id == account_id)).scalar()
+    return bool(holder == grant_id)
 
 
 def checkout_holder(conn: Connection, account_id: int) -> Grant | None:
