@@ -7,9 +7,11 @@
 Two measurements per database, each printed as a ratio to its anchor:
 
 * request -> grant  ``POST /v1/requests`` on a real ``jitvault server`` process (``jitvault
-                    init``, a target, an injected account and an auto-approve policy set up
+                    init``, a target, injected accounts and an auto-approve policy set up
                     through the API), from 1 and 8 client threads, each with its own keep-alive
                     ``httpx.Client``; every answer is checked to be a 201 with an active grant.
+                    A shared account is checked out to one live grant at a time, so each
+                    request asks for an account of its own (made before the timing starts).
                     Anchor: ``GET /v1/auth/whoami`` with the same token, clients and counts, the
                     cheapest authenticated round trip (HTTP, routing, token lookup).
 * sweep             ``grants.sweep(node, at=...)`` in-process on the same database (the server
@@ -27,6 +29,7 @@ what the anchor measures; both rows pay it alike. No timing is asserted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -251,11 +254,17 @@ def whoami(c: httpx.Client) -> httpx.Response:
     return c.get("/v1/auth/whoami")
 
 
+#: the next free shared account of the request path (itertools.count is atomic under the GIL)
+_NEXT_ACCOUNT = itertools.count()
+
+
 def create(c: httpx.Client) -> httpx.Response:
-    return c.post("/v1/requests", json=REQUEST_BODY)
+    return c.post(
+        "/v1/requests", json={**REQUEST_BODY, "account": f"{ACCOUNT}_{next(_NEXT_ACCOUNT)}"}
+    )
 
 
-def setup_workflow_over_api(server: Server) -> None:
+def setup_workflow_over_api(server: Server, accounts: int) -> None:
     headers = {"Authorization": f"Bearer {server.token}"}
     with httpx.Client(base_url=server.addr, headers=headers, timeout=30.0) as c:
         for method, path, body in (
@@ -264,14 +273,17 @@ def setup_workflow_over_api(server: Server) -> None:
                 "/v1/targets",
                 {"name": TARGET, "kind": "postgres", "options": {"host": "127.0.0.1"}},
             ),
-            (
-                "POST",
-                f"/v1/targets/{TARGET}/accounts",
-                {
-                    "username": ACCOUNT,
-                    "mode": "injected",
-                    "password": "bench-" + secrets.token_hex(8),
-                },
+            *(
+                (
+                    "POST",
+                    f"/v1/targets/{TARGET}/accounts",
+                    {
+                        "username": f"{ACCOUNT}_{i}",
+                        "mode": "injected",
+                        "password": "bench-" + secrets.token_hex(8),
+                    },
+                )
+                for i in range(accounts)
             ),
             ("PUT", "/v1/policies", {"document": POLICY}),
         ):
@@ -281,7 +293,7 @@ def setup_workflow_over_api(server: Server) -> None:
 
 
 def bench_http(server: Server, total: int, levels: list[int], warmup: int) -> list[HttpRow]:
-    setup_workflow_over_api(server)
+    setup_workflow_over_api(server, warmup + total * len(levels))
     # warm both paths (imports, pools, caches) before anything is timed
     http_load(server, "warmup", whoami, _check_whoami, 1, warmup)
     http_load(server, "warmup", create, _check_created, 1, warmup)
@@ -331,10 +343,11 @@ def template_rows(node: Node, admin: Principal) -> tuple[dict[str, Any], dict[st
             repo.target_get(conn, TARGET)
     except NotFound:  # a database the HTTP part did not set up
         targets.add_target(node, admin, TARGET, "postgres", {"host": "127.0.0.1"})
-        targets.add_account(
-            node, admin, TARGET, ACCOUNT, AccountMode.INJECTED, Sensitive("bench-secret")
-        )
         policies.apply_policy(node, admin, POLICY)
+    # the copies below hold no checkout: only this template grant checks its account out
+    targets.add_account(
+        node, admin, TARGET, ACCOUNT, AccountMode.INJECTED, Sensitive("bench-secret")
+    )
     new = requests.NewRequest(
         TARGET, AccessKind.ACCOUNT, ACCOUNT, GRANT_DURATION, REQUEST_BODY["reason"]
     )
