@@ -12,8 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from tests.pgcluster import PgCluster
 
 VENV_BIN = Path(sys.executable).parent
 JITVAULT = str(VENV_BIN / "jitvault")
@@ -143,3 +147,14 @@ __all__ = [
     "start_server",
     "wait_http",
 ]
+
+
+def add_cluster_target(cluster: PgCluster, name: str, env: dict[str, str]) -> None:
+    """``jitvault target add postgres NAME`` for a test cluster, its admin password on stdin."""
+    add = run_cli(
+        "target", "add", "postgres", name, "--host", cluster.host, "--port",
+        str(cluster.port), "--dbname", "postgres", "--option", "sslmode=disable",
+        "--admin-user", cluster.admin_user, "--admin-password-stdin",
+        env=env, stdin=cluster.admin_password.reveal() + "\n",
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr

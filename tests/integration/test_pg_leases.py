@@ -29,7 +29,15 @@ from jitvault.services import Node, leases
 from jitvault.storage import workflow
 from tests.conftest import scratch_database
 from tests.pgcluster import PgCluster
-from tests.support import ServerProcess, cli_env, free_port, init_data_dir, run_cli, start_server
+from tests.support import (
+    ServerProcess,
+    add_cluster_target,
+    cli_env,
+    free_port,
+    init_data_dir,
+    run_cli,
+    start_server,
+)
 
 TARGET = "pgl"
 #: bound on waits for the worker (1 s interval) to provision or clean up
@@ -78,16 +86,6 @@ class LeaseWorld:
         return info
 
 
-def _target_add(cluster: PgCluster, env: dict[str, str]) -> None:
-    add = run_cli(
-        "target", "add", "postgres", TARGET, "--host", cluster.host, "--port",
-        str(cluster.port), "--dbname", "postgres", "--option", "sslmode=disable",
-        "--admin-user", cluster.admin_user, "--admin-password-stdin",
-        env=env, stdin=cluster.admin_password.reveal() + "\n",
-    )  # fmt: skip
-    assert add.returncode == 0, add.stderr
-
-
 def _config(tmp: Path, database_url: str) -> tuple[Path, str, int]:
     """An initialized data directory whose proxy listens on a free port."""
     api_port, pg_port = free_port(), free_port()
@@ -109,7 +107,7 @@ def world(
         server = start_server(config, api_port)
         try:
             admin_env = cli_env(server.addr, token)
-            _target_add(pg_cluster, admin_env)
+            add_cluster_target(pg_cluster, TARGET, admin_env)
             # the user's own account on the target bears the user's name (elevation)
             user = f"el_{secrets.token_hex(3)}"
             added = run_cli("user", "add", user, "--role", "requester", env=admin_env)
@@ -426,7 +424,7 @@ def test_kill_9_while_provisioning_an_ephemeral_role_leaves_nothing_after_the_gr
     cluster.create_role(reader, "NOLOGIN")
     server = start_server(config, port)
     try:
-        _target_add(cluster, env)
+        add_cluster_target(cluster, TARGET, env)
         policy = tmp_path / "policy.yaml"
         policy.write_text(AUTO)
         for args in (

@@ -40,7 +40,15 @@ from jitvault_postgres import protocol as pg
 from jitvault_postgres.frontend import BackendFramer
 from tests.conftest import scratch_database
 from tests.pgcluster import PgCluster
-from tests.support import ServerProcess, cli_env, free_port, init_data_dir, run_cli, start_server
+from tests.support import (
+    ServerProcess,
+    add_cluster_target,
+    cli_env,
+    free_port,
+    init_data_dir,
+    run_cli,
+    start_server,
+)
 
 TARGET = "pgc"
 MAX_CONNECTIONS = 3
@@ -80,13 +88,7 @@ def world(
         try:
             admin_env = cli_env(server.addr, token)
             cluster = pg_cluster
-            add = run_cli(
-                "target", "add", "postgres", TARGET, "--host", cluster.host, "--port",
-                str(cluster.port), "--dbname", "postgres", "--option", "sslmode=disable",
-                "--admin-user", cluster.admin_user, "--admin-password-stdin",
-                env=admin_env, stdin=cluster.admin_password.reveal() + "\n",
-            )  # fmt: skip
-            assert add.returncode == 0, add.stderr
+            add_cluster_target(cluster, TARGET, admin_env)
             policy = tmp / "policy.yaml"
             policy.write_text(
                 "rules:\n  - name: proxy-tests\n"

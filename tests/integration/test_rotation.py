@@ -30,7 +30,14 @@ from jitvault.storage import repositories as repo
 from jitvault.storage import tables as t
 from tests.conftest import Booted
 from tests.pgcluster import PgCluster
-from tests.support import cli_env, free_port, init_data_dir, run_cli, start_server
+from tests.support import (
+    add_cluster_target,
+    cli_env,
+    free_port,
+    init_data_dir,
+    run_cli,
+    start_server,
+)
 
 
 def _role(cluster: PgCluster, password: Sensitive[str]) -> str:
@@ -227,13 +234,7 @@ def test_kill_9_at_each_rotation_step_loses_no_password(
     role = _role(cluster, old)
     server = start_server(config, port, env=cli_env())
     try:
-        add = run_cli(
-            "target", "add", "postgres", "pgc", "--host", cluster.host, "--port",
-            str(cluster.port), "--dbname", "postgres", "--option", "sslmode=disable",
-            "--admin-user", cluster.admin_user, "--admin-password-stdin",
-            env=env, stdin=cluster.admin_password.reveal() + "\n",
-        )  # fmt: skip
-        assert add.returncode == 0, add.stderr
+        add_cluster_target(cluster, "pgc", env)
         acc = run_cli(
             "account", "add", "pgc", role, "--password-stdin", env=env, stdin=old.reveal() + "\n"
         )
