@@ -31,10 +31,11 @@ TargetOpt = typer.Option(..., "--target", "-t", help="Target name.")
 AccountOpt = typer.Option(
     None,
     "--account",
-    help="A shared (injected) account; with --role, your own account (mode elevation).",
+    help="A shared (injected) account; with --role, your own account (your user name, the "
+    "default; registered with mode elevation).",
 )
 RoleOpt = typer.Option(
-    None, "--role", help="A role (SSH: a group) granted to your own --account for the grant."
+    None, "--role", help="A role (SSH: a group) granted to your own account for the grant."
 )
 EphemeralOpt = typer.Option(
     None, "--ephemeral", help="A template: an account made for the grant, dropped at its end."

@@ -78,7 +78,7 @@ def _finish(
             max_attempts=node.settings.workflow.cleanup_max_attempts,
         )
     else:
-        check_in(node, tx, grant.id, at)  # never used: nothing to rotate
+        check_in(tx, grant.id, at)  # never used: nothing to rotate
     tx.emit(
         AuditEvent(
             Action.GRANT_REVOKED if new == RequestState.REVOKED else Action.GRANT_ENDED,

@@ -44,7 +44,7 @@ def _cleanup_grant(node: Node, payload: dict[str, Any]) -> None:
         account = repo.account_get(conn, grant.target, grant.name)
     rotation.rotate(node, account, reason=f"grant {grant.id} ended")
     with node.write() as tx:
-        requests.check_in(node, tx, grant.id, node.clock())
+        requests.check_in(tx, grant.id, node.clock())
 
 
 def _provision_grant(node: Node, payload: dict[str, Any]) -> None:
@@ -63,7 +63,7 @@ def _cleanup_dead(node: Node, payload: dict[str, Any], error: str) -> None:
         account = repo.account_get(conn, grant.target, grant.name)
     rotation.mark_needs_operator(node, account, f"rotation after grant {grant.id} failed: {error}")
     with node.write() as tx:
-        requests.check_in(node, tx, grant.id, node.clock(), promote=False)
+        requests.check_in(tx, grant.id, node.clock(), promote=False)
 
 
 HANDLERS: dict[str, Callable[[Node, dict[str, Any]], None]] = {

@@ -358,6 +358,8 @@ def _approve(
             **summary(workflow.request_get(tx.conn, r.id)),
             "grant_id": grant_id,
             "expires_at": (starts + r.duration).isoformat(),
+            # a queued grant starts when its account is checked in, with a new window
+            "queued": queued,
         },
     )
 
@@ -389,7 +391,7 @@ def _refuse_if_checked_out(tx: Tx, account: Account) -> None:
         )
 
 
-def check_in(node: Node, tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
+def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
     """The grant gives its shared account back (after its rotation committed, or unused);
     the oldest grant queued for the account takes it and starts now, for its full duration."""
     account_id = workflow.checkout_release(tx.conn, grant_id)
@@ -418,16 +420,6 @@ def check_in(node: Node, tx: Tx, grant_id: int, at: datetime, promote: bool = Tr
             tx.conn, waiting.id, queued=False, starts_at=at, expires_at=at + r.duration
         )
         activate(tx, request_id, waiting.id, at)
-        notify.notify(
-            node,
-            tx,
-            "grant.created",
-            {
-                **summary(workflow.request_get(tx.conn, request_id)),
-                "grant_id": waiting.id,
-                "expires_at": (at + r.duration).isoformat(),
-            },
-        )
         return
 
 
@@ -538,7 +530,7 @@ def cancel(node: Node, actor: Principal, request_id: int, source: str = "") -> A
             workflow.grant_update(
                 tx.conn, grant.id, ended_at=node.clock(), end_reason="cancelled before start"
             )
-            check_in(node, tx, grant.id, node.clock())  # unused: nothing to rotate
+            check_in(tx, grant.id, node.clock())  # unused: nothing to rotate
         tx.emit(
             AuditEvent(
                 Action.REQUEST_CANCELLED,
