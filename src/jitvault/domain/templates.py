@@ -19,8 +19,9 @@ from jitvault.errors import ValidationError
 ON_DROP_CHOICES = ("drop_owned", "reassign_owned")
 TEMPLATE_MODES = ("ephemeral",)
 #: ephemeral account names are ``jv_<template>_<grant id>``: lower-case, digits and '_' only,
-#: so the same name is a valid PostgreSQL role and a valid Linux user name
-_TEMPLATE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: and at most 32 bytes with a 12-digit grant id, so the same name is a valid PostgreSQL role
+#: and a valid Linux user name (useradd's limit is 32)
+_TEMPLATE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 EPHEMERAL_PREFIX = "jv_"
 
 
@@ -50,7 +51,7 @@ def validate_template_name(name: str) -> str:
     if not _TEMPLATE_NAME.fullmatch(name):
         raise ValidationError(
             f"invalid template name {name!r}",
-            hint="use 1-32 characters: lower-case letters, digits or '_', starting with a letter",
+            hint="use 1-16 characters: lower-case letters, digits or '_', starting with a letter",
         )
     return name
 
@@ -85,7 +86,7 @@ def validate_template(
 def ephemeral_username(template: str, grant_id: int) -> str:
     """The account name an ephemeral grant gets: ``jv_<template>_<grant id>`` (validated)."""
     name = f"{EPHEMERAL_PREFIX}{validate_template_name(template)}_{grant_id}"
-    if len(name.encode()) > MAX_ACCOUNT_NAME_BYTES:  # cannot happen with a 32-char template
+    if len(name.encode()) > MAX_ACCOUNT_NAME_BYTES:  # cannot happen with a 16-char template
         raise ValidationError(f"ephemeral account name {name!r} is too long")
     return name
 
