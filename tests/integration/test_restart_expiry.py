@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from jitvault.config import load_settings
 from jitvault.domain import AccessKind, AccountMode, Principal, Role, Sensitive
-from jitvault.services import Node, policies, requests, targets, users
+from jitvault.services import Node, policies, requests, targets, templates, users
 from jitvault.services.requests import NewRequest
 from jitvault.storage import Database, repositories, workflow
 from jitvault.storage import tables as t
@@ -188,18 +188,19 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
         with node.read() as conn:
             a = repositories.user_get(conn, "admin")
         admin = Principal(a.id, a.name, Role.ADMIN, ())
-        # elevations on an unreachable target: every cleanup (a revoke) fails at once,
+        # ephemeral accounts on an unreachable target: every cleanup (a drop) fails at once,
         # deterministically, and no shared account is marked for an operator
         unreachable = {"host": "127.0.0.1", "port": free_port()}
         targets.add_target(node, admin, "pg-prod", "postgres", unreachable)
         secret = Sensitive("owner-pw-1234")
         targets.add_account(node, admin, "pg-prod", "app_owner", AccountMode.INJECTED, secret)
         policies.apply_policy(node, admin, POLICY)
+        templates.add_template(node, admin, "pg-prod", "load", grant_roles=("pg_monitor",))
         u = users.add_user(node, admin, "olga", Role.REQUESTER, [])
         olga = Principal(u.id, u.name, u.role, u.groups)
 
         def ask(duration: timedelta, start_at: datetime | None = None) -> int:
-            new = NewRequest("pg-prod", AccessKind.ROLE, "pg_monitor", duration, "load", start_at)
+            new = NewRequest("pg-prod", AccessKind.EPHEMERAL, "load", duration, "load", start_at)
             return requests.create_request(node, olga, new).id
 
         # wave 1: grants that all expire before any server runs
