@@ -20,7 +20,7 @@ from jitvault.services.requests import CheckedOut, NewRequest
 from jitvault.storage import tables as t
 from tests.conftest import Booted
 from tests.integration.test_workflow import T0, World, setup_world
-from tests.integration.test_workflow_races import race
+from tests.integration.test_workflow_races import only_conflicts, race
 
 RACERS = 20
 TRIALS = 10
@@ -150,3 +150,31 @@ def test_a_queued_grant_waits_and_starts_when_an_unused_grant_checks_the_account
     requests.cancel(world.node, alice, second.id)
     assert world.state(second.id) == RequestState.CANCELLED
     assert live_grants(world, "app_owner") == 1
+
+
+def test_a_check_in_racing_requests_and_a_cancel_leaves_at_most_one_live_grant(
+    world: World,
+) -> None:
+    """Lock order: a check-in, racing approvals of the same account and the cancel of a queued
+    request never deadlock (only Conflict may lose), and the account has one holder at most."""
+    policies.apply_policy(world.node, world.admin, QUEUE)
+    users = [world.user(f"u{i:02d}", Role.REQUESTER) for i in range(6)]
+    for trial in range(TRIALS):
+        account = world.account(f"shared_{trial}")
+        held = requests.create_request(
+            world.node, users[0], ask(account, world.now + timedelta(hours=1))
+        )
+        queued = requests.create_request(world.node, users[1], ask(account))
+        assert world.grant_of(queued.id).queued
+        results = race(
+            partial(
+                grants.revoke_grant, world.node, world.admin, world.grant_of(held.id).id, "race"
+            ),
+            partial(requests.cancel, world.node, users[1], queued.id),
+            *(partial(requests.create_request, world.node, u, ask(account)) for u in users[2:]),
+        )
+        only_conflicts(results)
+        assert world.state(held.id) == RequestState.REVOKED, trial
+        # with checkout: queue somebody always holds the account after the check-in: the queued
+        # grant, or (if it was withdrawn) the first of the new requests, queued or not
+        assert live_grants(world, account) == 1, trial

@@ -77,8 +77,6 @@ def _finish(
             run_after=at,
             max_attempts=node.settings.workflow.cleanup_max_attempts,
         )
-    else:
-        check_in(tx, grant.id, at)  # never used: nothing to rotate
     tx.emit(
         AuditEvent(
             Action.GRANT_REVOKED if new == RequestState.REVOKED else Action.GRANT_ENDED,
@@ -94,6 +92,8 @@ def _finish(
             },
         )
     )
+    if not started:
+        check_in(tx, grant.id, at)  # never used: nothing to rotate
     if new == RequestState.REVOKED:
         notify.notify(
             node,

@@ -393,11 +393,16 @@ def _refuse_if_checked_out(tx: Tx, account: Account) -> None:
 
 def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
     """The grant gives its shared account back (after its rotation committed, or unused);
-    the oldest grant queued for the account takes it and starts now, for its full duration."""
-    account_id = workflow.checkout_release(tx.conn, grant_id)
-    if account_id is None:
-        return
+    the oldest grant queued for the account takes it and starts now, for its full duration.
+
+    Lock order: the audit event is written first (it locks the audit chain's head), then the
+    checkout row goes, as in an approval (audit head, then the checkout row), so a check-in
+    and an approval of the same account never wait on each other in a circle. Queued requests
+    another transaction holds (being cancelled) are skipped, not waited for.
+    """
     grant = workflow.grant_get(tx.conn, grant_id)
+    if not workflow.checkout_held_by(tx.conn, grant_id):
+        return
     tx.emit(
         AuditEvent(
             Action.ACCOUNT_CHECKED_IN,
@@ -406,11 +411,14 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
             details={"grant_id": grant_id},
         )
     )
-    if not promote:
+    account_id = workflow.checkout_release(tx.conn, grant_id)
+    if account_id is None or not promote:
         return
     target = repo.target_get(tx.conn, grant.target)
     for request_id in workflow.next_queued(tx.conn, target.id, grant.name):
-        r = workflow.request_lock(tx.conn, request_id)
+        if not workflow.request_try_lock(tx.conn, request_id):
+            continue
+        r = workflow.request_get(tx.conn, request_id)
         waiting = workflow.grant_for_request(tx.conn, request_id)
         if r.state != RequestState.APPROVED or waiting is None or not waiting.queued:
             continue

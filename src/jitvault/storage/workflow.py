@@ -148,6 +148,14 @@ def request_lock(conn: Connection, request_id: int) -> AccessRequest:
     return request_get(conn, request_id)
 
 
+def request_try_lock(conn: Connection, request_id: int) -> bool:
+    """Lock the request row unless another transaction holds it (then False, at once)."""
+    locked = conn.execute(
+        select(_R.c.id).where(_R.c.id == request_id).with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    return locked is not None
+
+
 def request_get(conn: Connection, request_id: int) -> AccessRequest:
     row = conn.execute(_request_query().where(_R.c.id == request_id)).first()
     if row is None:
@@ -565,5 +573,6 @@ __all__ = [
     "request_insert",
     "request_list",
     "request_lock",
+    "request_try_lock",
     "request_update",
 ]
