@@ -22,6 +22,7 @@ GRANT_COLUMNS = (
     "user",
     "target",
     "account",
+    "login",
     "state",
     "time_left",
     "expires_at",

@@ -81,7 +81,10 @@ def _validate(req: NewRequest, at: datetime) -> None:
         if req.account:
             validate_account_name(req.account)
     elif req.account:
-        raise ValidationError("--account with --ephemeral makes no sense; give one of them")
+        raise ValidationError(
+            "--account goes alone (a shared account) or with --role (your own), not with "
+            "--ephemeral"
+        )
     if req.start_at is not None:
         if req.start_at.tzinfo is None:
             raise ValidationError("--start-at needs a time zone (e.g. 2026-11-23T09:00Z)")
