@@ -262,6 +262,8 @@ def test_ephemeral_grant_logs_in_as_its_own_role_which_is_dropped_when_the_grant
     gid = r["grant_id"]
     username = f"jv_analyst_{gid}"
     assert world.grant(gid)["login"] == username
+    listing = run_cli("grant", "list", env={**world.user_env, "COLUMNS": "200"})
+    assert username in listing.stdout, listing.stdout + listing.stderr
     # the template changes after the grant was made: the grant keeps its own copy
     world.cli("template", "remove", TARGET, "analyst", env=world.admin_env)
 
