@@ -97,11 +97,16 @@ def session_end(conn: Connection, session_id: int, at: datetime, reason: str) ->
     return result.rowcount == 1
 
 
-def event_add(conn: Connection, session_id: int, kind: str, at: datetime) -> int:
-    result = conn.execute(insert(t.session_events).values(session_id=session_id, ts=at, kind=kind))
-    pk = result.inserted_primary_key
-    assert pk is not None
-    return int(pk[0])
+def events_add(conn: Connection, rows: list[tuple[int, str, datetime]]) -> list[int]:
+    """Insert (session_id, kind, ts) rows in one statement; their ids, in the order given."""
+    if not rows:
+        return []
+    table = t.session_events
+    result = conn.execute(
+        insert(table).returning(table.c.id, sort_by_parameter_order=True),
+        [{"session_id": sid, "kind": kind, "ts": at} for sid, kind, at in rows],
+    )
+    return [int(r[0]) for r in result]
 
 
 def events(conn: Connection, session_id: int) -> list[Row[Any]]:
@@ -140,8 +145,8 @@ def ended_among(conn: Connection, session_ids: list[int]) -> dict[int, str]:
 __all__ = [
     "end_sessions",
     "ended_among",
-    "event_add",
     "events",
+    "events_add",
     "live_count",
     "live_sessions",
     "session_add",
