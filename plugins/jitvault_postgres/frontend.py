@@ -59,6 +59,8 @@ SQLSTATE_INVALID_AUTHORIZATION = "28000"
 SQLSTATE_CANNOT_CONNECT_NOW = "57P03"
 SQLSTATE_CONNECTION_FAILURE = "08006"
 SQLSTATE_UNABLE_TO_CONNECT = "08001"
+#: why a session whose statement cannot be recorded is cut (the core refused the event)
+RECORDING_REFUSED = "the session recording cannot be stored"
 UPSTREAM_REFUSED_MESSAGE = (
     "the vaulted credential was refused by the target; an operator has been told"
 )
@@ -544,7 +546,7 @@ class _Connection:
                 session.session_id,
                 type(exc).__name__,
             )
-            session.cut(exc.message.split(":")[0])
+            session.cut(RECORDING_REFUSED)
             return
         if forward:
             session.upstream.wire.write(forward)
