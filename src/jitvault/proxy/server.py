@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node
 
 log = logging.getLogger(__name__)
+
+#: the interpreter's thread switch interval while proxies run (CPython's default: 5 ms)
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 #: how long shutdown waits for the queued recordings to be written
 SHUTDOWN_FLUSH_SECONDS = 10.0
@@ -96,6 +100,9 @@ class ProxyServer:
         loop.run_forever()
 
     def start(self, timeout: float = 15.0) -> None:
+        # the relay shares the GIL with the recording writer (and the API's threads): switch
+        # often, so that a batch being encrypted does not stall every session for 5 ms turns
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._run, name="jitvault-proxy", daemon=True)
         self._thread.start()
         self._ready.wait(timeout)

@@ -268,9 +268,17 @@ def record_events(node: Node, events: Sequence[RecordedEvent]) -> None:
         return
     payloads = [Sensitive(json.dumps(e.data, sort_keys=True, default=str).encode()) for e in events]
     with node.write() as tx:
-        ids = session_store.events_add(tx.conn, [(e.session_id, e.kind, e.at) for e in events])
-        sealed.seal_rows(
+        ids = session_store.reserve_event_ids(tx.conn, len(events))
+        term, envelopes = sealed.seal_new(
             tx.conn, tx.keyring, SESSION_EVENT_DATA, list(zip(ids, payloads, strict=True))
+        )
+        session_store.events_insert(
+            tx.conn,
+            [
+                (i, e.session_id, e.kind, e.at, envelope)
+                for i, e, envelope in zip(ids, events, envelopes, strict=True)
+            ],
+            term,
         )
 
 

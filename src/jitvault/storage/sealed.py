@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, func, select, update
 
 from jitvault.crypto import PURPOSE_DATA, CipherContext, Keyring
 from jitvault.domain import Sensitive
@@ -57,29 +57,16 @@ def seal_column(
         raise NotFound(f"{table.name} row {row_id} does not exist")
 
 
-def seal_rows(
+def seal_new(
     conn: Connection,
     keyring: Keyring,
     col: EncryptedColumn,
     values: list[tuple[int, Sensitive[bytes]]],
-) -> None:
-    """:func:`seal_column` for many rows of one column: one term lock, one batched UPDATE."""
-    if not values:
-        return
+) -> tuple[int, list[str]]:
+    """Envelopes for rows about to be inserted with these ids: the term (locked shared, as
+    :func:`seal_column` does) and each value sealed under it, bound to its row and column."""
     term = _lock_active_term(conn, keyring)
-    table = col.table
-    params = [
-        {"_row": row_id, "_env": keyring.encrypt(value, context_for(col, row_id))}
-        for row_id, value in values
-    ]
-    result = conn.execute(
-        update(table)
-        .where(table.c[col.id_column] == bindparam("_row"))
-        .values({col.column: bindparam("_env"), col.term_column: term}),
-        params,
-    )
-    if result.rowcount != len(values):
-        raise NotFound(f"{table.name}: {len(values) - result.rowcount} rows do not exist")
+    return term, [keyring.encrypt(value, context_for(col, row_id)) for row_id, value in values]
 
 
 def open_column(
