@@ -5,8 +5,7 @@ PostgreSQL per ``--db``), failed by a real trigger."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import pytest
 
@@ -15,37 +14,12 @@ from jitvault.proxy.recording import RECORDING_LOST, RecordingSink, RecordingUna
 from jitvault.services import Node, sessions
 from tests.conftest import Booted
 from tests.integration.test_session_registry import Handle, _open
+from tests.support import inserts_refused
 
 
-@contextmanager
-def recordings_refused(node: Node) -> Iterator[None]:
-    """A real trigger that makes every INSERT INTO session_events fail, dropped afterwards."""
-    if node.db.is_postgres:
-        install = [
-            "CREATE FUNCTION jv_test_rec_down() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'recordings down'; END $$",
-            "CREATE TRIGGER jv_test_rec_down BEFORE INSERT ON session_events "
-            "FOR EACH ROW EXECUTE FUNCTION jv_test_rec_down()",
-        ]
-        remove = [
-            "DROP TRIGGER jv_test_rec_down ON session_events",
-            "DROP FUNCTION jv_test_rec_down()",
-        ]
-    else:
-        install = [
-            "CREATE TRIGGER jv_test_rec_down BEFORE INSERT ON session_events "
-            "BEGIN SELECT RAISE(ABORT, 'recordings down'); END"
-        ]
-        remove = ["DROP TRIGGER jv_test_rec_down"]
-    with node.db.begin() as conn:
-        for sql in install:
-            conn.exec_driver_sql(sql)
-    try:
-        yield
-    finally:
-        with node.db.begin() as conn:
-            for sql in remove:
-                conn.exec_driver_sql(sql)
+def recordings_refused(node: Node) -> AbstractContextManager[None]:
+    """Every INSERT INTO session_events fails (a real trigger) until the block ends."""
+    return inserts_refused(node, "session_events")
 
 
 def _texts(node: Node, session_id: int) -> list[str]:
