@@ -51,6 +51,19 @@ def test_a_full_queue_refuses_new_events_instead_of_dropping_them(booted: Booted
     assert len(_texts(booted.node, ticket.session_id)) == 11
 
 
+def test_a_statement_larger_than_the_byte_bound_is_kept_when_nothing_else_waits(
+    booted: Booted,
+) -> None:
+    ticket, _ = _open(booted)
+    sink = RecordingSink(booted.node, max_bytes=10_000)
+    huge = "SELECT '" + "x" * 50_000 + "'"
+    sink.add(ticket.session_id, "query", {"text": huge})
+    with pytest.raises(RecordingUnavailable, match="queue is full"):
+        sink.add(ticket.session_id, "query", {"text": "SELECT 1"})
+    asyncio.run(sink.flush())
+    assert _texts(booted.node, ticket.session_id) == [huge]
+
+
 def test_a_store_that_refuses_a_batch_cuts_the_waiting_sessions_and_keeps_their_events(
     booted: Booted,
 ) -> None:

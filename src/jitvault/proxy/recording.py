@@ -76,7 +76,10 @@ class RecordingSink:
         if self._failing is not None:
             raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}")
         size = _size(data)
-        if len(self._queue) >= self.max_events or self._bytes + size > self.max_bytes:
+        # one event larger than the byte bound (a huge statement, already in memory) is taken
+        # when nothing else waits; the bound holds for the rest
+        full = self._bytes > 0 and self._bytes + size > self.max_bytes
+        if len(self._queue) >= self.max_events or full:
             raise RecordingUnavailable(f"{RECORDING_LOST}: the recording queue is full")
         self._queue.append(
             (sessions.RecordedEvent(session_id, kind, self.node.clock(), data), size)

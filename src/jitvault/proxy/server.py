@@ -123,7 +123,7 @@ class ProxyServer:
 
         asyncio.run_coroutine_threadsafe(_close(), loop)
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(SHUTDOWN_FLUSH_SECONDS + 5)
 
 
 __all__ = ["ProxyServer"]
