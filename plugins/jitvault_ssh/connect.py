@@ -22,6 +22,10 @@ from jitvault_ssh.options import SshTargetOptions
 _KEY_MARKER = "PRIVATE KEY-----"
 
 
+class LoginRefused(TargetRejected):
+    """The target refused the credential (not retryable: the same secret will fail again)."""
+
+
 def options_of(target: TargetAccess) -> SshTargetOptions:
     """The validated options of ``target`` (validated again: stored data is not trusted)."""
     try:
@@ -45,6 +49,12 @@ def public_key_line(secret: Sensitive[str]) -> str:
     except (asyncssh.KeyImportError, ValueError):
         raise ValidationError("the secret is not a private key asyncssh can read") from None
     return key.export_public_key("openssh").decode().strip()
+
+
+def public_key_blob(secret: Sensitive[str]) -> tuple[str, str]:
+    """``(algorithm, base64 blob)`` of the public half of a private-key secret."""
+    algorithm, blob = public_key_line(secret).split()[:2]
+    return algorithm, blob
 
 
 def pinned_key(options: SshTargetOptions, target_name: str) -> asyncssh.SSHKey:
@@ -126,7 +136,12 @@ async def connect(
             hint="if the host was legitimately re-keyed, register the target again",
         ) from None
     except asyncssh.PermissionDenied:
-        raise TargetRejected(f"{target.name!r} refused the login of {username!r}") from None
+        raise LoginRefused(f"{target.name!r} refused the login of {username!r}") from None
+    except asyncssh.KeyExchangeFailed:
+        raise TargetRejected(
+            f"ssh target {target.name!r} offered no host key of the pinned type",
+            hint="if the host was legitimately re-keyed, register the target again",
+        ) from None
     except (OSError, TimeoutError, asyncssh.Error) as exc:
         raise TargetRejected(
             f"could not reach ssh target {target.name!r} ({type(exc).__name__})",
@@ -135,10 +150,12 @@ async def connect(
 
 
 __all__ = [
+    "LoginRefused",
     "connect",
     "fetch_host_key",
     "is_private_key",
     "options_of",
     "pinned_key",
+    "public_key_blob",
     "public_key_line",
 ]
