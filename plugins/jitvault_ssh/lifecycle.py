@@ -238,7 +238,7 @@ def _key_line(secret: Sensitive[str]) -> str:
     return f"{algorithm} {blob} {KEY_MARK}"
 
 
-def _expiry_date(expires_at: datetime) -> str:
+def expiry_date(expires_at: datetime) -> str:
     """Linux expires an account at the start of its expiry day (UTC): the day after the
     grant's end, so the account is valid until then; the core drops it at ``expires_at``."""
     if expires_at.tzinfo is None:
@@ -416,7 +416,7 @@ async def create_account(
         raise ValidationError("invalid shell in the account template", hint="an absolute path")
     key = is_private_key(secret)
     line = None if key else _password_line(username, secret)
-    args = [username, EPHEMERAL_MARK, _expiry_date(expires_at), ",".join(groups), shell]
+    args = [username, EPHEMERAL_MARK, expiry_date(expires_at), ",".join(groups), shell]
     async with _admin(target) as admin:
         await admin.script("create_account", _ENSURE_USER, *args, "key" if key else "password")
         crash_point("ssh.create_account.after_user")
@@ -474,6 +474,7 @@ __all__ = [
     "create_account",
     "drop_account",
     "elevate",
+    "expiry_date",
     "parse_role",
     "revoke",
     "rotate",
