@@ -10,9 +10,16 @@ import pwd
 import subprocess
 
 import paramiko
+import pytest
 
 from jitvault.domain import Sensitive
 from tests.sshd import SshdServer
+
+
+#: the sudo elevation tests need Debian's sudo (visudo) on the test host (scripts/test installs it)
+requires_sudo = pytest.mark.skipif(
+    not os.path.exists("/usr/sbin/visudo"), reason="needs sudo (visudo): apt-get install sudo"
+)
 
 
 def _pkey(secret: str) -> paramiko.PKey:
@@ -93,6 +100,7 @@ __all__ = [
     "authorized_keys",
     "can_login",
     "groups_of",
+    "requires_sudo",
     "sudoers_file",
     "sudoers_lines",
     "user_exists",

@@ -33,6 +33,7 @@ from tests.ssh_accounts import (
     authorized_keys,
     can_login,
     groups_of,
+    requires_sudo,
     sudoers_file,
     sudoers_lines,
     user_exists,
@@ -303,6 +304,7 @@ def test_create_account_with_a_missing_group_is_rejected_and_not_retryable(
     assert not user_exists(ephemeral)
 
 
+@requires_sudo
 def test_drop_account_kills_its_processes_removes_user_home_and_sudoers_and_is_idempotent(
     sshd_server: SshdServer, target: TargetAccess, ephemeral: str
 ) -> None:
@@ -353,6 +355,7 @@ def _sudo_as(user: str, *command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@requires_sudo
 def test_sudo_elevation_writes_a_checked_dropin_that_works_and_revoke_removes_it(
     sshd_server: SshdServer, target: TargetAccess
 ) -> None:
@@ -386,6 +389,7 @@ def test_sudo_elevation_writes_a_checked_dropin_that_works_and_revoke_removes_it
             os.remove(sudoers_file(user))
 
 
+@requires_sudo
 def test_a_sudo_rule_visudo_rejects_changes_nothing(
     sshd_server: SshdServer, target: TargetAccess
 ) -> None:
@@ -397,6 +401,7 @@ def test_a_sudo_rule_visudo_rejects_changes_nothing(
     assert [n for n in os.listdir("/etc/sudoers.d") if n.startswith(".jitvault")] == []
 
 
+@requires_sudo
 def test_elevation_of_a_missing_user_or_group_is_rejected_and_revoke_of_either_is_fine(
     sshd_server: SshdServer, target: TargetAccess
 ) -> None:
@@ -410,6 +415,7 @@ def test_elevation_of_a_missing_user_or_group_is_rejected_and_revoke_of_either_i
     assert not os.path.exists(sudoers_file(ghost))
 
 
+@requires_sudo
 def test_a_non_root_admin_runs_the_commands_through_sudo(
     sshd_server: SshdServer, target: TargetAccess, ephemeral: str
 ) -> None:

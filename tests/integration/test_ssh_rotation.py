@@ -33,7 +33,7 @@ from jitvault.services.requests import NewRequest
 from jitvault_ssh.connect import public_key_line
 from tests.conftest import Booted
 from tests.rotation_crash import kill_9_during_rotations, vaulted
-from tests.ssh_accounts import can_login, sudoers_file, user_exists
+from tests.ssh_accounts import can_login, requires_sudo, sudoers_file, user_exists
 from tests.sshd import SshdServer
 from tests.support import cli_env, free_port, init_data_dir, run_cli, start_server
 
@@ -232,6 +232,7 @@ def test_kill_9_at_each_create_account_step_then_a_rerun_converges(
         assert_nothing_left(user)
 
 
+@requires_sudo
 @pytest.mark.slow
 @pytest.mark.parametrize("step", DROP_STEPS)
 def test_kill_9_at_each_drop_account_step_then_a_rerun_leaves_nothing(
