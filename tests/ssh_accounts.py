@@ -15,7 +15,6 @@ import pytest
 from jitvault.domain import Sensitive
 from tests.sshd import SshdServer
 
-
 #: the sudo elevation tests need Debian's sudo (visudo) on the test host (scripts/test installs it)
 requires_sudo = pytest.mark.skipif(
     not os.path.exists("/usr/sbin/visudo"), reason="needs sudo (visudo): apt-get install sudo"
