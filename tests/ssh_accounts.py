@@ -13,6 +13,7 @@ import paramiko
 import pytest
 
 from jitvault.domain import Sensitive
+from jitvault_ssh.connect import public_key_line
 from tests.sshd import SshdServer
 
 #: the sudo elevation tests need Debian's sudo (visudo) on the test host (scripts/test installs it)
@@ -58,6 +59,17 @@ def can_login(server: SshdServer, user: str, secret: Sensitive[str] | str) -> bo
     return True
 
 
+def install_key(user: str, secret: Sensitive[str], comment: str = "deploy@ci") -> None:
+    """The operator's own set-up of a key account (before jitvault knows it): a password field
+    that is not locked (sshd refuses keys of locked accounts) and the key in authorized_keys."""
+    subprocess.run(["usermod", "--password", "*", user], check=True)
+    ssh_dir = f"/home/{user}/.ssh"
+    os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
+    with open(f"{ssh_dir}/authorized_keys", "w") as f:
+        f.write(f"{public_key_line(secret)} {comment}\n")
+    subprocess.run(["chown", "-R", f"{user}:{user}", ssh_dir], check=True)
+
+
 def user_exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
@@ -99,6 +111,7 @@ __all__ = [
     "authorized_keys",
     "can_login",
     "groups_of",
+    "install_key",
     "requires_sudo",
     "sudoers_file",
     "sudoers_lines",

@@ -445,26 +445,26 @@ async def drop_account(target: TargetAccess, template: AccountTemplate, username
 async def elevate(target: TargetAccess, username: str, role: str, expires_at: datetime) -> None:
     """Give ``username`` the group or sudoers rule of ``role`` (idempotent). Neither expires by
     itself on the target: the core revokes at ``expires_at``."""
-    validate_name(username)
-    elevation = parse_role(role)
-    async with _admin(target) as admin:
-        if elevation.group is not None:
-            await admin.script("elevate", _ADD_TO_GROUP, username, elevation.group)
-        else:
-            line = elevation.sudoers_line(username)
-            await admin.script("elevate", _SUDOERS_RULE, "add", username, stdin=line + "\n")
+    await _change_role(target, username, role, give=True)
 
 
 async def revoke(target: TargetAccess, username: str, role: str) -> None:
     """Take back what :func:`elevate` gave; no error if it is already gone."""
+    await _change_role(target, username, role, give=False)
+
+
+async def _change_role(target: TargetAccess, username: str, role: str, give: bool) -> None:
     validate_name(username)
     elevation = parse_role(role)
+    op = "elevate" if give else "revoke"
     async with _admin(target) as admin:
         if elevation.group is not None:
-            await admin.script("revoke", _REMOVE_FROM_GROUP, username, elevation.group)
+            script = _ADD_TO_GROUP if give else _REMOVE_FROM_GROUP
+            await admin.script(op, script, username, elevation.group)
         else:
-            line = elevation.sudoers_line(username)
-            await admin.script("revoke", _SUDOERS_RULE, "remove", username, stdin=line + "\n")
+            line = elevation.sudoers_line(username) + "\n"
+            mode = "add" if give else "remove"
+            await admin.script(op, _SUDOERS_RULE, mode, username, stdin=line)
 
 
 __all__ = [

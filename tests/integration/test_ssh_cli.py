@@ -8,7 +8,6 @@ no secret shows in any output, the server's log or the audit rows. Both state st
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from jitvault.storage import journal
 from jitvault.storage import repositories as repo
 from jitvault.storage import tables as t
 from jitvault_ssh.connect import public_key_line
-from tests.ssh_accounts import authorized_keys, can_login
+from tests.ssh_accounts import authorized_keys, can_login, install_key
 from tests.sshd import SshdServer, start_sshd
 from tests.support import ServerProcess, cli_env, free_port, init_data_dir, run_cli, start_server
 
@@ -97,16 +96,6 @@ def key_file(tmp_path: Path, secret: Sensitive[str], name: str) -> Path:
     path.write_text(secret.reveal())
     path.chmod(0o600)
     return path
-
-
-def install_key(user: str, secret: Sensitive[str]) -> None:
-    """The operator's own set-up of a key account (before jitvault knows it)."""
-    subprocess.run(["usermod", "--password", "*", user], check=True)
-    ssh_dir = f"/home/{user}/.ssh"
-    os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
-    with open(f"{ssh_dir}/authorized_keys", "w") as f:
-        f.write(public_key_line(secret) + " deploy@ci\n")
-    subprocess.run(["chown", "-R", f"{user}:{user}", ssh_dir], check=True)
 
 
 def add_target(jv: Jitvault, server: SshdServer, name: str = "web-1") -> dict[str, object]:

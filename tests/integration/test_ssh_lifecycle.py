@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import re
 import secrets
 import stat
@@ -39,6 +40,7 @@ from tests.ssh_accounts import (
     user_exists,
 )
 from tests.sshd import SshdServer
+from tests.support import free_port
 
 T = TypeVar("T")
 PLUGIN = SshTarget()
@@ -132,8 +134,6 @@ def test_a_host_presenting_another_key_than_the_pinned_one_is_refused_before_any
 
 
 def test_an_unreachable_target_is_a_retryable_rejection(sshd_server: SshdServer) -> None:
-    from tests.support import free_port
-
     target = access(sshd_server, port=free_port())
     with pytest.raises(TargetRejected) as info:
         run(PLUGIN.verify(target, "someone", password()))
@@ -199,14 +199,8 @@ def test_rotate_of_a_key_replaces_jitvaults_line_and_the_old_key_and_keeps_the_o
     assert lines == [f"# keys of {user}", operator_line, f"{public_key_line(third)} {KEY_MARK}"]
     path = f"{home}/.ssh/authorized_keys"
     st_ = os.stat(path)
-    assert (st_.st_uid, mode_of(path)) == (_uid(user), 0o600)
+    assert (st_.st_uid, mode_of(path)) == (pwd.getpwnam(user).pw_uid, 0o600)
     assert os.listdir(f"{home}/.ssh") == ["authorized_keys"]  # no temp file left
-
-
-def _uid(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_uid
 
 
 def test_a_refused_admin_login_is_not_retryable_and_the_error_carries_no_secret(

@@ -30,25 +30,14 @@ from jitvault.domain import AccessKind, AccountMode, Sensitive
 from jitvault.plugin_api.faults import FAULT_ENV
 from jitvault.services import grants, jobs, policies, requests, rotation, targets
 from jitvault.services.requests import NewRequest
-from jitvault_ssh.connect import public_key_line
 from tests.conftest import Booted
 from tests.rotation_crash import kill_9_during_rotations, vaulted
-from tests.ssh_accounts import can_login, requires_sudo, sudoers_file, user_exists
+from tests.ssh_accounts import can_login, install_key, requires_sudo, sudoers_file, user_exists
 from tests.sshd import SshdServer
 from tests.support import cli_env, free_port, init_data_dir, run_cli, start_server
 
 RUNS_PER_STEP = int(os.environ.get("JITVAULT_CRASH_RUNS", "10"))
 REPO = Path(__file__).resolve().parents[2]
-
-
-def install_key(user: str, secret: Sensitive[str]) -> None:
-    """The operator's own set-up of a key account (before jitvault knows it)."""
-    subprocess.run(["usermod", "--password", "*", user], check=True)
-    ssh_dir = f"/home/{user}/.ssh"
-    os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
-    with open(f"{ssh_dir}/authorized_keys", "w") as f:
-        f.write(public_key_line(secret) + "\n")
-    subprocess.run(["chown", "-R", f"{user}:{user}", ssh_dir], check=True)
 
 
 def shared_account(server: SshdServer, kind: str) -> tuple[str, Sensitive[str]]:
