@@ -128,6 +128,17 @@ def test_ssh_target_accounts_verify_and_rotate_through_the_cli_never_show_a_secr
     jv.ok("account", "add", "web-1", key_user, "--key-file", str(key_file(tmp_path, old_key, "k")))
     for user in (pw_user, key_user):
         assert jv.ok("account", "verify", f"web-1/{user}").strip() == f"web-1/{user}: ok"
+    # an operator's mistake, and its correction, with set-secret --key-file
+    wrong = key_file(tmp_path, generate_ssh_private_key(), "wrong")
+    jv.ok("account", "set-secret", f"web-1/{key_user}", "--key-file", str(wrong))
+    done = jv.cli("account", "verify", f"web-1/{key_user}")
+    assert (done.returncode, done.stdout.strip()) == (
+        1,
+        f"web-1/{key_user}: FAILED: does not log in",
+    )
+    right = key_file(tmp_path, old_key, "right")
+    jv.ok("account", "set-secret", f"web-1/{key_user}", "--key-file", str(right))
+    assert jv.ok("account", "verify", f"web-1/{key_user}").strip() == f"web-1/{key_user}: ok"
 
     # rotate both: the old secret stops working, the vaulted one logs in
     secrets_seen = [old_pw, old_key]
