@@ -22,6 +22,12 @@ from jitvault_ssh.options import SshTargetOptions
 _KEY_MARKER = "PRIVATE KEY-----"
 
 
+_REKEYED_HINT = (
+    "make sure the host is the right one; if it was re-keyed on purpose, register the target"
+    " again under a new name (re-pinning an existing target is not supported yet)"
+)
+
+
 class LoginRefused(TargetRejected):
     """The target refused the credential (not retryable: the same secret will fail again)."""
 
@@ -61,7 +67,7 @@ def pinned_key(options: SshTargetOptions, target_name: str) -> asyncssh.SSHKey:
     if not options.host_key:
         raise TargetRejected(
             f"ssh target {target_name!r} has no pinned host key",
-            hint="register it again with 'jitvault target add ssh ...' to pin its host key",
+            hint="register it with 'jitvault target add ssh ...', which pins its host key",
         )
     try:
         return asyncssh.import_public_key(options.host_key)
@@ -133,14 +139,14 @@ async def connect(
     except asyncssh.HostKeyNotVerifiable:
         raise TargetRejected(
             f"ssh target {target.name!r} presented a host key other than the pinned one",
-            hint="if the host was legitimately re-keyed, register the target again",
+            hint=_REKEYED_HINT,
         ) from None
     except asyncssh.PermissionDenied:
         raise LoginRefused(f"{target.name!r} refused the login of {username!r}") from None
     except asyncssh.KeyExchangeFailed:
         raise TargetRejected(
             f"ssh target {target.name!r} offered no host key of the pinned type",
-            hint="if the host was legitimately re-keyed, register the target again",
+            hint=_REKEYED_HINT,
         ) from None
     except (OSError, TimeoutError, asyncssh.Error) as exc:
         raise TargetRejected(

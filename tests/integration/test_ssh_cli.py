@@ -194,7 +194,7 @@ def test_a_re_keyed_host_is_refused_with_a_clear_error(
             done = jv.cli("account", "verify", f"web-2/{user}")
             assert done.returncode != 0
             assert "presented a host key other than the pinned one" in done.stderr
-            assert "register the target again" in done.stderr
+            assert "re-keyed on purpose, register the target again" in done.stderr
             done = jv.cli("rotate", f"web-2/{user}")
             assert done.returncode != 0
             assert "host key other than the pinned one" in done.stderr
