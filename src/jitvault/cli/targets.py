@@ -62,7 +62,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 @target_app.command("add")
 def target_add(
-    kind: str = typer.Argument(..., help="Target kind, e.g. postgres"),
+    kind: str = typer.Argument(..., help="Target kind: postgres or ssh"),
     name: str = typer.Argument(...),
     host: str = typer.Option(..., "--host"),
     port: int | None = typer.Option(None, "--port"),
