@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from jitvault.services import Node
+
 if TYPE_CHECKING:
     from tests.pgcluster import PgCluster
 
@@ -147,6 +149,35 @@ __all__ = [
     "start_server",
     "wait_http",
 ]
+
+
+@contextmanager
+def inserts_refused(node: Node, table: str) -> Iterator[None]:
+    """A real trigger that makes every INSERT INTO ``table`` fail, dropped afterwards."""
+    name = f"jv_test_refuse_{table}"
+    if node.db.is_postgres:
+        install = [
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{table} refused'; END $$",
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()",
+        ]
+        remove = [f"DROP TRIGGER {name} ON {table}", f"DROP FUNCTION {name}()"]
+    else:
+        install = [
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} refused'); END"
+        ]
+        remove = [f"DROP TRIGGER {name}"]
+    with node.db.begin() as conn:
+        for statement in install:
+            conn.exec_driver_sql(statement)
+    try:
+        yield
+    finally:
+        with node.db.begin() as conn:
+            for statement in remove:
+                conn.exec_driver_sql(statement)
 
 
 def add_cluster_target(cluster: PgCluster, name: str, env: dict[str, str]) -> None:

@@ -28,9 +28,9 @@ from jitvault.audit import Action, AuditEvent
 from jitvault.domain import AccessKind, Grant, RequestState, Sensitive
 from jitvault.errors import Conflict
 from jitvault.plugin_api import AccountTemplate, TargetRejected
+from jitvault.plugin_api.faults import crash_point
 from jitvault.services import targets
 from jitvault.services.node import Node
-from jitvault.services.rotation import crash_point
 from jitvault.storage import locks, sealed, workflow
 from jitvault.storage import repositories as repo
 from jitvault.storage.tables import GRANT_LEASE_SECRET
