@@ -140,6 +140,8 @@ class Rule(BaseModel):
     request_ttl: timedelta = DEFAULT_REQUEST_TTL
     break_glass: Literal["allowed", "denied"] = "denied"
     max_connections: int | None = Field(default=None, ge=1, le=10_000)
+    #: may sessions of the grants this rule approves forward ports (SSH ``-L``)? Default: no
+    allow_forwarding: bool = False
 
     _validate_durations = field_validator("max_duration", "request_ttl", mode="before")(_duration)
 

@@ -33,7 +33,7 @@ from jitvault.domain import (
 from jitvault.errors import AuthError, Conflict, Forbidden, NotFound
 from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
-from jitvault.services import targets
+from jitvault.services import policies, targets
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed, session_store, workflow
@@ -99,7 +99,7 @@ def connect_info(
 ) -> dict[str, Any]:
     """Where and how to connect with one's live grant: a new session token as the password.
 
-    The connection user is ``<account>.<token id>``: a proxy reads the token id from it to run
+    For PostgreSQL the connection user is ``<account>.<token id>``: a proxy reads the token id from it to run
     SCRAM with the token as the password (it must know which verifier to use before the client
     proves anything), so the token itself never crosses the wire.
     """
@@ -109,6 +109,23 @@ def connect_info(
     cfg = node.settings.server
     host = cfg.public_host or cfg.listen
     token_id = token.reveal().split("_")[1]
+    common = {
+        "protocol": target.kind,
+        "host": host,
+        "token_id": token_id,
+        "single_use": once,
+        "grant_id": grant.id,
+        "expires_at": grant.expires_at.isoformat(),
+    }
+    if target.kind == "ssh":
+        # SSH sends the password whole (inside the encrypted transport), so the user name
+        # names the grant, not the token: ``ssh -p 2222 <account>.<grant id>@host``
+        return {
+            **common,
+            "port": cfg.ssh_proxy_port,
+            "user": f"{grant.name}.{grant.id}",
+            "password": token.reveal(),
+        }
     user = f"{grant.name}.{token_id}"
     if target.kind != "postgres":
         raise Unsupported(f"{target.kind} targets have no session proxy yet")
@@ -119,17 +136,12 @@ def connect_info(
         f"{quote(dbname, safe='')}?sslmode=require"
     )
     return {
-        "protocol": target.kind,
-        "host": host,
+        **common,
         "port": port,
         "dbname": dbname,
         "user": user,
         "password": password,
         "uri": uri,
-        "token_id": token_id,
-        "single_use": once,
-        "grant_id": grant.id,
-        "expires_at": grant.expires_at.isoformat(),
     }
 
 
@@ -245,6 +257,12 @@ def proxy_material(node: Node, ticket: SessionTicket) -> tuple[Target, Sensitive
     return target, secret
 
 
+def forwarding_allowed(node: Node, grant: Grant) -> bool:
+    """May this grant's sessions forward ports? (its deciding policy rule's allow_forwarding)"""
+    with node.read() as conn:
+        return policies.rule_allows_forwarding(conn, grant.request_id)
+
+
 def record_event(node: Node, session_id: int, kind: str, data: dict[str, Any]) -> None:
     """Store one event of a session, encrypted at rest and bound to its row."""
     at = node.clock()
@@ -334,6 +352,7 @@ __all__ = [
     "close_session",
     "connect_info",
     "ended_among",
+    "forwarding_allowed",
     "issue_session_token",
     "list_sessions",
     "open_session",
