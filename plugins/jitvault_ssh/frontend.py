@@ -230,7 +230,7 @@ class _Server(asyncssh.SSHServer):
     def get_kbdint_challenge(
         self, username: str, lang: str, submethods: str
     ) -> tuple[str, str, str, list[tuple[str, bool]]]:
-        return "", "", "", [("jitvault session token: ", False)]
+        return "", "", "", [("Password (jitvault session token): ", False)]
 
     async def validate_kbdint_response(self, username: str, responses: list[str]) -> bool:
         if len(responses) != 1:
@@ -308,9 +308,7 @@ class _Server(asyncssh.SSHServer):
         if session is None or session.upstream is None or session.cut_reason is not None:
             return False
         allowed = relay.forwarding_allowed(session.ticket.allow_forwarding, dest_host, dest_port)
-        session.recorder.put(
-            "forward", {"host": dest_host, "port": dest_port, "allowed": allowed}
-        )
+        session.recorder.put("forward", {"host": dest_host, "port": dest_port, "allowed": allowed})
         if not allowed:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,

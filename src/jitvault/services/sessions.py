@@ -324,6 +324,39 @@ def show_session(node: Node, actor: Principal, session_id: int) -> dict[str, Any
     return view
 
 
+def asciicast_of(events: list[dict[str, Any]], channel: int | None = None) -> str:
+    """The asciicast v2 file (header line, then one event per line) of a recorded terminal:
+    ``channel``, or the session's first pty channel. Empty if the session recorded none."""
+    headers = [e["data"] for e in events if e["kind"] == "asciicast_header" and e["data"]]
+    if channel is None and headers:
+        channel = headers[0]["channel"]
+    header = next((h for h in headers if h["channel"] == channel), None)
+    if header is None:
+        return ""
+    lines = [json.dumps({k: v for k, v in header.items() if k != "channel"})]
+    for e in events:
+        data = e["data"]
+        if e["kind"] == "asciicast" and data and data.get("channel") == channel:
+            lines.extend(json.dumps(event, ensure_ascii=False) for event in data["events"])
+    return "\n".join(lines) + "\n"
+
+
+def session_asciicast(
+    node: Node, actor: Principal, session_id: int, channel: int | None = None
+) -> str:
+    """A session's recorded terminal as asciicast v2 (for ``jitvault session play``)."""
+    view = show_session(node, actor, session_id)
+    cast = asciicast_of(view["events"], channel)
+    if not cast:
+        raise NotFound(
+            f"session {session_id} recorded no terminal"
+            + (f" on channel {channel}" if channel is not None else ""),
+            hint="only pty sessions (an interactive ssh shell) are recorded as a terminal;"
+            " see 'jitvault session show'",
+        )
+    return cast
+
+
 def ended_among(node: Node, session_ids: list[int]) -> dict[int, str]:
     with node.read() as conn:
         return session_store.ended_among(conn, session_ids)
@@ -348,6 +381,7 @@ def close_session(node: Node, session_id: int, reason: str = "client closed") ->
 
 __all__ = [
     "SessionTicket",
+    "asciicast_of",
     "TooManySessions",
     "close_session",
     "connect_info",
@@ -359,6 +393,7 @@ __all__ = [
     "open_session_verified",
     "proxy_material",
     "record_event",
+    "session_asciicast",
     "session_events",
     "show_session",
     "token_verifier",
