@@ -98,6 +98,7 @@ class TerminalRecording:
         self._pending: list[str] = []
         self._pending_size = 0
         self._pending_at: float | None = None
+        self._last_at = started
 
     def header(self, timestamp: int) -> dict[str, Any]:
         """The asciicast v2 header line (as a dict)."""
@@ -119,6 +120,7 @@ class TerminalRecording:
 
     def output(self, data: bytes, now: float) -> list[list[Any]]:
         """Take a chunk of output; returns the events to record now (a full batch), or []."""
+        self._last_at = now
         text = self._decoder.decode(data)
         if not text:
             return []
@@ -148,7 +150,7 @@ class TerminalRecording:
             if tail:
                 self._pending.append(tail)
                 if self._pending_at is None:
-                    self._pending_at = self.started
+                    self._pending_at = self._last_at
         if self._pending_at is None:
             return []
         event = [self._at(self._pending_at), "o", "".join(self._pending)]

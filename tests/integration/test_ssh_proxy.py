@@ -626,6 +626,7 @@ async def _garbage_client(port: int, payload: bytes) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
     try:
         writer.write(payload)
+        writer.write_eof()  # and nothing more: a truncated packet stays truncated
         await writer.drain()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -8,6 +8,8 @@ import logging
 import threading
 from pathlib import Path
 
+import uvloop
+
 from jitvault.crypto import ensure_self_signed, server_context
 from jitvault.plugin_api import ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
@@ -61,7 +63,7 @@ class ProxyServer:
         asyncio.get_running_loop().create_task(self.registry.watch())
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = uvloop.new_event_loop()  # faster sockets for the relays
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:

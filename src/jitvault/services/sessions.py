@@ -99,9 +99,9 @@ def connect_info(
 ) -> dict[str, Any]:
     """Where and how to connect with one's live grant: a new session token as the password.
 
-    For PostgreSQL the connection user is ``<account>.<token id>``: a proxy reads the token id from it to run
-    SCRAM with the token as the password (it must know which verifier to use before the client
-    proves anything), so the token itself never crosses the wire.
+    For PostgreSQL the connection user is ``<account>.<token id>``: a proxy reads the token id
+    from it to run SCRAM with the token as the password (it must know which verifier to use
+    before the client proves anything), so the token itself never crosses the wire.
     """
     token, grant = issue_session_token(node, actor, request_id, once, source)
     with node.read() as conn:
@@ -381,8 +381,8 @@ def close_session(node: Node, session_id: int, reason: str = "client closed") ->
 
 __all__ = [
     "SessionTicket",
-    "asciicast_of",
     "TooManySessions",
+    "asciicast_of",
     "close_session",
     "connect_info",
     "ended_among",
