@@ -5,6 +5,7 @@ sshd as the target. jitvault's own store is SQLite or PostgreSQL per ``--db``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -700,3 +701,51 @@ def test_ten_thousand_malformed_packets_and_protocol_misuse_neither_crash_nor_ge
     assert done.returncode == 0, done.stderr
     assert done.stdout == "still-serving\n"
     assert world.server.proc.poll() is None
+
+
+def test_a_vaulted_password_the_target_refuses_ends_the_session_with_a_message_not_the_secret(
+    world: SshWorld,
+) -> None:
+    access = _access(world)
+    world.sshd.set_password(access.account, secrets.token_urlsafe(18))  # changed behind our back
+    info = _connect_info(world, access)
+    done = _openssh("ssh", info, _dest(info), "id")
+    assert done.returncode == 255
+    assert f"refused the login of '{access.account}'" in done.stderr, done.stderr
+    assert access.password not in done.stderr
+    (session,) = _wait_ended(world, access.grant_id)
+    assert session["end_reason"].startswith("upstream login failed")
+    audit = run_cli("audit", "list", "--json", env=world.admin_env)
+    assert audit.returncode == 0, audit.stderr
+    assert f"session:{session['id']}" in audit.stdout
+    assert access.password not in audit.stdout
+
+
+def test_the_proxy_host_key_is_made_once_mode_0600_and_is_the_key_clients_see(
+    world: SshWorld,
+) -> None:
+    key_file = world.server.data_dir / "proxy" / "ssh" / "ssh_host_ed25519_key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    transport = paramiko.Transport(socket.create_connection(("127.0.0.1", world.ssh_port), 15))
+    try:
+        transport.start_client(timeout=15)
+        seen = transport.get_remote_server_key()
+    finally:
+        transport.close()
+    on_disk = paramiko.Ed25519Key.from_private_key_file(str(key_file))
+    assert seen.get_name() == "ssh-ed25519"
+    assert seen.asbytes() == on_disk.asbytes()
+
+
+def test_a_client_that_never_logs_in_is_dropped_after_the_10s_login_timeout(
+    world: SshWorld,
+) -> None:
+    with socket.create_connection(("127.0.0.1", world.ssh_port), timeout=30) as s:
+        s.sendall(b"SSH-2.0-slowloris\r\n")
+        started = time.monotonic()
+        with contextlib.suppress(OSError):
+            while s.recv(65536):
+                pass
+        waited = time.monotonic() - started
+    print(f"an idle client was dropped after {waited:.1f} s")
+    assert 9.0 <= waited < 20.0
