@@ -26,7 +26,16 @@ import pytest
 
 from tests.conftest import scratch_database
 from tests.sshd import SshdServer
-from tests.support import ServerProcess, cli_env, free_port, init_data_dir, run_cli, start_server
+from tests.support import (
+    ServerProcess,
+    add_requester,
+    cli_env,
+    free_port,
+    init_data_dir,
+    run_cli,
+    start_server,
+    wait_port,
+)
 
 TARGET = "web1"
 #: the same sshd, under a second name whose policy rule allows port forwarding
@@ -112,26 +121,11 @@ def world(
             )
             applied = run_cli("policy", "apply", str(policy), env=admin_env)
             assert applied.returncode == 0, applied.stderr
-            added = run_cli("user", "add", "alice", "--role", "requester", env=admin_env)
-            assert added.returncode == 0, added.stderr
-            made = run_cli("token", "create", "alice", env=admin_env)
-            assert made.returncode == 0, made.stderr
-            alice_env = cli_env(server.addr, made.stdout.strip())
-            _wait_port(ssh_port)
+            alice_env = add_requester(admin_env, server.addr, "alice")
+            wait_port(ssh_port, what="the SSH proxy")
             yield SshWorld(sshd_server, server, ssh_port, admin_env, alice_env, tmp)
         finally:
             server.stop()
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"the SSH proxy did not listen on {port}")
 
 
 @dataclass
@@ -377,6 +371,8 @@ def test_a_paramiko_pty_shell_resizes_live_never_sees_the_password_and_replays_t
             replay.resize(lines=height, columns=width)
     assert replay.display == screen.display
     assert any("hello world" in line for line in replay.display)
+    as_json = world.cli("session", "play", str(session["id"]), env=world.alice_env)
+    assert as_json == {"header": header, "events": events}
     played = run_cli("session", "play", str(session["id"]), "--speed", "50", env=world.alice_env)
     assert played.returncode == 0, played.stderr
     assert "hello world" in played.stdout

@@ -50,14 +50,19 @@ def play(
         None, "--channel", help="Which pty channel (default: the first)."
     ),
     cast: bool = typer.Option(False, "--cast", help="Print the asciicast v2 file instead."),
+    as_json: bool = JsonOpt,
 ) -> None:
     """Replay a session's recorded terminal (an SSH pty session) in this terminal.
 
     Pauses longer than 2 s are shortened to 2 s. ``--cast`` prints the recording as an
-    asciicast v2 file, for asciinema or another player.
+    asciicast v2 file, for asciinema or another player; ``--json`` as one JSON document.
     """
     params = {"channel": channel} if channel is not None else None
     lines = ApiClient().stream_lines(f"/v1/sessions/{session_id}/asciicast", params)
+    if as_json:  # the recording as one JSON document: its header and its events
+        header, *events = (json.loads(line) for line in lines if line)
+        show({"header": header, "events": events}, True)
+        return
     if cast:
         for line in lines:
             typer.echo(line)
