@@ -711,9 +711,15 @@ def test_a_vaulted_password_the_target_refuses_ends_the_session_with_a_message_n
     assert access.password not in done.stderr
     (session,) = _wait_ended(world, access.grant_id)
     assert session["end_reason"].startswith("upstream login failed")
-    audit = run_cli("audit", "list", "--json", env=world.admin_env)
+    audit = run_cli("audit", "list", "--since", "10m", "--limit", "10000", "--json",
+                    env=world.admin_env)  # fmt: skip
     assert audit.returncode == 0, audit.stderr
-    assert f"session:{session['id']}" in audit.stdout
+    ended = [
+        e for e in json.loads(audit.stdout)
+        if e["action"] == "session.ended" and e["subject"] == f"session:{session['id']}"
+    ]  # fmt: skip
+    assert len(ended) == 1
+    assert ended[0]["details"]["reason"].startswith("upstream login failed")
     assert access.password not in audit.stdout
 
 
