@@ -119,6 +119,12 @@ def _throughput(
     return streams * size / (1 << 20) / (time.perf_counter() - started)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -212,7 +218,7 @@ def main() -> None:
                 _run(paths, name, "true")
 
             print(f"SSH proxy benchmark: {size >> 20} MiB per stream, cipher {CIPHER}")
-            print(f"{'row':34} {'direct':>10} {'proxyjump':>10} {'jitvault':>10}"
+            print(f"{'row':48} {'direct':>10} {'proxyjump':>10} {'jitvault':>10}"
                   f" {'jv/direct':>10} {'jv/jump':>10}")  # fmt: skip
             rows: list[tuple[str, dict[str, float]]] = []
             for label, streams, one in (
@@ -222,7 +228,13 @@ def main() -> None:
                 (f"upload MiB/s, {PARALLEL} streams", PARALLEL, _upload),
             ):
                 each = size // streams if streams > 1 else size
-                got = {n: _throughput(paths, n, each, streams, one) for n in names}
+                got = {}
+                for n in names:
+                    cpu, wall = _cpu_seconds(server.proc.pid), time.perf_counter()
+                    got[n] = _throughput(paths, n, each, streams, one)
+                    if n == "jitvault":  # how busy the proxy's one event loop was
+                        busy = (_cpu_seconds(server.proc.pid) - cpu) / (time.perf_counter() - wall)
+                        label += f" (proxy CPU {busy:.0%})"
                 rows.append((label, got))
             samples: dict[str, list[float]] = {n: [] for n in names}
             for _ in range(latency_runs):
@@ -234,7 +246,7 @@ def main() -> None:
             )  # fmt: skip
             for label, got in rows:
                 print(
-                    f"{label:34} {got['direct']:>10.1f} {got['proxyjump']:>10.1f}"
+                    f"{label:48} {got['direct']:>10.1f} {got['proxyjump']:>10.1f}"
                     f" {got['jitvault']:>10.1f} {_ratio(got['jitvault'], got['direct']):>10}"
                     f" {_ratio(got['jitvault'], got['proxyjump']):>10}"
                 )
