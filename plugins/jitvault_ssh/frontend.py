@@ -274,6 +274,7 @@ class _Server(asyncssh.SSHServer):
                 ticket.account,
                 ticket.credential,
                 encryption_algs=list(UPSTREAM_CIPHERS),
+                client_factory=lambda: _TargetConnection(session),
             )
         except JitvaultError as exc:  # TargetRejected, or options that no longer validate
             log.warning("ssh proxy: session %s: upstream login failed: %s", ticket.session_id, exc)
@@ -332,6 +333,19 @@ class _Server(asyncssh.SSHServer):
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # -R (remote forwarding) is never relayed
+
+
+class _TargetConnection(asyncssh.SSHClient):
+    """The upstream connection's events: if the target drops it, the client is told and let go
+    (a session with no target behind it would only hang)."""
+
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session = self.session
+        if session.upstream is not None and not session.finished and session.cut_reason is None:
+            session.frontend.spawn(session.close("the target closed the connection"))
 
 
 class _UpstreamChannel(asyncssh.SSHClientSession[bytes]):
@@ -547,12 +561,15 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
                 "signal": exit_signal[0] if exit_signal else None,
             },
         )
-        self._done = True
         if exit_signal is not None:
+            self._done = True
             name, core, message, lang = exit_signal
             self.chan.exit_with_signal(name, core, message, lang)
+        elif status is None or status < 0:  # no exit status: the target went away
+            self._end_with_message("jitvault: the target closed the channel", _EXIT_CUT)
         else:
-            self.chan.exit(status if status is not None and status >= 0 else 255)
+            self._done = True
+            self.chan.exit(status)
 
     # -- recording and ends ---------------------------------------------------------------
 

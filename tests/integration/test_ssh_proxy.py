@@ -751,3 +751,16 @@ def test_a_client_that_never_logs_in_is_dropped_after_the_10s_login_timeout(
         waited = time.monotonic() - started
     print(f"an idle client was dropped after {waited:.1f} s")
     assert 9.0 <= waited < 20.0
+
+
+def test_a_target_that_drops_the_connection_ends_the_client_session_with_a_message(
+    world: SshWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    # the remote shell's parent is the target's sshd process of this connection
+    done = _openssh("ssh", info, _dest(info), "kill -9 $PPID; sleep 30", timeout=25)
+    assert done.returncode == 255, done
+    assert "jitvault: the target closed the channel" in done.stderr
+    (session,) = _wait_ended(world, access.grant_id)
+    assert session["end_reason"] == "the target closed the connection"
