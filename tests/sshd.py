@@ -148,14 +148,15 @@ def _keygen(path: Path, comment: str) -> None:
 
 
 @contextlib.contextmanager
-def start_sshd(extra_config: str = "") -> Iterator[SshdServer]:
-    """Start an sshd on a free loopback port; stop it (by pid) and remove its users after."""
+def start_sshd(extra_config: str = "", port: int | None = None) -> Iterator[SshdServer]:
+    """Start an sshd on a free loopback port (or ``port``: e.g. a re-keyed host taking over
+    another's address); stop it (by pid) and remove its users after."""
     base = Path(tempfile.mkdtemp(prefix="jv-sshd-"))
     (base / "keys").mkdir()
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     _keygen(base / "ssh_host_ed25519_key", "jitvault-test-host")
     _keygen(base / "admin_key", "jitvault-test-admin")
-    port = free_port()
+    port = port or free_port()
     (base / "sshd_config").write_text(_CONFIG.format(port=port, dir=base) + extra_config)
     (base / "keys" / "root").write_text((base / "admin_key.pub").read_text())
     proc = subprocess.Popen(

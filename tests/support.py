@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from jitvault.services import Node
+
 VENV_BIN = Path(sys.executable).parent
 JITVAULT = str(VENV_BIN / "jitvault")
 
@@ -166,3 +168,32 @@ __all__ = [
     "wait_http",
     "wait_port",
 ]
+
+
+@contextmanager
+def inserts_refused(node: Node, table: str) -> Iterator[None]:
+    """A real trigger that makes every INSERT INTO ``table`` fail, dropped afterwards."""
+    name = f"jv_test_refuse_{table}"
+    if node.db.is_postgres:
+        install = [
+            f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{table} refused'; END $$",
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {name}()",
+        ]
+        remove = [f"DROP TRIGGER {name} ON {table}", f"DROP FUNCTION {name}()"]
+    else:
+        install = [
+            f"CREATE TRIGGER {name} BEFORE INSERT ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} refused'); END"
+        ]
+        remove = [f"DROP TRIGGER {name}"]
+    with node.db.begin() as conn:
+        for statement in install:
+            conn.exec_driver_sql(statement)
+    try:
+        yield
+    finally:
+        with node.db.begin() as conn:
+            for statement in remove:
+                conn.exec_driver_sql(statement)

@@ -63,7 +63,14 @@ class PostgresTarget(TargetPlugin):
     async def verify(self, target: TargetAccess, username: str, secret: Sensitive[str]) -> bool:
         return await lifecycle.verify(self.endpoint(target), username, secret)
 
-    async def rotate(self, target: TargetAccess, username: str, new: Sensitive[str]) -> None:
+    async def rotate(
+        self,
+        target: TargetAccess,
+        username: str,
+        new: Sensitive[str],
+        current: Sensitive[str] | None = None,
+    ) -> None:
+        # a new password replaces the old one: ``current`` needs no separate removal
         await lifecycle.rotate(self.endpoint(target), username, new)
 
     async def create_account(

@@ -8,10 +8,13 @@ One :class:`PostgresFrontend` serves every client connection of the postgres lis
    ``<account>.<token id>``; an unknown id runs the same exchange against a mock verifier, so
    unknown and wrong tokens look alike); the core then opens the session;
 3. the upstream login with the vaulted credential (:mod:`.upstream`);
-4. the relay: client messages are read through the sans-IO codec, so that every query text
-   (simple ``Q`` and extended ``P``) is recorded before it is forwarded; server bytes are passed
-   through as they come, cut at message boundaries only, so that the core can end the session
-   at any time with a FATAL 57P01 the client understands.
+4. the relay, callback-driven on the two :class:`~.wire.Wire` protocols (no task per session):
+   client bytes go through :class:`~.protocol.FrontendRelay`, which holds back only query texts
+   (simple ``Q`` and extended ``P``, queued for recording before they are forwarded) and
+   Terminate, and streams everything else (COPY data, bind values) as it comes; server bytes are
+   passed through as they come, cut at message boundaries only, so that the core can end the
+   session at any time with a FATAL 57P01 the client understands. Each side's outgoing buffer
+   pauses the other side's reading above its high-water mark (bounded memory per session).
 
 Nothing here raises out of :meth:`PostgresFrontend.handle`; log lines carry no secret and no
 driver or server message text.
@@ -41,6 +44,7 @@ from jitvault.plugin_api.scram import (
 )
 from jitvault_postgres import protocol as pg
 from jitvault_postgres import upstream as up
+from jitvault_postgres.wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,8 @@ SQLSTATE_INVALID_AUTHORIZATION = "28000"
 SQLSTATE_CANNOT_CONNECT_NOW = "57P03"
 SQLSTATE_CONNECTION_FAILURE = "08006"
 SQLSTATE_UNABLE_TO_CONNECT = "08001"
+#: why a session whose statement cannot be recorded is cut (the core refused the event)
+RECORDING_REFUSED = "the session recording cannot be stored"
 UPSTREAM_REFUSED_MESSAGE = (
     "the vaulted credential was refused by the target; an operator has been told"
 )
@@ -155,26 +161,28 @@ class PostgresFrontend:
     # -- the contract ---------------------------------------------------------------------
 
     async def listen(self, host: str, port: int, ctx: ProxyContext) -> ProxyListener:
-        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                await self.handle(reader, writer, ctx)
-            except Exception:  # handle() contains its own failures; this is the last guard
-                log.exception("postgres proxy: a connection failed")
-                writer.close()
+        frontend = self
 
-        server = await asyncio.start_server(serve, host, port, limit=2**20)
+        class ClientWire(Wire):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                super().connection_made(transport)
+                frontend.spawn(frontend.handle(self, ctx))
+
+        server = await asyncio.get_running_loop().create_server(ClientWire, host, port)
         return _Listener(server)
 
-    async def handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ctx: ProxyContext
-    ) -> None:
-        connection = _Connection(self, reader, writer, ctx)
+    async def handle(self, wire: Wire, ctx: ProxyContext) -> None:
+        """Serve one client until its session relays (the relay then runs on callbacks and
+        finishes the connection itself), or to its end if it never gets that far."""
+        connection = _Connection(self, wire, ctx)
+        relaying = False
         try:
-            await connection.serve()
+            relaying = await connection.serve()
         except Exception as exc:  # a misbehaving client ends its own connection only
             log.warning("postgres proxy: a connection failed (%s)", type(exc).__name__)
         finally:
-            await connection.finish()
+            if not relaying:
+                await connection.finish()
 
     # -- shared state ---------------------------------------------------------------------
 
@@ -213,35 +221,33 @@ class _Session:
     """A live session: what the core holds (a SessionHandle) and the relay's shared state."""
 
     def __init__(
-        self,
-        frontend: PostgresFrontend,
-        ctx: ProxyContext,
-        ticket: SessionTicket,
-        client_writer: asyncio.StreamWriter,
+        self, frontend: PostgresFrontend, ctx: ProxyContext, ticket: SessionTicket, client: Wire
     ) -> None:
         self.session_id = ticket.session_id
         self.frontend = frontend
         self.ctx = ctx
         self.ticket = ticket
-        self.client_writer = client_writer
+        self.client = client
         self.upstream: up.Upstream | None = None
         self.fake_pid: int | None = None
         self.framer = BackendFramer()
-        #: why the core cut the session (set once, by close)
+        #: why the session was cut (set once, by cut)
         self.cut_reason: str | None = None
         self.reported = False
 
     async def close(self, reason: str) -> None:
+        """The core cuts the session (SessionHandle): see :meth:`cut`."""
+        self.cut(reason)
+
+    def cut(self, reason: str) -> None:
         """Tell the client why, cancel what the backend runs, close both sides. Idempotent."""
         if self.cut_reason is not None or self.reported:
             return
         self.cut_reason = reason
         if self.framer.at_boundary:  # else a long row is on its way: just close
-            with contextlib.suppress(Exception):
-                self.client_writer.write(
-                    pg.grant_expired_error(message=f"terminating connection: {reason}")
-                )
-        _close_writer(self.client_writer)
+            self.client.write(pg.grant_expired_error(message=f"terminating connection: {reason}"))
+        if self.client.transport is not None:
+            self.client.transport.close()
         upstream = self.upstream
         if upstream is not None:
             self.frontend.spawn(_stop_upstream(upstream))
@@ -251,45 +257,34 @@ class _Session:
 async def _stop_upstream(upstream: up.Upstream) -> None:
     """Close the server connection and cancel a running query, so that its backend ends now
     (a backend busy in a query would not notice a closed socket until the query is over)."""
-    with contextlib.suppress(Exception):
-        upstream.writer.write(pg.terminate())
+    upstream.wire.write(pg.terminate())
     upstream.close()
     await up.send_cancel(upstream.endpoint, upstream.pid, upstream.secret_key)
-
-
-def _close_writer(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(Exception):
-        writer.close()
 
 
 class _Connection:
     """One client connection, from its first byte to its end."""
 
-    def __init__(
-        self,
-        frontend: PostgresFrontend,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        ctx: ProxyContext,
-    ) -> None:
+    def __init__(self, frontend: PostgresFrontend, wire: Wire, ctx: ProxyContext) -> None:
         self.frontend = frontend
-        self.reader = reader
-        self.writer = writer
+        self.wire = wire
         self.ctx = ctx
         self.codec = pg.FrontendReader()
         self._pending: list[pg.Message] = []
-        peer = writer.get_extra_info("peername")
+        peer = wire.extra_info("peername")
         self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.session: _Session | None = None
         self.end_reason = "client closed"
+        self.relay: pg.FrontendRelay | None = None
+        self._ending = False
 
-    # -- I/O helpers ----------------------------------------------------------------------
+    # -- I/O helpers (the login phase) ------------------------------------------------------
 
     async def next(self) -> pg.Message:
         """The client's next message (raises _ClientGone at EOF, ProtocolViolation if bad)."""
         while not self._pending:
             try:
-                data = await self.reader.read(_READ_CHUNK)
+                data = await self.wire.read()
             except OSError:
                 raise _ClientGone from None
             if not data:
@@ -298,40 +293,39 @@ class _Connection:
         return self._pending.pop(0)
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        await self.wire.send(data)
 
     async def fail(self, data: bytes) -> None:
-        """Send a last (FATAL) message; the connection ends after it."""
-        with contextlib.suppress(Exception):
-            self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), _CLOSE_TIMEOUT_SECONDS)
+        """Send a last (FATAL) message; the connection ends after it (see :meth:`finish`)."""
+        self.wire.write(data)
 
     # -- the conversation -----------------------------------------------------------------
 
-    async def serve(self) -> None:
+    async def serve(self) -> bool:
+        """Log the client in; True once the relay has taken over the connection."""
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_SECONDS):
                 startup = await self._start()
                 if startup is None:
-                    return
+                    return False
                 session = await self._login(startup)
                 if session is None:
-                    return
+                    return False
         except TimeoutError:
             self.end_reason = "login timed out"
-            return
+            return False
         except _ClientGone:
             self.end_reason = "client left during login"
-            return
+            return False
         except pg.ProtocolViolation as exc:
             self.end_reason = "protocol violation"
             await self.fail(pg.protocol_violation_error(exc))
-            return
+            return False
         except OSError:  # reset, broken pipe, a TLS handshake that failed
             self.end_reason = "client connection lost during login"
-            return
-        await self._relay(session)
+            return False
+        self._start_relay(session)
+        return True
 
     async def _start(self) -> pg.StartupMessage | None:
         """Answer encryption and cancel requests until the StartupMessage; None: all done."""
@@ -343,7 +337,7 @@ class _Connection:
                         await self.send(pg.encryption_refused())
                     else:
                         await self.send(pg.encryption_accepted())
-                        await self.writer.start_tls(self.ctx.ssl_context)
+                        await self.wire.start_tls(self.ctx.ssl_context, server_side=True)
                     self.codec.resume_startup()
                 case pg.GSSENCRequest():
                     await self.send(pg.encryption_refused())
@@ -406,7 +400,7 @@ class _Connection:
             await self.fail(_open_refusal(exc))
             self.end_reason = "session refused"
             return None
-        session = _Session(self.frontend, self.ctx, ticket, self.writer)
+        session = _Session(self.frontend, self.ctx, ticket, self.wire)
         self.session = session
         self.ctx.register(session)
         upstream = await self._upstream(session, startup)
@@ -500,101 +494,103 @@ class _Connection:
                 type(exc).__name__,
             )
 
-    # -- the relay ------------------------------------------------------------------------
+    # -- the relay (callbacks of the two wires) ----------------------------------------------
 
-    async def _relay(self, session: _Session) -> None:
+    def _start_relay(self, session: _Session) -> None:
         upstream = session.upstream
         assert upstream is not None
-        to_server = asyncio.create_task(self._client_to_server(session, upstream))
-        to_client = asyncio.create_task(self._server_to_client(session, upstream))
-        tasks = {to_server, to_client}
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            first = to_server if to_server in done else to_client
-            failure = first.exception()
-            if failure is None:
-                self.end_reason = first.result()
-            else:
-                # e.g. a query that could not be recorded: the session ends (fail closed)
-                self.end_reason = "relay failed"
-                log.warning(
-                    "postgres proxy: session %s: relay failed (%s)",
-                    session.session_id,
-                    type(failure).__name__,
-                )
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        self.relay = pg.FrontendRelay()
+        early = b"".join(m.raw for m in self._pending) + self.codec.take_buffered()
+        self._pending.clear()
+        early += self.wire.relay_to(upstream.wire, self._from_client, self._client_ended)
+        from_server = upstream.wire.relay_to(self.wire, self._from_server, self._server_ended)
+        if from_server:
+            self._from_server(from_server)
+        if early:
+            self._from_client(early)
+        if self.wire.ended:
+            self._end("client closed")
+        elif upstream.wire.ended:
+            self._end("upstream closed")
 
-    async def _client_to_server(self, session: _Session, upstream: up.Upstream) -> str:
-        while True:
-            try:
-                data = await self.reader.read(_READ_CHUNK)
-            except OSError:
-                return "client connection lost"
-            if not data:
-                return "client closed"
-            try:
-                messages = self.codec.feed(data)
-            except pg.ProtocolViolation as exc:
-                if session.cut_reason is None:
-                    await self.fail(pg.protocol_violation_error(exc))
-                return "protocol violation"
-            terminated = False
+    def _from_client(self, data: bytes) -> None:
+        session, relay = self.session, self.relay
+        assert session is not None
+        assert session.upstream is not None
+        assert relay is not None
+        if self._ending or session.cut_reason is not None:
+            return
+        try:
+            forward, messages = relay.feed(data)
+        except pg.ProtocolViolation as exc:
+            self.wire.write(pg.protocol_violation_error(exc))
+            self._end("protocol violation")
+            return
+        terminated = False
+        try:
             for message in messages:
                 if isinstance(message, pg.Query):
-                    await self.ctx.record(
+                    self.ctx.record_nowait(
                         session.session_id, "query", {"text": message.sql, "kind": "simple"}
                     )
                 elif isinstance(message, pg.Parse):
-                    await self.ctx.record(
+                    self.ctx.record_nowait(
                         session.session_id, "query", {"text": message.query, "kind": "extended"}
                     )
-                elif isinstance(message, pg.Terminate):
+                else:
                     terminated = True
-            if session.cut_reason is not None:
-                return session.cut_reason
-            upstream.writer.write(b"".join(m.raw for m in messages))
-            await upstream.writer.drain()
-            if terminated:
-                return "client closed"
+        except JitvaultError as exc:
+            # fail closed: what cannot be recorded is not run
+            log.warning(
+                "postgres proxy: session %s: cannot record (%s)",
+                session.session_id,
+                type(exc).__name__,
+            )
+            session.cut(RECORDING_REFUSED)
+            return
+        if forward:
+            session.upstream.wire.write(forward)
+        if terminated:
+            self._end("client closed")
 
-    async def _server_to_client(self, session: _Session, upstream: up.Upstream) -> str:
-        framer = session.framer
-        while True:
-            try:
-                data = await upstream.reader.read(_READ_CHUNK)
-            except OSError:
-                return "upstream connection lost"
-            if not data:
-                return "upstream closed"
-            try:
-                chunk = framer.feed(data)
-            except pg.ProtocolViolation:
-                return "upstream protocol violation"
-            if session.cut_reason is not None:
-                return session.cut_reason
-            if chunk:
-                self.writer.write(chunk)
-                await self.writer.drain()
+    def _from_server(self, data: bytes) -> None:
+        session = self.session
+        assert session is not None
+        if self._ending or session.cut_reason is not None:
+            return
+        try:
+            chunk = session.framer.feed(data)
+        except pg.ProtocolViolation:
+            self._end("upstream protocol violation")
+            return
+        if chunk:
+            self.wire.write(chunk)
+
+    def _client_ended(self, how: str) -> None:
+        self._end("client closed" if how == "closed" else "client connection lost")
+
+    def _server_ended(self, how: str) -> None:
+        self._end("upstream closed" if how == "closed" else "upstream connection lost")
+
+    def _end(self, reason: str) -> None:
+        if self._ending:
+            return
+        self._ending = True
+        self.end_reason = reason
+        self.frontend.spawn(self.finish())
 
     # -- the end --------------------------------------------------------------------------
 
     async def finish(self) -> None:
         """Close both sides; tell the core the session is over (exactly once)."""
+        self._ending = True
         session = self.session
         if session is not None:
             if session.fake_pid is not None:
                 self.frontend.drop_cancel_key(session.fake_pid)
             if session.upstream is not None and session.cut_reason is None:
                 session.upstream.close()
-        _close_writer(self.writer)
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_TIMEOUT_SECONDS)
-        except Exception:  # a client that does not read (or a TLS close that hangs)
-            with contextlib.suppress(Exception):
-                self.writer.transport.abort()
+        await self.wire.close(_CLOSE_TIMEOUT_SECONDS)
         if session is not None and not session.reported:
             session.reported = True
             reason = session.cut_reason or self.end_reason

@@ -1021,6 +1021,12 @@ class FrontendReader(_Reader):
         self.auth_phase = AuthPhase.NONE
         self._state = self._typed
 
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes received and not yet parsed (to a relay taking over the stream)."""
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        return data
+
     # states
 
     def _startup(self, view: memoryview, offset: int) -> _Step:
@@ -1156,6 +1162,94 @@ class BackendReader(_Reader):
         if message_type in self.passthrough:
             return RawMessage(message_type, raw=raw, parser=parse_backend_message), end
         return parse_backend_message(message_type, raw), end
+
+
+class FrontendRelay:
+    """Client -> server after authentication, for a relay: bytes through, a few messages out.
+
+    :meth:`feed` returns the bytes to forward now (a prefix of what was fed so far, byte for
+    byte: the chunk itself when it ends at a safe point) and the messages a relay must look at:
+    :class:`Query` and :class:`Parse` (their texts are recorded; parsed, so that what is
+    recorded is what the server runs) and :class:`Terminate`. Only those are held until
+    complete; every other message (COPY data, Bind with its parameter values, ...) streams
+    through as it comes, with only its type and length checked, so a huge COPY takes no more
+    memory than the chunk in hand. Nothing may follow Terminate. Malformed input raises
+    :class:`ProtocolViolation`, after which every feed does.
+    """
+
+    INSPECTED: ClassVar[frozenset[bytes]] = frozenset((b"Q", b"P", b"X"))
+
+    __slots__ = ("_failed", "_held", "_need", "_terminated", "_through", "max_message_length")
+
+    def __init__(self, max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH) -> None:
+        self.max_message_length = max_message_length
+        self._held = bytearray()  # a partial header, or an inspected message being completed
+        self._need = 0  # the held inspected message's full size, once its header is known
+        self._through = 0  # bytes of a streamed message still to come
+        self._terminated = False
+        self._failed: str | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned for forwarding."""
+        return len(self._held)
+
+    def feed(self, data: bytes) -> tuple[bytes, list[Message]]:
+        if self._failed is not None:
+            raise ProtocolViolation(f"connection already failed: {self._failed}")
+        if self._need and len(self._held) + len(data) < self._need:
+            self._held += data  # a long query text still arriving: no rescan
+            return b"", []
+        source: bytes | bytearray = data
+        if self._held:
+            self._held += data
+            source = self._held
+        try:
+            pos, messages = self._scan(source)
+        except ProtocolViolation as exc:
+            self._failed = exc.message
+            self._held = bytearray()
+            raise
+        if source is data:
+            if pos == len(data):
+                return data, messages
+            self._held = bytearray(data[pos:])
+            return data[:pos], messages
+        out = bytes(self._held[:pos])
+        del self._held[:pos]
+        return out, messages
+
+    def _scan(self, view: bytes | bytearray) -> tuple[int, list[Message]]:
+        messages: list[Message] = []
+        size, pos = len(view), 0
+        self._need = 0
+        if self._through:
+            pos = min(self._through, size)
+            self._through -= pos
+        while pos < size:
+            if self._terminated:
+                raise ProtocolViolation("data after the end of the conversation")
+            if size - pos < 5:
+                break
+            message_type, length = _HEADER.unpack_from(view, pos)
+            if message_type not in _FRONTEND_PARSERS:
+                raise ProtocolViolation(f"unknown frontend message type {message_type!r}")
+            if length < 4:
+                raise ProtocolViolation(f"invalid length {length} of message {message_type!r}")
+            if length > self.max_message_length:
+                raise ProtocolViolation(f"message {message_type!r} longer than allowed")
+            end = pos + 1 + length
+            if message_type in self.INSPECTED:
+                if end > size:
+                    self._need = end - pos
+                    break
+                messages.append(parse_frontend_message(message_type, bytes(view[pos:end])))
+                self._terminated = message_type == b"X"
+            elif end > size:
+                self._through = end - size
+                end = size
+            pos = end
+        return pos, messages
 
 
 # -- builders ----------------------------------------------------------------------------------
@@ -1404,6 +1498,7 @@ __all__ = [
     "FieldDescription",
     "Flush",
     "FrontendReader",
+    "FrontendRelay",
     "FunctionCall",
     "FunctionCallResponse",
     "GSSENCRequest",

@@ -1,11 +1,13 @@
-"""The proxy's client side: log in to the target as the vaulted account, over asyncio streams.
+"""The proxy's client side: log in to the target as the vaulted account.
 
 :func:`login` opens a connection to the target of a :class:`~jitvault.plugin_api.SessionTicket`,
 negotiates TLS as the target's ``sslmode`` says, sends a StartupMessage for the ticket's account
 and answers the server's authentication request (SCRAM-SHA-256, MD5 or cleartext) with the
 vaulted credential, revealed only at the line that builds the message. It returns once the
 server is ready for queries, with what the proxy passes on to its client (ParameterStatus
-messages) and what it keeps (the real cancel key).
+messages) and what it keeps (the real cancel key). The connection is a :class:`~.wire.Wire`, which
+the relay takes over afterwards. The SCRAM key derivation (PBKDF2, about a millisecond) runs in a
+worker thread, off the event loop that relays every other session.
 
 Errors say what failed and the server's SQLSTATE, never the server's message text (it can echo
 what the client sent) and never a credential: :class:`UpstreamRefused` when the server refused
@@ -29,6 +31,7 @@ from jitvault.plugin_api.scram import (
     md5_password,
 )
 from jitvault_postgres import protocol as pg
+from jitvault_postgres.wire import Wire, connect
 
 #: client startup parameters passed upstream as they are: they set session formatting only.
 #: ``options`` (any GUC, e.g. ``-c role=...``) and ``replication`` are never passed on.
@@ -94,8 +97,7 @@ class Upstream:
     """A logged-in connection to the target, ready for queries."""
 
     endpoint: Endpoint
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    wire: Wire
     pid: int
     secret_key: bytes = field(repr=False)
     #: what the client is told after AuthenticationOk, in order (ParameterStatus, notices)
@@ -105,7 +107,8 @@ class Upstream:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.writer.close()
+            if self.wire.transport is not None:
+                self.wire.transport.close()
 
 
 def startup_params(
@@ -143,17 +146,16 @@ def _tls_context(sslmode: str) -> ssl.SSLContext:
 
 
 class _Conversation:
-    """Reads backend messages from a stream through the sans-IO reader."""
+    """Reads backend messages from the wire through the sans-IO reader."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
         self.codec = pg.BackendReader(passthrough=())
         self._pending: list[pg.Message] = []
 
     async def next(self) -> pg.Message:
         while not self._pending:
-            data = await self.reader.read(_READ_CHUNK)
+            data = await self.wire.read()
             if not data:
                 raise UpstreamFailed("the target closed the connection during login")
             try:
@@ -163,24 +165,20 @@ class _Conversation:
         return self._pending.pop(0)
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        await self.wire.send(data)
 
     @property
     def leftover(self) -> bool:
         return bool(self._pending) or self.codec.buffered > 0
 
 
-async def _negotiate_tls(
-    endpoint: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
+async def _negotiate_tls(endpoint: Endpoint, wire: Wire) -> None:
     if endpoint.sslmode == "disable":
         return
-    writer.write(pg.ssl_request())
-    await writer.drain()
+    await wire.send(pg.ssl_request())
     codec = pg.BackendReader(passthrough=())
     codec.expect_encryption_answer()
-    answer = await reader.read(_READ_CHUNK)
+    answer = await wire.read()
     if not answer:
         raise UpstreamFailed("the target closed the connection at the TLS request")
     try:
@@ -194,8 +192,9 @@ async def _negotiate_tls(
             raise UpstreamFailed(f"the target does not offer TLS (sslmode={endpoint.sslmode})")
         return
     try:
-        await writer.start_tls(
+        await wire.start_tls(
             _tls_context(endpoint.sslmode),
+            server_side=False,
             server_hostname=endpoint.host if endpoint.sslmode == "verify-full" else None,
         )
     except (ssl.SSLError, ssl.CertificateError) as exc:
@@ -217,7 +216,9 @@ async def _authenticate(conv: _Conversation, account: str, credential: Sensitive
                 scram = ScramClient(credential)
                 await conv.send(pg.sasl_initial_response(MECHANISM, scram.first_message()))
             case pg.AuthenticationSASLContinue(data=data) if scram is not None:
-                await conv.send(pg.sasl_response(scram.handle_server_first(data)))
+                # PBKDF2 in a thread: the loop relays every other session meanwhile
+                final = await asyncio.to_thread(scram.handle_server_first, data)
+                await conv.send(pg.sasl_response(final))
             case pg.AuthenticationSASLFinal(data=data) if scram is not None:
                 scram.verify_server_final(data)
             case pg.AuthenticationMD5Password(salt=salt):
@@ -248,16 +249,14 @@ async def login(
 ) -> Upstream:
     """Connect and log in as ``account``; the caller bounds the whole login in time."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(endpoint.host, endpoint.port, limit=2**20), connect_timeout
-        )
+        wire = await asyncio.wait_for(connect(endpoint.host, endpoint.port), connect_timeout)
     except (OSError, TimeoutError) as exc:
         raise UpstreamFailed(
             f"cannot reach the target at {endpoint.host}:{endpoint.port} ({type(exc).__name__})"
         ) from None
     try:
-        await _negotiate_tls(endpoint, reader, writer)
-        conv = _Conversation(reader, writer)
+        await _negotiate_tls(endpoint, wire)
+        conv = _Conversation(wire)
         await conv.send(pg.startup_message(params))
         try:
             await _authenticate(conv, account, credential)
@@ -288,16 +287,14 @@ async def login(
             raise UpstreamFailed("the target sent data before it was asked anything")
         if key is None:
             raise UpstreamFailed("the target sent no cancel key")
-        return Upstream(endpoint, reader, writer, key.pid, key.secret_key, greeting, ready)
+        return Upstream(endpoint, wire, key.pid, key.secret_key, greeting, ready)
     except OSError as exc:
-        with contextlib.suppress(Exception):
-            writer.close()
+        wire.abort()
         raise UpstreamFailed(
             f"the connection to the target failed ({type(exc).__name__})"
         ) from None
     except BaseException:
-        with contextlib.suppress(Exception):
-            writer.close()
+        wire.abort()
         raise
 
 

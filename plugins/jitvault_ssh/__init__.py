@@ -9,25 +9,60 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from typing import Any
 
-from jitvault.domain import Sensitive
-from jitvault.plugin_api import AccountTemplate, TargetAccess, TargetPlugin
-from jitvault_ssh import lifecycle
+from jitvault.domain import SecretKind, Sensitive
+from jitvault.errors import ValidationError
+from jitvault.plugin_api import AccountTemplate, TargetAccess, TargetPlugin, TargetRejected
+from jitvault_ssh import connect, lifecycle
 from jitvault_ssh.frontend import SshFrontend
 from jitvault_ssh.options import SshTargetOptions
 
 
 class SshTarget(TargetPlugin):
-    """Linux hosts over SSH. Every method is async, idempotent and safe to retry."""
+    """Linux hosts over SSH. Every method is async, idempotent and safe to retry.
+
+    Accounts log in with a password or a private key; the core generates a key for an account
+    that has one (:meth:`secret_kind`). Elevation roles: ``group:NAME`` (or ``NAME``), ``sudo``
+    and ``sudo:RULE`` (see :mod:`jitvault_ssh.lifecycle`).
+    """
 
     kind = "ssh"
     config_model = SshTargetOptions
 
+    async def enroll(self, target: TargetAccess) -> dict[str, Any]:
+        """Pin the host key the server presents now, unless one was given."""
+        opts = connect.options_of(target)
+        if opts.host_key:
+            try:
+                connect.pinned_key(opts, target.name)
+            except TargetRejected:
+                raise ValidationError(
+                    "the host_key option is not an SSH public key",
+                    hint="as 'ssh-ed25519 AAAA...', or leave it out to read it from the host",
+                ) from None
+            return {}
+        return {
+            "host_key": await connect.fetch_host_key(opts.host, opts.port, opts.connect_timeout)
+        }
+
+    def secret_kind(self, current: Sensitive[str] | None) -> SecretKind:
+        """A key stays a key and a password a password; a new account gets a key."""
+        if current is None or connect.is_private_key(current):
+            return SecretKind.SSH_KEY
+        return SecretKind.PASSWORD
+
     async def verify(self, target: TargetAccess, username: str, secret: Sensitive[str]) -> bool:
         return await lifecycle.verify(target, username, secret)
 
-    async def rotate(self, target: TargetAccess, username: str, new: Sensitive[str]) -> None:
-        await lifecycle.rotate(target, username, new)
+    async def rotate(
+        self,
+        target: TargetAccess,
+        username: str,
+        new: Sensitive[str],
+        current: Sensitive[str] | None = None,
+    ) -> None:
+        await lifecycle.rotate(target, username, new, current)
 
     async def create_account(
         self,

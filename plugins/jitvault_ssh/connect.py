@@ -22,6 +22,16 @@ from jitvault_ssh.options import SshTargetOptions
 _KEY_MARKER = "PRIVATE KEY-----"
 
 
+_REKEYED_HINT = (
+    "make sure the host is the right one; if it was re-keyed on purpose, register the target"
+    " again under a new name (re-pinning an existing target is not supported yet)"
+)
+
+
+class LoginRefused(TargetRejected):
+    """The target refused the credential (not retryable: the same secret will fail again)."""
+
+
 def options_of(target: TargetAccess) -> SshTargetOptions:
     """The validated options of ``target`` (validated again: stored data is not trusted)."""
     try:
@@ -47,11 +57,17 @@ def public_key_line(secret: Sensitive[str]) -> str:
     return key.export_public_key("openssh").decode().strip()
 
 
+def public_key_blob(secret: Sensitive[str]) -> tuple[str, str]:
+    """``(algorithm, base64 blob)`` of the public half of a private-key secret."""
+    algorithm, blob = public_key_line(secret).split()[:2]
+    return algorithm, blob
+
+
 def pinned_key(options: SshTargetOptions, target_name: str) -> asyncssh.SSHKey:
     if not options.host_key:
         raise TargetRejected(
             f"ssh target {target_name!r} has no pinned host key",
-            hint="register it again with 'jitvault target add ssh ...' to pin its host key",
+            hint="register it with 'jitvault target add ssh ...', which pins its host key",
         )
     try:
         return asyncssh.import_public_key(options.host_key)
@@ -123,10 +139,15 @@ async def connect(
     except asyncssh.HostKeyNotVerifiable:
         raise TargetRejected(
             f"ssh target {target.name!r} presented a host key other than the pinned one",
-            hint="if the host was legitimately re-keyed, register the target again",
+            hint=_REKEYED_HINT,
         ) from None
     except asyncssh.PermissionDenied:
-        raise TargetRejected(f"{target.name!r} refused the login of {username!r}") from None
+        raise LoginRefused(f"{target.name!r} refused the login of {username!r}") from None
+    except asyncssh.KeyExchangeFailed:
+        raise TargetRejected(
+            f"ssh target {target.name!r} offered no host key of the pinned type",
+            hint=_REKEYED_HINT,
+        ) from None
     except (OSError, TimeoutError, asyncssh.Error) as exc:
         raise TargetRejected(
             f"could not reach ssh target {target.name!r} ({type(exc).__name__})",
@@ -135,10 +156,12 @@ async def connect(
 
 
 __all__ = [
+    "LoginRefused",
     "connect",
     "fetch_host_key",
     "is_private_key",
     "options_of",
     "pinned_key",
+    "public_key_blob",
     "public_key_line",
 ]

@@ -45,6 +45,7 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 #: whatever the client does (the promise is 2 s from the grant's end)
 _CUT_GRACE_SECONDS = 0.5
 _EXIT_CUT = 255
+RECORDING_REFUSED = "the session recording cannot be stored"
 #: towards the target, AES-GCM first (AES-NI makes it the fastest on x86-64 servers);
 #: the others as asyncssh offers them
 UPSTREAM_CIPHERS = (
@@ -115,38 +116,6 @@ class SshFrontend:
         task.add_done_callback(self._tasks.discard)
 
 
-class _Recorder:
-    """A session's recording events, written in order by one task so the relay never waits
-    on the store. If the store fails, the session is cut (fail closed)."""
-
-    def __init__(self, session: _Session) -> None:
-        self.session = session
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
-        self.task = asyncio.get_running_loop().create_task(self._write())
-
-    def put(self, kind: str, data: dict[str, Any]) -> None:
-        self.queue.put_nowait((kind, data))
-
-    async def _write(self) -> None:
-        session = self.session
-        while (item := await self.queue.get()) is not None:
-            try:
-                await session.ctx.record(session.session_id, *item)
-            except Exception as exc:
-                log.warning(
-                    "ssh proxy: session %s: cannot record (%s); cutting it",
-                    session.session_id,
-                    type(exc).__name__,
-                )
-                await session.close("the session cannot be recorded")
-                return
-
-    async def drain(self) -> None:
-        self.queue.put_nowait(None)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.task, 10)
-
-
 class _Session:
     """A live session: the core's :class:`SessionHandle`, both connections, its channels."""
 
@@ -158,10 +127,24 @@ class _Session:
         self.upstream: asyncssh.SSHClientConnection | None = None
         self.client: asyncssh.SSHServerConnection | None = None
         self.channels: set[_ClientChannel] = set()
-        self.recorder = _Recorder(self)
         self.cut_reason: str | None = None
         self.finished = False
         self._next_channel = 0
+
+    def record(self, kind: str, data: dict[str, Any]) -> bool:
+        """Queue an event for the core's recording sink. False if the core cannot keep it: the
+        session is then being cut, and what wanted recording must not be relayed."""
+        try:
+            self.ctx.record_nowait(self.session_id, kind, data)
+        except Exception as exc:
+            log.warning(
+                "ssh proxy: session %s: cannot record (%s); cutting it",
+                self.session_id,
+                type(exc).__name__,
+            )
+            self.frontend.spawn(self.close(RECORDING_REFUSED))
+            return False
+        return True
 
     def channel_number(self) -> int:
         self._next_channel += 1
@@ -183,8 +166,8 @@ class _Session:
             loop.call_later(_CUT_GRACE_SECONDS, client.close)
 
     async def finish(self, reason: str) -> None:
-        """The client connection is gone: close the upstream, flush the recording, tell the
-        core (exactly once)."""
+        """The client connection is gone: close the upstream, queue the last recorded output,
+        tell the core (exactly once; the core stores a session's events before its end)."""
         if self.finished:
             return
         self.finished = True
@@ -192,7 +175,6 @@ class _Session:
             self.upstream.close()
         for channel in list(self.channels):
             channel.flush_recording()
-        await self.recorder.drain()
         why = self.cut_reason or reason
         try:
             await self.ctx.closed(self.session_id, why)
@@ -278,9 +260,7 @@ class _Server(asyncssh.SSHServer):
             )
         except JitvaultError as exc:  # TargetRejected, or options that no longer validate
             log.warning("ssh proxy: session %s: upstream login failed: %s", ticket.session_id, exc)
-            session.recorder.put(
-                "upstream_failed", {"target": ticket.target.name, "reason": exc.message}
-            )
+            session.record("upstream_failed", {"target": ticket.target.name, "reason": exc.message})
             session.cut_reason = f"upstream login failed: {exc.message}"
             self._refuse_with(f"jitvault: {exc.message}")
             return False
@@ -323,7 +303,11 @@ class _Server(asyncssh.SSHServer):
         if session is None or session.upstream is None or session.cut_reason is not None:
             return False
         allowed = relay.forwarding_allowed(session.ticket.allow_forwarding, dest_host, dest_port)
-        session.recorder.put("forward", {"host": dest_host, "port": dest_port, "allowed": allowed})
+        recorded = session.record(
+            "forward", {"host": dest_host, "port": dest_port, "allowed": allowed}
+        )
+        if not recorded:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, RECORDING_REFUSED)
         if not allowed:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -409,7 +393,7 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
 
     def subsystem_requested(self, subsystem: str) -> bool:
         if not relay.subsystem_allowed(subsystem):
-            self.session.recorder.put(
+            self.session.record(
                 "subsystem_refused", {"channel": self.number, "subsystem": subsystem}
             )
             return False
@@ -439,17 +423,21 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
             self.terminal = relay.TerminalRecording(
                 time.monotonic(), term_size[0], term_size[1], term_type
             )
-            session.recorder.put(
+            session.record(
                 "asciicast_header",
                 {"channel": self.number, **self.terminal.header(int(time.time()))},
             )
         if command is not None:
-            session.recorder.put("exec", {"channel": self.number, "command": command})
+            recorded = session.record("exec", {"channel": self.number, "command": command})
         elif subsystem is not None:
-            session.recorder.put("subsystem", {"channel": self.number, "subsystem": subsystem})
+            recorded = session.record("subsystem", {"channel": self.number, "subsystem": subsystem})
             self.sftp = relay.SftpOperations()
         else:
-            session.recorder.put("shell", {"channel": self.number, "pty": self.pty is not None})
+            recorded = session.record(
+                "shell", {"channel": self.number, "pty": self.pty is not None}
+            )
+        if not recorded:
+            return  # the session is being cut: nothing is started upstream
         try:
             channel, _ = await upstream.create_session(lambda: _UpstreamChannel(self), **kwargs)
         except (asyncssh.Error, OSError) as exc:
@@ -474,7 +462,8 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self.sftp is not None:
             for op in self.sftp.feed(data):
-                self.session.recorder.put("sftp", {"channel": self.number, **op})
+                if not self.session.record("sftp", {"channel": self.number, **op}):
+                    return  # not recorded, not relayed
         if self.upstream is None:
             self._pending.append((data, datatype))
         else:
@@ -493,7 +482,7 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
             self.upstream.change_terminal_size(width, height, pixwidth, pixheight)
 
     def signal_received(self, signal: str) -> None:
-        self.session.recorder.put("signal", {"channel": self.number, "signal": signal})
+        self.session.record("signal", {"channel": self.number, "signal": signal})
         if self.upstream is not None:
             self.upstream.send_signal(signal)
 
@@ -553,7 +542,7 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
         self.flush_recording()
         status = upstream.get_exit_status()
         exit_signal = upstream.get_exit_signal()
-        self.session.recorder.put(
+        self.session.record(
             "exit",
             {
                 "channel": self.number,
@@ -575,7 +564,7 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
 
     def _record_terminal(self, events: list[list[Any]]) -> None:
         if events:
-            self.session.recorder.put("asciicast", {"channel": self.number, "events": events})
+            self.session.record("asciicast", {"channel": self.number, "events": events})
 
     def _flush_due(self) -> None:
         self._flush_timer = None

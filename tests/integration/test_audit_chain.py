@@ -13,7 +13,7 @@ import random
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +35,7 @@ from jitvault.storage import repositories as repo
 from jitvault.storage import tables as t
 
 from ..conftest import Booted
+from ..support import inserts_refused
 
 SEED = 20240611
 LOG_SIZE = 2000
@@ -477,35 +478,9 @@ def test_an_event_sealed_under_another_audit_key_does_not_verify(booted: Booted)
 # --------------------------------------------------------------------------- fail closed
 
 
-@contextmanager
-def audit_down(node: Node) -> Iterator[None]:
+def audit_down(node: Node) -> AbstractContextManager[None]:
     """A real trigger that makes every INSERT INTO audit_events fail, dropped afterwards."""
-    if node.db.is_postgres:
-        install = [
-            "CREATE FUNCTION jv_test_audit_down() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'audit down'; END $$",
-            "CREATE TRIGGER jv_test_audit_down BEFORE INSERT ON audit_events "
-            "FOR EACH ROW EXECUTE FUNCTION jv_test_audit_down()",
-        ]
-        remove = [
-            "DROP TRIGGER jv_test_audit_down ON audit_events",
-            "DROP FUNCTION jv_test_audit_down()",
-        ]
-    else:
-        install = [
-            "CREATE TRIGGER jv_test_audit_down BEFORE INSERT ON audit_events "
-            "BEGIN SELECT RAISE(ABORT, 'audit down'); END"
-        ]
-        remove = ["DROP TRIGGER jv_test_audit_down"]
-    with node.db.begin() as conn:
-        for sql in install:
-            conn.exec_driver_sql(sql)
-    try:
-        yield
-    finally:
-        with node.db.begin() as conn:
-            for sql in remove:
-                conn.exec_driver_sql(sql)
+    return inserts_refused(node, "audit_events")
 
 
 def _everything(node: Node) -> str:

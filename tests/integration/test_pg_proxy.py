@@ -39,6 +39,7 @@ from jitvault.storage import tables as t
 from jitvault_postgres import protocol as pg
 from jitvault_postgres.frontend import BackendFramer
 from tests.conftest import scratch_database
+from tests.integration.test_recording_sink import recordings_refused
 from tests.pgcluster import PgCluster
 from tests.support import (
     ServerProcess,
@@ -601,6 +602,189 @@ def test_query_texts_are_recorded_encrypted_but_parameter_values_are_not(
             assert marker not in text
     finally:
         node.close()
+
+
+def _session_ids(node: Node, token_id: str) -> list[int]:
+    with node.read() as conn:
+        return [
+            int(r[0])
+            for r in conn.execute(select(t.sessions.c.id).where(t.sessions.c.token_id == token_id))
+        ]
+
+
+def _wait_session_ended(node: Node, session_id: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with node.read() as conn:
+            ended = conn.execute(
+                select(t.sessions.c.ended_at).where(t.sessions.c.id == session_id)
+            ).scalar_one()
+        if ended is not None:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"session {session_id} did not end")
+
+
+def test_every_statement_of_a_2000_statement_session_is_recorded_in_order_once_it_ends(
+    world: ProxyWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    with _psycopg(info) as conn:
+        for i in range(2_000):
+            conn.execute(f"SELECT {i}")
+    node = _in_process_node(world)
+    try:
+        (sid,) = _session_ids(node, info["token_id"])
+        _wait_session_ended(node, sid)
+        # the session's end is written after its events: complete as soon as it has ended
+        texts = [e["data"]["text"] for e in sessions.session_events(node, sid)]
+        assert texts == [f"SELECT {i}" for i in range(2_000)]
+    finally:
+        node.close()
+
+
+def _query_until_refused(conn: psycopg.Connection[Any], query: str, bound: float) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < bound:
+        conn.execute(query)
+        time.sleep(0.02)
+
+
+def test_a_statement_that_cannot_be_recorded_cuts_its_session_with_57P01(
+    world: ProxyWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    node = _in_process_node(world)
+    try:
+        with _psycopg(info) as conn, recordings_refused(node):
+            started = time.monotonic()
+            with pytest.raises(psycopg.OperationalError) as caught:
+                _query_until_refused(conn, "SELECT 'not recorded'", CUT_BOUND_SECONDS)
+            assert time.monotonic() - started < CUT_BOUND_SECONDS
+        assert caught.value.sqlstate == "57P01"
+        assert "the session recording cannot be stored" in str(caught.value)
+        (sid,) = _session_ids(node, info["token_id"])
+        _wait_session_ended(node, sid)
+        # the store is back: the queued events were kept and are written, none dropped
+        deadline = time.monotonic() + 10
+        while not sessions.session_events(node, sid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        texts = {e["data"]["text"] for e in sessions.session_events(node, sid)}
+        assert texts == {"SELECT 'not recorded'"}
+        with _psycopg(info) as conn:  # new sessions are recorded again
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        node.close()
+
+
+def _raw_session(port: int, user: str, password: str) -> socket.socket:
+    """A logged-in connection of our own (plain TCP, SCRAM), after its ReadyForQuery."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(pg.startup_message({"user": user, "database": "postgres"}))
+    reader = pg.BackendReader()
+    scram = ScramClient(Sensitive(password))
+    while data := s.recv(65536):
+        for m in reader.feed(data):
+            if isinstance(m, pg.AuthenticationSASL):
+                s.sendall(pg.sasl_initial_response(MECHANISM, scram.first_message()))
+            elif isinstance(m, pg.AuthenticationSASLContinue):
+                s.sendall(pg.sasl_response(scram.handle_server_first(m.data)))
+            elif isinstance(m, pg.ErrorResponse):
+                raise AssertionError(f"login failed: {m.sqlstate}")
+            elif isinstance(m, pg.ReadyForQuery):
+                return s
+    raise AssertionError("the proxy closed during login")
+
+
+class PeakRss:
+    """Samples a process's RSS every 20 ms from start to stop: the growth over the start."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.start_kb = self._rss()
+        self.peak_kb = self.start_kb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_kb = max(self.peak_kb, self._rss())
+
+    def growth_mb(self) -> float:
+        self._stop.set()
+        self._thread.join(5)
+        return (self.peak_kb - self.start_kb) / 1024
+
+
+#: a relay that held a message or a result whole would grow by about its size
+BIG_MB = 128
+MEMORY_BOUND_MB = 32
+
+
+def _read_until_ready(s: socket.socket, reader: pg.BackendReader) -> list[pg.Message]:
+    got: list[pg.Message] = []
+    while not any(isinstance(m, pg.ReadyForQuery) for m in got):
+        data = s.recv(1 << 20)
+        assert data, "the proxy closed"
+        got += reader.feed(data)
+    return got
+
+
+def test_a_huge_copy_message_streams_through_with_bounded_proxy_memory(world: ProxyWorld) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    with _raw_session(info["port"], info["user"], info["password"]) as s:
+        reader = pg.BackendReader(passthrough=(b"D", b"d"))
+        s.sendall(pg.query("CREATE TEMP TABLE big (line text)"))
+        _read_until_ready(s, reader)
+        s.sendall(pg.query("COPY big FROM STDIN"))
+        while not any(isinstance(m, pg.CopyInResponse) for m in reader.feed(s.recv(65536))):
+            pass
+        line = b"x" * 1023 + b"\n"
+        chunk = line * 1024  # 1 MiB of rows
+        meter = PeakRss(world.server.proc.pid)
+        s.sendall(b"d" + struct.pack("!i", BIG_MB * len(chunk) + 4))  # ONE CopyData message
+        for _ in range(BIG_MB):
+            s.sendall(chunk)
+        s.sendall(b"c" + struct.pack("!i", 4))
+        done = _read_until_ready(s, reader)
+        growth = meter.growth_mb()
+        assert any(
+            isinstance(m, pg.CommandComplete) and m.tag == f"COPY {BIG_MB * 1024}" for m in done
+        ), done
+        print(f"proxy RSS growth during a {BIG_MB} MiB CopyData message: {growth:.1f} MiB")
+        assert growth < MEMORY_BOUND_MB
+        s.sendall(pg.terminate())
+
+
+def test_a_client_that_does_not_read_holds_the_server_back_not_the_proxy_memory(
+    world: ProxyWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    rows = BIG_MB * 1024
+    with _raw_session(info["port"], info["user"], info["password"]) as s:
+        meter = PeakRss(world.server.proc.pid)
+        s.sendall(pg.query(f"SELECT repeat('r', 1024) FROM generate_series(1, {rows})"))
+        time.sleep(3.0)  # a slow client: reads nothing while the server could send it all
+        growth_while_stalled = meter.growth_mb()
+        reader = pg.BackendReader(passthrough=(b"D",))
+        got = _read_until_ready(s, reader)
+        assert sum(1 for m in got if isinstance(m, pg.RawMessage)) == rows  # all of it, later
+        print(
+            f"proxy RSS growth while a {BIG_MB} MiB result waited: {growth_while_stalled:.1f} MiB"
+        )
+        assert growth_while_stalled < MEMORY_BOUND_MB
+        s.sendall(pg.terminate())
 
 
 # ------------------------------------------------------------------------------ hostile input

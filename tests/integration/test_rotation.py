@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import time
 from datetime import timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from psycopg import sql
-from sqlalchemy import func, select
 
-from jitvault.config import load_settings
 from jitvault.domain import AccessKind, AccountMode, AccountStatus, Principal, Sensitive
 from jitvault.errors import Conflict
 from jitvault.plugin_api import TargetRejected
@@ -27,9 +22,9 @@ from jitvault.services import Node, grants, jobs, policies, requests, rotation, 
 from jitvault.services.requests import NewRequest
 from jitvault.storage import journal
 from jitvault.storage import repositories as repo
-from jitvault.storage import tables as t
 from tests.conftest import Booted
 from tests.pgcluster import PgCluster
+from tests.rotation_crash import journal_rows, kill_9_during_rotations, vaulted
 from tests.support import cli_env, free_port, init_data_dir, run_cli, start_server
 
 
@@ -61,16 +56,6 @@ def _register(
     return tname
 
 
-def _vaulted(
-    node: Node, tname: str, role: str
-) -> tuple[Sensitive[str] | None, Sensitive[str] | None]:
-    with node.read() as conn:
-        account = repo.account_get(conn, tname, role)
-        cur, prev = journal.account_secrets(conn, node.vault.keyring, account.id)
-    dec = lambda s: None if s is None else s.map(bytes.decode)  # noqa: E731
-    return dec(cur), dec(prev)
-
-
 def _shared_account(world: tuple[Node, Principal, PgCluster]) -> tuple[str, str, Sensitive[str]]:
     """A fresh role on the cluster with a known password, registered as an injected account:
     ``(target name, role, its password)``."""
@@ -88,11 +73,6 @@ def _auto_approve(node: Node, admin: Principal, tname: str) -> None:
     )
 
 
-def _journal_rows(node: Node) -> int:
-    with node.read() as conn:
-        return int(conn.execute(select(func.count()).select_from(t.rotation_journal)).scalar_one())
-
-
 @pytest.fixture
 def world(booted: Booted, pg_cluster: PgCluster) -> tuple[Node, Principal, PgCluster]:
     return booted.node, booted.admin, pg_cluster
@@ -108,13 +88,13 @@ def test_rotation_on_demand_leaves_a_password_only_the_vault_knows(
     result = rotation.rotate_now(node, admin, f"{tname}/{role}")
 
     assert result.rotated
-    current, previous = _vaulted(node, tname, role)
+    current, previous = vaulted(node, tname, role)
     assert current is not None
     assert current != old
     assert previous == old
     assert not cluster.can_login(role, old)
     assert cluster.can_login(role, current)
-    assert _journal_rows(node) == 0
+    assert journal_rows(node) == 0
     assert rotation.verify_now(node, admin, f"{tname}/{role}")
     # the new plaintext never reached the server (its statement log shows only a verifier)
     assert current.reveal() not in cluster.log_text()
@@ -137,7 +117,7 @@ def test_a_grant_that_ends_rotates_its_shared_account(
     for _ in range(20):  # bounded: the cleanup job runs on the first pass
         if not jobs.run_due_jobs(node):
             break
-    current, previous = _vaulted(node, tname, role)
+    current, previous = vaulted(node, tname, role)
     assert previous == old
     assert current is not None
     assert current != old
@@ -174,10 +154,10 @@ def test_three_rejections_of_one_pending_secret_bring_a_new_one_and_nothing_is_l
     # the target takes logins again: the next attempt completes with the journaled secret
     cluster.sql(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
     rotation.rotate(node, account, reason="test")
-    current, _ = _vaulted(node, tname, role)
+    current, _ = vaulted(node, tname, role)
     assert current is not None
     assert cluster.can_login(role, current)
-    assert _journal_rows(node) == 0
+    assert journal_rows(node) == 0
 
 
 def test_when_no_vaulted_secret_logs_in_the_account_needs_an_operator_and_is_refused(
@@ -241,36 +221,12 @@ def test_kill_9_at_each_rotation_step_loses_no_password(
     finally:
         server.stop()
 
-    settings = load_settings(config)
-    for run in range(RUNS_PER_STEP):
-        crashing = start_server(config, port, env=cli_env(JITVAULT_FAULT_CRASH_AT=step))
-        try:
-            with pytest.raises(httpx.TransportError):
-                httpx.post(
-                    f"{addr}/v1/targets/pgc/accounts/{role}/rotate",
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=60,
-                )
-            crashing.proc.wait(30)
-            assert crashing.proc.returncode == -signal.SIGKILL, f"run {run}: no crash at {step}"
-        finally:
-            crashing.stop()
-        # restart without the fault: reconciliation runs at start
-        server = start_server(config, port, env=cli_env())
-        try:
-            node = Node.open(settings)
-            try:
-                node.vault.auto_unseal()
-                deadline = time.monotonic() + 30
-                while _journal_rows(node) and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                assert _journal_rows(node) == 0, f"run {run}: journal entry left after {step}"
-                current, _ = _vaulted(node, "pgc", role)
-                assert current is not None
-                assert cluster.can_login(role, current), f"run {run}: vaulted secret lost at {step}"
-            finally:
-                node.close()
-            verify = run_cli("account", "verify", f"pgc/{role}", env=env)
-            assert verify.returncode == 0, verify.stdout + verify.stderr
-        finally:
-            server.stop()
+    kill_9_during_rotations(
+        config,
+        port,
+        token,
+        f"pgc/{role}",
+        step,
+        RUNS_PER_STEP,
+        lambda s: cluster.can_login(role, s),
+    )

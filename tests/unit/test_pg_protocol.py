@@ -989,3 +989,96 @@ def test_random_bytes_into_the_backend_reader_raise_only_protocol_violation(
 @given(body=st.binary(max_size=80), code=st.sampled_from([196608, 196610, 80877102, 80877103]))
 def test_random_startup_bodies_raise_only_protocol_violation(body: bytes, code: int) -> None:
     _only_violations(FrontendReader(), [untyped(i32(code) + body)])
+
+
+# -------------------------------------------------------------- the relay's client side
+
+
+def _typed(message_type: bytes, body: bytes) -> bytes:
+    return message_type + struct.pack("!i", len(body) + 4) + body
+
+
+def _parse_message(statement: str, query: str) -> bytes:
+    return _typed(b"P", statement.encode() + b"\0" + query.encode() + b"\0" + b"\0\0")
+
+
+def _bind_with_secret(value: bytes) -> bytes:
+    body = b"\0\0" + b"\0\0" + b"\0\x01" + struct.pack("!i", len(value)) + value + b"\0\0"
+    return _typed(b"B", body)
+
+
+def _relay_all(
+    relay: pg.FrontendRelay, stream: bytes, cuts: Sequence[int]
+) -> tuple[bytes, list[pg.Message], int]:
+    """Feed ``stream`` cut at ``cuts``; what was forwarded, what surfaced, the most held."""
+    forwarded, surfaced, most_held, pos = bytearray(), [], 0, 0
+    for end in [*sorted(set(cuts)), len(stream)]:
+        if end <= pos:
+            continue
+        out, messages = relay.feed(stream[pos:end])
+        forwarded += out
+        surfaced += messages
+        most_held = max(most_held, relay.buffered)
+        pos = end
+    return bytes(forwarded), surfaced, most_held
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=0, max_value=20_000), max_size=40))
+def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_however_cut(
+    cuts: list[int],
+) -> None:
+    stream = b"".join(
+        [
+            pg.query("SELECT 1"),
+            _parse_message("s1", "SELECT $1::text"),
+            _bind_with_secret(b"hunter2-secret"),
+            _typed(b"E", b"\0\0\0\0\0"),
+            pg.sync(),
+            _typed(b"d", b"x" * 9000),
+            pg.query("SELECT '" + "y" * 5000 + "'"),
+            pg.terminate(),
+        ]
+    )
+    forwarded, surfaced, _ = _relay_all(pg.FrontendRelay(), stream, cuts)
+    assert forwarded == stream
+    assert surfaced == [
+        pg.Query("SELECT 1"),
+        pg.Parse("s1", "SELECT $1::text", ()),
+        pg.Query("SELECT '" + "y" * 5000 + "'"),
+        pg.Terminate(),
+    ]
+    assert "hunter2" not in repr(surfaced)
+
+
+def test_the_relay_streams_a_huge_copy_message_without_holding_it() -> None:
+    size = 64 << 20
+    relay = pg.FrontendRelay()
+    out, messages = relay.feed(b"d" + struct.pack("!i", size + 4))
+    assert (out, messages) == (b"d" + struct.pack("!i", size + 4), [])
+    chunk = b"z" * 65536
+    for _ in range(size // len(chunk)):
+        out, messages = relay.feed(chunk)
+        assert out is chunk  # no copy
+        assert relay.buffered == 0
+    out, messages = relay.feed(pg.query("SELECT 2"))
+    assert messages == [pg.Query("SELECT 2")]
+
+
+@pytest.mark.parametrize(
+    ("stream", "reason"),
+    [
+        (pg.terminate() + pg.query("SELECT 1"), "after the end"),
+        (b"Z" + struct.pack("!i", 4), "unknown frontend message type"),
+        (b"p" + struct.pack("!i", 8) + b"abcd", "unknown frontend message type"),
+        (b"Q" + struct.pack("!i", 3), "invalid length"),
+        (b"d" + struct.pack("!i", 2**31 - 1), "longer than allowed"),
+        (_typed(b"Q", b"SELECT 1"), "NUL-terminated"),
+    ],
+)
+def test_the_relay_refuses_malformed_input_and_then_everything(stream: bytes, reason: str) -> None:
+    relay = pg.FrontendRelay(max_message_length=1 << 20)
+    with pytest.raises(pg.ProtocolViolation, match=reason):
+        relay.feed(stream)
+    with pytest.raises(pg.ProtocolViolation, match="already failed"):
+        relay.feed(pg.query("SELECT 1"))

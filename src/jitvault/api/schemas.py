@@ -5,9 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from jitvault.domain import AccessRequest, Account, AccountMode, Grant, Role, Target, User
+from jitvault.domain import (
+    AccessRequest,
+    Account,
+    AccountMode,
+    Grant,
+    Role,
+    Sensitive,
+    Target,
+    User,
+)
 
 
 class UserIn(BaseModel):
@@ -60,13 +69,30 @@ class LoginIn(BaseModel):
     password: SecretStr
 
 
+def _one_secret(password: SecretStr | None, key: SecretStr | None) -> Sensitive[str] | None:
+    if password is not None and key is not None:
+        raise ValueError("give a password or a private key, not both")
+    given = password if password is not None else key
+    return None if given is None else Sensitive(given.get_secret_value())
+
+
 class TargetIn(BaseModel):
     name: str
     kind: str
     options: dict[str, Any] = Field(default_factory=dict)
     admin_user: str | None = None
     admin_password: SecretStr | None = None
+    #: an OpenSSH or PEM private key (without a passphrase), instead of a password
+    admin_private_key: SecretStr | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_admin_secret(self) -> TargetIn:
+        _one_secret(self.admin_password, self.admin_private_key)
+        return self
+
+    def admin_secret(self) -> Sensitive[str] | None:
+        return _one_secret(self.admin_password, self.admin_private_key)
 
 
 class TargetOut(BaseModel):
@@ -97,10 +123,32 @@ class AccountIn(BaseModel):
     username: str
     mode: AccountMode = AccountMode.INJECTED
     password: SecretStr | None = None
+    #: an OpenSSH or PEM private key (without a passphrase), instead of a password
+    private_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_account_secret(self) -> AccountIn:
+        _one_secret(self.password, self.private_key)
+        return self
+
+    def secret(self) -> Sensitive[str] | None:
+        return _one_secret(self.password, self.private_key)
 
 
 class SecretIn(BaseModel):
-    password: SecretStr
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretIn:
+        if _one_secret(self.password, self.private_key) is None:
+            raise ValueError("give a password or a private key")
+        return self
+
+    def secret(self) -> Sensitive[str]:
+        value = _one_secret(self.password, self.private_key)
+        assert value is not None  # checked by the validator
+        return value
 
 
 class AccountOut(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from jitvault.cli.client import EXIT_INVALID, ApiClient, fail, read_secret_stdin
@@ -25,6 +27,29 @@ def _split(ref: str, username: str | None) -> tuple[str, str]:
     return target, user
 
 
+def _key_file(path: Path) -> str:
+    """The private key in ``path`` (a file, not an argument: arguments show in ``ps``)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"cannot read the key file {str(path)!r}: {type(exc).__name__}", EXIT_INVALID)
+    if "PRIVATE KEY-----" not in text:
+        fail(f"{str(path)!r} holds no private key", EXIT_INVALID)
+    return text
+
+
+def _secret_body(
+    password_stdin: bool, key_file: Path | None, password_field: str, key_field: str
+) -> dict[str, object]:
+    if password_stdin and key_file is not None:
+        fail("give --password-stdin or --key-file, not both", EXIT_INVALID)
+    if key_file is not None:
+        return {key_field: _key_file(key_file)}
+    if password_stdin:
+        return {password_field: read_secret_stdin("password")}
+    return {}
+
+
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -37,7 +62,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 @target_app.command("add")
 def target_add(
-    kind: str = typer.Argument(..., help="Target kind, e.g. postgres"),
+    kind: str = typer.Argument(..., help="Target kind: postgres or ssh"),
     name: str = typer.Argument(...),
     host: str = typer.Option(..., "--host"),
     port: int | None = typer.Option(None, "--port"),
@@ -48,9 +73,16 @@ def target_add(
     admin_password_stdin: bool = typer.Option(
         False, "--admin-password-stdin", help="Read the admin password from standard input."
     ),
+    admin_key_file: Path | None = typer.Option(
+        None, "--admin-key-file", help="Read the admin's private key (SSH) from this file."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Register a target; its admin credential goes into the vault."""
+    """Register a target; its admin credential goes into the vault.
+
+    An ssh target's host key is read from the host now and pinned (or give it with
+    --option host_key=...): a host that later presents another key is refused.
+    """
     options: dict[str, object] = {"host": host}
     if port is not None:
         options["port"] = port
@@ -64,8 +96,9 @@ def target_add(
         "admin_user": admin_user,
         "labels": _pairs(label, "--label"),
     }
-    if admin_password_stdin:
-        body["admin_password"] = read_secret_stdin("admin password")
+    body.update(
+        _secret_body(admin_password_stdin, admin_key_file, "admin_password", "admin_private_key")
+    )
     show(ApiClient().request("POST", "/v1/targets", json=body), as_json)
 
 
@@ -89,12 +122,14 @@ def account_add(
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the account's current password from stdin."
     ),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="Read the account's private key (SSH) from this file."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Register an account; its credential goes into the vault."""
     body: dict[str, object] = {"username": username, "mode": mode}
-    if password_stdin:
-        body["password"] = read_secret_stdin("password")
+    body.update(_secret_body(password_stdin, key_file, "password", "private_key"))
     show(ApiClient().request("POST", f"/v1/targets/{target}/accounts", json=body), as_json)
 
 
@@ -121,11 +156,14 @@ def account_show(
 @account_app.command("set-secret")
 def account_set_secret(
     ref: str = typer.Argument(..., help="TARGET/USERNAME"),
+    key_file: Path | None = typer.Option(
+        None, "--key-file", help="A private key (SSH) from this file instead of a password."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Replace the vaulted credential (read from standard input)."""
+    """Replace the vaulted credential (a password from standard input, or --key-file)."""
     target, user = _split(ref, None)
-    body = {"password": read_secret_stdin("password")}
+    body = _secret_body(key_file is None, key_file, "password", "private_key")
     show(
         ApiClient().request("PUT", f"/v1/targets/{target}/accounts/{user}/secret", json=body),
         as_json,

@@ -19,6 +19,12 @@ from jitvault.crypto.providers import (
 from jitvault.crypto.shamir import combine as combine_shares
 from jitvault.crypto.shamir import parse_share
 from jitvault.crypto.shamir import split as split_secret
+from jitvault.crypto.sshkeys import (
+    generate_secret,
+    generate_ssh_private_key,
+    is_usable_private_key,
+    looks_like_private_key,
+)
 from jitvault.crypto.tls import ensure_self_signed, server_context
 from jitvault.crypto.tokens import (
     API_TOKEN_PREFIX,
@@ -54,10 +60,14 @@ __all__ = [
     "create_key_file",
     "ensure_self_signed",
     "generate_password",
+    "generate_secret",
+    "generate_ssh_private_key",
     "hash_password",
     "hash_secret",
+    "is_usable_private_key",
     "issue_token",
     "load_key_file",
+    "looks_like_private_key",
     "new_key",
     "parse_share",
     "parse_term",

@@ -19,6 +19,13 @@ class AccountMode(StrEnum):
     ELEVATION = "elevation"  # the requester's own account gains a role for the grant
 
 
+class SecretKind(StrEnum):
+    """What kind of secret an account needs: the core generates it, the target plugin says which."""
+
+    PASSWORD = "password"
+    SSH_KEY = "ssh-key"  # an OpenSSH private key (the target keeps its public half)
+
+
 class AccountStatus(StrEnum):
     OK = "ok"
     NEEDS_OPERATOR = "needs_operator"
@@ -95,6 +102,7 @@ __all__ = [
     "Account",
     "AccountMode",
     "AccountStatus",
+    "SecretKind",
     "Target",
     "validate_account_name",
     "validate_host",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from jitvault.domain import Sensitive
+from jitvault.domain import SecretKind, Sensitive
 from jitvault.errors import JitvaultError
 
 if TYPE_CHECKING:
@@ -81,13 +81,32 @@ class TargetPlugin(Plugin):
             mode="json"
         )
 
+    async def enroll(self, target: TargetAccess) -> dict[str, Any]:
+        """Options to pin when the target is registered (e.g. its SSH host key), read from the
+        target itself; the core merges them into the target's options. Default: nothing."""
+        return {}
+
+    def secret_kind(self, current: Sensitive[str] | None) -> SecretKind:
+        """Which kind of secret the core should generate for an account whose secret is now
+        ``current`` (None: a new ephemeral account). Default: a password."""
+        return SecretKind.PASSWORD
+
     async def verify(self, target: TargetAccess, username: str, secret: Sensitive[str]) -> bool:
         """Can ``username`` log in with ``secret``? False if the target says no; raises
         :class:`TargetRejected` (retryable) if the target cannot be asked."""
         raise Unsupported(f"{self.kind} targets cannot verify credentials yet")
 
-    async def rotate(self, target: TargetAccess, username: str, new: Sensitive[str]) -> None:
-        """Set ``new`` as the password of ``username`` (idempotent: setting it twice is fine)."""
+    async def rotate(
+        self,
+        target: TargetAccess,
+        username: str,
+        new: Sensitive[str],
+        current: Sensitive[str] | None = None,
+    ) -> None:
+        """Set ``new`` as the secret of ``username`` (idempotent: setting it twice is fine).
+
+        ``current`` is the secret the vault holds now, which the target must stop accepting
+        (an SSH key's line is removed); None if unknown."""
         raise Unsupported(f"{self.kind} targets cannot rotate credentials yet")
 
     async def create_account(

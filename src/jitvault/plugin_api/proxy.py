@@ -70,8 +70,17 @@ class ProxyContext(Protocol):
     def register(self, handle: SessionHandle) -> None:
         """Put a live session in the registry, so that the core can cut it."""
 
+    def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
+        """Record an event of the session (e.g. a query text); encrypted at rest by the core.
+
+        Queued, never waiting for the database (the core writes in batches; the session's
+        events are stored before its end). Raises ``Unavailable`` when the event cannot be
+        kept (the queue is full or the store refuses recordings): the front end must then end
+        the session without relaying what it wanted to record (fail closed).
+        """
+
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
-        """Record an event of the session (e.g. a query text); encrypted at rest by the core."""
+        """:meth:`record_nowait` for coroutines (same promise: it does not wait for storage)."""
 
     async def closed(self, session_id: int, reason: str) -> None:
         """The session is over (client left, upstream closed, or cut): unregister and end it."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import Any
 
 from jitvault.domain import Sensitive
 from jitvault.plugin_api import SessionHandle, SessionTicket, TargetAccess
+from jitvault.proxy.recording import RecordingSink, RecordingUnavailable
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node, sessions
 
@@ -19,11 +21,13 @@ class NodeProxyContext:
         self,
         node: Node,
         registry: SessionRegistry,
+        recordings: RecordingSink,
         protocol: str,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self.node = node
         self.registry = registry
+        self.recordings = recordings
         self.protocol = protocol
         self.ssl_context = ssl_context
         self._expiry: dict[int, Any] = {}
@@ -73,12 +77,19 @@ class NodeProxyContext:
         expires = self._expiry.pop(handle.session_id)
         self.registry.add(handle, expires)
 
+    def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
+        self.recordings.add(session_id, kind, data)
+
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
-        await asyncio.to_thread(sessions.record_event, self.node, session_id, kind, data)
+        self.recordings.add(session_id, kind, data)
 
     async def closed(self, session_id: int, reason: str) -> None:
         self.registry.remove(session_id)
         self._expiry.pop(session_id, None)
+        # the session's events land before its end; if the store refuses them, that is
+        # logged, and they stay queued and are retried
+        with contextlib.suppress(RecordingUnavailable):
+            await self.recordings.flush()
         await asyncio.to_thread(sessions.close_session, self.node, session_id, reason)
 
 

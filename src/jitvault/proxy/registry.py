@@ -46,14 +46,22 @@ class SessionRegistry:
             ended = await asyncio.to_thread(sessions.ended_among, self.node, rest)
             due.update({sid: _reason(why) for sid, why in ended.items()})
         for sid, why in due.items():
-            entry = self._live.pop(sid, None)
-            if entry is None:
-                continue
-            try:
-                await entry[0].close(why)
-            except Exception:  # one session's trouble must not stop the cutting of others
-                log.exception("cutting session %s failed", sid)
+            await self._cut(sid, why)
         return len(due)
+
+    async def cut(self, session_ids: set[int], reason: str) -> None:
+        """Cut these sessions (those that live on this node), telling their clients why."""
+        for sid in sorted(session_ids):
+            await self._cut(sid, reason)
+
+    async def _cut(self, session_id: int, reason: str) -> None:
+        entry = self._live.pop(session_id, None)
+        if entry is None:
+            return
+        try:
+            await entry[0].close(reason)
+        except Exception:  # one session's trouble must not stop the cutting of others
+            log.exception("cutting session %s failed", session_id)
 
     async def watch(self) -> None:
         while True:

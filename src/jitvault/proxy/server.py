@@ -1,22 +1,38 @@
-"""The proxy listeners of a node: one asyncio loop in a thread of its own, one listener per
-target kind that has a front end, and the session watcher."""
+"""The proxy listeners of a node: one asyncio loop (uvloop when installed) in a thread of its
+own, one listener per target kind that has a front end, the session watcher and the recording
+sink's writer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from pathlib import Path
-
-import uvloop
 
 from jitvault.crypto import ensure_self_signed, server_context
 from jitvault.plugin_api import ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
+from jitvault.proxy.recording import RecordingSink
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node
 
 log = logging.getLogger(__name__)
+
+#: the interpreter's thread switch interval while proxies run (CPython's default: 5 ms)
+SWITCH_INTERVAL_SECONDS = 0.0005
+
+#: how long shutdown waits for the queued recordings to be written
+SHUTDOWN_FLUSH_SECONDS = 10.0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (a faster relay), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def _ports(node: Node) -> dict[str, int]:
@@ -28,11 +44,13 @@ class ProxyServer:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.registry = SessionRegistry(node)
+        self.recordings = RecordingSink(node, on_failure=self.registry.cut)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._listeners: list[ProxyListener] = []
         self.bound: dict[str, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _tls(self) -> tuple[Path, Path]:
         cfg, data = self.node.settings.server, self.node.settings.data_dir
@@ -51,7 +69,9 @@ class ProxyServer:
             frontend: ProtocolFrontend | None = self.node.targets.get(kind).frontend()
             if frontend is None or kind not in ports:
                 continue
-            ctx = NodeProxyContext(self.node, self.registry, frontend.protocol, tls)
+            ctx = NodeProxyContext(
+                self.node, self.registry, self.recordings, frontend.protocol, tls
+            )
             listener = await frontend.listen(self.node.settings.server.listen, ports[kind], ctx)
             self._listeners.append(listener)
             self.bound[kind] = listener.port
@@ -61,10 +81,14 @@ class ProxyServer:
                 self.node.settings.server.listen,
                 self.bound[kind],
             )
-        asyncio.get_running_loop().create_task(self.registry.watch())
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.registry.watch()),
+            loop.create_task(self.recordings.run()),
+        ]
 
     def _run(self) -> None:
-        loop = uvloop.new_event_loop()  # faster sockets for the relays
+        loop = new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
@@ -77,6 +101,9 @@ class ProxyServer:
         loop.run_forever()
 
     def start(self, timeout: float = 15.0) -> None:
+        # the relay shares the GIL with the recording writer (and the API's threads): switch
+        # often, so that a batch being encrypted does not stall every session for 5 ms turns
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._run, name="jitvault-proxy", daemon=True)
         self._thread.start()
         self._ready.wait(timeout)
@@ -89,11 +116,15 @@ class ProxyServer:
         async def _close() -> None:
             for listener in self._listeners:
                 listener.close()
+            try:
+                await asyncio.wait_for(self.recordings.flush(), SHUTDOWN_FLUSH_SECONDS)
+            except Exception:
+                log.exception("queued session recordings could not be written at shutdown")
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(_close(), loop)
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(SHUTDOWN_FLUSH_SECONDS + 5)
 
 
 __all__ = ["ProxyServer"]

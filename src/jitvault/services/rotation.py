@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 from dataclasses import dataclass
 from enum import StrEnum
 
 from jitvault.audit import Action, AuditEvent, Outcome
-from jitvault.crypto import generate_password
+from jitvault.crypto import generate_secret
 from jitvault.domain import (
     Account,
     AccountMode,
@@ -35,6 +33,7 @@ from jitvault.domain import (
 )
 from jitvault.errors import Conflict, Unavailable, ValidationError
 from jitvault.plugin_api import TargetAccess, TargetPlugin, TargetRejected
+from jitvault.plugin_api.faults import FAULT_ENV, crash_point
 from jitvault.services import notify
 from jitvault.services.node import Node
 from jitvault.services.targets import target_access
@@ -45,14 +44,7 @@ log = logging.getLogger(__name__)
 
 #: after this many rejections of one pending secret, a new one is generated
 MAX_REJECTIONS = 3
-#: set to a step name to SIGKILL this process there (crash-injection tests only)
-FAULT_ENV = "JITVAULT_FAULT_CRASH_AT"
 STEPS = ("after_journal", "after_apply", "after_verify", "after_commit")
-
-
-def _crash_point(step: str) -> None:
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Reconciled(StrEnum):
@@ -93,8 +85,18 @@ class _Context:
             return False
         return asyncio.run(self.plugin.verify(self.access, self.account.username, _s(secret)))
 
+    def current(self) -> Sensitive[str] | None:
+        with self.node.read() as conn:
+            current, _ = journal.account_secrets(conn, self.node.vault.keyring, self.account.id)
+        return None if current is None else _s(current)
+
+    def new_secret(self) -> Sensitive[bytes]:
+        """A new secret of the kind the plugin says this account needs (password, SSH key)."""
+        return _b(generate_secret(self.plugin.secret_kind(self.current())))
+
     def apply(self, secret: Sensitive[bytes]) -> None:
-        asyncio.run(self.plugin.rotate(self.access, self.account.username, _s(secret)))
+        user = self.account.username
+        asyncio.run(self.plugin.rotate(self.access, user, _s(secret), current=self.current()))
 
     def audit(self, action: Action, actor: str, outcome: Outcome, **details: object) -> None:
         with self.node.write() as tx:
@@ -194,9 +196,9 @@ def _rotate_locked(
     # 1. journal
     if entry is None:
         with node.write() as tx:
-            entry = journal.create(tx.conn, tx.keyring, account.id, _b(generate_password()), reason)
+            entry = journal.create(tx.conn, tx.keyring, account.id, ctx.new_secret(), reason)
             tx.emit(_event(Action.ROTATION_STARTED, actor, ctx.label, reason=reason))
-        _crash_point("after_journal")
+        crash_point("after_journal")
     while True:
         with node.read() as conn:
             pending = journal.pending_secret(conn, node.vault.keyring, entry)
@@ -204,7 +206,7 @@ def _rotate_locked(
         ctx.apply(pending)
         with node.db.begin() as conn:
             journal.set_state(conn, entry.id, "applied")
-        _crash_point("after_apply")
+        crash_point("after_apply")
         # 3. verify
         if ctx.verify(pending):
             break
@@ -218,17 +220,17 @@ def _rotate_locked(
             )
         # the same pending secret failed three times: try a new one (journaled first)
         with node.write() as tx:
-            journal.replace_pending(tx.conn, tx.keyring, entry, _b(generate_password()))
+            journal.replace_pending(tx.conn, tx.keyring, entry, ctx.new_secret())
         with node.read() as conn:
             fresh = journal.entry_for(conn, account.id)
         assert fresh is not None
         entry = fresh
-    _crash_point("after_verify")
+    crash_point("after_verify")
     # 4. commit
     with node.write() as tx:
         journal.commit_secret(tx.conn, tx.keyring, account.id, pending)
         tx.emit(_event(Action.ROTATION_COMPLETED, actor, ctx.label, reason=reason))
-    _crash_point("after_commit")
+    crash_point("after_commit")
 
 
 def reconcile_all(node: Node) -> dict[str, Reconciled]:

@@ -12,8 +12,9 @@ Every refusal looks the same to the client ("authentication failed"); the audit 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -264,12 +265,39 @@ def forwarding_allowed(node: Node, grant: Grant) -> bool:
 
 
 def record_event(node: Node, session_id: int, kind: str, data: dict[str, Any]) -> None:
-    """Store one event of a session, encrypted at rest and bound to its row."""
-    at = node.clock()
-    payload = Sensitive(json.dumps(data, sort_keys=True, default=str).encode())
+    """Store one event of a session now, encrypted at rest and bound to its row."""
+    record_events(node, [RecordedEvent(session_id, kind, node.clock(), data)])
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """One event of a session, as the proxy's recording sink queued it."""
+
+    session_id: int
+    kind: str
+    at: datetime
+    data: dict[str, Any]
+
+
+def record_events(node: Node, events: Sequence[RecordedEvent]) -> None:
+    """Store a batch of session events in one transaction, each encrypted at rest and bound to
+    its row, in the order given (the same rows :func:`record_event` writes)."""
+    if not events:
+        return
+    payloads = [Sensitive(json.dumps(e.data, sort_keys=True, default=str).encode()) for e in events]
     with node.write() as tx:
-        event_id = session_store.event_add(tx.conn, session_id, kind, at)
-        sealed.seal_column(tx.conn, tx.keyring, SESSION_EVENT_DATA, event_id, payload)
+        ids = session_store.reserve_event_ids(tx.conn, len(events))
+        term, envelopes = sealed.seal_new(
+            tx.conn, tx.keyring, SESSION_EVENT_DATA, list(zip(ids, payloads, strict=True))
+        )
+        session_store.events_insert(
+            tx.conn,
+            [
+                (i, e.session_id, e.kind, e.at, envelope)
+                for i, e, envelope in zip(ids, events, envelopes, strict=True)
+            ],
+            term,
+        )
 
 
 def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
@@ -380,6 +408,7 @@ def close_session(node: Node, session_id: int, reason: str = "client closed") ->
 
 
 __all__ = [
+    "RecordedEvent",
     "SessionTicket",
     "TooManySessions",
     "asciicast_of",
@@ -393,6 +422,7 @@ __all__ = [
     "open_session_verified",
     "proxy_material",
     "record_event",
+    "record_events",
     "session_asciicast",
     "session_events",
     "show_session",

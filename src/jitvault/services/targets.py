@@ -7,11 +7,13 @@ the value upstream and never return it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
 from jitvault.audit import Action, AuditEvent
+from jitvault.crypto import is_usable_private_key, looks_like_private_key
 from jitvault.domain import (
     Account,
     AccountMode,
@@ -24,7 +26,7 @@ from jitvault.domain import (
     validate_target_name,
 )
 from jitvault.errors import ValidationError
-from jitvault.plugin_api import TargetAccess
+from jitvault.plugin_api import TargetAccess, TargetPlugin
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed
@@ -39,7 +41,21 @@ def _secret_bytes(secret: Sensitive[str]) -> Sensitive[bytes]:
         raise ValidationError("the secret is empty", hint="pass it on standard input")
     if len(raw.encode()) > MAX_SECRET_BYTES:
         raise ValidationError("the secret is too long", hint=f"at most {MAX_SECRET_BYTES} bytes")
+    if looks_like_private_key(secret) and not is_usable_private_key(secret):
+        raise ValidationError(
+            "the private key cannot be read, or it has a passphrase",
+            hint="give an OpenSSH or PEM private key without a passphrase",
+        )
     return Sensitive(raw.encode())
+
+
+def _parse_options(plugin: TargetPlugin, kind: str, options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return plugin.parse_options(options)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValidationError(f"invalid {kind} target option {where}: {first['msg']}") from None
 
 
 def add_target(
@@ -56,15 +72,15 @@ def add_target(
     authorize(actor, Permission.TARGET_CREATE)
     validate_target_name(name)
     plugin = node.targets.get(kind)
-    try:
-        clean = plugin.parse_options(options)
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ValidationError(f"invalid {kind} target option {where}: {first['msg']}") from None
+    clean = _parse_options(plugin, kind, options)
     if admin_user is not None:
         validate_account_name(admin_user)
     secret = _secret_bytes(admin_secret) if admin_secret is not None else None
+    # what the plugin reads from the target itself and pins (an SSH host key), before any write
+    access = TargetAccess(name, clean, admin_user, admin_secret)
+    enrolled = asyncio.run(plugin.enroll(access))
+    if enrolled:
+        clean = _parse_options(plugin, kind, {**clean, **enrolled})
     with node.write() as tx:
         target = repo.target_add(tx.conn, name, kind, clean, admin_user, labels)
         if secret is not None:
@@ -81,6 +97,7 @@ def add_target(
                     "labels": labels or {},
                     "admin_user": admin_user,
                     "admin_secret_set": secret is not None,
+                    "enrolled": sorted(enrolled),
                 },
             )
         )
@@ -112,7 +129,8 @@ def add_account(
     validate_account_name(username)
     if mode == AccountMode.INJECTED and secret is None:
         raise ValidationError(
-            "an injected account needs its current credential", hint="use --password-stdin"
+            "an injected account needs its current credential",
+            hint="use --password-stdin or --key-file",
         )
     value = _secret_bytes(secret) if secret is not None else None
     with node.write() as tx:

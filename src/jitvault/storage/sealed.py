@@ -57,6 +57,18 @@ def seal_column(
         raise NotFound(f"{table.name} row {row_id} does not exist")
 
 
+def seal_new(
+    conn: Connection,
+    keyring: Keyring,
+    col: EncryptedColumn,
+    values: list[tuple[int, Sensitive[bytes]]],
+) -> tuple[int, list[str]]:
+    """Envelopes for rows about to be inserted with these ids: the term (locked shared, as
+    :func:`seal_column` does) and each value sealed under it, bound to its row and column."""
+    term = _lock_active_term(conn, keyring)
+    return term, [keyring.encrypt(value, context_for(col, row_id)) for row_id, value in values]
+
+
 def open_column(
     conn: Connection, keyring: Keyring, col: EncryptedColumn, row_id: int
 ) -> Sensitive[bytes] | None:

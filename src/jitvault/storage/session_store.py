@@ -97,11 +97,39 @@ def session_end(conn: Connection, session_id: int, at: datetime, reason: str) ->
     return result.rowcount == 1
 
 
-def event_add(conn: Connection, session_id: int, kind: str, at: datetime) -> int:
-    result = conn.execute(insert(t.session_events).values(session_id=session_id, ts=at, kind=kind))
-    pk = result.inserted_primary_key
-    assert pk is not None
-    return int(pk[0])
+def reserve_event_ids(conn: Connection, n: int) -> list[int]:
+    """``n`` unused ids for new session_events rows, increasing (so that the caller can seal
+    each row's data, bound to its id, before the one INSERT)."""
+    if n <= 0:
+        return []
+    table = t.session_events
+    if conn.dialect.name == "sqlite":
+        # a write transaction holds the whole database (BEGIN IMMEDIATE): above the newest id,
+        # every id is free, and SQLite would pick the same ones
+        top = conn.execute(select(func.max(table.c.id))).scalar_one_or_none() or 0
+        return list(range(top + 1, top + n + 1))
+    sequence = conn.execute(
+        select(func.pg_get_serial_sequence(table.name, table.c.id.name))
+    ).scalar_one()
+    reserved = conn.execute(
+        select(func.nextval(sequence)).select_from(func.generate_series(1, n))
+    ).scalars()
+    return sorted(int(v) for v in reserved)
+
+
+def events_insert(
+    conn: Connection, rows: list[tuple[int, int, str, datetime, str]], term: int
+) -> None:
+    """Insert (id, session_id, kind, ts, sealed data) rows, all sealed under key ``term``."""
+    if not rows:
+        return
+    conn.execute(
+        insert(t.session_events),
+        [
+            {"id": i, "session_id": sid, "kind": kind, "ts": at, "data": data, "data_term": term}
+            for i, sid, kind, at, data in rows
+        ],
+    )
 
 
 def events(conn: Connection, session_id: int) -> list[Row[Any]]:
@@ -140,10 +168,11 @@ def ended_among(conn: Connection, session_ids: list[int]) -> dict[int, str]:
 __all__ = [
     "end_sessions",
     "ended_among",
-    "event_add",
     "events",
+    "events_insert",
     "live_count",
     "live_sessions",
+    "reserve_event_ids",
     "session_add",
     "session_end",
     "session_rows",

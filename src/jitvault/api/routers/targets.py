@@ -6,7 +6,6 @@ from fastapi import APIRouter, status
 
 from jitvault.api.deps import CallerDep, NodeDep, SourceDep
 from jitvault.api.schemas import AccountIn, AccountOut, SecretIn, TargetIn, TargetOut
-from jitvault.domain import Sensitive
 from jitvault.services import rotation, targets
 
 router = APIRouter(prefix="/v1", tags=["targets"])
@@ -14,7 +13,6 @@ router = APIRouter(prefix="/v1", tags=["targets"])
 
 @router.post("/targets", response_model=TargetOut, status_code=status.HTTP_201_CREATED)
 def add_target(body: TargetIn, caller: CallerDep, node: NodeDep, source: SourceDep) -> TargetOut:
-    secret = Sensitive(body.admin_password.get_secret_value()) if body.admin_password else None
     target = targets.add_target(
         node,
         caller,
@@ -22,7 +20,7 @@ def add_target(body: TargetIn, caller: CallerDep, node: NodeDep, source: SourceD
         body.kind,
         body.options,
         body.admin_user,
-        secret,
+        body.admin_secret(),
         source,
         body.labels,
     )
@@ -45,8 +43,9 @@ def get_target(name: str, caller: CallerDep, node: NodeDep) -> TargetOut:
 def add_account(
     name: str, body: AccountIn, caller: CallerDep, node: NodeDep, source: SourceDep
 ) -> AccountOut:
-    secret = Sensitive(body.password.get_secret_value()) if body.password else None
-    account = targets.add_account(node, caller, name, body.username, body.mode, secret, source)
+    account = targets.add_account(
+        node, caller, name, body.username, body.mode, body.secret(), source
+    )
     return AccountOut.of(account)
 
 
@@ -64,8 +63,9 @@ def get_account(name: str, username: str, caller: CallerDep, node: NodeDep) -> A
 def set_account_secret(
     name: str, username: str, body: SecretIn, caller: CallerDep, node: NodeDep, source: SourceDep
 ) -> AccountOut:
-    secret = Sensitive(body.password.get_secret_value())
-    return AccountOut.of(targets.set_account_secret(node, caller, name, username, secret, source))
+    return AccountOut.of(
+        targets.set_account_secret(node, caller, name, username, body.secret(), source)
+    )
 
 
 @router.get("/accounts", response_model=list[AccountOut])

@@ -1,0 +1,145 @@
+"""The recording sink: session events queued by the relays and written in batches.
+
+A relay never waits for the database: :meth:`RecordingSink.add` appends to an in-memory queue
+and returns; a background task writes the queue every ``interval`` seconds, or as soon as
+``batch`` events wait, one transaction per batch (rows and encryption as
+:func:`jitvault.services.sessions.record_events` makes them). A session's events are written
+before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
+
+Fail closed: the queue is bounded (events and bytes). When it is full, or when the store refuses
+a batch (database or audit down), :meth:`add` raises :class:`RecordingUnavailable` and the front
+end ends the session that wanted to record; the sessions whose events are still waiting are cut
+through ``on_failure``. Refused batches stay queued and are retried, so nothing is dropped while
+the process lives; a crash loses at most what was queued and not yet written (about
+``interval`` seconds of statements).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from jitvault.errors import Unavailable
+from jitvault.services import Node, sessions
+
+log = logging.getLogger(__name__)
+
+#: what the client of a cut session is told
+RECORDING_LOST = "the session recording cannot be stored"
+
+
+class RecordingUnavailable(Unavailable):
+    """Events cannot be queued or stored now: the session that wanted to record must end."""
+
+    code = "recording_unavailable"
+
+
+class RecordingSink:
+    """One per node: the queue of every proxy session's events, and its writer."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        interval: float = 0.1,
+        batch: int = 500,
+        max_events: int = 50_000,
+        max_bytes: int = 64 << 20,
+        on_failure: Callable[[set[int], str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.node = node
+        self.interval = interval
+        self.batch = batch
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.on_failure = on_failure
+        self._queue: deque[tuple[sessions.RecordedEvent, int]] = deque()
+        self._bytes = 0
+        self._failing: str | None = None
+        self._wake: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def failing(self) -> bool:
+        """Did the last write fail (and none succeed since)?"""
+        return self._failing is not None
+
+    def add(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
+        """Queue one event (timestamped now). Raises RecordingUnavailable instead of dropping."""
+        if self._failing is not None:
+            raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}")
+        size = _size(data)
+        # one event larger than the byte bound (a huge statement, already in memory) is taken
+        # when nothing else waits; the bound holds for the rest
+        full = self._bytes > 0 and self._bytes + size > self.max_bytes
+        if len(self._queue) >= self.max_events or full:
+            raise RecordingUnavailable(f"{RECORDING_LOST}: the recording queue is full")
+        self._queue.append(
+            (sessions.RecordedEvent(session_id, kind, self.node.clock(), data), size)
+        )
+        self._bytes += size
+        if len(self._queue) >= self.batch and self._wake is not None:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write everything queued until now. Raises RecordingUnavailable if the store refused."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            # only what is queued now: under load the queue never empties
+            left = len(self._queue)
+            while left > 0:
+                taken = [self._queue.popleft() for _ in range(min(self.batch, left))]
+                try:
+                    await asyncio.to_thread(
+                        sessions.record_events, self.node, [event for event, _ in taken]
+                    )
+                except Exception as exc:
+                    self._queue.extendleft(reversed(taken))
+                    await self._failed(exc)
+                    raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}") from None
+                left -= len(taken)
+                self._bytes -= sum(size for _, size in taken)
+                if self._failing is not None:
+                    log.warning("session recordings are stored again")
+                    self._failing = None
+
+    async def _failed(self, exc: Exception) -> None:
+        first = self._failing is None
+        self._failing = f"the store refused it ({type(exc).__name__})"
+        if first:
+            log.error("session recordings cannot be stored (%s): cutting sessions", exc)
+        waiting = {event.session_id for event, _ in self._queue}
+        if self.on_failure is not None and waiting:
+            await self.on_failure(waiting, RECORDING_LOST)
+
+    async def run(self) -> None:
+        """Write the queue every ``interval`` seconds or every ``batch`` events, forever."""
+        self._wake = asyncio.Event()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            if not self._queue:
+                continue
+            try:
+                await self.flush()
+            except RecordingUnavailable:
+                await asyncio.sleep(self.interval)  # retried; sessions were already cut
+            except Exception:
+                log.exception("the recording writer failed")
+
+
+def _size(data: dict[str, Any]) -> int:
+    """What an event weighs in the queue (its strings; a fixed part for the rest)."""
+    return 128 + sum(len(v) for v in data.values() if isinstance(v, str))
+
+
+__all__ = ["RECORDING_LOST", "RecordingSink", "RecordingUnavailable"]
