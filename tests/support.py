@@ -46,6 +46,18 @@ def wait_http(url: str, timeout: float = 30.0, ok: tuple[int, ...] = (200,)) -> 
     raise TimeoutError(f"{url} did not answer {ok} within {timeout}s ({last})")
 
 
+def wait_port(port: int, timeout: float = 15.0, what: str = "the proxy") -> None:
+    """Wait until something listens on loopback ``port`` (bounded in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{what} did not listen on {port}")
+
+
 def cli_env(addr: str | None = None, token: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JITVAULT_")}
     if addr:
@@ -85,6 +97,15 @@ def init_data_dir(data_dir: Path, port: int, database_url: str | None = None) ->
         if line.startswith("export JITVAULT_TOKEN="):
             return line.split("=", 1)[1].strip()
     raise AssertionError(f"jitvault init printed no token: {done.stdout}")
+
+
+def add_requester(admin_env: dict[str, str], addr: str, name: str) -> dict[str, str]:
+    """``jitvault user add NAME --role requester`` and a token: that user's CLI environment."""
+    added = run_cli("user", "add", name, "--role", "requester", env=admin_env)
+    assert added.returncode == 0, added.stderr
+    made = run_cli("token", "create", name, env=admin_env)
+    assert made.returncode == 0, made.stderr
+    return cli_env(addr, made.stdout.strip())
 
 
 @dataclass
@@ -141,6 +162,7 @@ def running_server(config: Path, env: dict[str, str] | None = None) -> Iterator[
 __all__ = [
     "JITVAULT",
     "ServerProcess",
+    "add_requester",
     "cli_env",
     "free_port",
     "init_data_dir",
@@ -148,6 +170,7 @@ __all__ = [
     "running_server",
     "start_server",
     "wait_http",
+    "wait_port",
 ]
 
 

@@ -87,9 +87,9 @@ class SshTarget(TargetPlugin):
     async def revoke(self, target: TargetAccess, username: str, role: str) -> None:
         await lifecycle.revoke(target, username, role)
 
-    def frontend(self) -> SshFrontend | None:
-        """The SSH session proxy's front end: one per process (None until it is built)."""
-        return None
+    def frontend(self) -> SshFrontend:
+        """The SSH session proxy's front end: one per process."""
+        return _frontend()
 
 
 @functools.cache

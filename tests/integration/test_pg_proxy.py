@@ -49,6 +49,7 @@ from tests.support import (
     init_data_dir,
     run_cli,
     start_server,
+    wait_port,
 )
 
 TARGET = "pgc"
@@ -103,21 +104,10 @@ def world(
             made = run_cli("token", "create", "alice", env=admin_env)
             assert made.returncode == 0, made.stderr
             alice_env = cli_env(server.addr, made.stdout.strip())
-            _wait_port(pg_port)
+            wait_port(pg_port)
             yield ProxyWorld(cluster, server, config, pg_port, admin_env, alice_env)
         finally:
             server.stop()
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"the proxy did not listen on {port}")
 
 
 @dataclass

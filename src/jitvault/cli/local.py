@@ -167,7 +167,10 @@ def dev(
         f"# psql: PostgreSQL proxy on {cfg.listen}:{cfg.pg_proxy_port}; "
         "'jitvault connect REQUEST_ID' prints the psql line for a live grant"
     )
-    typer.echo(f"# ssh:  ssh -p {cfg.ssh_proxy_port} USER@{cfg.listen} (SSH proxy: not yet)")
+    typer.echo(
+        f"# ssh:  SSH proxy on {cfg.listen}:{cfg.ssh_proxy_port}; "
+        "'jitvault connect REQUEST_ID' prints the ssh line for a live grant"
+    )
     typer.echo(f"# API docs: http://{cfg.listen}:{cfg.api_port}/docs  (Ctrl-C stops)")
     sys.stdout.flush()
     runtime.serve(node)

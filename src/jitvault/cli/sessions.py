@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+
 import typer
 
 from jitvault.cli.client import ApiClient
@@ -32,6 +36,48 @@ def show_(session_id: int, as_json: bool = JsonOpt) -> None:
     show(data, False)
     for e in events:
         typer.echo(f"{e['ts']}  {e['kind']}: {(e['data'] or {}).get('text', e['data'])}")
+
+
+#: a pause longer than this in a recording is shortened to it when playing
+MAX_IDLE_SECONDS = 2.0
+
+
+@session_app.command("play")
+def play(
+    session_id: int,
+    speed: float = typer.Option(1.0, "--speed", min=0.01, help="Playback speed (2 = twice)."),
+    channel: int | None = typer.Option(
+        None, "--channel", help="Which pty channel (default: the first)."
+    ),
+    cast: bool = typer.Option(False, "--cast", help="Print the asciicast v2 file instead."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Replay a session's recorded terminal (an SSH pty session) in this terminal.
+
+    Pauses longer than 2 s are shortened to 2 s. ``--cast`` prints the recording as an
+    asciicast v2 file, for asciinema or another player; ``--json`` as one JSON document.
+    """
+    params = {"channel": channel} if channel is not None else None
+    lines = ApiClient().stream_lines(f"/v1/sessions/{session_id}/asciicast", params)
+    if as_json:  # the recording as one JSON document: its header and its events
+        header, *events = (json.loads(line) for line in lines if line)
+        show({"header": header, "events": events}, True)
+        return
+    if cast:
+        for line in lines:
+            typer.echo(line)
+        return
+    at = 0.0
+    for n, line in enumerate(lines):
+        if n == 0 or not line:
+            continue  # the header: its size is the client's, not this terminal's
+        t, kind, data = json.loads(line)
+        if kind != "o":
+            continue
+        time.sleep(min(max(0.0, t - at), MAX_IDLE_SECONDS) / speed)
+        at = t
+        sys.stdout.write(data)
+        sys.stdout.flush()
 
 
 __all__ = ["session_app"]

@@ -185,10 +185,14 @@ def connect(
     if as_json:
         show(info, True)
         return
-    typer.echo(
-        f'psql "host={info["host"]} port={info["port"]} dbname={info["dbname"]} '
-        f'user={info["user"]} password={info["password"]} sslmode=require"'
-    )
+    if info["protocol"] == "ssh":
+        typer.echo(f"ssh -p {info['port']} {info['user']}@{info['host']}")
+        typer.echo(f"password: {info['password']}")
+    else:
+        typer.echo(
+            f'psql "host={info["host"]} port={info["port"]} dbname={info["dbname"]} '
+            f'user={info["user"]} password={info["password"]} sslmode=require"'
+        )
     err_console.print(
         f"token valid until {info['expires_at']}"
         + (" for one connection" if info["single_use"] else "")

@@ -143,6 +143,8 @@ class Rule(BaseModel):
     #: a shared account is held by one live grant at a time; a request for an account that is
     #: checked out is refused, or (queue) waits approved until the account is checked in
     checkout: Literal["refuse", "queue"] = "refuse"
+    #: may sessions of the grants this rule approves forward ports (SSH ``-L``)? Default: no
+    allow_forwarding: bool = False
 
     _validate_durations = field_validator("max_duration", "request_ttl", mode="before")(_duration)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from jitvault.domain import Sensitive
@@ -29,6 +30,8 @@ class SessionTicket:
     target: TargetAccess
     credential: Sensitive[str]
     expires_at: datetime
+    #: the grant's policy rule allows port forwarding (SSH ``-L``); forbidden by default
+    allow_forwarding: bool = False
 
 
 class SessionHandle(Protocol):
@@ -45,6 +48,9 @@ class ProxyContext(Protocol):
 
     #: TLS for the client side (a certificate from config, or the self-signed one made at init)
     ssl_context: ssl.SSLContext | None
+    #: a private directory (mode 0700) where the front end may keep its own files, e.g. the
+    #: SSH proxy's host key
+    state_dir: Path
 
     async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
         """The SCRAM-SHA-256 verifier of a session token, or None if there is no such token.

@@ -31,6 +31,8 @@ class NodeProxyContext:
         self.protocol = protocol
         self.ssl_context = ssl_context
         self._expiry: dict[int, Any] = {}
+        self.state_dir = node.settings.data_dir / "proxy" / protocol
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
         return await asyncio.to_thread(sessions.token_verifier, self.node, token_id)
@@ -52,6 +54,9 @@ class NodeProxyContext:
             target, account, secret = await asyncio.to_thread(
                 sessions.proxy_material, self.node, opened
             )
+            forwarding = await asyncio.to_thread(
+                sessions.forwarding_allowed, self.node, opened.grant
+            )
         except BaseException:
             # a session that never got going does not end an --end-on-disconnect grant
             await asyncio.to_thread(
@@ -68,6 +73,7 @@ class NodeProxyContext:
             target=TargetAccess(name=target.name, options=target.options),
             credential=secret,
             expires_at=grant.expires_at,
+            allow_forwarding=forwarding,
         )
 
     def register(self, handle: SessionHandle) -> None:

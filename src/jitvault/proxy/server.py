@@ -61,6 +61,7 @@ class ProxyServer:
         return cert, key
 
     async def _start(self) -> None:
+        log.debug("session proxies on a %s loop", type(asyncio.get_running_loop()).__module__)
         cert, key = self._tls()
         tls = server_context(cert, key)
         ports = _ports(self.node)

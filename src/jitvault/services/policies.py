@@ -80,6 +80,16 @@ def active_policy(conn: Connection) -> ActivePolicy | None:
     return ActivePolicy(row.version, row.sha256, _parse_cached(row.document), row.document)
 
 
+def rule_allows_forwarding(conn: Connection, request_id: int) -> bool:
+    """Does the policy rule that decided this request (in the version that decided it, so a
+    later policy change does not widen a live grant) allow port forwarding?"""
+    decided = workflow.policy_rule_of_request(conn, request_id)
+    if decided is None:
+        return False
+    document, name = decided
+    return any(r.allow_forwarding for r in _parse_cached(document).rules if r.name == name)
+
+
 def apply_policy(node: Node, actor: Principal, text: str, source: str = "") -> dict[str, Any]:
     authorize(actor, Permission.POLICY_APPLY)
     doc = parse_policy(text)

@@ -35,7 +35,7 @@ from jitvault.domain import (
 from jitvault.errors import AuthError, Conflict, Forbidden, NotFound
 from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
-from jitvault.services import grants, leases, targets
+from jitvault.services import grants, leases, policies, targets
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed, session_store, workflow
@@ -101,10 +101,10 @@ def connect_info(
 ) -> dict[str, Any]:
     """Where and how to connect with one's live grant: a new session token as the password.
 
-    The connection user is ``<account>.<token id>`` (the account the session logs in as
-    upstream: the shared, own or ephemeral one): a proxy reads the token id from it to run
-    SCRAM with the token as the password (it must know which verifier to use before the client
-    proves anything), so the token itself never crosses the wire.
+    For PostgreSQL the connection user is ``<account>.<token id>`` (the account the session
+    logs in as upstream: the shared, own or ephemeral one): a proxy reads the token id from it
+    to run SCRAM with the token as the password (it must know which verifier to use before the
+    client proves anything), so the token itself never crosses the wire.
     """
     token, grant = issue_session_token(node, actor, request_id, once, source)
     with node.read() as conn:
@@ -112,6 +112,23 @@ def connect_info(
     cfg = node.settings.server
     host = cfg.public_host or cfg.listen
     token_id = token.reveal().split("_")[1]
+    common = {
+        "protocol": target.kind,
+        "host": host,
+        "token_id": token_id,
+        "single_use": once,
+        "grant_id": grant.id,
+        "expires_at": grant.expires_at.isoformat(),
+    }
+    if target.kind == "ssh":
+        # SSH sends the password whole (inside the encrypted transport), so the user name
+        # names the grant, not the token: ``ssh -p 2222 <account>.<grant id>@host``
+        return {
+            **common,
+            "port": cfg.ssh_proxy_port,
+            "user": f"{grant.name}.{grant.id}",
+            "password": token.reveal(),
+        }
     user = f"{grant.login}.{token_id}"
     if target.kind != "postgres":
         raise Unsupported(f"{target.kind} targets have no session proxy yet")
@@ -122,17 +139,12 @@ def connect_info(
         f"{quote(dbname, safe='')}?sslmode=require"
     )
     return {
-        "protocol": target.kind,
-        "host": host,
+        **common,
         "port": port,
         "dbname": dbname,
         "user": user,
         "password": password,
         "uri": uri,
-        "token_id": token_id,
-        "single_use": once,
-        "grant_id": grant.id,
-        "expires_at": grant.expires_at.isoformat(),
     }
 
 
@@ -254,6 +266,12 @@ def proxy_material(node: Node, ticket: SessionTicket) -> tuple[Target, str, Sens
     return target, grant.login, secret
 
 
+def forwarding_allowed(node: Node, grant: Grant) -> bool:
+    """May this grant's sessions forward ports? (its deciding policy rule's allow_forwarding)"""
+    with node.read() as conn:
+        return policies.rule_allows_forwarding(conn, grant.request_id)
+
+
 def record_event(node: Node, session_id: int, kind: str, data: dict[str, Any]) -> None:
     """Store one event of a session now, encrypted at rest and bound to its row."""
     record_events(node, [RecordedEvent(session_id, kind, node.clock(), data)])
@@ -342,6 +360,39 @@ def show_session(node: Node, actor: Principal, session_id: int) -> dict[str, Any
     return view
 
 
+def asciicast_of(events: list[dict[str, Any]], channel: int | None = None) -> str:
+    """The asciicast v2 file (header line, then one event per line) of a recorded terminal:
+    ``channel``, or the session's first pty channel. Empty if the session recorded none."""
+    headers = [e["data"] for e in events if e["kind"] == "asciicast_header" and e["data"]]
+    if channel is None and headers:
+        channel = headers[0]["channel"]
+    header = next((h for h in headers if h["channel"] == channel), None)
+    if header is None:
+        return ""
+    lines = [json.dumps({k: v for k, v in header.items() if k != "channel"})]
+    for e in events:
+        data = e["data"]
+        if e["kind"] == "asciicast" and data and data.get("channel") == channel:
+            lines.extend(json.dumps(event, ensure_ascii=False) for event in data["events"])
+    return "\n".join(lines) + "\n"
+
+
+def session_asciicast(
+    node: Node, actor: Principal, session_id: int, channel: int | None = None
+) -> str:
+    """A session's recorded terminal as asciicast v2 (for ``jitvault session play``)."""
+    view = show_session(node, actor, session_id)
+    cast = asciicast_of(view["events"], channel)
+    if not cast:
+        raise NotFound(
+            f"session {session_id} recorded no terminal"
+            + (f" on channel {channel}" if channel is not None else ""),
+            hint="only pty sessions (an interactive ssh shell) are recorded as a terminal;"
+            " see 'jitvault session show'",
+        )
+    return cast
+
+
 def ended_among(node: Node, session_ids: list[int]) -> dict[int, str]:
     with node.read() as conn:
         return session_store.ended_among(conn, session_ids)
@@ -385,9 +436,11 @@ __all__ = [
     "RecordedEvent",
     "SessionTicket",
     "TooManySessions",
+    "asciicast_of",
     "close_session",
     "connect_info",
     "ended_among",
+    "forwarding_allowed",
     "issue_session_token",
     "list_sessions",
     "open_session",
@@ -395,6 +448,7 @@ __all__ = [
     "proxy_material",
     "record_event",
     "record_events",
+    "session_asciicast",
     "session_events",
     "show_session",
     "token_verifier",

@@ -47,6 +47,19 @@ def policy_add(conn: Connection, document: str, sha256: str, created_by: str) ->
     return version
 
 
+def policy_rule_of_request(conn: Connection, request_id: int) -> tuple[str, str] | None:
+    """The policy document (text) and rule name that decided a request, or None."""
+    row = conn.execute(
+        select(t.policies.c.document, t.access_requests.c.rule)
+        .select_from(t.access_requests)
+        .join(t.policies, t.policies.c.version == t.access_requests.c.policy_version)
+        .where(t.access_requests.c.id == request_id)
+    ).first()
+    if row is None or row.rule is None:
+        return None
+    return str(row.document), str(row.rule)
+
+
 def policy_history(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         select(
