@@ -104,6 +104,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/requests/{request_id}/cancel"): frozenset({"approver", "admin"}),
     ("GET", "/v1/sessions"): EVERYONE,
     ("GET", "/v1/sessions/{session_id}"): frozenset({"admin", "auditor"}),
+    ("GET", "/v1/sessions/{session_id}/asciicast"): frozenset({"admin", "auditor"}),
     # only the grant's own user gets a session token for it: no role may take another's
     ("POST", "/v1/requests/{request_id}/connect"): frozenset(),
     ("POST", "/v1/requests/{request_id}/review"): frozenset({"approver", "admin", "auditor"}),
@@ -434,6 +435,10 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ("GET", "/v1/sessions"): lambda w, c: Call("GET", "/v1/sessions"),
     ("GET", "/v1/sessions/{session_id}"): lambda w, c: Call(
         "GET", f"/v1/sessions/{w.victim_session()}"
+    ),
+    # the victim's session is a PostgreSQL one: it recorded no terminal (404 when allowed)
+    ("GET", "/v1/sessions/{session_id}/asciicast"): lambda w, c: Call(
+        "GET", f"/v1/sessions/{w.victim_session()}/asciicast", ok=404
     ),
     ("POST", "/v1/requests/{request_id}/connect"): lambda w, c: Call(
         "POST", f"/v1/requests/{w.victim_request(break_glass=True)['id']}/connect", json={}
