@@ -66,7 +66,12 @@ def seal_new(
     """Envelopes for rows about to be inserted with these ids: the term (locked shared, as
     :func:`seal_column` does) and each value sealed under it, bound to its row and column."""
     term = _lock_active_term(conn, keyring)
-    return term, [keyring.encrypt(value, context_for(col, row_id)) for row_id, value in values]
+    sealed_under, envelopes = keyring.encrypt_many(
+        [(context_for(col, row_id), value) for row_id, value in values]
+    )
+    if sealed_under != term:  # a term was added to the keyring since the lock
+        raise StaleKeyring(f"key term {sealed_under} is active in memory but not in the database")
+    return term, envelopes
 
 
 def open_column(
