@@ -5,8 +5,8 @@ A relay never waits for the database, and pays as little as it can per statement
 text bytes) to an in-memory queue and returns; decoding, JSON, encryption and the INSERT all
 happen in the writer, a batch at a time. A background task writes the queue every
 ``interval`` seconds, or as soon as ``batch`` events wait, one transaction per batch (rows and
-encryption as :func:`jitvault.services.sessions.record_events` makes them). A session's events are written
-before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
+encryption as :func:`jitvault.services.sessions.record_events` makes them). A session's events
+are written before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
 
 Fail closed: the queue is bounded (events and bytes). When it is full, or when the store refuses
 a batch (database or audit down), :meth:`add` raises :class:`RecordingUnavailable` and the front
