@@ -112,12 +112,16 @@ def test_the_writer_task_flushes_on_its_interval(booted: Booted) -> None:
     assert _texts(booted.node, ticket.session_id) == ["SELECT 1"]
 
 
+def _session_with_sink(booted: Booted, **limits: int) -> tuple[int, RecordingSink]:
+    """A live session's id and a sink of its own (with these limits)."""
+    ticket, _ = _open(booted)
+    return ticket.session_id, RecordingSink(booted.node, **limits)
+
+
 def test_statements_queued_as_raw_bytes_are_stored_decoded_in_order_with_other_events(
     booted: Booted,
 ) -> None:
-    ticket, _ = _open(booted)
-    sid = ticket.session_id
-    sink = RecordingSink(booted.node, batch=2)
+    sid, sink = _session_with_sink(booted, batch=2)
     sink.add_statement(sid, "simple", "SELECT 'café'".encode())
     sink.add(sid, "note", {"text": "between"})
     sink.add_statement(sid, "extended", b"SELECT $1 -- \xff\xfe")
@@ -134,9 +138,7 @@ def test_statements_queued_as_raw_bytes_are_stored_decoded_in_order_with_other_e
 def test_raw_statements_count_against_the_byte_bound_and_are_refused_while_failing(
     booted: Booted,
 ) -> None:
-    ticket, _ = _open(booted)
-    sid = ticket.session_id
-    sink = RecordingSink(booted.node, max_bytes=10_000)
+    sid, sink = _session_with_sink(booted, max_bytes=10_000)
     sink.add_statement(sid, "simple", b"SELECT '" + b"x" * 9_000 + b"'")
     with pytest.raises(RecordingUnavailable, match="queue is full"):
         sink.add_statement(sid, "simple", b"SELECT '" + b"y" * 1_000 + b"'")
