@@ -10,7 +10,8 @@ One :class:`PostgresFrontend` serves every client connection of the postgres lis
 3. the upstream login with the vaulted credential (:mod:`.upstream`);
 4. the relay, callback-driven on the two :class:`~.wire.Wire` protocols (no task per session):
    client bytes go through :class:`~.protocol.FrontendRelay`, which holds back only query texts
-   (simple ``Q`` and extended ``P``, queued for recording before they are forwarded) and
+   (simple ``Q`` and extended ``P``, their raw bytes queued for recording before they are
+   forwarded: the core decodes, encrypts and stores them in its writer, not here) and
    Terminate, and streams everything else (COPY data, bind values) as it comes; server bytes are
    passed through as they come, cut at message boundaries only, so that the core can end the
    session at any time with a FATAL 57P01 the client understands. Each side's outgoing buffer
@@ -521,33 +522,31 @@ class _Connection:
         if self._ending or session.cut_reason is not None:
             return
         try:
-            forward, messages = relay.feed(data)
+            forward, surfaced = relay.feed(data)
         except pg.ProtocolViolation as exc:
             self.wire.write(pg.protocol_violation_error(exc))
             self._end("protocol violation")
             return
         terminated = False
-        try:
-            for message in messages:
-                if isinstance(message, pg.Query):
-                    self.ctx.record_nowait(
-                        session.session_id, "query", {"text": message.sql, "kind": "simple"}
-                    )
-                elif isinstance(message, pg.Parse):
-                    self.ctx.record_nowait(
-                        session.session_id, "query", {"text": message.query, "kind": "extended"}
-                    )
-                else:
-                    terminated = True
-        except JitvaultError as exc:
-            # fail closed: what cannot be recorded is not run
-            log.warning(
-                "postgres proxy: session %s: cannot record (%s)",
-                session.session_id,
-                type(exc).__name__,
-            )
-            session.cut(RECORDING_REFUSED)
-            return
+        if surfaced:
+            record = self.ctx.record_statement
+            try:
+                for message_type, text in surfaced:
+                    if message_type == b"Q":
+                        record(session.session_id, "simple", text)
+                    elif message_type == b"P":
+                        record(session.session_id, "extended", text)
+                    else:
+                        terminated = True
+            except JitvaultError as exc:
+                # fail closed: what cannot be recorded is not run
+                log.warning(
+                    "postgres proxy: session %s: cannot record (%s)",
+                    session.session_id,
+                    type(exc).__name__,
+                )
+                session.cut(RECORDING_REFUSED)
+                return
         if forward:
             session.upstream.wire.write(forward)
         if terminated:

@@ -1164,16 +1164,23 @@ class BackendReader(_Reader):
         return parse_backend_message(message_type, raw), end
 
 
+#: what a relay must look at in the client's stream: (message type, the statement's raw text)
+#: for a simple Query (``b"Q"``) or a Parse (``b"P"``); ``(b"X", b"")`` for Terminate
+Surfaced = tuple[bytes, bytes]
+
+
 class FrontendRelay:
     """Client -> server after authentication, for a relay: bytes through, a few messages out.
 
     :meth:`feed` returns the bytes to forward now (a prefix of what was fed so far, byte for
-    byte: the chunk itself when it ends at a safe point) and the messages a relay must look at:
-    :class:`Query` and :class:`Parse` (their texts are recorded; parsed, so that what is
-    recorded is what the server runs) and :class:`Terminate`. Only those are held until
-    complete; every other message (COPY data, Bind with its parameter values, ...) streams
-    through as it comes, with only its type and length checked, so a huge COPY takes no more
-    memory than the chunk in hand. Nothing may follow Terminate. Malformed input raises
+    byte: the chunk itself when it ends at a safe point) and what a relay must look at, as
+    :data:`Surfaced` pairs: the statement text of each Query and Parse, as raw bytes cut out
+    of the message exactly where the server reads it (decoding is left to whoever records it,
+    off the relay's path), and Terminate. Only those messages are held until complete, and
+    their structure is checked as the server checks it; every other message (COPY data, Bind
+    with its parameter values, ...) streams through as it comes, with only its type and length
+    checked, so a huge COPY takes no more memory than the chunk in hand. No message object is
+    made on this path. Nothing may follow Terminate. Malformed input raises
     :class:`ProtocolViolation`, after which every feed does.
     """
 
@@ -1194,7 +1201,7 @@ class FrontendRelay:
         """Bytes received and not yet returned for forwarding."""
         return len(self._held)
 
-    def feed(self, data: bytes) -> tuple[bytes, list[Message]]:
+    def feed(self, data: bytes) -> tuple[bytes, list[Surfaced]]:
         if self._failed is not None:
             raise ProtocolViolation(f"connection already failed: {self._failed}")
         if self._need and len(self._held) + len(data) < self._need:
@@ -1205,51 +1212,82 @@ class FrontendRelay:
             self._held += data
             source = self._held
         try:
-            pos, messages = self._scan(source)
+            pos, surfaced = self._scan(source)
         except ProtocolViolation as exc:
             self._failed = exc.message
             self._held = bytearray()
             raise
         if source is data:
             if pos == len(data):
-                return data, messages
+                return data, surfaced
             self._held = bytearray(data[pos:])
-            return data[:pos], messages
+            return data[:pos], surfaced
         out = bytes(self._held[:pos])
         del self._held[:pos]
-        return out, messages
+        return out, surfaced
 
-    def _scan(self, view: bytes | bytearray) -> tuple[int, list[Message]]:
-        messages: list[Message] = []
+    def _scan(self, view: bytes | bytearray) -> tuple[int, list[Surfaced]]:
+        surfaced: list[Surfaced] = []
         size, pos = len(view), 0
         self._need = 0
         if self._through:
             pos = min(self._through, size)
             self._through -= pos
+        unpack, parsers, inspected = _HEADER.unpack_from, _FRONTEND_PARSERS, self.INSPECTED
         while pos < size:
             if self._terminated:
                 raise ProtocolViolation("data after the end of the conversation")
             if size - pos < 5:
                 break
-            message_type, length = _HEADER.unpack_from(view, pos)
-            if message_type not in _FRONTEND_PARSERS:
+            message_type, length = unpack(view, pos)
+            if message_type not in parsers:
                 raise ProtocolViolation(f"unknown frontend message type {message_type!r}")
             if length < 4:
                 raise ProtocolViolation(f"invalid length {length} of message {message_type!r}")
             if length > self.max_message_length:
                 raise ProtocolViolation(f"message {message_type!r} longer than allowed")
             end = pos + 1 + length
-            if message_type in self.INSPECTED:
+            if message_type in inspected:
                 if end > size:
                     self._need = end - pos
                     break
-                messages.append(parse_frontend_message(message_type, bytes(view[pos:end])))
+                surfaced.append(_surface(message_type, view, pos + 5, end))
                 self._terminated = message_type == b"X"
             elif end > size:
                 self._through = end - size
                 end = size
             pos = end
-        return pos, messages
+        return pos, surfaced
+
+
+def _surface(message_type: bytes, view: bytes | bytearray, body: int, end: int) -> Surfaced:
+    """The text of a complete Query or Parse whose body is ``view[body:end]`` (checked as
+    :func:`parse_frontend_message` checks it), or Terminate's pair."""
+    if message_type == b"X":
+        if body != end:
+            raise ProtocolViolation("malformed Terminate: trailing bytes")
+        return b"X", b""
+    what = "Query" if message_type == b"Q" else "Parse"
+    if message_type == b"P":  # the statement's name comes first
+        body = view.find(b"\x00", body, end) + 1
+        if body == 0:
+            raise ProtocolViolation(f"malformed {what}: string is not NUL-terminated")
+    nul = view.find(b"\x00", body, end)
+    if nul < 0:
+        raise ProtocolViolation(f"malformed {what}: string is not NUL-terminated")
+    if message_type == b"Q":
+        if nul != end - 1:
+            raise ProtocolViolation(f"malformed {what}: trailing bytes")
+    else:  # the parameter types: an int16 count, then that many int32
+        if end - nul - 1 < 2:
+            raise ProtocolViolation(f"malformed {what}: truncated")
+        count: int = _INT16.unpack_from(view, nul + 1)[0]
+        if count < 0:
+            raise ProtocolViolation(f"malformed {what}: negative count")
+        if end - nul - 3 != 4 * count:
+            reason = "truncated" if end - nul - 3 < 4 * count else "trailing bytes"
+            raise ProtocolViolation(f"malformed {what}: {reason}")
+    return message_type, bytes(view[body:nul])
 
 
 # -- builders ----------------------------------------------------------------------------------
@@ -1523,6 +1561,7 @@ __all__ = [
     "SSLAnswer",
     "SSLRequest",
     "StartupMessage",
+    "Surfaced",
     "Sync",
     "Terminate",
     "authentication_cleartext_password",

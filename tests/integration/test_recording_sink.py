@@ -110,3 +110,47 @@ def test_the_writer_task_flushes_on_its_interval(booted: Booted) -> None:
 
     asyncio.run(scenario())
     assert _texts(booted.node, ticket.session_id) == ["SELECT 1"]
+
+
+def _session_with_sink(booted: Booted, **limits: int) -> tuple[int, RecordingSink]:
+    """A live session's id and a sink of its own (with these limits)."""
+    ticket, _ = _open(booted)
+    return ticket.session_id, RecordingSink(booted.node, **limits)
+
+
+def test_statements_queued_as_raw_bytes_are_stored_decoded_in_order_with_other_events(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted, batch=2)
+    sink.add_statement(sid, "simple", "SELECT 'café'".encode())
+    sink.add(sid, "note", {"text": "between"})
+    sink.add_statement(sid, "extended", b"SELECT $1 -- \xff\xfe")
+    asyncio.run(sink.flush())
+    events = sessions.session_events(booted.node, sid)
+    assert [(e["kind"], e["data"]) for e in events] == [
+        ("query", {"text": "SELECT 'café'", "kind": "simple"}),
+        ("note", {"text": "between"}),
+        ("query", {"text": "SELECT $1 -- \ufffd\ufffd", "kind": "extended"}),
+    ]
+    assert all(e["ts"] is not None for e in events)
+
+
+def test_raw_statements_count_against_the_byte_bound_and_are_refused_while_failing(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted, max_bytes=10_000)
+    sink.add_statement(sid, "simple", b"SELECT '" + b"x" * 9_000 + b"'")
+    with pytest.raises(RecordingUnavailable, match="queue is full"):
+        sink.add_statement(sid, "simple", b"SELECT '" + b"y" * 1_000 + b"'")
+    sink.add_statement(sid, "simple", b"SELECT 1")  # small enough: still room
+
+    async def scenario() -> None:
+        with recordings_refused(booted.node):
+            with pytest.raises(RecordingUnavailable):
+                await sink.flush()
+            with pytest.raises(RecordingUnavailable, match="cannot be stored"):
+                sink.add_statement(sid, "simple", b"SELECT 'during'")
+        await sink.flush()
+
+    asyncio.run(scenario())
+    assert _texts(booted.node, sid) == ["SELECT '" + "x" * 9_000 + "'", "SELECT 1"]

@@ -34,7 +34,7 @@ from jitvault.crypto import (
     parse_token,
     secret_matches,
 )
-from jitvault.crypto.envelope import NONCE_BYTES, VERSION, open_, seal
+from jitvault.crypto.envelope import NONCE_BYTES, VERSION, cipher, open_, seal
 from jitvault.domain import AccountMode, Sensitive
 from jitvault.errors import CryptoError
 from jitvault.services import Node, targets, users
@@ -131,7 +131,7 @@ def test_relabelled_term_fails_even_when_both_terms_share_the_key() -> None:
     # Same key material under terms 1 and 2: only the AAD's term binding can refuse the relabel.
     key = new_key()
     kr = keyring_with((1, key), (2, key))
-    envelope = seal(key, 1, SECRET.reveal(), CTX.aad(1))
+    envelope = seal(cipher(key), 1, SECRET.reveal(), CTX.aad(1))
     assert kr.decrypt(envelope, CTX).reveal() == SECRET.reveal()
     relabelled = envelope.replace(f"{VERSION}:1:", f"{VERSION}:2:", 1)
     assert parse_term(relabelled) == 2
@@ -164,9 +164,32 @@ def test_wrong_key_for_the_same_term_fails() -> None:
 
 
 def test_wrong_key_fails_at_the_primitive_level() -> None:
-    envelope = seal(new_key(), 1, SECRET.reveal(), CTX.aad(1))
+    envelope = seal(cipher(new_key()), 1, SECRET.reveal(), CTX.aad(1))
     with pytest.raises(CryptoError):
-        open_(new_key(), envelope, CTX.aad(1))
+        open_(cipher(new_key()), envelope, CTX.aad(1))
+
+
+def test_encrypt_many_seals_each_value_bound_to_its_own_row_with_its_own_nonce() -> None:
+    kr = keyring_with((1, new_key()))
+    places = [CipherContext("session_events", i, "data") for i in range(1, 6)]
+    values = [Sensitive(f"event {i}".encode()) for i in range(1, 6)]
+    term, envelopes = kr.encrypt_many(list(zip(places, values, strict=True)))
+    assert term == 1
+    assert len({e.split(":", 2)[2][:16] for e in envelopes}) == 5  # 5 distinct nonces
+    for place, value, envelope in zip(places, values, envelopes, strict=True):
+        assert kr.decrypt(envelope, place).reveal() == value.reveal()
+    with pytest.raises(CryptoError, match="failed authentication"):
+        kr.decrypt(envelopes[0], places[1])  # sealed for row 1, not row 2
+
+
+def test_a_forgotten_term_no_longer_decrypts_with_its_cached_cipher() -> None:
+    kr = keyring_with((1, new_key()), (2, new_key()))
+    old = kr.encrypt_many([(CTX, SECRET)])[1][0]
+    kr.add(KeyringEntry(3, PURPOSE_DATA, new_key()))
+    kr.forget(2)
+    kr.forget(1)
+    with pytest.raises(CryptoError, match="no key for term 2"):
+        kr.decrypt(old, CTX)
 
 
 # --- malformed envelopes fail cleanly ------------------------------------------------------------

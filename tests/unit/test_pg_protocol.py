@@ -1009,9 +1009,9 @@ def _bind_with_secret(value: bytes) -> bytes:
 
 def _relay_all(
     relay: pg.FrontendRelay, stream: bytes, cuts: Sequence[int]
-) -> tuple[bytes, list[pg.Message], int]:
+) -> tuple[bytes, list[pg.Surfaced], int]:
     """Feed ``stream`` cut at ``cuts``; what was forwarded, what surfaced, the most held."""
-    forwarded, surfaced, most_held, pos = bytearray(), [], 0, 0
+    forwarded, surfaced, most_held, pos = bytearray(), list[pg.Surfaced](), 0, 0
     for end in [*sorted(set(cuts)), len(stream)]:
         if end <= pos:
             continue
@@ -1043,10 +1043,10 @@ def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_howeve
     forwarded, surfaced, _ = _relay_all(pg.FrontendRelay(), stream, cuts)
     assert forwarded == stream
     assert surfaced == [
-        pg.Query("SELECT 1"),
-        pg.Parse("s1", "SELECT $1::text", ()),
-        pg.Query("SELECT '" + "y" * 5000 + "'"),
-        pg.Terminate(),
+        (b"Q", b"SELECT 1"),
+        (b"P", b"SELECT $1::text"),
+        (b"Q", b"SELECT '" + b"y" * 5000 + b"'"),
+        (b"X", b""),
     ]
     assert "hunter2" not in repr(surfaced)
 
@@ -1062,7 +1062,55 @@ def test_the_relay_streams_a_huge_copy_message_without_holding_it() -> None:
         assert out is chunk  # no copy
         assert relay.buffered == 0
     out, messages = relay.feed(pg.query("SELECT 2"))
-    assert messages == [pg.Query("SELECT 2")]
+    assert messages == [(b"Q", b"SELECT 2")]
+
+
+_SURFACED_BODIES = [
+    b"SELECT 1\0",
+    b"SELECT 1",
+    b"SELECT 1\0\0",
+    b"\0",
+    b"",
+    b"\xff\xfe caf\xc3\xa9\0",
+    b"s1\0SELECT $1\0\0\x01\0\0\0\x19",
+    b"s1\0SELECT $1\0\0\x01\0\0\0",
+    b"s1\0SELECT $1\0\0\x00\0",
+    b"s1\0SELECT $1\0\xff\xff",
+    b"s1\0SELECT $1\0\0",
+    b"s1\0SELECT $1\0",
+    b"s1\0SELECT $1",
+    b"\0\0\0\0",
+    b"s1",
+]
+
+
+@pytest.mark.parametrize("message_type", [b"Q", b"P", b"X"])
+@pytest.mark.parametrize("body", _SURFACED_BODIES)
+def test_the_relay_accepts_and_refuses_query_and_parse_exactly_as_the_full_parser_does(
+    message_type: bytes, body: bytes
+) -> None:
+    # the relay cuts statement texts out without building messages: same verdict, same text
+    raw = _typed(message_type, body)
+    try:
+        parsed: pg.Message | None = pg.parse_frontend_message(message_type, raw)
+    except pg.ProtocolViolation:
+        parsed = None
+    relay = pg.FrontendRelay()
+    if parsed is None:
+        with pytest.raises(pg.ProtocolViolation, match="malformed"):
+            relay.feed(raw)
+        return
+    out, surfaced = relay.feed(raw)
+    assert out == raw
+    ((kind, text),) = surfaced
+    assert kind == message_type
+    if isinstance(parsed, pg.Query):
+        assert text.decode("utf-8", "replace") == parsed.sql
+    elif isinstance(parsed, pg.Parse):
+        assert text.decode("utf-8", "replace") == parsed.query
+    else:
+        assert isinstance(parsed, pg.Terminate)
+        assert text == b""
 
 
 @pytest.mark.parametrize(

@@ -47,14 +47,25 @@ def parse_term(envelope: str) -> int:
         raise CryptoError("stored value is not a jitvault ciphertext (unknown format)") from exc
 
 
-def seal(key: Sensitive[bytes], term: int, plaintext: bytes, aad: bytes) -> str:
-    nonce = os.urandom(NONCE_BYTES)
-    ct = AESGCM(key.reveal()).encrypt(nonce, plaintext, aad)
+def cipher(key: Sensitive[bytes]) -> AESGCM:
+    """The AES-GCM cipher of a data key (made once per key term and reused: building one costs
+    more than sealing a short value with it)."""
+    return AESGCM(key.reveal())
+
+
+def seal(aead: AESGCM, term: int, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> str:
+    """An envelope of ``plaintext`` under ``aead`` (the key of ``term``). ``nonce``: 12 bytes
+    from the OS drawn for this encryption alone (by default, drawn here)."""
+    if nonce is None:
+        nonce = os.urandom(NONCE_BYTES)
+    elif len(nonce) != NONCE_BYTES:
+        raise CryptoError(f"a nonce is {NONCE_BYTES} bytes")
+    ct = aead.encrypt(nonce, plaintext, aad)
     body = base64.urlsafe_b64encode(nonce + ct).decode().rstrip("=")
     return f"{VERSION}:{term}:{body}"
 
 
-def open_(key: Sensitive[bytes], envelope: str, aad: bytes) -> bytes:
+def open_(aead: AESGCM, envelope: str, aad: bytes) -> bytes:
     try:
         _, _, body = envelope.split(":", 2)
         # strict: the default decoder skips characters outside the alphabet and trailing data
@@ -64,7 +75,7 @@ def open_(key: Sensitive[bytes], envelope: str, aad: bytes) -> bytes:
     if len(raw) < NONCE_BYTES + 16:
         raise CryptoError("stored ciphertext is truncated")
     try:
-        return AESGCM(key.reveal()).decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad)
+        return aead.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad)
     except InvalidTag as exc:
         raise CryptoError(
             "ciphertext failed authentication (wrong key, tampered, or moved from another row)"
@@ -95,6 +106,7 @@ __all__ = [
     "NONCE_BYTES",
     "VERSION",
     "CipherContext",
+    "cipher",
     "new_key",
     "open_",
     "parse_term",

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from jitvault.crypto.envelope import CipherContext, open_, parse_term, seal
+from jitvault.crypto.envelope import NONCE_BYTES, CipherContext, cipher, open_, parse_term, seal
 from jitvault.domain import Sensitive
 from jitvault.errors import CryptoError
 
@@ -36,11 +39,12 @@ class KeyringEntry:
 
 
 class Keyring:
-    """Unwrapped data keys in memory, by term. Thread-safe."""
+    """Unwrapped data keys in memory, by term (each with its cipher, made once). Thread-safe."""
 
     def __init__(self, entries: list[KeyringEntry]) -> None:
         self._lock = threading.Lock()
         self._data: dict[int, Sensitive[bytes]] = {}
+        self._ciphers: dict[int, AESGCM] = {}
         self._audit: Sensitive[bytes] | None = None
         for e in entries:
             self.add(e)
@@ -51,10 +55,12 @@ class Keyring:
                 self._audit = entry.key
             else:
                 self._data[entry.term] = entry.key
+                self._ciphers[entry.term] = cipher(entry.key)
 
     def forget(self, term: int) -> None:
         with self._lock:
             self._data.pop(term, None)
+            self._ciphers.pop(term, None)
 
     @property
     def active_term(self) -> int:
@@ -68,22 +74,39 @@ class Keyring:
         with self._lock:
             return sorted(self._data)
 
-    def encrypt(self, plaintext: Sensitive[bytes], ctx: CipherContext) -> str:
+    def _active(self) -> tuple[int, AESGCM]:
         with self._lock:
-            term = max(self._data)
-            key = self._data[term]
-        return seal(key, term, plaintext.reveal(), ctx.aad(term))
+            if not self._ciphers:
+                raise CryptoError("the keyring holds no data key", hint="run 'jitvault init'")
+            term = max(self._ciphers)
+            return term, self._ciphers[term]
+
+    def encrypt(self, plaintext: Sensitive[bytes], ctx: CipherContext) -> str:
+        term, aead = self._active()
+        return seal(aead, term, plaintext.reveal(), ctx.aad(term))
+
+    def encrypt_many(
+        self, values: Sequence[tuple[CipherContext, Sensitive[bytes]]]
+    ) -> tuple[int, list[str]]:
+        """Seal a batch under the active term: the term and one envelope per value, each bound
+        to its own place, each with its own random nonce (drawn from the OS in one call)."""
+        term, aead = self._active()
+        nonces = os.urandom(NONCE_BYTES * len(values))
+        return term, [
+            seal(aead, term, value.reveal(), ctx.aad(term), nonces[i : i + NONCE_BYTES])
+            for i, (ctx, value) in zip(range(0, len(nonces), NONCE_BYTES), values, strict=True)
+        ]
 
     def decrypt(self, envelope: str, ctx: CipherContext) -> Sensitive[bytes]:
         term = parse_term(envelope)
         with self._lock:
-            key = self._data.get(term)
-        if key is None:
+            aead = self._ciphers.get(term)
+        if aead is None:
             raise CryptoError(
                 f"no key for term {term} in the keyring",
                 hint="the value was sealed under a retired or unknown key term",
             )
-        return Sensitive(open_(key, envelope, ctx.aad(term)))
+        return Sensitive(open_(aead, envelope, ctx.aad(term)))
 
     def audit_key(self) -> Sensitive[bytes]:
         with self._lock:

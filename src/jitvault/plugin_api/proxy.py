@@ -79,6 +79,14 @@ class ProxyContext(Protocol):
         the session without relaying what it wanted to record (fail closed).
         """
 
+    def record_statement(self, session_id: int, style: str, text: bytes) -> None:
+        """Record a statement the client sent: a ``query`` event with ``text`` (these bytes,
+        decoded from UTF-8 by the core, off the relay's path) and ``kind`` = ``style``.
+
+        The relay's per-statement call: it only queues the bytes. Same promise and refusals
+        as :meth:`record_nowait`.
+        """
+
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """:meth:`record_nowait` for coroutines (same promise: it does not wait for storage)."""
 

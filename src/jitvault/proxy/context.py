@@ -83,6 +83,9 @@ class NodeProxyContext:
     def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)
 
+    def record_statement(self, session_id: int, style: str, text: bytes) -> None:
+        self.recordings.add_statement(session_id, style, text)
+
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)
 

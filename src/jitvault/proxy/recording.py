@@ -1,10 +1,12 @@
 """The recording sink: session events queued by the relays and written in batches.
 
-A relay never waits for the database: :meth:`RecordingSink.add` appends to an in-memory queue
-and returns; a background task writes the queue every ``interval`` seconds, or as soon as
-``batch`` events wait, one transaction per batch (rows and encryption as
-:func:`jitvault.services.sessions.record_events` makes them). A session's events are written
-before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
+A relay never waits for the database, and pays as little as it can per statement:
+:meth:`RecordingSink.add_statement` appends a small tuple (session, time, the statement's raw
+text bytes) to an in-memory queue and returns; decoding, JSON, encryption and the INSERT all
+happen in the writer, a batch at a time. A background task writes the queue every
+``interval`` seconds, or as soon as ``batch`` events wait, one transaction per batch (rows and
+encryption as :func:`jitvault.services.sessions.record_events` makes them). A session's events
+are written before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
 
 Fail closed: the queue is bounded (events and bytes). When it is full, or when the store refuses
 a batch (database or audit down), :meth:`add` raises :class:`RecordingUnavailable` and the front
@@ -21,6 +23,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from jitvault.errors import Unavailable
@@ -36,6 +39,10 @@ class RecordingUnavailable(Unavailable):
     """Events cannot be queued or stored now: the session that wanted to record must end."""
 
     code = "recording_unavailable"
+
+
+#: one queued event: session id, when, kind, its data (or a statement's style and raw text), weight
+_Queued = tuple[int, datetime, str, dict[str, Any] | tuple[str, bytes], int]
 
 
 class RecordingSink:
@@ -57,7 +64,7 @@ class RecordingSink:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.on_failure = on_failure
-        self._queue: deque[tuple[sessions.RecordedEvent, int]] = deque()
+        self._queue: deque[_Queued] = deque()
         self._bytes = 0
         self._failing: str | None = None
         self._wake: asyncio.Event | None = None
@@ -73,17 +80,25 @@ class RecordingSink:
 
     def add(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """Queue one event (timestamped now). Raises RecordingUnavailable instead of dropping."""
+        self._put(session_id, kind, data, _size(data))
+
+    def add_statement(self, session_id: int, style: str, text: bytes) -> None:
+        """Queue a statement's text as the client sent it (recorded as a ``query`` event with
+        ``text`` decoded from UTF-8, undecodable bytes as U+FFFD, and ``kind`` = ``style``).
+        The relay's fast path: nothing is decoded or encoded here. Same refusals as :meth:`add`."""
+        self._put(session_id, "query", (style, text), _BASE_SIZE + len(text))
+
+    def _put(
+        self, session_id: int, kind: str, data: dict[str, Any] | tuple[str, bytes], size: int
+    ) -> None:
         if self._failing is not None:
             raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}")
-        size = _size(data)
         # one event larger than the byte bound (a huge statement, already in memory) is taken
         # when nothing else waits; the bound holds for the rest
         full = self._bytes > 0 and self._bytes + size > self.max_bytes
         if len(self._queue) >= self.max_events or full:
             raise RecordingUnavailable(f"{RECORDING_LOST}: the recording queue is full")
-        self._queue.append(
-            (sessions.RecordedEvent(session_id, kind, self.node.clock(), data), size)
-        )
+        self._queue.append((session_id, self.node.clock(), kind, data, size))
         self._bytes += size
         if len(self._queue) >= self.batch and self._wake is not None:
             self._wake.set()
@@ -98,15 +113,13 @@ class RecordingSink:
             while left > 0:
                 taken = [self._queue.popleft() for _ in range(min(self.batch, left))]
                 try:
-                    await asyncio.to_thread(
-                        sessions.record_events, self.node, [event for event, _ in taken]
-                    )
+                    await asyncio.to_thread(_write, self.node, taken)
                 except Exception as exc:
                     self._queue.extendleft(reversed(taken))
                     await self._failed(exc)
                     raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}") from None
                 left -= len(taken)
-                self._bytes -= sum(size for _, size in taken)
+                self._bytes -= sum(queued[4] for queued in taken)
                 if self._failing is not None:
                     log.warning("session recordings are stored again")
                     self._failing = None
@@ -116,7 +129,7 @@ class RecordingSink:
         self._failing = f"the store refused it ({type(exc).__name__})"
         if first:
             log.error("session recordings cannot be stored (%s): cutting sessions", exc)
-        waiting = {event.session_id for event, _ in self._queue}
+        waiting = {queued[0] for queued in self._queue}
         if self.on_failure is not None and waiting:
             await self.on_failure(waiting, RECORDING_LOST)
 
@@ -137,9 +150,31 @@ class RecordingSink:
                 log.exception("the recording writer failed")
 
 
+#: what a queued event weighs besides its texts
+_BASE_SIZE = 128
+
+
 def _size(data: dict[str, Any]) -> int:
     """What an event weighs in the queue (its strings; a fixed part for the rest)."""
-    return 128 + sum(len(v) for v in data.values() if isinstance(v, str))
+    return _BASE_SIZE + sum(len(v) for v in data.values() if isinstance(v, str))
+
+
+def _write(node: Node, taken: list[_Queued]) -> None:
+    """Store queued events (in the writer's thread: the decoding happens here too)."""
+    sessions.record_events(
+        node,
+        [
+            sessions.RecordedEvent(session_id, kind, at, _data(payload))
+            for session_id, at, kind, payload, _ in taken
+        ],
+    )
+
+
+def _data(payload: dict[str, Any] | tuple[str, bytes]) -> dict[str, Any]:
+    if isinstance(payload, dict):
+        return payload
+    style, text = payload
+    return {"text": text.decode("utf-8", "replace"), "kind": style}
 
 
 __all__ = ["RECORDING_LOST", "RecordingSink", "RecordingUnavailable"]

@@ -43,6 +43,8 @@ from jitvault.storage.repositories import aware
 from jitvault.storage.tables import SESSION_EVENT_DATA
 
 _FAILED = "authentication failed"
+#: recorded events' JSON (one encoder for every event: json.dumps with options builds one a call)
+_EVENT_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
 class TooManySessions(Conflict):
@@ -292,7 +294,7 @@ def record_events(node: Node, events: Sequence[RecordedEvent]) -> None:
     its row, in the order given (the same rows :func:`record_event` writes)."""
     if not events:
         return
-    payloads = [Sensitive(json.dumps(e.data, sort_keys=True, default=str).encode()) for e in events]
+    payloads = [Sensitive(_EVENT_JSON.encode(e.data).encode()) for e in events]
     with node.write() as tx:
         ids = session_store.reserve_event_ids(tx.conn, len(events))
         term, envelopes = sealed.seal_new(
