@@ -157,6 +157,17 @@ def test_verify_is_true_for_the_right_password_or_key_and_false_otherwise(
     assert run(PLUGIN.verify(target, f"jvnobody{secrets.token_hex(2)}", pw)) is False
 
 
+def test_a_key_the_fixture_authorizes_lets_a_non_root_user_in(
+    sshd_server: SshdServer, target: TargetAccess
+) -> None:
+    user = sshd_server.add_user()
+    key = generate_ssh_private_key()
+    subprocess.run(["usermod", "--password", "*", user], check=True)  # not locked
+    assert run(PLUGIN.verify(target, user, key)) is False
+    sshd_server.authorize_key(user, public_key_line(key))
+    assert run(PLUGIN.verify(target, user, key)) is True
+
+
 def test_rotate_of_a_password_uses_chpasswd_and_the_old_password_stops_working(
     sshd_server: SshdServer, target: TargetAccess
 ) -> None:
