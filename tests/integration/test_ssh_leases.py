@@ -34,6 +34,7 @@ from tests.support import (
     init_data_dir,
     run_cli,
     start_server,
+    use_free_proxy_ports,
     wait_port,
 )
 
@@ -73,12 +74,11 @@ def world(
 ) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("sshleases")
     with scratch_database(db_kind, tmp) as database_url:
-        api_port, pg_port, ssh_port = free_port(), free_port(), free_port()
+        api_port = free_port()
         data = tmp / "data"
         token = init_data_dir(data, api_port, database_url)
         config = data / "config.toml"
-        text = config.read_text().replace("ssh_proxy_port = 2222", f"ssh_proxy_port = {ssh_port}")
-        config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
+        _, ssh_port = use_free_proxy_ports(config)
         server = start_server(config, api_port)
         try:
             admin_env = cli_env(server.addr, token)
@@ -108,6 +108,14 @@ def _home_of(user: str) -> str:
     return pwd.getpwnam(user).pw_dir
 
 
+def _id_through_proxy(info: dict[str, Any]) -> tuple[str, list[str]]:
+    """``id -un`` and ``id -nG`` run with OpenSSH through the proxy: who the session is."""
+    done = _openssh("ssh", info, _dest(info), "id -un; id -nG")
+    assert done.returncode == 0, done.stdout + done.stderr
+    who, groups = done.stdout.splitlines()
+    return who, groups.split()
+
+
 def test_an_ephemeral_grant_logs_in_as_its_own_linux_user_with_the_template_groups_and_revoke_cuts_and_removes_it(  # noqa: E501
     world: World,
 ) -> None:
@@ -124,12 +132,9 @@ def test_an_ephemeral_grant_logs_in_as_its_own_linux_user_with_the_template_grou
     username = f"jv_oncall_{gid}"
     assert world.grant(gid)["login"] == username
     info = world.cli("connect", str(r["id"]))
-
-    done = _openssh("ssh", info, _dest(info), "id -un; id -nG")
-    assert done.returncode == 0, done.stdout + done.stderr
-    who, groups = done.stdout.splitlines()
+    who, groups = _id_through_proxy(info)
     assert who == username
-    assert "adm" in groups.split()
+    assert "adm" in groups
     assert user_exists(username)
     home = _home_of(username)
     assert os.path.isdir(home)
@@ -171,12 +176,9 @@ def test_a_group_elevation_holds_for_the_grant_only_and_keeps_a_group_held_befor
     )  # fmt: skip
     assert r["state"] == "active", r
     gid = r["grant_id"]
-    info = world.cli("connect", str(r["id"]))
-    done = _openssh("ssh", info, _dest(info), "id -un; id -nG")
-    assert done.returncode == 0, done.stdout + done.stderr
-    who, groups = done.stdout.splitlines()
+    who, groups = _id_through_proxy(world.cli("connect", str(r["id"])))
     assert who == me
-    assert "adm" in groups.split()
+    assert "adm" in groups
     world.provisioned(gid)
     assert world.grant(gid)["role_held_before"] is False
     world.revoke(gid)
