@@ -49,7 +49,14 @@ if str(ROOT) not in sys.path:
 
 import asyncssh  # noqa: E402
 from tests.sshd import SshdServer, start_sshd  # noqa: E402
-from tests.support import cli_env, free_port, init_data_dir, run_cli, start_server  # noqa: E402
+from tests.support import (  # noqa: E402
+    cli_env,
+    free_port,
+    init_data_dir,
+    run_cli,
+    start_server,
+    use_free_proxy_ports,
+)
 
 TARGET = "bench-ssh"
 CIPHER = "aes128-gcm@openssh.com"
@@ -177,19 +184,13 @@ def main() -> None:
         user = sshd.add_user(password=password)
         key = tmpdir / "user_key"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        # in the user's own authorized_keys: sshd reads it as the user, who cannot read the
-        # fixture's root-only directory
-        home = Path(f"/home/{user}/.ssh")
-        home.mkdir(mode=0o700, exist_ok=True)
-        (home / "authorized_keys").write_text((tmpdir / "user_key.pub").read_text())
-        subprocess.run(["chown", "-R", f"{user}:{user}", str(home)], check=True)
+        sshd.authorize_key(user, (tmpdir / "user_key.pub").read_text())
 
-        api_port, ssh_port = free_port(), free_port()
+        api_port = free_port()
         data = tmpdir / "data"
         token = init_data_dir(data, api_port)
         config = data / "config.toml"
-        text = config.read_text().replace("ssh_proxy_port = 2222", f"ssh_proxy_port = {ssh_port}")
-        config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {free_port()}"))
+        use_free_proxy_ports(config)
         server = start_server(config, api_port)
         try:
             admin = cli_env(server.addr, token)

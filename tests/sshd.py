@@ -152,6 +152,10 @@ def start_sshd(extra_config: str = "", port: int | None = None) -> Iterator[Sshd
     """Start an sshd on a free loopback port (or ``port``: e.g. a re-keyed host taking over
     another's address); stop it (by pid) and remove its users after."""
     base = Path(tempfile.mkdtemp(prefix="jv-sshd-"))
+    # sshd reads {dir}/keys/%u as the logging-in user: a non-root user must be able to traverse
+    # the directory (mkdtemp makes it 0700). Nothing secret is readable: ssh-keygen writes the
+    # private keys 0600, and the rest are public keys and the config.
+    base.chmod(0o755)
     (base / "keys").mkdir()
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     _keygen(base / "ssh_host_ed25519_key", "jitvault-test-host")

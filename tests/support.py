@@ -99,6 +99,18 @@ def init_data_dir(data_dir: Path, port: int, database_url: str | None = None) ->
     raise AssertionError(f"jitvault init printed no token: {done.stdout}")
 
 
+def use_free_proxy_ports(config: Path) -> tuple[int, int]:
+    """Move the proxies of an initialized data directory to free ports (the defaults may be
+    taken by another run on this machine); returns (PostgreSQL proxy port, SSH proxy port)."""
+    pg_port, ssh_port = free_port(), free_port()
+    text = config.read_text()
+    assert "ssh_proxy_port = 2222" in text
+    assert "pg_proxy_port = 6543" in text
+    text = text.replace("ssh_proxy_port = 2222", f"ssh_proxy_port = {ssh_port}")
+    config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
+    return pg_port, ssh_port
+
+
 def add_requester(admin_env: dict[str, str], addr: str, name: str) -> dict[str, str]:
     """``jitvault user add NAME --role requester`` and a token: that user's CLI environment."""
     added = run_cli("user", "add", name, "--role", "requester", env=admin_env)

@@ -87,6 +87,9 @@ class SshTarget(TargetPlugin):
     async def revoke(self, target: TargetAccess, username: str, role: str) -> None:
         await lifecycle.revoke(target, username, role)
 
+    async def has_role(self, target: TargetAccess, username: str, role: str) -> bool:
+        return await lifecycle.has_role(target, username, role)
+
     def frontend(self) -> SshFrontend:
         """The SSH session proxy's front end: one per process."""
         return _frontend()

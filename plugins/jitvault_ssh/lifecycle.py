@@ -179,6 +179,23 @@ case ",$members," in
 esac
 """
 
+# $1 user, $2 group: exit 0 if the user is in the group now (primary or supplementary), 1 if
+# not or if the user is gone
+_IN_GROUP = r"""
+set -eu
+getent passwd "$1" >/dev/null || exit 1
+id -nG "$1" | tr ' ' '\n' | grep -q -x -F -e "$2"
+"""
+
+# $1 user; stdin: the full sudoers line. Exit 0 if jitvault's drop-in holds it, 1 if not.
+_HAS_SUDOERS_RULE = r"""
+set -eu
+IFS= read -r rule || [ -n "$rule" ]
+file=/etc/sudoers.d/jitvault-$1
+[ -f "$file" ] || exit 1
+grep -q -x -F -e "$rule" "$file"
+"""
+
 # $1 "add" or "remove", $2 user; stdin: the full sudoers line. The temp file's name has a dot,
 # so sudo's @includedir ignores it until visudo has checked it and it is renamed into place.
 _SUDOERS_RULE = r"""
@@ -453,6 +470,22 @@ async def revoke(target: TargetAccess, username: str, role: str) -> None:
     await _change_role(target, username, role, give=False)
 
 
+async def has_role(target: TargetAccess, username: str, role: str) -> bool:
+    """Does ``username`` hold ``role`` now: a member of the group (``id -nG``), or jitvault's
+    sudoers drop-in holds the rule's line? False if the user or the group is gone. Read only."""
+    validate_name(username)
+    elevation = parse_role(role)
+    async with _admin(target) as admin:
+        if elevation.group is not None:
+            status = await admin.script("has_role", _IN_GROUP, username, elevation.group, ok=(0, 1))
+        else:
+            line = elevation.sudoers_line(username) + "\n"
+            status = await admin.script(
+                "has_role", _HAS_SUDOERS_RULE, username, stdin=line, ok=(0, 1)
+            )
+    return status == 0
+
+
 async def _change_role(target: TargetAccess, username: str, role: str, give: bool) -> None:
     validate_name(username)
     elevation = parse_role(role)
@@ -475,6 +508,7 @@ __all__ = [
     "drop_account",
     "elevate",
     "expiry_date",
+    "has_role",
     "parse_role",
     "revoke",
     "rotate",

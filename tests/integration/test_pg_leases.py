@@ -37,6 +37,7 @@ from tests.support import (
     init_data_dir,
     run_cli,
     start_server,
+    use_free_proxy_ports,
 )
 
 TARGET = "pgl"
@@ -88,12 +89,13 @@ class LeaseWorld:
 
 def _config(tmp: Path, database_url: str) -> tuple[Path, str, int]:
     """An initialized data directory whose proxy listens on a free port."""
-    api_port, pg_port = free_port(), free_port()
+    api_port = free_port()
     data = tmp / "data"
     token = init_data_dir(data, api_port, database_url)
     config = data / "config.toml"
-    text = config.read_text()
-    config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
+    # both proxies: the SSH proxy's default port may be taken by another run, and the proxies
+    # start together (one that cannot bind stops both)
+    use_free_proxy_ports(config)
     return config, token, api_port
 
 

@@ -49,6 +49,7 @@ from tests.support import (
     init_data_dir,
     run_cli,
     start_server,
+    use_free_proxy_ports,
     wait_port,
 )
 
@@ -79,13 +80,11 @@ def world(
 ) -> Iterator[ProxyWorld]:
     tmp = tmp_path_factory.mktemp("pgproxy")
     with scratch_database(db_kind, tmp) as database_url:
-        api_port, pg_port = free_port(), free_port()
+        api_port = free_port()
         data = tmp / "data"
         token = init_data_dir(data, api_port, database_url)
         config = data / "config.toml"
-        text = config.read_text()
-        assert "pg_proxy_port = 6543" in text
-        config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
+        pg_port, _ = use_free_proxy_ports(config)  # both: one that cannot bind stops both
         server = start_server(config, api_port)
         try:
             admin_env = cli_env(server.addr, token)

@@ -157,6 +157,17 @@ def test_verify_is_true_for_the_right_password_or_key_and_false_otherwise(
     assert run(PLUGIN.verify(target, f"jvnobody{secrets.token_hex(2)}", pw)) is False
 
 
+def test_a_key_the_fixture_authorizes_lets_a_non_root_user_in(
+    sshd_server: SshdServer, target: TargetAccess
+) -> None:
+    user = sshd_server.add_user()
+    key = generate_ssh_private_key()
+    subprocess.run(["usermod", "--password", "*", user], check=True)  # not locked
+    assert run(PLUGIN.verify(target, user, key)) is False
+    sshd_server.authorize_key(user, public_key_line(key))
+    assert run(PLUGIN.verify(target, user, key)) is True
+
+
 def test_rotate_of_a_password_uses_chpasswd_and_the_old_password_stops_working(
     sshd_server: SshdServer, target: TargetAccess
 ) -> None:
@@ -340,6 +351,41 @@ def test_group_elevation_and_its_revoke_are_idempotent(
     assert "users" not in groups_of(user)
 
 
+def test_has_role_tells_a_group_membership_held_now_and_is_false_for_missing_users_or_groups(
+    sshd_server: SshdServer, target: TargetAccess
+) -> None:
+    user = sshd_server.add_user()
+    ghost = f"jvghost{secrets.token_hex(2)}"
+    assert run(PLUGIN.has_role(target, user, "users")) is False
+    subprocess.run(["gpasswd", "--add", user, "users"], capture_output=True, check=True)
+    for role in ("users", "group:users"):
+        assert run(PLUGIN.has_role(target, user, role)) is True
+        assert run(PLUGIN.has_role(target, user, role)) is True  # read only: asked twice
+    assert run(PLUGIN.has_role(target, user, "adm")) is False
+    assert run(PLUGIN.has_role(target, user, user)) is True  # its own primary group
+    assert run(PLUGIN.has_role(target, user, ghost)) is False
+    assert run(PLUGIN.has_role(target, ghost, "users")) is False
+    assert "users" in groups_of(user)
+
+
+@requires_sudo
+def test_has_role_for_sudo_is_the_line_in_jitvaults_dropin_only(
+    sshd_server: SshdServer, target: TargetAccess
+) -> None:
+    user = sshd_server.add_user()
+    narrow = "sudo:ALL=(root) NOPASSWD: /usr/bin/id"
+    try:
+        assert run(PLUGIN.has_role(target, user, "sudo")) is False
+        run(PLUGIN.elevate(target, user, narrow, later()))
+        assert run(PLUGIN.has_role(target, user, narrow)) is True
+        assert run(PLUGIN.has_role(target, user, "sudo")) is False
+        run(PLUGIN.revoke(target, user, narrow))
+        assert run(PLUGIN.has_role(target, user, narrow)) is False
+    finally:
+        if os.path.exists(sudoers_file(user)):
+            os.remove(sudoers_file(user))
+
+
 def _sudo_as(user: str, *command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["runuser", "-u", user, "--", "sudo", "-n", *command],
@@ -493,6 +539,8 @@ def test_hostile_names_are_rejected_before_any_command_runs(
         PLUGIN.elevate(target, "jvsafe", f"group:{name}", later()),
         PLUGIN.revoke(target, name, "sudo"),
         PLUGIN.revoke(target, "jvsafe", name),
+        PLUGIN.has_role(target, name, "users"),
+        PLUGIN.has_role(target, "jvsafe", name),
     ]
     if "=" not in name:  # else it may be a sudoers rule, which visudo decides on
         calls.append(PLUGIN.elevate(target, "jvsafe", f"sudo:{name}", later()))

@@ -34,6 +34,7 @@ from tests.support import (
     init_data_dir,
     run_cli,
     start_server,
+    use_free_proxy_ports,
     wait_port,
 )
 
@@ -95,14 +96,11 @@ def world(
 ) -> Iterator[SshWorld]:
     tmp = tmp_path_factory.mktemp("sshproxy")
     with scratch_database(db_kind, tmp) as database_url:
-        api_port, pg_port, ssh_port = free_port(), free_port(), free_port()
+        api_port = free_port()
         data = tmp / "data"
         token = init_data_dir(data, api_port, database_url)
         config = data / "config.toml"
-        text = config.read_text()
-        assert "ssh_proxy_port = 2222" in text
-        text = text.replace("ssh_proxy_port = 2222", f"ssh_proxy_port = {ssh_port}")
-        config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
+        _, ssh_port = use_free_proxy_ports(config)
         server = start_server(config, api_port)
         try:
             admin_env = cli_env(server.addr, token)

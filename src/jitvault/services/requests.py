@@ -13,7 +13,7 @@ from typing import Any
 
 from jitvault.audit import Action, AuditEvent
 from jitvault.audit import Outcome as AuditOutcome
-from jitvault.crypto import generate_password
+from jitvault.crypto import generate_secret
 from jitvault.domain import (
     AccessKind,
     AccessRequest,
@@ -315,7 +315,9 @@ def _approve(
     elif r.kind == AccessKind.EPHEMERAL:
         username = ephemeral_username(r.name, grant_id)
         workflow.grant_update(tx.conn, grant_id, account=username)
-        secret = generate_password().map(str.encode)
+        # the kind the target's plugin asks for a new account (an SSH key, a password)
+        kind = node.targets.get(target.kind).secret_kind(None)
+        secret = generate_secret(kind).map(str.encode)
         sealed.seal_column(tx.conn, tx.keyring, GRANT_LEASE_SECRET, grant_id, secret)
     tx.emit(
         AuditEvent(

@@ -124,11 +124,12 @@ def connect_info(
     }
     if target.kind == "ssh":
         # SSH sends the password whole (inside the encrypted transport), so the user name
-        # names the grant, not the token: ``ssh -p 2222 <account>.<grant id>@host``
+        # names the grant, not the token: ``ssh -p 2222 <account>.<grant id>@host``, the
+        # account being the one the session logs in as (shared, own or ephemeral)
         return {
             **common,
             "port": cfg.ssh_proxy_port,
-            "user": f"{grant.name}.{grant.id}",
+            "user": f"{grant.login}.{grant.id}",
             "password": token.reveal(),
         }
     user = f"{grant.login}.{token_id}"
