@@ -368,22 +368,26 @@ def test_has_role_tells_a_group_membership_held_now_and_is_false_for_missing_use
     assert "users" in groups_of(user)
 
 
+@pytest.fixture
+def sudo_user(sshd_server: SshdServer) -> Iterator[str]:
+    """A fresh Linux user whose jitvault sudoers drop-in, if a test left one, is removed."""
+    user = sshd_server.add_user()
+    yield user
+    if os.path.exists(sudoers_file(user)):
+        os.remove(sudoers_file(user))
+
+
 @requires_sudo
 def test_has_role_for_sudo_is_the_line_in_jitvaults_dropin_only(
-    sshd_server: SshdServer, target: TargetAccess
+    target: TargetAccess, sudo_user: str
 ) -> None:
-    user = sshd_server.add_user()
-    narrow = "sudo:ALL=(root) NOPASSWD: /usr/bin/id"
-    try:
-        assert run(PLUGIN.has_role(target, user, "sudo")) is False
-        run(PLUGIN.elevate(target, user, narrow, later()))
-        assert run(PLUGIN.has_role(target, user, narrow)) is True
-        assert run(PLUGIN.has_role(target, user, "sudo")) is False
-        run(PLUGIN.revoke(target, user, narrow))
-        assert run(PLUGIN.has_role(target, user, narrow)) is False
-    finally:
-        if os.path.exists(sudoers_file(user)):
-            os.remove(sudoers_file(user))
+    user, narrow = sudo_user, "sudo:ALL=(root) NOPASSWD: /usr/bin/id"
+    assert run(PLUGIN.has_role(target, user, "sudo")) is False
+    run(PLUGIN.elevate(target, user, narrow, later()))
+    assert run(PLUGIN.has_role(target, user, narrow)) is True
+    assert run(PLUGIN.has_role(target, user, "sudo")) is False
+    run(PLUGIN.revoke(target, user, narrow))
+    assert run(PLUGIN.has_role(target, user, narrow)) is False
 
 
 def _sudo_as(user: str, *command: str) -> subprocess.CompletedProcess[str]:
