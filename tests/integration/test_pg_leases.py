@@ -12,7 +12,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,23 +26,11 @@ from jitvault.config import load_settings
 from jitvault.domain import Sensitive
 from jitvault.plugin_api.scram import scram_verifier
 from jitvault.services import Node, leases
-from jitvault.storage import workflow
-from tests.conftest import scratch_database
 from tests.pgcluster import PgCluster
-from tests.support import (
-    ServerProcess,
-    add_cluster_target,
-    cli_env,
-    free_port,
-    init_data_dir,
-    run_cli,
-    start_server,
-    use_free_proxy_ports,
-)
+from tests.support import add_cluster_target, cli_env, run_cli, start_server
+from tests.world import ServerWorld, cleanup_done, data_dir_on_free_ports, server_world, until
 
 TARGET = "pgl"
-#: bound on waits for the worker (1 s interval) to provision or clean up
-WORKER_BOUND_SECONDS = 20.0
 #: the product promises a cut within 2 s; the bound leaves room for a loaded machine
 CUT_BOUND_SECONDS = 5.0
 AUTO = f"rules:\n  - name: auto\n    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
@@ -50,53 +38,15 @@ QUEUE = AUTO + "    checkout: queue\n"
 
 
 @dataclass
-class LeaseWorld:
+class LeaseWorld(ServerWorld):
+    """The server world with the tests' cluster as the target; the requester's own account on
+    the target bears the requester's name (elevation)."""
+
     cluster: PgCluster
-    server: ServerProcess
-    config: Path
-    tmp: Path
-    admin_env: dict[str, str]
-    user: str
-    user_env: dict[str, str]
-
-    def cli(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> Any:
-        done = run_cli(*args, "--json", env=env or self.user_env, stdin=stdin)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return json.loads(done.stdout)
-
-    def fails(self, *args: str, env: dict[str, str] | None = None) -> str:
-        done = run_cli(*args, env=env or self.user_env)
-        assert done.returncode != 0, done.stdout
-        return done.stdout + done.stderr
-
-    def policy(self, text: str) -> None:
-        path = self.tmp / f"policy-{secrets.token_hex(3)}.yaml"
-        path.write_text(text)
-        applied = run_cli("policy", "apply", str(path), env=self.admin_env)
-        assert applied.returncode == 0, applied.stderr
-
-    def grant(self, grant_id: int) -> dict[str, Any]:
-        shown: dict[str, Any] = self.cli("grant", "show", str(grant_id), env=self.admin_env)
-        return shown
-
-    def revoke(self, grant_id: int) -> None:
-        self.cli("grant", "revoke", str(grant_id), "--reason", "done", env=self.admin_env)
 
     def connect(self, request_id: int) -> dict[str, Any]:
         info: dict[str, Any] = self.cli("connect", str(request_id))
         return info
-
-
-def _config(tmp: Path, database_url: str) -> tuple[Path, str, int]:
-    """An initialized data directory whose proxy listens on a free port."""
-    api_port = free_port()
-    data = tmp / "data"
-    token = init_data_dir(data, api_port, database_url)
-    config = data / "config.toml"
-    # both proxies: the SSH proxy's default port may be taken by another run, and the proxies
-    # start together (one that cannot bind stops both)
-    use_free_proxy_ports(config)
-    return config, token, api_port
 
 
 @pytest.fixture(scope="module")
@@ -104,31 +54,11 @@ def world(
     db_kind: str, tmp_path_factory: pytest.TempPathFactory, pg_cluster: PgCluster
 ) -> Iterator[LeaseWorld]:
     tmp = tmp_path_factory.mktemp("pgleases")
-    with scratch_database(db_kind, tmp) as database_url:
-        config, token, api_port = _config(tmp, database_url)
-        server = start_server(config, api_port)
-        try:
-            admin_env = cli_env(server.addr, token)
-            add_cluster_target(pg_cluster, TARGET, admin_env)
-            # the user's own account on the target bears the user's name (elevation)
-            user = f"el_{secrets.token_hex(3)}"
-            added = run_cli("user", "add", user, "--role", "requester", env=admin_env)
-            assert added.returncode == 0, added.stderr
-            made = run_cli("token", "create", user, env=admin_env)
-            assert made.returncode == 0, made.stderr
-            w = LeaseWorld(
-                pg_cluster,
-                server,
-                config,
-                tmp,
-                admin_env,
-                user,
-                cli_env(server.addr, made.stdout.strip()),
-            )
-            w.policy(AUTO)
-            yield w
-        finally:
-            server.stop()
+    user = f"el_{secrets.token_hex(3)}"
+    with server_world(LeaseWorld, db_kind, tmp, user, cluster=pg_cluster) as w:
+        add_cluster_target(pg_cluster, TARGET, w.admin_env)
+        w.policy(AUTO)
+        yield w
 
 
 def _login_role(cluster: PgCluster, name: str) -> Sensitive[str]:
@@ -164,13 +94,6 @@ def _psycopg(info: dict[str, Any]) -> psycopg.Connection[Any]:
     return psycopg.connect(info["uri"], connect_timeout=10, autocommit=True)
 
 
-def _until(what: str, check: Callable[[], bool], bound: float = WORKER_BOUND_SECONDS) -> None:
-    deadline = time.monotonic() + bound
-    while not check():
-        assert time.monotonic() < deadline, f"not within {bound} s: {what}"
-        time.sleep(0.1)
-
-
 def _member(cluster: PgCluster, user: str, role: str) -> bool:
     """A direct membership (what GRANT adds and REVOKE removes)."""
     rows = cluster.sql(
@@ -188,21 +111,6 @@ def _cut(conn: psycopg.Connection[Any]) -> bool:
     except psycopg.OperationalError:
         return True
     return False
-
-
-def _node(world: LeaseWorld) -> Node:
-    node = Node.open(load_settings(world.config))
-    node.vault.auto_unseal()
-    return node
-
-
-def _cleanup_done(node: Node, grant_id: int) -> bool:
-    with node.read() as conn:
-        jobs = workflow.job_list(conn)
-    payload = json.dumps({"grant_id": grant_id}, sort_keys=True)
-    return any(
-        j.kind == "grant.cleanup" and j.payload == payload and j.state == "done" for j in jobs
-    )
 
 
 # ------------------------------------------------------------------------------- templates
@@ -274,16 +182,16 @@ def test_ephemeral_grant_logs_in_as_its_own_role_which_is_dropped_when_the_grant
     row = _psql(info, f"SELECT current_user, pg_has_role(current_user, '{reader}', 'MEMBER')")
     assert row == f"{username}|t"
     assert cluster.role_exists(username)
-    _until("provisioned", lambda: world.grant(gid)["provisioned_at"] is not None)
+    world.provisioned(gid)
 
     held = _psycopg(info)
     try:
         assert held.execute("SELECT current_user").fetchone() == (username,)
         world.revoke(gid)
-        _until("the live session is cut", lambda: _cut(held), CUT_BOUND_SECONDS)
+        until("the live session is cut", lambda: _cut(held), CUT_BOUND_SECONDS)
     finally:
         held.close()
-    _until("the ephemeral role is dropped", lambda: not cluster.role_exists(username))
+    until("the ephemeral role is dropped", lambda: not cluster.role_exists(username))
     with pytest.raises(psycopg.OperationalError):
         _psycopg(info).close()
     assert world.grant(gid)["state"] == "revoked"
@@ -318,22 +226,22 @@ def test_elevation_grants_the_role_for_the_grant_only_and_keeps_one_held_before(
     assert r["state"] == "active", r
     info = world.connect(r["id"])
     assert _psql(info, f"SELECT current_user, pg_has_role('{granted}', 'MEMBER')") == f"{me}|t"
-    _until("provisioned", lambda: world.grant(r["grant_id"])["provisioned_at"] is not None)
+    world.provisioned(r["grant_id"])
     assert world.grant(r["grant_id"])["role_held_before"] is False
     world.revoke(r["grant_id"])
-    _until("the role is revoked", lambda: not _member(cluster, me, granted))
+    until("the role is revoked", lambda: not _member(cluster, me, granted))
 
     r2 = world.cli(
         "request", "create", "--target", TARGET, "--role", kept, "--duration", "10m",
         "--reason", "INC-7 elevation",
     )  # fmt: skip
     gid = r2["grant_id"]
-    _until("provisioned", lambda: world.grant(gid)["provisioned_at"] is not None)
+    world.provisioned(gid)
     assert world.grant(gid)["role_held_before"] is True
     world.revoke(gid)
-    node = _node(world)
+    node = world.node()
     try:
-        _until("the cleanup ran", lambda: _cleanup_done(node, gid))
+        until("the cleanup ran", lambda: cleanup_done(node, gid))
     finally:
         node.close()
     assert _member(cluster, me, kept), "a membership held before the grant was taken away"
@@ -365,9 +273,9 @@ def test_end_on_disconnect_ends_the_grant_when_its_last_session_closes_and_drops
     assert world.grant(gid)["state"] == "active"
     second.execute("SELECT 1")
     second.close()
-    _until("the grant ends", lambda: world.grant(gid)["state"] == "ended")
+    until("the grant ends", lambda: world.grant(gid)["state"] == "ended")
     assert "end-on-disconnect" in world.grant(gid)["end_reason"]
-    _until("the role is dropped", lambda: not cluster.role_exists(f"jv_oneshot_{gid}"))
+    until("the role is dropped", lambda: not cluster.role_exists(f"jv_oneshot_{gid}"))
     # a grant without the option outlives its sessions
     assert world.grant(plain["grant_id"])["state"] == "active"
     world.revoke(plain["grant_id"])
@@ -404,7 +312,7 @@ def test_a_checked_out_account_is_refused_or_queued_until_its_rotation_checked_i
     assert world.grant(waiting["grant_id"])["state"] == "approved"
 
     world.revoke(first["grant_id"])
-    _until("the queued grant starts", lambda: world.grant(waiting["grant_id"])["state"] == "active")
+    until("the queued grant starts", lambda: world.grant(waiting["grant_id"])["state"] == "active")
     assert not cluster.can_login(shared, old), "checked in before the rotation"
     _psql(world.connect(waiting["id"]), "SELECT 1")
     world.revoke(waiting["grant_id"])
@@ -422,8 +330,9 @@ def test_kill_9_while_provisioning_an_ephemeral_role_leaves_nothing_after_the_gr
     step: str, tmp_path: Path, database_url: str, pg_cluster: PgCluster
 ) -> None:
     cluster = pg_cluster
-    config, token, port = _config(tmp_path, database_url)
-    env = cli_env(f"http://127.0.0.1:{port}", token)
+    data = data_dir_on_free_ports(tmp_path, database_url)
+    config, port = data.config, data.api_port
+    env = cli_env(f"http://127.0.0.1:{port}", data.token)
     reader = f"crash_{secrets.token_hex(3)}"
     cluster.create_role(reader, "NOLOGIN")
     server = start_server(config, port)
@@ -463,8 +372,8 @@ def test_kill_9_while_provisioning_an_ephemeral_role_leaves_nothing_after_the_gr
             node = Node.open(load_settings(config))
             try:
                 node.vault.auto_unseal()
-                cleaned = partial(_cleanup_done, node, gid)
-                _until(f"run {run}: the cleanup ran", cleaned)
+                cleaned = partial(cleanup_done, node, gid)
+                until(f"run {run}: the cleanup ran", cleaned)
             finally:
                 node.close()
             assert not cluster.role_exists(username), f"run {run}: {username} left after {step}"

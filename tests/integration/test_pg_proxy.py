@@ -31,27 +31,16 @@ import pytest
 from psycopg import sql
 from sqlalchemy import select
 
-from jitvault.config import load_settings
 from jitvault.domain import Sensitive
 from jitvault.plugin_api.scram import MECHANISM, ScramClient, parse_verifier, scram_verifier
 from jitvault.services import Node, sessions
 from jitvault.storage import tables as t
 from jitvault_postgres import protocol as pg
 from jitvault_postgres.frontend import BackendFramer
-from tests.conftest import scratch_database
 from tests.integration.test_recording_sink import recordings_refused
 from tests.pgcluster import PgCluster
-from tests.support import (
-    ServerProcess,
-    add_cluster_target,
-    cli_env,
-    free_port,
-    init_data_dir,
-    run_cli,
-    start_server,
-    use_free_proxy_ports,
-    wait_port,
-)
+from tests.support import add_cluster_target, run_cli, wait_port
+from tests.world import ServerWorld, race, server_world
 
 TARGET = "pgc"
 MAX_CONNECTIONS = 3
@@ -60,18 +49,10 @@ CUT_BOUND_SECONDS = 5.0
 
 
 @dataclass
-class ProxyWorld:
-    cluster: PgCluster
-    server: ServerProcess
-    config: Path
-    pg_port: int
-    admin_env: dict[str, str]
-    alice_env: dict[str, str]
+class ProxyWorld(ServerWorld):
+    """The server world with the tests' cluster registered as the target; alice requests."""
 
-    def cli(self, *args: str, env: dict[str, str], stdin: str | None = None) -> Any:
-        done = run_cli(*args, "--json", env=env, stdin=stdin)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return json.loads(done.stdout)
+    cluster: PgCluster
 
 
 @pytest.fixture(scope="module")
@@ -79,34 +60,15 @@ def world(
     db_kind: str, tmp_path_factory: pytest.TempPathFactory, pg_cluster: PgCluster
 ) -> Iterator[ProxyWorld]:
     tmp = tmp_path_factory.mktemp("pgproxy")
-    with scratch_database(db_kind, tmp) as database_url:
-        api_port = free_port()
-        data = tmp / "data"
-        token = init_data_dir(data, api_port, database_url)
-        config = data / "config.toml"
-        pg_port, _ = use_free_proxy_ports(config)  # both: one that cannot bind stops both
-        server = start_server(config, api_port)
-        try:
-            admin_env = cli_env(server.addr, token)
-            cluster = pg_cluster
-            add_cluster_target(cluster, TARGET, admin_env)
-            policy = tmp / "policy.yaml"
-            policy.write_text(
-                "rules:\n  - name: proxy-tests\n"
-                f"    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
-                f"    max_connections: {MAX_CONNECTIONS}\n"
-            )
-            applied = run_cli("policy", "apply", str(policy), env=admin_env)
-            assert applied.returncode == 0, applied.stderr
-            added = run_cli("user", "add", "alice", "--role", "requester", env=admin_env)
-            assert added.returncode == 0, added.stderr
-            made = run_cli("token", "create", "alice", env=admin_env)
-            assert made.returncode == 0, made.stderr
-            alice_env = cli_env(server.addr, made.stdout.strip())
-            wait_port(pg_port)
-            yield ProxyWorld(cluster, server, config, pg_port, admin_env, alice_env)
-        finally:
-            server.stop()
+    with server_world(ProxyWorld, db_kind, tmp, "alice", cluster=pg_cluster) as w:
+        add_cluster_target(pg_cluster, TARGET, w.admin_env)
+        w.policy(
+            "rules:\n  - name: proxy-tests\n"
+            f"    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
+            f"    max_connections: {MAX_CONNECTIONS}\n"
+        )
+        wait_port(w.pg_port)
+        yield w
 
 
 @dataclass
@@ -137,7 +99,7 @@ def _access(world: ProxyWorld, duration: str = "10m") -> Access:
     assert acc.returncode == 0, acc.stderr
     r = world.cli(
         "request", "create", "--target", TARGET, "--account", role, "--duration", duration,
-        "--reason", "INC-42 proxy test", env=world.alice_env,
+        "--reason", "INC-42 proxy test", env=world.user_env,
     )  # fmt: skip
     assert r["state"] == "active", r
     return Access(role, password, verifier, r["id"], r["grant_id"])
@@ -145,7 +107,7 @@ def _access(world: ProxyWorld, duration: str = "10m") -> Access:
 
 def _connect_info(world: ProxyWorld, access: Access, once: bool = False) -> dict[str, Any]:
     args = ["connect", str(access.request_id)] + (["--once"] if once else [])
-    info: dict[str, Any] = world.cli(*args, env=world.alice_env)
+    info: dict[str, Any] = world.cli(*args, env=world.user_env)
     return info
 
 
@@ -417,12 +379,8 @@ def test_a_single_use_token_lets_exactly_one_of_twenty_racing_clients_in(
     access = _access(world)
     info = _connect_info(world, access, once=True)
     assert info["single_use"] is True
-    barrier = threading.Barrier(20)
-    results: list[str] = []
-    lock = threading.Lock()
 
-    def race() -> None:
-        barrier.wait(15)
+    def attempt() -> str:
         try:
             with _psycopg(info) as conn:
                 conn.execute("SELECT 1")
@@ -431,14 +389,9 @@ def test_a_single_use_token_lets_exactly_one_of_twenty_racing_clients_in(
         except psycopg.OperationalError as exc:
             failed = "password authentication failed" in str(exc)
             outcome = "28P01" if failed else str(exc)
-        with lock:
-            results.append(outcome)
+        return outcome
 
-    threads = [threading.Thread(target=race, daemon=True) for _ in range(20)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    results = race(attempt, bound=60)
     assert len(results) == 20
     assert results.count("in") == 1, results
     assert set(results) == {"in", "28P01"}, results
@@ -531,12 +484,6 @@ def test_max_connections_of_the_grant_is_enforced_with_53300(world: ProxyWorld) 
 # ----------------------------------------------------------------------------- recording
 
 
-def _in_process_node(world: ProxyWorld) -> Node:
-    node = Node.open(load_settings(world.config))
-    node.vault.auto_unseal()
-    return node
-
-
 def test_query_texts_are_recorded_encrypted_but_parameter_values_are_not(
     world: ProxyWorld,
 ) -> None:
@@ -562,7 +509,7 @@ def test_query_texts_are_recorded_encrypted_but_parameter_values_are_not(
         got = conn.execute(f"SELECT %s::text AS extended_{marker}", [secret_param]).fetchone()
         assert got == (secret_param,)
 
-    node = _in_process_node(world)
+    node = world.node()
     try:
         with node.read() as conn:
             ids = [
@@ -627,7 +574,7 @@ def test_every_statement_of_a_2000_statement_session_is_recorded_in_order_once_i
     with _psycopg(info) as conn:
         for i in range(2_000):
             conn.execute(f"SELECT {i}")
-    node = _in_process_node(world)
+    node = world.node()
     try:
         (sid,) = _session_ids(node, info["token_id"])
         _wait_session_ended(node, sid)
@@ -650,7 +597,7 @@ def test_a_statement_that_cannot_be_recorded_cuts_its_session_with_57P01(
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access)
-    node = _in_process_node(world)
+    node = world.node()
     try:
         with _psycopg(info) as conn, recordings_refused(node):
             started = time.monotonic()
@@ -941,7 +888,7 @@ def test_a_credential_the_target_refuses_gives_28000_and_is_recorded_not_shown(
         "the vaulted credential was refused by the target; an operator has been told",
         None,
     )
-    node = _in_process_node(world)
+    node = world.node()
     try:
         with node.read() as conn:
             (sid,) = [

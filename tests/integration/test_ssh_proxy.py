@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import socket
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,19 +22,10 @@ import paramiko
 import pyte
 import pytest
 
-from tests.conftest import scratch_database
+from tests.ssh_clients import dest, openssh, paramiko_client, streaming_client
 from tests.sshd import SshdServer
-from tests.support import (
-    ServerProcess,
-    add_requester,
-    cli_env,
-    free_port,
-    init_data_dir,
-    run_cli,
-    start_server,
-    use_free_proxy_ports,
-    wait_port,
-)
+from tests.support import run_cli, wait_port
+from tests.world import ServerWorld, race, server_world
 
 TARGET = "web1"
 #: the same sshd, under a second name whose policy rule allows port forwarding
@@ -45,27 +34,13 @@ TARGET_FORWARDING = "web1fwd"
 TARGET_WRONG_KEY = "web1rekeyed"
 #: the requirement is 2 s; the assertion leaves room for a loaded CI machine
 CUT_BOUND_SECONDS = 5.0
-SSH_OPTIONS = [
-    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-    "-o", "LogLevel=ERROR", "-o", "PubkeyAuthentication=no", "-o", "ConnectTimeout=15",
-    "-o", "PreferredAuthentications=password,keyboard-interactive",
-    "-o", "NumberOfPasswordPrompts=1",
-]  # fmt: skip
 
 
 @dataclass
-class SshWorld:
-    sshd: SshdServer
-    server: ServerProcess
-    ssh_port: int
-    admin_env: dict[str, str]
-    alice_env: dict[str, str]
-    tmp: Path
+class SshWorld(ServerWorld):
+    """The server world with the tests' sshd registered as three targets; alice requests."""
 
-    def cli(self, *args: str, env: dict[str, str], stdin: str | None = None) -> Any:
-        done = run_cli(*args, "--json", env=env, stdin=stdin)
-        assert done.returncode == 0, done.stdout + done.stderr
-        return json.loads(done.stdout)
+    sshd: SshdServer
 
 
 def _register(
@@ -95,35 +70,21 @@ def world(
     db_kind: str, tmp_path_factory: pytest.TempPathFactory, sshd_server: SshdServer
 ) -> Iterator[SshWorld]:
     tmp = tmp_path_factory.mktemp("sshproxy")
-    with scratch_database(db_kind, tmp) as database_url:
-        api_port = free_port()
-        data = tmp / "data"
-        token = init_data_dir(data, api_port, database_url)
-        config = data / "config.toml"
-        _, ssh_port = use_free_proxy_ports(config)
-        server = start_server(config, api_port)
-        try:
-            admin_env = cli_env(server.addr, token)
-            _register(admin_env, TARGET, sshd_server)
-            _register(admin_env, TARGET_FORWARDING, sshd_server)
-            _register(admin_env, TARGET_WRONG_KEY, sshd_server, _other_host_key(tmp))
-            policy = tmp / "policy.yaml"
-            policy.write_text(
-                "rules:\n"
-                f"  - name: ssh-tests\n    match: {{targets: [{TARGET}]}}\n"
-                "    auto_approve: true\n"
-                f"  - name: ssh-forwarding\n    match: {{targets: [{TARGET_FORWARDING}]}}\n"
-                "    auto_approve: true\n    allow_forwarding: true\n"
-                f"  - name: ssh-rekeyed\n    match: {{targets: [{TARGET_WRONG_KEY}]}}\n"
-                "    auto_approve: true\n"
-            )
-            applied = run_cli("policy", "apply", str(policy), env=admin_env)
-            assert applied.returncode == 0, applied.stderr
-            alice_env = add_requester(admin_env, server.addr, "alice")
-            wait_port(ssh_port, what="the SSH proxy")
-            yield SshWorld(sshd_server, server, ssh_port, admin_env, alice_env, tmp)
-        finally:
-            server.stop()
+    with server_world(SshWorld, db_kind, tmp, "alice", sshd=sshd_server) as w:
+        _register(w.admin_env, TARGET, sshd_server)
+        _register(w.admin_env, TARGET_FORWARDING, sshd_server)
+        _register(w.admin_env, TARGET_WRONG_KEY, sshd_server, _other_host_key(tmp))
+        w.policy(
+            "rules:\n"
+            f"  - name: ssh-tests\n    match: {{targets: [{TARGET}]}}\n"
+            "    auto_approve: true\n"
+            f"  - name: ssh-forwarding\n    match: {{targets: [{TARGET_FORWARDING}]}}\n"
+            "    auto_approve: true\n    allow_forwarding: true\n"
+            f"  - name: ssh-rekeyed\n    match: {{targets: [{TARGET_WRONG_KEY}]}}\n"
+            "    auto_approve: true\n"
+        )
+        wait_port(w.ssh_port, what="the SSH proxy")
+        yield w
 
 
 @dataclass
@@ -145,7 +106,7 @@ def _access(world: SshWorld, duration: str = "10m", target: str = TARGET) -> Acc
     assert acc.returncode == 0, acc.stderr
     r = world.cli(
         "request", "create", "--target", target, "--account", account, "--duration", duration,
-        "--reason", "INC-7 ssh proxy test", env=world.alice_env,
+        "--reason", "INC-7 ssh proxy test", env=world.user_env,
     )  # fmt: skip
     assert r["state"] == "active", r
     return Access(account, password, r["id"], r["grant_id"])
@@ -153,60 +114,8 @@ def _access(world: SshWorld, duration: str = "10m", target: str = TARGET) -> Acc
 
 def _connect_info(world: SshWorld, access: Access, once: bool = False) -> dict[str, Any]:
     args = ["connect", str(access.request_id)] + (["--once"] if once else [])
-    info: dict[str, Any] = world.cli(*args, env=world.alice_env)
+    info: dict[str, Any] = world.cli(*args, env=world.user_env)
     return info
-
-
-def _openssh(
-    tool: str,
-    info: dict[str, Any],
-    *args: str,
-    stdin: str | None = None,
-    timeout: float = 60,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run OpenSSH's ``ssh``/``scp``/``sftp`` with the token as the password (sshpass reads it
-    from its environment: it is on no command line)."""
-    port_flag = "-p" if tool == "ssh" else "-P"
-    env = {**os.environ, "SSHPASS": info["password"]}
-    return subprocess.run(
-        ["sshpass", "-e", tool, port_flag, str(info["port"]), *SSH_OPTIONS, *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-        cwd=cwd,
-    )
-
-
-def _dest(info: dict[str, Any]) -> str:
-    return f"{info['user']}@127.0.0.1"
-
-
-class RecordingSocket:
-    """A TCP socket for paramiko that keeps every byte the proxy sent."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-        self.received = bytearray()
-
-    def recv(self, n: int) -> bytes:
-        data = self.sock.recv(n)
-        self.received += data
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.sock, name)
-
-
-def _paramiko(info: dict[str, Any]) -> tuple[paramiko.Transport, RecordingSocket]:
-    sock = RecordingSocket(info["port"])
-    transport = paramiko.Transport(sock)  # type: ignore[arg-type]
-    transport.start_client(timeout=15)
-    transport.auth_password(info["user"], info["password"])
-    return transport, sock
 
 
 def _session_events(world: SshWorld, session_id: int) -> list[dict[str, Any]]:
@@ -237,12 +146,12 @@ def test_openssh_exec_runs_as_the_vaulted_account_with_separate_stderr_and_exit_
     world: SshWorld,
 ) -> None:
     access = _access(world)
-    shown = run_cli("connect", str(access.request_id), env=world.alice_env)
+    shown = run_cli("connect", str(access.request_id), env=world.user_env)
     assert shown.returncode == 0, shown.stderr
     info = _connect_info(world, access)
     assert info["user"] == f"{access.account}.{access.grant_id}"
     assert f"ssh -p {world.ssh_port} {access.account}.{access.grant_id}@" in shown.stdout
-    done = _openssh("ssh", info, _dest(info), "id -un; echo to-stderr >&2; exit 7")
+    done = openssh("ssh", info, dest(info), "id -un; echo to-stderr >&2; exit 7")
     assert done.returncode == 7, done.stderr
     assert done.stdout == f"{access.account}\n"
     assert done.stderr.strip() == "to-stderr"
@@ -262,14 +171,14 @@ def test_scp_and_sftp_copy_files_both_ways_and_their_operations_are_recorded(
     payload = secrets.token_bytes(300_000)
     local = tmp_path / "up.bin"
     local.write_bytes(payload)
-    done = _openssh("scp", info, str(local), f"{_dest(info)}:uploaded.bin")
+    done = openssh("scp", info, str(local), f"{dest(info)}:uploaded.bin")
     assert done.returncode == 0, done.stderr
     back = tmp_path / "back.bin"
-    done = _openssh("scp", info, f"{_dest(info)}:uploaded.bin", str(back))
+    done = openssh("scp", info, f"{dest(info)}:uploaded.bin", str(back))
     assert done.returncode == 0, done.stderr
     assert back.read_bytes() == payload
     batch = "rename uploaded.bin moved.bin\nget moved.bin again.bin\nrm moved.bin\nbye\n"
-    done = _openssh("sftp", info, _dest(info), stdin=batch, cwd=tmp_path)
+    done = openssh("sftp", info, dest(info), stdin=batch, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "again.bin").read_bytes() == payload
     ended = _wait_ended(world, access.grant_id, 3)
@@ -308,7 +217,7 @@ def test_a_paramiko_pty_shell_resizes_live_never_sees_the_password_and_replays_t
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access)
-    transport, sock = _paramiko(info)
+    transport, sock = paramiko_client(info)
     live: list[tuple[str, Any]] = []  # what the client saw, in order, with its resizes
     received = bytearray()
     try:
@@ -352,7 +261,7 @@ def test_a_paramiko_pty_shell_resizes_live_never_sees_the_password_and_replays_t
         else:
             screen.resize(lines=data[1], columns=data[0])
     (session,) = _wait_ended(world, access.grant_id)
-    cast = run_cli("session", "play", str(session["id"]), "--cast", env=world.alice_env)
+    cast = run_cli("session", "play", str(session["id"]), "--cast", env=world.user_env)
     assert cast.returncode == 0, cast.stderr
     header, *events = [json.loads(line) for line in cast.stdout.splitlines() if line]
     assert (header["version"], header["width"], header["height"]) == (2, 80, 24)
@@ -369,9 +278,9 @@ def test_a_paramiko_pty_shell_resizes_live_never_sees_the_password_and_replays_t
             replay.resize(lines=height, columns=width)
     assert replay.display == screen.display
     assert any("hello world" in line for line in replay.display)
-    as_json = world.cli("session", "play", str(session["id"]), env=world.alice_env)
+    as_json = world.cli("session", "play", str(session["id"]), env=world.user_env)
     assert as_json == {"header": header, "events": events}
-    played = run_cli("session", "play", str(session["id"]), "--speed", "50", env=world.alice_env)
+    played = run_cli("session", "play", str(session["id"]), "--speed", "50", env=world.user_env)
     assert played.returncode == 0, played.stderr
     assert "hello world" in played.stdout
     assert "DONE42" in played.stdout
@@ -379,43 +288,6 @@ def test_a_paramiko_pty_shell_resizes_live_never_sees_the_password_and_replays_t
 
 
 # ------------------------------------------------------------------------------- the cut
-
-
-def _streaming_client(info: dict[str, Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    """A paramiko client running ``yes`` (endless output), reading as fast as it can."""
-    out: dict[str, Any] = {"bytes": 0, "stderr": b"", "status": None, "at": None}
-    started = threading.Event()
-
-    def run() -> None:
-        transport, _ = _paramiko(info)
-        try:
-            chan = transport.open_session()
-            chan.exec_command("yes")
-            chan.settimeout(30)
-            while True:
-                data = chan.recv(65536)
-                if not data:
-                    break
-                out["bytes"] += len(data)
-                started.set()
-            out["at"] = time.monotonic()
-            while not chan.exit_status_ready() and time.monotonic() - out["at"] < 5:
-                time.sleep(0.01)
-            while chan.recv_stderr_ready():
-                out["stderr"] += chan.recv_stderr(65536)
-            out["status"] = chan.recv_exit_status() if chan.exit_status_ready() else None
-        except (OSError, paramiko.SSHException) as exc:
-            out["at"] = out["at"] or time.monotonic()
-            out["error"] = repr(exc)
-        finally:
-            started.set()
-            transport.close()
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    assert started.wait(30)
-    assert out["bytes"] > 0, out
-    return th, out
 
 
 def _wait_no_process(account: str, timeout: float = 5.0) -> None:
@@ -432,7 +304,7 @@ def test_revoke_cuts_a_streaming_session_within_2s_with_a_message_and_ends_it_up
     world: SshWorld,
 ) -> None:
     access = _access(world)
-    th, out = _streaming_client(_connect_info(world, access))
+    th, out = streaming_client(_connect_info(world, access))
     revoking = time.monotonic()
     world.cli("grant", "revoke", str(access.grant_id), "--reason", "incident over",
               env=world.admin_env)  # fmt: skip
@@ -455,7 +327,7 @@ def test_expiry_cuts_a_streaming_session_within_2s_with_a_message(world: SshWorl
     access = _access(world, duration="6s")
     info = _connect_info(world, access)
     expires = datetime.fromisoformat(info["expires_at"])
-    th, out = _streaming_client(info)
+    th, out = streaming_client(info)
     th.join(30)
     assert not th.is_alive()
     cut_wall = time.time() - (time.monotonic() - out["at"])
@@ -501,11 +373,11 @@ def test_wrong_unknown_mismatched_empty_none_and_ended_tokens_are_all_refused_al
     finally:
         transport.close()
     # the token still works: none of the above used it up
-    transport, _ = _paramiko(info)
+    transport, _ = paramiko_client(info)
     transport.close()
     world.cli("grant", "revoke", str(access.grant_id), "--reason", "done", env=world.admin_env)
     _refused(info)
-    done = _openssh("ssh", info, _dest(info), "true")
+    done = openssh("ssh", info, dest(info), "true")
     assert done.returncode == 5, done.stderr  # sshpass: "invalid password" (asked again)
     assert done.stdout == ""
 
@@ -531,31 +403,21 @@ def test_a_single_use_token_lets_exactly_one_of_twenty_racing_clients_in(
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access, once=True)
-    barrier = threading.Barrier(20)
-    results: list[str] = []
-    lock = threading.Lock()
 
-    def race() -> None:
-        barrier.wait(15)
+    def attempt() -> str:
         transport = paramiko.Transport(socket.create_connection(("127.0.0.1", info["port"]), 30))
         try:
             transport.start_client(timeout=30)
             transport.auth_password(info["user"], info["password"])
-            outcome = "in"
+            return "in"
         except paramiko.AuthenticationException:
-            outcome = "refused"
+            return "refused"
         except Exception as exc:
-            outcome = repr(exc)
+            return repr(exc)
         finally:
             transport.close()
-        with lock:
-            results.append(outcome)
 
-    threads = [threading.Thread(target=race, daemon=True) for _ in range(20)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(90)
+    results = race(attempt, bound=90)
     assert len(results) == 20
     assert results.count("in") == 1, results
     assert set(results) == {"in", "refused"}, results
@@ -571,7 +433,7 @@ def test_a_target_presenting_another_host_key_than_the_pinned_one_is_refused_wit
 ) -> None:
     access = _access(world, target=TARGET_WRONG_KEY)
     info = _connect_info(world, access)
-    done = _openssh("ssh", info, _dest(info), "id")
+    done = openssh("ssh", info, dest(info), "id")
     assert done.returncode == 255
     assert "presented a host key other than the pinned one" in done.stderr, done.stderr
     assert done.stdout == ""
@@ -587,7 +449,7 @@ def test_a_target_presenting_another_host_key_than_the_pinned_one_is_refused_wit
 
 def _forward(info: dict[str, Any], port: int) -> bytes:
     """Open a -L (direct-tcpip) channel to 127.0.0.1:port and read what the service says."""
-    transport, _ = _paramiko(info)
+    transport, _ = paramiko_client(info)
     try:
         chan = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 40000))
         chan.settimeout(15)
@@ -696,7 +558,7 @@ def test_ten_thousand_malformed_packets_and_protocol_misuse_neither_crash_nor_ge
     # and a real client is served right after
     access = _access(world)
     info = _connect_info(world, access)
-    done = _openssh("ssh", info, _dest(info), "echo still-serving")
+    done = openssh("ssh", info, dest(info), "echo still-serving")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "still-serving\n"
     assert world.server.proc.poll() is None
@@ -708,7 +570,7 @@ def test_a_vaulted_password_the_target_refuses_ends_the_session_with_a_message_n
     access = _access(world)
     world.sshd.set_password(access.account, secrets.token_urlsafe(18))  # changed behind our back
     info = _connect_info(world, access)
-    done = _openssh("ssh", info, _dest(info), "id")
+    done = openssh("ssh", info, dest(info), "id")
     assert done.returncode == 255
     assert f"refused the login of '{access.account}'" in done.stderr, done.stderr
     assert access.password not in done.stderr
@@ -762,7 +624,7 @@ def test_a_target_that_drops_the_connection_ends_the_client_session_with_a_messa
     access = _access(world)
     info = _connect_info(world, access)
     # the remote shell's parent is the target's sshd process of this connection
-    done = _openssh("ssh", info, _dest(info), "kill -9 $PPID; sleep 30", timeout=25)
+    done = openssh("ssh", info, dest(info), "kill -9 $PPID; sleep 30", timeout=25)
     assert done.returncode == 255, done
     assert "jitvault: the target closed the channel" in done.stderr
     (session,) = _wait_ended(world, access.grant_id)
