@@ -86,6 +86,14 @@ class ServerWorld:
         """Wait until the worker has provisioned the grant."""
         until("provisioned", lambda: self.grant(grant_id)["provisioned_at"] is not None)
 
+    def cleaned_up(self, grant_id: int) -> None:
+        """Wait until the worker's cleanup job of the grant has run to its end."""
+        node = self.node()
+        try:
+            until("the cleanup ran", lambda: cleanup_done(node, grant_id))
+        finally:
+            node.close()
+
     def node(self) -> Node:
         """An in-process node on the server's store, unsealed; the caller closes it."""
         node = Node.open(load_settings(self.config))

@@ -239,11 +239,7 @@ def test_elevation_grants_the_role_for_the_grant_only_and_keeps_one_held_before(
     world.provisioned(gid)
     assert world.grant(gid)["role_held_before"] is True
     world.revoke(gid)
-    node = world.node()
-    try:
-        until("the cleanup ran", lambda: cleanup_done(node, gid))
-    finally:
-        node.close()
+    world.cleaned_up(gid)
     assert _member(cluster, me, kept), "a membership held before the grant was taken away"
 
 

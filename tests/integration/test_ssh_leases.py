@@ -21,7 +21,7 @@ from tests.ssh_accounts import groups_of, user_exists
 from tests.ssh_clients import dest, openssh, streaming_client
 from tests.sshd import SshdServer
 from tests.support import wait_port
-from tests.world import ServerWorld, cleanup_done, server_world, until
+from tests.world import ServerWorld, server_world, until
 
 TARGET = "web-1"
 #: the product promises a cut within 2 s; the bound leaves room for a loaded machine
@@ -144,9 +144,5 @@ def test_a_group_elevation_holds_for_the_grant_only_and_keeps_a_group_held_befor
     world.provisioned(gid2)
     assert world.grant(gid2)["role_held_before"] is True
     world.revoke(gid2)
-    node = world.node()
-    try:
-        until("the cleanup ran", lambda: cleanup_done(node, gid2))
-    finally:
-        node.close()
+    world.cleaned_up(gid2)
     assert "users" in groups_of(me), "a group held before the grant was taken away"
