@@ -442,14 +442,16 @@ def test_any_small_clean_log_verifies(node: Node, n: int, seed: int) -> None:
     n=st.integers(0, 20),
     seed=st.integers(0, 2**32),
     tamper=st.sampled_from(TAMPERS),
-    rnd=st.randoms(use_true_random=False),
+    # a seed, not st.randoms(): how many values a tamper draws depends on the log's contents
+    # (timestamps, ciphertexts), and hypothesis refuses draws that vary between replays
+    tamper_seed=st.integers(0, 2**32),
 )
 def test_any_tampering_of_a_small_log_is_caught_at_its_first_bad_seq(
-    node: Node, n: int, seed: int, tamper: Tamper, rnd: random.Random
+    node: Node, n: int, seed: int, tamper: Tamper, tamper_seed: int
 ) -> None:
     with rolled_back(node) as conn:
         _fresh_small_log(conn, node.vault.keyring, n, seed)
-        done = tamper(conn, rnd, n)
+        done = tamper(conn, random.Random(tamper_seed), n)
         assume(done is not None)
         assert done is not None
         result = audit.verify(conn, node.vault.keyring)
