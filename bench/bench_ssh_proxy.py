@@ -1,6 +1,6 @@
 """The SSH session proxy next to direct ssh and OpenSSH ProxyJump, in the same run.
 
-    .venv/bin/python bench/bench_ssh_proxy.py            # 256 MiB streams, 200 held sessions
+    .venv/bin/python bench/bench_ssh_proxy.py            # 256 MiB streams, 2,000 held sessions
     .venv/bin/python bench/bench_ssh_proxy.py --quick    # 32 MiB streams, 20 held sessions
 
 Everything runs on this machine (root needed, for sshd and its users), started here and stopped
@@ -22,6 +22,8 @@ ProxyJump:
 * held sessions: ``--held`` asyncssh clients in this process, each logged in through the proxy
   with an exec channel running ``sleep``; failures, and the proxy process's RSS growth per
   session (the upstream sshd processes are not counted: direct connections cost them too).
+  They are opened 16 at a time, each bounded in time; this process and ``jitvault server``
+  raise their open files soft limit to the hard one (two sockets a session in the proxy).
 
 The machine is shared: absolute numbers are noise-prone, the ratios less so. No timing is asserted.
 """
@@ -30,15 +32,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,7 @@ if str(ROOT) not in sys.path:
 import asyncssh  # noqa: E402
 from tests.sshd import SshdServer, start_sshd  # noqa: E402
 from tests.support import (  # noqa: E402
+    ServerProcess,
     cli_env,
     free_port,
     init_data_dir,
@@ -62,6 +67,10 @@ TARGET = "bench-ssh"
 CIPHER = "aes128-gcm@openssh.com"
 LATENCY_RUNS = 40
 PARALLEL = 4
+HELD_DEFAULT = 2000
+#: held sessions being opened at once (each is a proxy login and an sshd login)
+HELD_CONCURRENCY = 16
+NAMES = ("direct", "proxyjump", "jitvault")
 BASE_OPTIONS = [
     "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
     "-o", "ControlMaster=no", "-o", "ControlPath=none", "-c", CIPHER, "-F", "/dev/null",
@@ -141,7 +150,7 @@ def _rss_kib(pid: int) -> int:
 
 async def _hold(proxy: dict[str, Any], count: int, hold_s: float) -> tuple[int, int, list[Any]]:
     """Open ``count`` sessions through the proxy, each with a running command; keep them."""
-    gate = asyncio.Semaphore(16)
+    gate = asyncio.Semaphore(HELD_CONCURRENCY)
 
     async def one() -> Any:
         async with gate:
@@ -153,32 +162,67 @@ async def _hold(proxy: dict[str, Any], count: int, hold_s: float) -> tuple[int, 
                 ),
                 60,
             )  # fmt: skip
-            await conn.create_process(f"sleep {int(hold_s)}")
+            try:
+                await asyncio.wait_for(conn.create_process(f"sleep {int(hold_s)}"), 60)
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
     results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
     held = [r for r in results if not isinstance(r, BaseException)]
+    errors = sorted({repr(r)[:120] for r in results if isinstance(r, BaseException)})
+    if errors:
+        print(f"held sessions that failed: {errors[:5]}")
     return len(held), count - len(held), held
+
+
+async def held_sessions(world: World, count: int) -> str:
+    """Hold ``count`` sessions open at once; the line that reports it."""
+    pid = world.server.proc.pid
+    before = _rss_kib(pid)
+    started = time.perf_counter()
+    ok, failed, conns = await _hold(world.proxy, count, 600)
+    took = time.perf_counter() - started
+    await asyncio.sleep(1)
+    after = _rss_kib(pid)
+    per = (after - before) / max(ok, 1)
+    for conn in conns:
+        conn.close()
+    await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
+    return (
+        f"held sessions: {ok} open, {failed} failed, in {took:.1f} s;"
+        f" proxy RSS +{(after - before) / 1024:.1f} MiB = {per:.0f} KiB per session"
+    )
 
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="32 MiB streams, 20 held sessions")
-    parser.add_argument("--size-mib", type=int, default=None)
-    parser.add_argument("--held", type=int, default=None, help="held sessions (default 200)")
-    args = parser.parse_args()
-    size = (args.size_mib or (32 if args.quick else 256)) << 20
-    held_count = args.held or (20 if args.quick else 200)
-    latency_runs = 10 if args.quick else LATENCY_RUNS
-    if os.geteuid() != 0:
-        sys.exit("needs root (sshd and its Linux users)")
+class World:
+    """What the benchmark measures: the sshd, the jitvault server, the three paths."""
 
-    extra = "MaxStartups 1000:30:1000\nMaxSessions 1000\n"
-    with start_sshd(extra) as sshd, tempfile.TemporaryDirectory(prefix="jv-bench-ssh-") as tmp:
+    def __init__(self, sshd: SshdServer, server: ServerProcess, paths: Paths) -> None:
+        self.sshd, self.server, self.paths = sshd, server, paths
+
+    @property
+    def proxy(self) -> dict[str, Any]:
+        return self.paths.proxy
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+@contextlib.contextmanager
+def bench_world() -> Iterator[World]:
+    """Start the sshd, its user, ``jitvault server`` with the target and a grant; stop them."""
+    with start_sshd() as sshd, tempfile.TemporaryDirectory(prefix="jv-bench-ssh-") as tmp:
         tmpdir = Path(tmp)
         password = secrets.token_urlsafe(18)
         user = sshd.add_user(password=password)
@@ -214,63 +258,70 @@ def main() -> None:
                           "--duration", "2h", "--reason", "bench")  # fmt: skip
             proxy = cli("connect", str(request["id"]))
             paths = Paths(sshd, user, key, proxy)
-            names = ["direct", "proxyjump", "jitvault"]
-            for name in names:  # warm up every path (and check it works)
+            for name in NAMES:  # warm up every path (and check it works)
                 _run(paths, name, "true")
-
-            print(f"SSH proxy benchmark: {size >> 20} MiB per stream, cipher {CIPHER}")
-            print(f"{'row':48} {'direct':>10} {'proxyjump':>10} {'jitvault':>10}"
-                  f" {'jv/direct':>10} {'jv/jump':>10}")  # fmt: skip
-            rows: list[tuple[str, dict[str, float]]] = []
-            for label, streams, one in (
-                ("download MiB/s, 1 stream", 1, _download),
-                ("upload MiB/s, 1 stream", 1, _upload),
-                (f"download MiB/s, {PARALLEL} streams", PARALLEL, _download),
-                (f"upload MiB/s, {PARALLEL} streams", PARALLEL, _upload),
-            ):
-                each = size // streams if streams > 1 else size
-                got = {}
-                for n in names:
-                    cpu, wall = _cpu_seconds(server.proc.pid), time.perf_counter()
-                    got[n] = _throughput(paths, n, each, streams, one)
-                    if n == "jitvault":  # how busy the proxy's one event loop was
-                        busy = (_cpu_seconds(server.proc.pid) - cpu) / (time.perf_counter() - wall)
-                        label += f" (proxy CPU {busy:.0%})"
-                rows.append((label, got))
-            samples: dict[str, list[float]] = {n: [] for n in names}
-            for _ in range(latency_runs):
-                for n in names:
-                    samples[n].append(_run(paths, n, "true") * 1000)
-            rows.append(
-                (f"'ssh true' ms, median of {latency_runs}",
-                 {n: statistics.median(v) for n, v in samples.items()})
-            )  # fmt: skip
-            for label, got in rows:
-                print(
-                    f"{label:48} {got['direct']:>10.1f} {got['proxyjump']:>10.1f}"
-                    f" {got['jitvault']:>10.1f} {_ratio(got['jitvault'], got['direct']):>10}"
-                    f" {_ratio(got['jitvault'], got['proxyjump']):>10}"
-                )
-
-            async def held() -> None:
-                before = _rss_kib(server.proc.pid)
-                started = time.perf_counter()
-                ok, failed, conns = await _hold(proxy, held_count, 600)
-                took = time.perf_counter() - started
-                await asyncio.sleep(1)
-                after = _rss_kib(server.proc.pid)
-                per = (after - before) / max(ok, 1)
-                print(
-                    f"held sessions: {ok} open, {failed} failed, in {took:.1f} s;"
-                    f" proxy RSS +{(after - before) / 1024:.1f} MiB = {per:.0f} KiB per session"
-                )
-                for conn in conns:
-                    conn.close()
-                await asyncio.gather(*(c.wait_closed() for c in conns), return_exceptions=True)
-
-            asyncio.run(held())
+            yield World(sshd, server, paths)
         finally:
             server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="32 MiB streams, 20 held sessions")
+    parser.add_argument("--size-mib", type=int, default=None)
+    parser.add_argument(
+        "--held", type=int, default=None, help=f"held sessions (default {HELD_DEFAULT})"
+    )
+    args = parser.parse_args()
+    size = (args.size_mib or (32 if args.quick else 256)) << 20
+    held_count = args.held or (20 if args.quick else HELD_DEFAULT)
+    latency_runs = 10 if args.quick else LATENCY_RUNS
+    if os.geteuid() != 0:
+        sys.exit("needs root (sshd and its Linux users)")
+    raise_nofile_limit()
+
+    with bench_world() as world:
+        paths, server = world.paths, world.server
+        print(f"SSH proxy benchmark: {size >> 20} MiB per stream, cipher {CIPHER}")
+        print(f"load average before: {_loadavg()}")
+        print(f"{'row':48} {'direct':>10} {'proxyjump':>10} {'jitvault':>10}"
+              f" {'jv/direct':>10} {'jv/jump':>10}")  # fmt: skip
+        rows: list[tuple[str, dict[str, float]]] = []
+        for label, streams, one in (
+            ("download MiB/s, 1 stream", 1, _download),
+            ("upload MiB/s, 1 stream", 1, _upload),
+            (f"download MiB/s, {PARALLEL} streams", PARALLEL, _download),
+            (f"upload MiB/s, {PARALLEL} streams", PARALLEL, _upload),
+        ):
+            each = size // streams if streams > 1 else size
+            got = {}
+            for n in NAMES:
+                cpu, wall = _cpu_seconds(server.proc.pid), time.perf_counter()
+                got[n] = _throughput(paths, n, each, streams, one)
+                if n == "jitvault":  # how busy the proxy's one event loop was
+                    busy = (_cpu_seconds(server.proc.pid) - cpu) / (time.perf_counter() - wall)
+                    label += f" (proxy CPU {busy:.0%})"
+            rows.append((label, got))
+        samples: dict[str, list[float]] = {n: [] for n in NAMES}
+        for _ in range(latency_runs):
+            for n in NAMES:
+                samples[n].append(_run(paths, n, "true") * 1000)
+        rows.append(
+            (f"'ssh true' ms, median of {latency_runs}",
+             {n: statistics.median(v) for n, v in samples.items()})
+        )  # fmt: skip
+        for label, got in rows:
+            print(
+                f"{label:48} {got['direct']:>10.1f} {got['proxyjump']:>10.1f}"
+                f" {got['jitvault']:>10.1f} {_ratio(got['jitvault'], got['direct']):>10}"
+                f" {_ratio(got['jitvault'], got['proxyjump']):>10}"
+            )
+        print(asyncio.run(held_sessions(world, held_count)))
+        print(f"load average after: {_loadavg()}")
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

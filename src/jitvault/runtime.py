@@ -6,6 +6,7 @@ This is the only module that wires the layers together; the CLI's local commands
 from __future__ import annotations
 
 import logging
+import resource
 import sys
 
 import uvicorn
@@ -43,9 +44,26 @@ def open_node(settings: Settings) -> Node:
     return node
 
 
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one; returns the soft limit now.
+
+    Every proxied session holds two sockets (the client's and the target's): the usual soft
+    limit of 1024 would refuse connections after about 500 sessions.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit the kernel refuses
+            log.warning("cannot raise the open files limit from %s to %s: %s", soft, hard, exc)
+    return soft
+
+
 def serve(node: Node) -> None:
     """Run the API and the background worker until interrupted."""
     cfg = node.settings.server
+    log.debug("open files limit: %s", raise_open_files_limit())
     worker = Worker(node)
     worker.start()
     proxies = ProxyServer(node) if cfg.proxies else None
@@ -68,4 +86,4 @@ def serve(node: Node) -> None:
         node.close()
 
 
-__all__ = ["configure_logging", "open_node", "serve"]
+__all__ = ["configure_logging", "open_node", "raise_open_files_limit", "serve"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import socket
 import stat
 import subprocess
@@ -28,7 +29,9 @@ from tests.support import (
     ServerProcess,
     cli_env,
     free_port,
+    init_data_dir,
     run_cli,
+    use_free_proxy_ports,
     wait_http,
 )
 
@@ -271,6 +274,40 @@ def test_init_prints_exports_server_serves_from_config_and_second_init_conflicts
         assert cli_json("whoami", env=env)["name"] == "admin"
     finally:
         server.stop()
+
+
+def _open_files_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open files limit")
+
+
+def test_server_raises_its_open_files_soft_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    # a proxy holds two sockets a session: a soft limit of 1024 would cap it near 500
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard limit on open files is too low to tell")
+    data, port = tmp_path / "data", free_port()
+    init_data_dir(data, port)
+    use_free_proxy_ports(data / "config.toml")
+    log = (tmp_path / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [JITVAULT, "server", "--config", str(data / "config.toml")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=cli_env(),
+        start_new_session=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", data, tmp_path / "server.log")
+    try:
+        wait_http(f"{server.addr}/v1/sys/health")
+        assert _open_files_limits(proc.pid) == (hard, hard)
+    finally:
+        server.stop()
+        log.close()
 
 
 def test_server_with_a_missing_config_fails_with_one_line(tmp_path: Path) -> None:
