@@ -64,6 +64,7 @@ from tests.support import (  # noqa: E402
 )
 
 TARGET = "bench-ssh"
+PG_HOST_DSN = os.environ.get("JITVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 CIPHER = "aes128-gcm@openssh.com"
 LATENCY_RUNS = 40
 PARALLEL = 4
@@ -179,13 +180,12 @@ async def _hold(proxy: dict[str, Any], count: int, hold_s: float) -> tuple[int, 
 
 async def held_sessions(world: World, count: int) -> str:
     """Hold ``count`` sessions open at once; the line that reports it."""
-    pid = world.server.proc.pid
-    before = _rss_kib(pid)
+    before = world.rss_kib()
     started = time.perf_counter()
     ok, failed, conns = await _hold(world.proxy, count, 600)
     took = time.perf_counter() - started
     await asyncio.sleep(1)
-    after = _rss_kib(pid)
+    after = world.rss_kib()
     per = (after - before) / max(ok, 1)
     for conn in conns:
         conn.close()
@@ -201,10 +201,17 @@ def _ratio(a: float, b: float) -> str:
 
 
 class World:
-    """What the benchmark measures: the sshd, the jitvault server, the three paths."""
+    """What the benchmark measures: the sshd, the jitvault server(s), the three paths."""
 
-    def __init__(self, sshd: SshdServer, server: ServerProcess, paths: Paths) -> None:
-        self.sshd, self.server, self.paths = sshd, server, paths
+    def __init__(self, sshd: SshdServer, servers: list[ServerProcess], paths: Paths) -> None:
+        self.sshd, self.servers, self.paths = sshd, servers, paths
+        self.server = servers[0]
+
+    def cpu_seconds(self) -> float:
+        return sum(_cpu_seconds(s.proc.pid) for s in self.servers)
+
+    def rss_kib(self) -> int:
+        return sum(_rss_kib(s.proc.pid) for s in self.servers)
 
     @property
     def proxy(self) -> dict[str, Any]:
@@ -220,8 +227,34 @@ def raise_nofile_limit() -> int:
 
 
 @contextlib.contextmanager
-def bench_world() -> Iterator[World]:
-    """Start the sshd, its user, ``jitvault server`` with the target and a grant; stop them."""
+def scratch_postgres() -> Iterator[str]:
+    """A new PostgreSQL database (``JITVAULT_TEST_PG``, as the tests use), dropped after."""
+    import psycopg
+
+    name = f"jvbench_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_HOST_DSN}/{name}"
+    finally:
+        with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def bench_world(workers: int = 1, server_env: dict[str, str] | None = None) -> Iterator[World]:
+    """Start the sshd, its user, ``jitvault server`` with the target and a grant; stop them.
+
+    ``workers`` > 1: that many ``jitvault server`` processes on one PostgreSQL state store and
+    one config, sharing the proxy ports with ``proxy_reuse_port``.
+    """
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(scratch_postgres()) if workers > 1 else None
+        yield stack.enter_context(_world(workers, database_url, server_env or {}))
+
+
+@contextlib.contextmanager
+def _world(workers: int, database_url: str | None, server_env: dict[str, str]) -> Iterator[World]:
     with start_sshd() as sshd, tempfile.TemporaryDirectory(prefix="jv-bench-ssh-") as tmp:
         tmpdir = Path(tmp)
         password = secrets.token_urlsafe(18)
@@ -232,11 +265,18 @@ def bench_world() -> Iterator[World]:
 
         api_port = free_port()
         data = tmpdir / "data"
-        token = init_data_dir(data, api_port)
+        token = init_data_dir(data, api_port, database_url)
         config = data / "config.toml"
         use_free_proxy_ports(config)
-        server = start_server(config, api_port)
+        if workers > 1:
+            text = config.read_text()
+            assert "proxy_reuse_port = false" in text
+            config.write_text(text.replace("proxy_reuse_port = false", "proxy_reuse_port = true"))
+        servers: list[ServerProcess] = []
         try:
+            for port in [api_port] + [free_port() for _ in range(workers - 1)]:
+                servers.append(start_server(config, port, cli_env(**server_env)))
+            server = servers[0]
             admin = cli_env(server.addr, token)
 
             def cli(*a: str, stdin: str | None = None) -> Any:
@@ -260,9 +300,10 @@ def bench_world() -> Iterator[World]:
             paths = Paths(sshd, user, key, proxy)
             for name in NAMES:  # warm up every path (and check it works)
                 _run(paths, name, "true")
-            yield World(sshd, server, paths)
+            yield World(sshd, servers, paths)
         finally:
-            server.stop()
+            for each in servers:
+                each.stop()
 
 
 def main() -> None:
@@ -272,6 +313,13 @@ def main() -> None:
     parser.add_argument(
         "--held", type=int, default=None, help=f"held sessions (default {HELD_DEFAULT})"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="jitvault server processes sharing the proxy port (SO_REUSEPORT) on one"
+        " PostgreSQL state store (JITVAULT_TEST_PG); default 1, on SQLite",
+    )
     args = parser.parse_args()
     size = (args.size_mib or (32 if args.quick else 256)) << 20
     held_count = args.held or (20 if args.quick else HELD_DEFAULT)
@@ -280,9 +328,12 @@ def main() -> None:
         sys.exit("needs root (sshd and its Linux users)")
     raise_nofile_limit()
 
-    with bench_world() as world:
-        paths, server = world.paths, world.server
-        print(f"SSH proxy benchmark: {size >> 20} MiB per stream, cipher {CIPHER}")
+    with bench_world(args.workers) as world:
+        paths = world.paths
+        print(
+            f"SSH proxy benchmark: {size >> 20} MiB per stream, cipher {CIPHER},"
+            f" {args.workers} proxy process(es)"
+        )
         print(f"load average before: {_loadavg()}")
         print(f"{'row':48} {'direct':>10} {'proxyjump':>10} {'jitvault':>10}"
               f" {'jv/direct':>10} {'jv/jump':>10}")  # fmt: skip
@@ -296,10 +347,10 @@ def main() -> None:
             each = size // streams if streams > 1 else size
             got = {}
             for n in NAMES:
-                cpu, wall = _cpu_seconds(server.proc.pid), time.perf_counter()
+                cpu, wall = world.cpu_seconds(), time.perf_counter()
                 got[n] = _throughput(paths, n, each, streams, one)
-                if n == "jitvault":  # how busy the proxy's one event loop was
-                    busy = (_cpu_seconds(server.proc.pid) - cpu) / (time.perf_counter() - wall)
+                if n == "jitvault":  # how busy the proxy's event loop(s) were, in cores
+                    busy = (world.cpu_seconds() - cpu) / (time.perf_counter() - wall)
                     label += f" (proxy CPU {busy:.0%})"
             rows.append((label, got))
         samples: dict[str, list[float]] = {n: [] for n in NAMES}

@@ -169,7 +169,9 @@ class PostgresFrontend:
                 super().connection_made(transport)
                 frontend.spawn(frontend.handle(self, ctx))
 
-        server = await asyncio.get_running_loop().create_server(ClientWire, host, port)
+        server = await asyncio.get_running_loop().create_server(
+            ClientWire, host, port, reuse_port=ctx.reuse_port or None
+        )
         return _Listener(server)
 
     async def handle(self, wire: Wire, ctx: ProxyContext) -> None:

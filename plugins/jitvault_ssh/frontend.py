@@ -106,6 +106,7 @@ class SshFrontend:
             x11_forwarding=False,
             config=[],
             reuse_address=True,
+            reuse_port=ctx.reuse_port or None,
         )
         return _Listener(server)
 

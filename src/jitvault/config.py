@@ -59,6 +59,10 @@ class ServerSettings(BaseModel):
     tls_key: Path | None = None
     #: what `jitvault connect` tells clients to connect to (default: listen)
     public_host: str | None = None
+    #: bind the proxy ports with SO_REUSEPORT, so that several `jitvault server` processes on
+    #: one PostgreSQL state store share them (the kernel spreads the connections). Off by
+    #: default: any process of this user that sets it too could take a share of the clients.
+    proxy_reuse_port: bool = False
 
 
 class AuthSettings(BaseModel):

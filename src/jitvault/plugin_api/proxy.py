@@ -51,6 +51,9 @@ class ProxyContext(Protocol):
     #: a private directory (mode 0700) where the front end may keep its own files, e.g. the
     #: SSH proxy's host key
     state_dir: Path
+    #: bind the listener with SO_REUSEPORT (``server.proxy_reuse_port``: several processes of
+    #: the node share the port); False unless the operator opted in
+    reuse_port: bool
 
     async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
         """The SCRAM-SHA-256 verifier of a session token, or None if there is no such token.

@@ -32,6 +32,7 @@ class NodeProxyContext:
         self.ssl_context = ssl_context
         self._expiry: dict[int, Any] = {}
         self.state_dir = node.settings.data_dir / "proxy" / protocol
+        self.reuse_port = node.settings.server.proxy_reuse_port
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
