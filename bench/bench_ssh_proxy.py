@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_ssh_proxy.py            # 256 MiB streams, 2,000 held sessions
     .venv/bin/python bench/bench_ssh_proxy.py --quick    # 32 MiB streams, 20 held sessions
+    .venv/bin/python bench/bench_ssh_proxy.py --workers 2  # 2 proxy processes, SO_REUSEPORT
 
 Everything runs on this machine (root needed, for sshd and its users), started here and stopped
 by pid:
@@ -24,6 +25,10 @@ ProxyJump:
   session (the upstream sshd processes are not counted: direct connections cost them too).
   They are opened 16 at a time, each bounded in time; this process and ``jitvault server``
   raise their open files soft limit to the hard one (two sockets a session in the proxy).
+
+``--workers N`` runs N ``jitvault server`` processes on one config and one PostgreSQL state store
+(a scratch database at ``JITVAULT_TEST_PG``, dropped after) with ``proxy_reuse_port = true``: the
+kernel spreads the connections over them. The proxy CPU share and RSS are then their sums.
 
 The machine is shared: absolute numbers are noise-prone, the ratios less so. No timing is asserted.
 """
