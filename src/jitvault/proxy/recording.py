@@ -4,8 +4,10 @@ A relay never waits for the database, and pays as little as it can per statement
 :meth:`RecordingSink.add_statement` appends a small tuple (session, time, the statement's raw
 text bytes) to an in-memory queue and returns; decoding, JSON, encryption and the INSERT all
 happen in the writer, a batch at a time. A background task writes the queue every
-``interval`` seconds, or as soon as ``batch`` events wait, one transaction per batch (rows and
-encryption as :func:`jitvault.services.sessions.record_events` makes them). A session's events
+``interval`` seconds, or as soon as ``batch`` events wait, one transaction per batch (at most
+``batch`` events and about ``batch_bytes`` of texts) holding one row per session: a *chunk* of
+that session's events, one JSON array sealed once (see
+:func:`jitvault.services.sessions.record_chunks`). A session's events
 are written before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
 
 Fail closed: the queue is bounded (events and bytes). When it is full, or when the store refuses
@@ -23,7 +25,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from jitvault.errors import Unavailable
@@ -54,6 +56,7 @@ class RecordingSink:
         *,
         interval: float = 0.1,
         batch: int = 500,
+        batch_bytes: int = 4 << 20,
         max_events: int = 50_000,
         max_bytes: int = 64 << 20,
         on_failure: Callable[[set[int], str], Awaitable[None]] | None = None,
@@ -61,6 +64,7 @@ class RecordingSink:
         self.node = node
         self.interval = interval
         self.batch = batch
+        self.batch_bytes = batch_bytes
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.on_failure = on_failure
@@ -80,6 +84,8 @@ class RecordingSink:
 
     def add(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """Queue one event (timestamped now). Raises RecordingUnavailable instead of dropping."""
+        if kind == sessions.CHUNK_KIND:
+            raise ValueError(f"{kind!r} is not a kind an event may have")
         self._put(session_id, kind, data, _size(data))
 
     def add_statement(self, session_id: int, style: str, text: bytes) -> None:
@@ -111,7 +117,7 @@ class RecordingSink:
             # only what is queued now: under load the queue never empties
             left = len(self._queue)
             while left > 0:
-                taken = [self._queue.popleft() for _ in range(min(self.batch, left))]
+                taken, weight = self._take(min(self.batch, left))
                 try:
                     await asyncio.to_thread(_write, self.node, taken)
                 except Exception as exc:
@@ -119,10 +125,23 @@ class RecordingSink:
                     await self._failed(exc)
                     raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}") from None
                 left -= len(taken)
-                self._bytes -= sum(queued[4] for queued in taken)
+                self._bytes -= weight
                 if self._failing is not None:
                     log.warning("session recordings are stored again")
                     self._failing = None
+
+    def _take(self, n: int) -> tuple[list[_Queued], int]:
+        """Up to ``n`` queued events, and fewer if they weigh more than ``batch_bytes`` (the
+        first is always taken): a batch's chunks stay a bounded size."""
+        taken: list[_Queued] = []
+        weight = 0
+        queue = self._queue
+        while n > 0 and queue and (weight < self.batch_bytes or not taken):
+            queued = queue.popleft()
+            taken.append(queued)
+            weight += queued[4]
+            n -= 1
+        return taken, weight
 
     async def _failed(self, exc: Exception) -> None:
         first = self._failing is None
@@ -159,22 +178,25 @@ def _size(data: dict[str, Any]) -> int:
     return _BASE_SIZE + sum(len(v) for v in data.values() if isinstance(v, str))
 
 
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def _write(node: Node, taken: list[_Queued]) -> None:
-    """Store queued events (in the writer's thread: the decoding happens here too)."""
-    sessions.record_events(
-        node,
-        [
-            sessions.RecordedEvent(session_id, kind, at, _data(payload))
-            for session_id, at, kind, payload, _ in taken
-        ],
-    )
-
-
-def _data(payload: dict[str, Any] | tuple[str, bytes]) -> dict[str, Any]:
-    if isinstance(payload, dict):
-        return payload
-    style, text = payload
-    return {"text": text.decode("utf-8", "replace"), "kind": style}
+    """Store queued events (in the writer's thread: the decoding happens here too), one chunk
+    per session: what an event costs here is a tuple in a list and its share of one JSON
+    encoding, one seal and one INSERT."""
+    chunks: dict[int, sessions.Chunk] = {}
+    for session_id, at, kind, payload, _ in taken:
+        chunk = chunks.get(session_id)
+        if chunk is None:
+            chunks[session_id] = chunk = (session_id, at, [])
+        if type(payload) is tuple:
+            style, text = payload
+            data = {"text": text.decode("utf-8", "replace"), "kind": style}
+        else:
+            data = payload
+        chunk[2].append(((at - chunk[1]) // _MICROSECOND, kind, data))
+    sessions.record_chunks(node, list(chunks.values()))
 
 
 __all__ = ["RECORDING_LOST", "RecordingSink", "RecordingUnavailable"]
