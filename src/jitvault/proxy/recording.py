@@ -190,7 +190,8 @@ def _write(node: Node, taken: list[_Queued]) -> None:
         chunk = chunks.get(session_id)
         if chunk is None:
             chunks[session_id] = chunk = (session_id, at, [])
-        if type(payload) is tuple:
+        data: dict[str, Any]
+        if isinstance(payload, tuple):
             style, text = payload
             data = {"text": text.decode("utf-8", "replace"), "kind": style}
         else:
