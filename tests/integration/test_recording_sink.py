@@ -244,3 +244,44 @@ def test_an_event_cannot_take_the_kind_that_marks_chunks(booted: Booted) -> None
     with pytest.raises(ValueError, match="chunk"):
         sessions.record_event(booted.node, sid, sessions.CHUNK_KIND, {"text": "a fake chunk"})
     assert _rows(booted.node, sid) == []
+
+
+def test_statement_texts_of_any_bytes_are_stored_as_the_json_encoder_would_store_them(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted)
+    texts = [
+        b'SELECT \'"quoted"\' AS "x\\y"',
+        b"SELECT E'\\n\\t' -- tab\there\nnewline\r\x00nul \x1b esc",
+        "SELECT 'ünïcødé 名前 🙂 \u2028'".encode(),
+        b"SELECT '\xff\xfe\xc3' -- not UTF-8",
+        b"",
+    ]
+    for text in texts:
+        sink.add_statement(sid, "simple", text)
+    asyncio.run(sink.flush())
+    with booted.node.read() as conn:
+        (envelope,) = conn.execute(
+            select(t.session_events.c.data).where(t.session_events.c.session_id == sid)
+        ).scalars()
+        (row_id,) = conn.execute(
+            select(t.session_events.c.id).where(t.session_events.c.session_id == sid)
+        ).scalars()
+    raw = booted.node.vault.keyring.decrypt(
+        envelope, sealed.context_for(SESSION_EVENT_DATA, row_id)
+    ).reveal()
+    entries = json.loads(raw)
+    assert (
+        raw.decode()
+        == "["
+        + ",".join(
+            sessions.chunk_entry(
+                e[0], "query", {"text": text.decode("utf-8", "replace"), "kind": "simple"}
+            )
+            for e, text in zip(entries, texts, strict=True)
+        )
+        + "]"
+    )
+    assert [e["data"]["text"] for e in sessions.session_events(booted.node, sid)] == [
+        text.decode("utf-8", "replace") for text in texts
+    ]
