@@ -34,6 +34,11 @@ Measured, each with its anchors:
 The machine is shared (other jobs run beside it): every comparison runs in ``--rounds`` rounds,
 anchors and jitvault alternately in a new order each round; a ratio is taken within a round,
 then the median over the rounds. No timing is asserted.
+
+A/B of a change: ``--compare DIR`` also starts a second server from ``DIR/src`` and
+``DIR/plugins`` (e.g. ``git archive main src plugins | tar -x -C DIR``), as the rows
+``jitvault B``, interleaved with the rest; ``--pgbench-only`` skips the TLS, memory and
+ephemeral rows.
 """
 
 from __future__ import annotations
