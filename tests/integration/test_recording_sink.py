@@ -15,7 +15,7 @@ from sqlalchemy import select
 from jitvault.domain import Sensitive
 from jitvault.proxy import SessionRegistry
 from jitvault.proxy.recording import RECORDING_LOST, RecordingSink, RecordingUnavailable
-from jitvault.services import Node, sessions
+from jitvault.services import Node, keys, sessions
 from jitvault.storage import sealed, session_store
 from jitvault.storage import tables as t
 from jitvault.storage.repositories import aware
@@ -285,3 +285,22 @@ def test_statement_texts_of_any_bytes_are_stored_as_the_json_encoder_would_store
     assert [e["data"]["text"] for e in sessions.session_events(booted.node, sid)] == [
         text.decode("utf-8", "replace") for text in texts
     ]
+
+
+def test_chunk_rows_are_moved_to_a_new_key_term_and_still_read(booted: Booted) -> None:
+    sid, sink = _session_with_sink(booted)
+    for i in range(5):
+        sink.add_statement(sid, "simple", f"SELECT 'rekeyed-{i}'".encode())
+    asyncio.run(sink.flush())
+    with booted.node.read() as conn:
+        (before,) = conn.execute(
+            select(t.session_events.c.data_term).where(t.session_events.c.session_id == sid)
+        ).scalars()
+    keys.rotate_key(booted.node, booted.admin)
+    keys.reencrypt_all(booted.node)
+    with booted.node.read() as conn:
+        (after,) = conn.execute(
+            select(t.session_events.c.data_term).where(t.session_events.c.session_id == sid)
+        ).scalars()
+    assert after > before
+    assert _texts(booted.node, sid) == [f"SELECT 'rekeyed-{i}'" for i in range(5)]
