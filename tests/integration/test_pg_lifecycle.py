@@ -58,6 +58,14 @@ def ql(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def ql_any(value: str) -> str:
+    """A string literal as psycopg writes it: with a backslash inside, an escape string
+    (`` E'...'``, backslashes doubled: whatever standard_conforming_strings says)."""
+    if "\\" not in value:
+        return ql(value)
+    return " E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def plugin_statements(cluster: PgCluster, mark: int) -> list[str]:
     return cluster.statements_since(mark, APPLICATION_NAME)
 
@@ -521,7 +529,7 @@ def _expect_drop(statements: list[str], user: str) -> None:
     assert nologin == f"ALTER ROLE {qi(user)} NOLOGIN"
     assert drop == (
         "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity"
-        f" WHERE usename = {ql(user)} AND pid <> pg_catalog.pg_backend_pid()"
+        f" WHERE usename = {ql_any(user)} AND pid <> pg_catalog.pg_backend_pid()"
         f"; DROP OWNED BY {qi(user)}; DROP ROLE IF EXISTS {qi(user)}"
     )
 
