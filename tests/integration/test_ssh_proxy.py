@@ -163,6 +163,20 @@ def test_openssh_exec_runs_as_the_vaulted_account_with_separate_stderr_and_exit_
     assert ("exit", {"channel": 1, "status": 7, "signal": None}) in kinds
 
 
+def test_only_allow_listed_environment_variables_reach_the_target(world: SshWorld) -> None:
+    # the fixture's sshd accepts every variable (AcceptEnv *): only the proxy filters them
+    access = _access(world)
+    info = _connect_info(world, access)
+    sent = "LC_JITVAULT=kept TZ=UTC LD_PRELOAD=/tmp/evil.so BASH_ENV=/tmp/evil JV_CANARY=leak"
+    done = openssh("ssh", info, "-o", f"SetEnv={sent}", dest(info), "env")
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert seen.get("LC_JITVAULT") == "kept"
+    assert seen.get("TZ") == "UTC"
+    for refused in ("LD_PRELOAD", "BASH_ENV", "JV_CANARY"):
+        assert refused not in seen, (refused, done.stdout)
+
+
 def test_scp_and_sftp_copy_files_both_ways_and_their_operations_are_recorded(
     world: SshWorld, tmp_path: Path
 ) -> None:
