@@ -58,6 +58,17 @@ def _parse_options(plugin: TargetPlugin, kind: str, options: dict[str, Any]) -> 
         raise ValidationError(f"invalid {kind} target option {where}: {first['msg']}") from None
 
 
+def _enroll(
+    plugin: TargetPlugin, kind: str, access: TargetAccess
+) -> tuple[dict[str, Any], list[str]]:
+    """The options with what the plugin reads from the target itself and pins (an SSH host key
+    it was not given), before any write; and the names of the options it pinned."""
+    enrolled = asyncio.run(plugin.enroll(access))
+    if not enrolled:
+        return access.options, []
+    return _parse_options(plugin, kind, {**access.options, **enrolled}), sorted(enrolled)
+
+
 def add_target(
     node: Node,
     actor: Principal,
@@ -76,11 +87,7 @@ def add_target(
     if admin_user is not None:
         validate_account_name(admin_user)
     secret = _secret_bytes(admin_secret) if admin_secret is not None else None
-    # what the plugin reads from the target itself and pins (an SSH host key), before any write
-    access = TargetAccess(name, clean, admin_user, admin_secret)
-    enrolled = asyncio.run(plugin.enroll(access))
-    if enrolled:
-        clean = _parse_options(plugin, kind, {**clean, **enrolled})
+    clean, enrolled = _enroll(plugin, kind, TargetAccess(name, clean, admin_user, admin_secret))
     with node.write() as tx:
         target = repo.target_add(tx.conn, name, kind, clean, admin_user, labels)
         if secret is not None:
@@ -97,7 +104,7 @@ def add_target(
                     "labels": labels or {},
                     "admin_user": admin_user,
                     "admin_secret_set": secret is not None,
-                    "enrolled": sorted(enrolled),
+                    "enrolled": enrolled,
                 },
             )
         )
@@ -131,9 +138,7 @@ def update_target(
     clean = _parse_options(plugin, before.kind, merged)
     user = before.admin_user if admin_user is None else validate_account_name(admin_user)
     secret = _secret_bytes(admin_secret) if admin_secret is not None else None
-    enrolled = asyncio.run(plugin.enroll(TargetAccess(name, clean, user, admin_secret)))
-    if enrolled:
-        clean = _parse_options(plugin, before.kind, {**clean, **enrolled})
+    clean, enrolled = _enroll(plugin, before.kind, TargetAccess(name, clean, user, admin_secret))
     new_labels = before.labels if labels is None else labels
     changed = sorted(
         k for k in clean.keys() | before.options.keys() if clean.get(k) != before.options.get(k)
@@ -159,7 +164,7 @@ def update_target(
                     "admin_user_before": before.admin_user,
                     "admin_user": user,
                     "admin_secret_set": secret is not None,
-                    "enrolled": sorted(enrolled),
+                    "enrolled": enrolled,
                 },
             )
         )
