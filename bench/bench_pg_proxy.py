@@ -80,7 +80,6 @@ from tests.support import (  # noqa: E402
     init_data_dir,
     run_cli,
     start_server,
-    use_free_proxy_ports,
     wait_port,
 )
 
@@ -346,7 +345,6 @@ def start_jitvault(
     api_port = free_port()
     token = init_data_dir(data, api_port)
     config = data / "config.toml"
-    use_free_proxy_ports(config)  # two servers (--compare) must not share the default ports
     env = None
     if source is not None:
         paths = [str(source / "src"), str(source / "plugins"), os.environ.get("PYTHONPATH", "")]
