@@ -13,6 +13,8 @@ class Permission(StrEnum):
     USER_READ = "user.read"
     TOKEN_CREATE_ANY = "token.create_any"
     TOKEN_READ_ANY = "token.read_any"
+    SSH_KEY_MANAGE_ANY = "ssh_key.manage_any"
+    SSH_KEY_READ_ANY = "ssh_key.read_any"
     TARGET_CREATE = "target.create"
     TARGET_READ = "target.read"
     ACCOUNT_CREATE = "account.create"
@@ -42,6 +44,9 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.USER_READ: frozenset({Role.ADMIN, Role.AUDITOR}),
     Permission.TOKEN_CREATE_ANY: frozenset({Role.ADMIN}),
     Permission.TOKEN_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
+    # everyone manages their own SSH keys (like their tokens); admins anyone's
+    Permission.SSH_KEY_MANAGE_ANY: frozenset({Role.ADMIN}),
+    Permission.SSH_KEY_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
     Permission.TARGET_CREATE: frozenset({Role.ADMIN}),
     # requesters must see what they can ask for; no secret is ever part of it
     Permission.TARGET_READ: _ALL,
