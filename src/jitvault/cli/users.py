@@ -107,10 +107,18 @@ def key_add(
 
 @key_app.command("list")
 def key_list(user: str | None = UserOpt, as_json: bool = JsonOpt) -> None:
-    """List registered SSH keys (fingerprints as 'ssh-keygen -l' prints them)."""
+    """List registered SSH keys, one a line: fingerprint (as 'ssh-keygen -l' prints it),
+    type, comment, when it was added."""
     api = ApiClient()
     name = _user_or_me(api, user)
-    show(api.request("GET", f"/v1/users/{quote(name, safe='')}/ssh-keys"), as_json, KEY_COLUMNS)
+    keys = api.request("GET", f"/v1/users/{quote(name, safe='')}/ssh-keys")
+    if as_json:
+        show(keys, True)
+        return
+    if not keys:
+        err_console.print("(none)")
+    for k in keys:  # whole lines, not a table: a fingerprint must copy in one piece
+        typer.echo("  ".join(str(k[c] or "-") for c in KEY_COLUMNS))
 
 
 @key_app.command("remove")

@@ -465,6 +465,8 @@ def _view(row: Any) -> dict[str, Any]:
         "target": row.target_name,
         "account": row.name,
         "protocol": row.protocol,
+        # the registered SSH key it was opened with (None: a session token)
+        "ssh_key": row.ssh_key_fingerprint,
         "source": row.source,
         "started_at": aware(row.started_at),
         "ended_at": aware(row.ended_at),
