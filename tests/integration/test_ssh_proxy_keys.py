@@ -188,6 +188,8 @@ def test_openssh_and_paramiko_log_in_with_a_registered_key_and_a_live_grant(
     key = _keypair(world)
     fingerprint = _register(world, key)
     access = _access(world)
+    shown = run_cli("connect", str(access.request_id), env=world.user_env)
+    assert f"ssh -i KEY -p {world.ssh_port} {access.login}@" in shown.stderr, shown.stderr
     done = _ssh(world, key, access.login, "id -un; echo to-stderr >&2; exit 3")
     assert done.returncode == 3, done.stderr
     assert done.stdout == f"{access.account}\n"

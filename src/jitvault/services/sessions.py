@@ -6,6 +6,11 @@ however many clients race with it. Opening a session takes the grant's request r
 same lock revoke and expiry take, so "revoke racing open" has one outcome: either the session
 is refused, or it opens and the revoke that follows ends it (the proxy holding it cuts it).
 
+An SSH client may instead prove it holds a key registered to the grant's user
+(:func:`check_session_key` when it offers the key, :func:`open_session_with_key` once the proxy
+has verified its signature); such a session obeys the same rules (:func:`_open_on_grant`: grant
+live, request lock, max_connections, audit), and spends no token.
+
 Every refusal looks the same to the client ("authentication failed"); the audit log says why.
 """
 
