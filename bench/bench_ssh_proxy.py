@@ -87,6 +87,9 @@ class Paths:
             inner = " ".join([*jump, f"{self.user}@127.0.0.1"])
             argv = ["ssh", *self.key_options, "-o", f"ProxyCommand={inner}"]
             argv += ["-p", str(self.sshd.port), f"{self.user}@127.0.0.1"]
+        elif path == "jitvault-key":  # a key registered with 'jitvault user key add'
+            argv = ["ssh", *self.key_options, "-p", str(self.proxy["port"])]
+            argv.append(f"{self.proxy['user']}@127.0.0.1")
         else:
             env["SSHPASS"] = self.proxy["password"]
             argv = ["sshpass", "-e", "ssh", *BASE_OPTIONS, "-o", "PubkeyAuthentication=no"]
@@ -213,9 +216,10 @@ def main() -> None:
             request = cli("request", "create", "--target", TARGET, "--account", user,
                           "--duration", "2h", "--reason", "bench")  # fmt: skip
             proxy = cli("connect", str(request["id"]))
+            cli("user", "key", "add", f"{key}.pub")  # the admin's own key, for the key login
             paths = Paths(sshd, user, key, proxy)
             names = ["direct", "proxyjump", "jitvault"]
-            for name in names:  # warm up every path (and check it works)
+            for name in [*names, "jitvault-key"]:  # warm up every path (and check it works)
                 _run(paths, name, "true")
 
             print(f"SSH proxy benchmark: {size >> 20} MiB per stream, cipher {CIPHER}")
@@ -237,10 +241,11 @@ def main() -> None:
                         busy = (_cpu_seconds(server.proc.pid) - cpu) / (time.perf_counter() - wall)
                         label += f" (proxy CPU {busy:.0%})"
                 rows.append((label, got))
-            samples: dict[str, list[float]] = {n: [] for n in names}
+            samples: dict[str, list[float]] = {n: [] for n in [*names, "jitvault-key"]}
             for _ in range(latency_runs):
-                for n in names:
+                for n in samples:
                     samples[n].append(_run(paths, n, "true") * 1000)
+            key_ms = statistics.median(samples.pop("jitvault-key"))
             rows.append(
                 (f"'ssh true' ms, median of {latency_runs}",
                  {n: statistics.median(v) for n, v in samples.items()})
@@ -251,6 +256,12 @@ def main() -> None:
                     f" {got['jitvault']:>10.1f} {_ratio(got['jitvault'], got['direct']):>10}"
                     f" {_ratio(got['jitvault'], got['proxyjump']):>10}"
                 )
+            direct_ms, token_ms = statistics.median(samples["direct"]), rows[-1][1]["jitvault"]
+            print(
+                f"'ssh true' ms through jitvault with a registered key, median of {latency_runs}:"
+                f" {key_ms:.1f} = {_ratio(key_ms, direct_ms)} direct,"
+                f" {_ratio(key_ms, token_ms)} the token login"
+            )
 
             async def held() -> None:
                 before = _rss_kib(server.proc.pid)
