@@ -329,13 +329,9 @@ def start_jitvault(
     cluster: PgCluster, password: Sensitive[str], max_conns: int, work: Path
 ) -> Jitvault:
     data = work / "jitvault"
-    api_port, pg_port = free_port(), free_port()
+    api_port = free_port()
     token = init_data_dir(data, api_port)
     config = data / "config.toml"
-    text = config.read_text()
-    if "pg_proxy_port = 6543" not in text:
-        raise RuntimeError("config.toml has no default pg_proxy_port to replace")
-    config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
     server = start_server(config, api_port)
     try:
         admin = cli_env(server.addr, token)

@@ -51,6 +51,8 @@ MaxStartups 200:30:400
 MaxSessions 100
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
+# the target takes any variable: what reaches it is the SSH proxy's allow-list
+AcceptEnv *
 """
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,6 +94,8 @@ def init_data_dir(data_dir: Path, port: int, database_url: str | None = None) ->
         args += ["--database-url", database_url]
     done = run_cli(*args, env=cli_env())
     assert done.returncode == 0, done.stderr
+    # a server refuses to start when a proxy port is taken: never depend on the defaults
+    use_free_proxy_ports(data_dir / "config.toml")
     for line in done.stdout.splitlines():
         if line.startswith("export JITVAULT_TOKEN="):
             return line.split("=", 1)[1].strip()
@@ -104,10 +107,10 @@ def use_free_proxy_ports(config: Path) -> tuple[int, int]:
     taken by another run on this machine); returns (PostgreSQL proxy port, SSH proxy port)."""
     pg_port, ssh_port = free_port(), free_port()
     text = config.read_text()
-    assert "ssh_proxy_port = 2222" in text
-    assert "pg_proxy_port = 6543" in text
-    text = text.replace("ssh_proxy_port = 2222", f"ssh_proxy_port = {ssh_port}")
-    config.write_text(text.replace("pg_proxy_port = 6543", f"pg_proxy_port = {pg_port}"))
+    for setting, port in (("ssh_proxy_port", ssh_port), ("pg_proxy_port", pg_port)):
+        text, found = re.subn(rf"(?m)^{setting} = \d+$", f"{setting} = {port}", text)
+        assert found == 1, f"config.toml has no {setting}"
+    config.write_text(text)
     return pg_port, ssh_port
 
 

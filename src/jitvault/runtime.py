@@ -44,13 +44,18 @@ def open_node(settings: Settings) -> Node:
 
 
 def serve(node: Node) -> None:
-    """Run the API and the background worker until interrupted."""
+    """Run the API, the proxies and the background worker until interrupted. Raises
+    Unavailable, having closed the node, when the proxies cannot start."""
     cfg = node.settings.server
-    worker = Worker(node)
-    worker.start()
     proxies = ProxyServer(node) if cfg.proxies else None
     if proxies is not None:
-        proxies.start()
+        try:
+            proxies.start()
+        except JitvaultError:
+            node.close()
+            raise
+    worker = Worker(node)
+    worker.start()
     app = create_app(node)
     try:
         uvicorn.run(

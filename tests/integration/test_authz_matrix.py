@@ -82,6 +82,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/targets"): ADMIN,
     ("GET", "/v1/targets"): EVERYONE,
     ("GET", "/v1/targets/{name}"): EVERYONE,
+    ("PATCH", "/v1/targets/{name}"): ADMIN,
     ("POST", "/v1/targets/{name}/accounts"): ADMIN,
     ("GET", "/v1/targets/{name}/accounts"): EVERYONE,
     ("GET", "/v1/targets/{name}/accounts/{username}"): EVERYONE,
@@ -347,6 +348,13 @@ def _victim_key_to_remove(w: World, caller: str) -> Call:
     return Call("DELETE", f"/v1/users/{w.victim}/ssh-keys/{fingerprint}", ok=204)
 
 
+def _target_to_update(w: World, caller: str) -> Call:
+    name = w.fresh("upd")
+    w.admin("POST", "/v1/targets", json={"name": name, "kind": "postgres",
+            "options": {"host": "127.0.0.1"}})  # fmt: skip
+    return Call("PATCH", f"/v1/targets/{name}", json={"options": {"port": 5433}})
+
+
 def _victim_token_to_revoke(w: World, caller: str) -> Call:
     return Call("DELETE", f"/v1/tokens/{token_id(w.new_token(w.victim))}", ok=204)
 
@@ -399,6 +407,7 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ),
     ("GET", "/v1/targets"): lambda w, c: Call("GET", "/v1/targets"),
     ("GET", "/v1/targets/{name}"): lambda w, c: Call("GET", f"/v1/targets/{w.target}"),
+    ("PATCH", "/v1/targets/{name}"): _target_to_update,
     ("POST", "/v1/targets/{name}/accounts"): lambda w, c: Call(
         "POST",
         f"/v1/targets/{w.target}/accounts",

@@ -87,9 +87,14 @@ def parse_exports(text: str) -> dict[str, str]:
 def spawn(args: list[str], log_dir: Path, name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """``jitvault ARGS`` in the background, in a new session; stdout and stderr to files."""
     out, err = log_dir / f"{name}.out", log_dir / f"{name}.err"
+    # the proxies on free ports: a server refuses to start when one of its ports is taken
+    env = cli_env(
+        JITVAULT_SERVER__PG_PROXY_PORT=str(free_port()),
+        JITVAULT_SERVER__SSH_PROXY_PORT=str(free_port()),
+    )
     with out.open("wb") as fo, err.open("wb") as fe:
         proc = subprocess.Popen(
-            [JITVAULT, *args], stdout=fo, stderr=fe, env=cli_env(), start_new_session=True
+            [JITVAULT, *args], stdout=fo, stderr=fe, env=env, start_new_session=True
         )
     return proc, out, err
 
@@ -202,6 +207,23 @@ def test_dev_on_a_port_in_use_fails_with_one_line_and_nonzero_exit(
               env=cli_env(), code=EXIT_UNAVAILABLE)  # fmt: skip
     assert str(dev.port) in res.stderr
     assert "in use" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "what"),
+    [("PG_PROXY_PORT", "PostgreSQL proxy"), ("SSH_PROXY_PORT", "SSH proxy")],
+)
+def test_a_taken_proxy_port_stops_the_server_instead_of_running_without_the_proxy(
+    tmp_path: Path, setting: str, what: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = cli_env(**{f"JITVAULT_SERVER__{setting}": str(port)})
+        res = cli("dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port()),
+                  env=env, code=EXIT_UNAVAILABLE)  # fmt: skip
+    assert f"the {what} port {port} on 127.0.0.1 is in use" in res.stderr
 
 
 def test_dev_again_on_the_same_dir_keeps_the_data_and_prints_a_new_working_token(

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from jitvault.services import Node
+from jitvault.services.auth import user_counter_key
 from jitvault.storage import tables as t
 from tests.conftest import Booted
 
@@ -222,7 +223,7 @@ def test_ten_wrong_secrets_for_one_user_from_different_sources_lock_that_user(
     # ... while each source saw one failure only: bob is fine from the same sources
     for i in range(MAX):
         assert whoami(proxied, bob, source=f"127.0.0.{i + 1}") == 200
-    assert failure_row(booted.node, "user:alice").count == MAX
+    assert failure_row(booted.node, user_counter_key("alice")).count == MAX
 
 
 def test_a_user_lock_ends_when_the_window_has_passed(booted: Booted, proxied: TestClient) -> None:
@@ -231,7 +232,7 @@ def test_a_user_lock_ends_when_the_window_has_passed(booted: Booted, proxied: Te
     for i in range(MAX):
         whoami(proxied, forged, source=f"127.0.0.{i + 1}")
     assert whoami(proxied, alice, source="127.0.0.50") == 429
-    let_window_pass(booted.node, "user:alice")
+    let_window_pass(booted.node, user_counter_key("alice"))
     assert whoami(proxied, alice, source="127.0.0.50") == 200
     assert login(proxied, "alice", PASSWORD, source="127.0.0.51").status_code == 200
 
@@ -257,7 +258,7 @@ def test_failures_under_every_spelling_of_a_name_count_against_one_user(
     for i in range(MAX):
         resp = login(proxied, spellings[i % len(spellings)], "wrong-password", f"127.0.0.{i + 1}")
         assert resp.status_code == 401
-    assert failure_row(booted.node, "user:alice").count == MAX
+    assert failure_row(booted.node, user_counter_key("alice")).count == MAX
     # a locked user cannot log in with the right password, under any spelling, from anywhere
     for spelling in ("alice", wide("alice")):
         resp = login(proxied, spelling, PASSWORD, source="127.0.0.99")
@@ -285,7 +286,7 @@ def test_a_successful_login_resets_the_users_failure_count(
     for i in range(MAX - 1):
         assert login(proxied, "alice", "wrong-password", f"127.0.0.{i + 1}").status_code == 401
     assert login(proxied, "alice", PASSWORD, source="127.0.0.50").status_code == 200
-    assert failure_row(booted.node, "user:alice") is None
+    assert failure_row(booted.node, user_counter_key("alice")) is None
     # so one more failure does not lock her
     assert login(proxied, "alice", "wrong-password", "127.0.0.51").status_code == 401
     assert login(proxied, "alice", PASSWORD, source="127.0.0.52").status_code == 200
@@ -334,7 +335,7 @@ def test_failures_and_locks_are_audited(booted: Booted, proxied: TestClient) -> 
     assert {(r.subject, r.outcome) for r in locked} == {
         ("user:alice", "denied"),
         ("src:127.0.0.77", "denied"),
-        ("user:nobody", "denied"),
+        ("user:(unknown user)", "denied"),
     }
     # the audited refusals keep the chain intact, and hold no credential
     verify = proxied.post("/v1/audit/verify", headers=bearer(booted.admin_token) | via("::1"))
@@ -373,3 +374,21 @@ def test_the_refusal_is_identical_for_unknown_token_wrong_secret_and_unknown_use
     assert message == login_answers[0].json()["error"]["message"]
     for word in ("user", "secret", "password", "exist", "unknown", "expired", "alice"):
         assert word not in message.lower()
+
+
+def test_a_password_typed_into_the_user_field_is_stored_nowhere_yet_still_locks_out(
+    booted: Booted, proxied: TestClient
+) -> None:
+    typed = "correcthorsebattery7"  # a valid user name, and someone's password
+    for i in range(MAX):
+        assert login(proxied, typed, "wrong-password", source=f"127.0.1.{i}").status_code == 401
+    # names that are no user's lock out like users' do: answers do not tell which names exist
+    assert login(proxied, typed, "wrong-password", source="127.0.1.200").status_code == 429
+    with booted.node.read() as conn:
+        counters = [tuple(r) for r in conn.execute(select(t.auth_failures))]
+        audit = [tuple(r) for r in conn.execute(select(t.audit_events))]
+    assert counters
+    assert typed not in str(counters)
+    assert typed not in str(audit)
+    failed = audit_rows(booted.node, "auth.failed")
+    assert {r.actor for r in failed} == {"(unknown user)"}

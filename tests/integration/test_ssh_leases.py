@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from tests.ssh_accounts import groups_of, user_exists
+from tests.ssh_accounts import (
+    groups_of,
+    requires_sudo,
+    sudoers_file,
+    sudoers_lines,
+    user_exists,
+)
 from tests.ssh_clients import dest, openssh, streaming_client
 from tests.sshd import SshdServer
 from tests.support import wait_port
@@ -109,9 +115,9 @@ def test_an_ephemeral_grant_logs_in_as_its_own_linux_user_with_the_template_grou
     assert world.grant(gid)["state"] == "revoked"
 
 
-def test_a_group_elevation_holds_for_the_grant_only_and_keeps_a_group_held_before(
-    world: World,
-) -> None:
+@pytest.fixture(scope="module")
+def my_account(world: World) -> str:
+    """The requester's own Linux account on the target, vaulted for elevation grants."""
     me = world.user
     password = secrets.token_urlsafe(18)
     world.sshd.add_user(me, password=password)
@@ -119,6 +125,13 @@ def test_a_group_elevation_holds_for_the_grant_only_and_keeps_a_group_held_befor
         "account", "add", TARGET, me, "--mode", "elevation", "--password-stdin",
         env=world.admin_env, stdin=password + "\n",
     )  # fmt: skip
+    return me
+
+
+def test_a_group_elevation_holds_for_the_grant_only_and_keeps_a_group_held_before(
+    world: World, my_account: str
+) -> None:
+    me = my_account
     subprocess.run(["gpasswd", "--add", me, "users"], capture_output=True, check=True)
     assert "adm" not in groups_of(me)
 
@@ -146,3 +159,32 @@ def test_a_group_elevation_holds_for_the_grant_only_and_keeps_a_group_held_befor
     world.revoke(gid2)
     world.cleaned_up(gid2)
     assert "users" in groups_of(me), "a group held before the grant was taken away"
+
+
+@requires_sudo
+def test_a_sudo_elevation_lets_the_requester_run_only_the_granted_command_and_only_for_the_grant(
+    world: World, my_account: str
+) -> None:
+    me = my_account
+    r = world.cli(
+        "request", "create", "--target", TARGET, "--role", "sudo:ALL=(root) NOPASSWD: /usr/bin/id",
+        "--duration", "10m", "--reason", "INC-10 sudo elevation",
+    )  # fmt: skip
+    assert r["state"] == "active", r
+    gid = r["grant_id"]
+    info = world.cli("connect", str(r["id"]))
+    probe = "sudo -n /usr/bin/id -u; sudo -n /usr/bin/true 2>/dev/null && echo yes || echo refused"
+    done = openssh("ssh", info, dest(info), probe)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["0", "refused"], done.stdout
+    assert any(line.startswith(me + " ") for line in sudoers_lines(me))
+
+    world.revoke(gid)
+    world.cleaned_up(gid)
+    assert not os.path.exists(sudoers_file(me))
+    after = subprocess.run(
+        ["runuser", "-u", me, "--", "sudo", "-n", "/usr/bin/id", "-u"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert after.returncode != 0, after
+    assert after.stdout.strip() != "0", after

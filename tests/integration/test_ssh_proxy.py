@@ -32,6 +32,8 @@ TARGET = "web1"
 TARGET_FORWARDING = "web1fwd"
 #: the same sshd, registered with another host key pinned than the one it presents
 TARGET_WRONG_KEY = "web1rekeyed"
+#: the same, to be re-pinned by an administrator with ``target update``
+TARGET_REPIN = "web1repin"
 #: the requirement is 2 s; the assertion leaves room for a loaded CI machine
 CUT_BOUND_SECONDS = 5.0
 
@@ -53,9 +55,9 @@ def _register(
     assert add.returncode == 0, add.stdout + add.stderr
 
 
-def _other_host_key(tmp: Path) -> str:
+def _other_host_key(tmp: Path, name: str) -> str:
     """A host key the target does not have (as if it had been re-keyed since registration)."""
-    path = tmp / "other_host_key"
+    path = tmp / f"other_host_key_{name}"
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
         check=True,
@@ -73,14 +75,15 @@ def world(
     with server_world(SshWorld, db_kind, tmp, "alice", sshd=sshd_server) as w:
         _register(w.admin_env, TARGET, sshd_server)
         _register(w.admin_env, TARGET_FORWARDING, sshd_server)
-        _register(w.admin_env, TARGET_WRONG_KEY, sshd_server, _other_host_key(tmp))
+        for rekeyed in (TARGET_WRONG_KEY, TARGET_REPIN):
+            _register(w.admin_env, rekeyed, sshd_server, _other_host_key(tmp, rekeyed))
         w.policy(
             "rules:\n"
             f"  - name: ssh-tests\n    match: {{targets: [{TARGET}]}}\n"
             "    auto_approve: true\n"
             f"  - name: ssh-forwarding\n    match: {{targets: [{TARGET_FORWARDING}]}}\n"
             "    auto_approve: true\n    allow_forwarding: true\n"
-            f"  - name: ssh-rekeyed\n    match: {{targets: [{TARGET_WRONG_KEY}]}}\n"
+            f"  - name: ssh-rekeyed\n    match: {{targets: [{TARGET_WRONG_KEY}, {TARGET_REPIN}]}}\n"
             "    auto_approve: true\n"
         )
         wait_port(w.ssh_port, what="the SSH proxy")
@@ -161,6 +164,20 @@ def test_openssh_exec_runs_as_the_vaulted_account_with_separate_stderr_and_exit_
     kinds = [(e["kind"], e["data"]) for e in events]
     assert ("exec", {"channel": 1, "command": "id -un; echo to-stderr >&2; exit 7"}) in kinds
     assert ("exit", {"channel": 1, "status": 7, "signal": None}) in kinds
+
+
+def test_only_allow_listed_environment_variables_reach_the_target(world: SshWorld) -> None:
+    # the fixture's sshd accepts every variable (AcceptEnv *): only the proxy filters them
+    access = _access(world)
+    info = _connect_info(world, access)
+    sent = "LC_JITVAULT=kept TZ=UTC LD_PRELOAD=/tmp/evil.so BASH_ENV=/tmp/evil JV_CANARY=leak"
+    done = openssh("ssh", info, "-o", f"SetEnv={sent}", dest(info), "env")
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert seen.get("LC_JITVAULT") == "kept"
+    assert seen.get("TZ") == "UTC"
+    for refused in ("LD_PRELOAD", "BASH_ENV", "JV_CANARY"):
+        assert refused not in seen, (refused, done.stdout)
 
 
 def test_scp_and_sftp_copy_files_both_ways_and_their_operations_are_recorded(
@@ -442,6 +459,36 @@ def test_a_target_presenting_another_host_key_than_the_pinned_one_is_refused_wit
     assert "upstream login failed" in session["end_reason"]
     kinds = [e["kind"] for e in _session_events(world, session["id"])]
     assert kinds == ["upstream_failed"]
+
+
+def test_an_administrator_re_pins_a_re_keyed_target_and_its_sessions_work_again(
+    world: SshWorld,
+) -> None:
+    refused = _access(world, target=TARGET_REPIN)
+    info = _connect_info(world, refused)
+    done = openssh("ssh", info, dest(info), "id")
+    assert "presented a host key other than the pinned one" in done.stderr, done.stderr
+
+    # a requester may not re-pin; a key that is no key is refused with a message
+    denied = world.fails("target", "update", TARGET_REPIN, "-o", "host_key=")
+    assert "may not target.update" in denied
+    bad = world.fails("target", "update", TARGET_REPIN, "-o", "host_key=not-a-key",
+                      env=world.admin_env)  # fmt: skip
+    assert "not an SSH public key" in bad
+    # the key the host presents now, read and pinned (as at registration)
+    updated = world.cli("target", "update", TARGET_REPIN, "-o", "host_key=", env=world.admin_env)
+    assert updated["options"]["host_key"] == world.sshd.host_key_line
+
+    again = _access(world, target=TARGET_REPIN)
+    info = _connect_info(world, again)
+    done = openssh("ssh", info, dest(info), "id -un")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{again.account}\n"
+    audit = world.cli("audit", "list", "--since", "10m", "--limit", "10000", env=world.admin_env)
+    (event,) = [e for e in audit if e["action"] == "target.updated"
+                and e["subject"] == f"target:{TARGET_REPIN}"]  # fmt: skip
+    assert event["details"]["changed_options"] == ["host_key"]
+    assert event["details"]["enrolled"] == ["host_key"]
 
 
 # ------------------------------------------------------------------------------- forwarding

@@ -124,6 +124,26 @@ class TargetIn(BaseModel):
         return _one_secret(self.admin_password, self.admin_private_key)
 
 
+class TargetUpdateIn(BaseModel):
+    """What changes; what is left out stays. An option set to null or "" is removed (and read
+    from the target again if the plugin pins it, e.g. an SSH host key)."""
+
+    options: dict[str, Any] = Field(default_factory=dict)
+    #: the new set of labels, replacing the old one
+    labels: dict[str, str] | None = None
+    admin_user: str | None = None
+    admin_password: SecretStr | None = None
+    admin_private_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_admin_secret(self) -> TargetUpdateIn:
+        _one_secret(self.admin_password, self.admin_private_key)
+        return self
+
+    def admin_secret(self) -> Sensitive[str] | None:
+        return _one_secret(self.admin_password, self.admin_private_key)
+
+
 class TargetOut(BaseModel):
     id: int
     name: str

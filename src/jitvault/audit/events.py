@@ -25,6 +25,7 @@ class Action(StrEnum):
     AUTH_FAILED = "auth.failed"
     AUTH_LOCKED_OUT = "auth.locked_out"
     TARGET_CREATED = "target.created"
+    TARGET_UPDATED = "target.updated"
     ACCOUNT_CREATED = "account.created"
     ACCOUNT_SECRET_SET = "account.secret_set"
     AUDIT_VERIFIED = "audit.verified"

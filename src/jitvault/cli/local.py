@@ -19,6 +19,7 @@ from jitvault.errors import JitvaultError
 
 if TYPE_CHECKING:
     from jitvault.config import Settings
+    from jitvault.services import Node
 
 DataDirOpt = typer.Option(
     None, "--data-dir", help="Data directory (default: ~/.local/share/jitvault)."
@@ -37,17 +38,29 @@ def _settings(config: Path | None, data_dir: Path | None) -> Settings:
     return load_settings(None, data_dir=str(d))
 
 
-def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            fail(
-                f"port {port} on {host} is in use: is another jitvault running? "
-                "(choose another with --port)",
-                EXIT_UNAVAILABLE,
-            )
+def _check_ports_free(settings: Settings) -> None:
+    """Refuse to start when the API's or a proxy's port is taken (another jitvault?), rather
+    than run without the listener."""
+    cfg = settings.server
+    ports = [("API", cfg.api_port, "--port")]
+    if cfg.proxies:
+        ports += [
+            ("PostgreSQL proxy", cfg.pg_proxy_port, "server.pg_proxy_port"),
+            ("SSH proxy", cfg.ssh_proxy_port, "server.ssh_proxy_port"),
+        ]
+    for what, port, setting in ports:
+        if port == 0:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((cfg.listen, port))
+            except OSError:
+                fail(
+                    f"the {what} port {port} on {cfg.listen} is in use: is another jitvault "
+                    f"running? (choose another with {setting})",
+                    EXIT_UNAVAILABLE,
+                )
 
 
 def _print_exports(settings: Settings, token: str | None) -> None:
@@ -113,6 +126,15 @@ def init(
     _print_exports(settings, result.admin_token.reveal())
 
 
+def _serve(node: Node) -> None:
+    from jitvault import runtime
+
+    try:
+        runtime.serve(node)
+    except JitvaultError as exc:
+        fail(str(exc), EXIT_UNAVAILABLE)
+
+
 def server(
     config: Path | None = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
@@ -122,11 +144,11 @@ def server(
     settings = _settings(config, data_dir)
     if port is not None:
         settings.server.api_port = port
-    _check_port_free(settings.server.listen, settings.server.api_port)
+    _check_ports_free(settings)
     from jitvault import runtime  # after the cheap checks: it loads the whole server
 
     runtime.configure_logging(settings.log_level)
-    runtime.serve(runtime.open_node(settings))
+    _serve(runtime.open_node(settings))
 
 
 def dev(
@@ -142,7 +164,7 @@ def dev(
         settings.server.api_port = port
     if settings.keys.provider != "file":
         fail("'jitvault dev' uses the file key provider; use 'jitvault server'", EXIT_INVALID)
-    _check_port_free(settings.server.listen, settings.server.api_port)
+    _check_ports_free(settings)
     from jitvault import runtime  # after the cheap checks: it loads the whole server
     from jitvault.services import Node, system
 
@@ -173,7 +195,7 @@ def dev(
     )
     typer.echo(f"# API docs: http://{cfg.listen}:{cfg.api_port}/docs  (Ctrl-C stops)")
     sys.stdout.flush()
-    runtime.serve(node)
+    _serve(node)
 
 
 def reencrypt(

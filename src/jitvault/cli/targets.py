@@ -102,6 +102,50 @@ def target_add(
     show(ApiClient().request("POST", "/v1/targets", json=body), as_json)
 
 
+@target_app.command("update")
+def target_update(
+    name: str = typer.Argument(...),
+    host: str | None = typer.Option(None, "--host"),
+    port: int | None = typer.Option(None, "--port"),
+    dbname: str | None = typer.Option(None, "--dbname"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Option KEY=VALUE to set; KEY= removes it."
+    ),
+    label: list[str] = typer.Option(
+        [], "--label", "-l", help="Label KEY=VALUE; the labels given replace all the old ones."
+    ),
+    admin_user: str | None = typer.Option(None, "--admin-user"),
+    admin_password_stdin: bool = typer.Option(
+        False, "--admin-password-stdin", help="Read a new admin password from standard input."
+    ),
+    admin_key_file: Path | None = typer.Option(
+        None, "--admin-key-file", help="Read a new admin private key (SSH) from this file."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Change a target: where it is, its options, labels or admin credential.
+
+    An ssh target re-keyed on purpose: '--option host_key=' reads and pins the key the host
+    presents now (check its fingerprint first), '--option host_key="ssh-ed25519 AAAA..."' pins
+    the key given. Open sessions are not touched.
+    """
+    options: dict[str, object] = {}
+    for key, value in (("host", host), ("port", port), ("dbname", dbname)):
+        if value is not None:
+            options[key] = value
+    options.update(_pairs(option, "--option"))
+    body: dict[str, object] = {"options": options, "admin_user": admin_user}
+    if label:
+        body["labels"] = _pairs(label, "--label")
+    body.update(
+        _secret_body(admin_password_stdin, admin_key_file, "admin_password", "admin_private_key")
+    )
+    if not options and len(body) == 2 and admin_user is None:
+        fail("nothing to change: give --host, --port, --option, --label or an admin credential",
+             EXIT_INVALID)  # fmt: skip
+    show(ApiClient().request("PATCH", f"/v1/targets/{name}", json=body), as_json)
+
+
 @target_app.command("list")
 def target_list(as_json: bool = JsonOpt) -> None:
     """List targets."""

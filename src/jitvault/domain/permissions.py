@@ -16,6 +16,7 @@ class Permission(StrEnum):
     SSH_KEY_MANAGE_ANY = "ssh_key.manage_any"
     SSH_KEY_READ_ANY = "ssh_key.read_any"
     TARGET_CREATE = "target.create"
+    TARGET_UPDATE = "target.update"
     TARGET_READ = "target.read"
     ACCOUNT_CREATE = "account.create"
     ACCOUNT_READ = "account.read"
@@ -48,6 +49,8 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.SSH_KEY_MANAGE_ANY: frozenset({Role.ADMIN}),
     Permission.SSH_KEY_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
     Permission.TARGET_CREATE: frozenset({Role.ADMIN}),
+    # where a target is, its pinned host key, its admin credential and its policy labels
+    Permission.TARGET_UPDATE: frozenset({Role.ADMIN}),
     # requesters must see what they can ask for; no secret is ever part of it
     Permission.TARGET_READ: _ALL,
     Permission.ACCOUNT_CREATE: frozenset({Role.ADMIN}),

@@ -76,12 +76,7 @@ class NodeProxyContext:
 
     async def _ticket(self, opened: sessions.SessionTicket) -> SessionTicket:
         try:
-            target, account, secret = await asyncio.to_thread(
-                sessions.proxy_material, self.node, opened
-            )
-            forwarding = await asyncio.to_thread(
-                sessions.forwarding_allowed, self.node, opened.grant
-            )
+            material = await asyncio.to_thread(sessions.proxy_material, self.node, opened)
         except BaseException:
             # a session that never got going does not end an --end-on-disconnect grant
             await asyncio.to_thread(
@@ -94,11 +89,11 @@ class NodeProxyContext:
             session_id=opened.session_id,
             grant_id=grant.id,
             user=grant.user,
-            account=account,
-            target=TargetAccess(name=target.name, options=target.options),
-            credential=secret,
+            account=material.account,
+            target=TargetAccess(name=material.target.name, options=material.target.options),
+            credential=material.credential,
             expires_at=grant.expires_at,
-            allow_forwarding=forwarding,
+            allow_forwarding=material.allow_forwarding,
         )
 
     def register(self, handle: SessionHandle) -> None:

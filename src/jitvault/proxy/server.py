@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from jitvault.crypto import ensure_self_signed, server_context
+from jitvault.errors import Unavailable
 from jitvault.plugin_api import ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
 from jitvault.proxy.recording import RecordingSink
@@ -51,6 +52,7 @@ class ProxyServer:
         self._listeners: list[ProxyListener] = []
         self.bound: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._failure: str | None = None
 
     def _tls(self) -> tuple[Path, Path]:
         cfg, data = self.node.settings.server, self.node.settings.data_dir
@@ -93,8 +95,11 @@ class ProxyServer:
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._start())
-        except Exception:
-            log.exception("the session proxies could not start")
+        except Exception as exc:
+            log.debug("the session proxies could not start", exc_info=True)
+            self._failure = f"{type(exc).__name__}: {exc}"
+            for listener in self._listeners:
+                listener.close()
             self._ready.set()
             return
         self._ready.set()
@@ -106,7 +111,13 @@ class ProxyServer:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_SECONDS))
         self._thread = threading.Thread(target=self._run, name="jitvault-proxy", daemon=True)
         self._thread.start()
-        self._ready.wait(timeout)
+        if not self._ready.wait(timeout):
+            raise Unavailable(f"the session proxies did not start within {timeout:.0f} s")
+        if self._failure is not None:
+            raise Unavailable(
+                f"the session proxies could not start ({self._failure}); "
+                "check server.listen and the proxy ports, or set server.proxies = false"
+            )
 
     def stop(self) -> None:
         loop = self._loop

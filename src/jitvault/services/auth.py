@@ -4,10 +4,16 @@ Failures are counted per source address and per user (NFKC case-folded name). Te
 within the lockout window lock that source or user for the lockout period (30 minutes by
 default); while locked, even a correct credential is refused. Counters live in the database so
 every node sees them.
+
+A name typed at login is stored nowhere unless it is a user's: people type passwords into the
+user field. The per-user counter is keyed by a digest of the name (so names that are no user's
+lock out alike, and answers do not tell which names exist), and the audit log names the user
+only when there is one, ``(unknown user)`` otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -30,10 +36,20 @@ log = logging.getLogger(__name__)
 _FAILED = "authentication failed"
 
 
+#: who failed to log in, in the audit log, when the name given is no user's
+UNKNOWN_USER = "(unknown user)"
+
+
+def user_counter_key(username: str) -> str:
+    """The failure counter of a name (a digest: the name may be a mistyped password)."""
+    digest = hashlib.sha256(normalize_username(username).encode()).hexdigest()
+    return f"user:{digest[:40]}"
+
+
 def _keys(source: str, username: str | None) -> list[str]:
     keys = [f"src:{source}"]
     if username is not None:
-        keys.append(f"user:{normalize_username(username)}")
+        keys.append(user_counter_key(username))
     return keys
 
 
@@ -49,7 +65,8 @@ def _check_locked(node: Node, keys: list[str], now: datetime) -> None:
 
 
 def _record_failure(node: Node, keys: list[str], source: str, who: str, now: datetime) -> None:
-    """Count a failure in its own transaction (it must stick although the request fails)."""
+    """Count a failure in its own transaction (it must stick although the request fails).
+    ``who``: a user's name, or UNKNOWN_USER / "anonymous" (never a name that is no user's)."""
     cfg = node.settings.auth
     window = timedelta(seconds=cfg.lockout_seconds)
     locked: list[str] = []
@@ -75,7 +92,7 @@ def _record_failure(node: Node, keys: list[str], source: str, who: str, now: dat
                     AuditEvent(
                         Action.AUTH_LOCKED_OUT,
                         actor=who,
-                        subject=key,
+                        subject=f"user:{who}" if key.startswith("user:") else key,
                         outcome=Outcome.DENIED,
                         source=source,
                     )
@@ -125,7 +142,7 @@ def login(
     stored = found[1] if found and found[1] else DUMMY_PASSWORD_HASH
     ok = verify_password(password, stored)  # always spend the argon2 time
     if not ok or found is None or found[1] is None or found[0].disabled:
-        _record_failure(node, keys, source, name or "anonymous", now)
+        _record_failure(node, keys, source, found[0].name if found else UNKNOWN_USER, now)
         raise AuthError(_FAILED)
     user = found[0]
     principal = Principal(user.id, user.name, user.role, user.groups)
@@ -143,4 +160,4 @@ def login(
     return principal, token
 
 
-__all__ = ["authenticate_token", "login"]
+__all__ = ["UNKNOWN_USER", "authenticate_token", "login", "user_counter_key"]

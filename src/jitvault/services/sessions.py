@@ -382,31 +382,40 @@ def _refuse(
     raise AuthError(_FAILED)
 
 
-def proxy_material(node: Node, ticket: SessionTicket) -> tuple[Target, str, Sensitive[str]]:
+@dataclass(frozen=True)
+class ProxyMaterial:
+    """What a proxy needs to log a session in upstream and relay it."""
+
+    target: Target
+    account: str
+    credential: Sensitive[str]
+    allow_forwarding: bool
+
+
+def proxy_material(node: Node, ticket: SessionTicket) -> ProxyMaterial:
     """The target, the account name and the credential a proxy logs in upstream with (just in
     time; sealed: 503): the shared account's vaulted secret, the requester's own account's
     (elevation), or the ephemeral account made for the grant (provisioned now if the grant's
-    start job has not done it yet)."""
+    start job has not done it yet); and whether the grant's sessions may forward ports (its
+    deciding policy rule's allow_forwarding)."""
     grant = leases.ensure_provisioned(node, ticket.grant)
     with node.read() as conn:
         target = repo.target_get(conn, grant.target)
-    if grant.kind == AccessKind.EPHEMERAL:
+        forwarding = policies.rule_allows_forwarding(conn, grant.request_id)
+        account = (
+            None
+            if grant.kind == AccessKind.EPHEMERAL
+            else repo.account_get(conn, grant.target, grant.login)
+        )
+    if account is None:
         secret = leases.lease_secret(node, grant)
+    elif account.status == AccountStatus.NEEDS_OPERATOR:
+        raise Conflict(f"account {grant.target}/{grant.login} needs an operator")
     else:
-        with node.read() as conn:
-            account = repo.account_get(conn, grant.target, grant.login)
-        if account.status == AccountStatus.NEEDS_OPERATOR:
-            raise Conflict(f"account {grant.target}/{grant.login} needs an operator")
         secret = targets.account_secret(node, account)
     if secret is None:
         raise Conflict(f"account {grant.target}/{grant.login} has no vaulted credential")
-    return target, grant.login, secret
-
-
-def forwarding_allowed(node: Node, grant: Grant) -> bool:
-    """May this grant's sessions forward ports? (its deciding policy rule's allow_forwarding)"""
-    with node.read() as conn:
-        return policies.rule_allows_forwarding(conn, grant.request_id)
+    return ProxyMaterial(target, grant.login, secret, forwarding)
 
 
 def record_event(node: Node, session_id: int, kind: str, data: dict[str, Any]) -> None:
@@ -572,6 +581,7 @@ def close_session(
 
 
 __all__ = [
+    "ProxyMaterial",
     "RecordedEvent",
     "SessionTicket",
     "TooManySessions",
@@ -580,7 +590,6 @@ __all__ = [
     "close_session",
     "connect_info",
     "ended_among",
-    "forwarding_allowed",
     "issue_session_token",
     "list_sessions",
     "open_session",

@@ -25,7 +25,7 @@ from jitvault.domain import (
     validate_account_name,
     validate_target_name,
 )
-from jitvault.errors import ValidationError
+from jitvault.errors import Conflict, ValidationError
 from jitvault.plugin_api import TargetAccess, TargetPlugin
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
@@ -58,6 +58,17 @@ def _parse_options(plugin: TargetPlugin, kind: str, options: dict[str, Any]) -> 
         raise ValidationError(f"invalid {kind} target option {where}: {first['msg']}") from None
 
 
+def _enroll(
+    plugin: TargetPlugin, kind: str, access: TargetAccess
+) -> tuple[dict[str, Any], list[str]]:
+    """The options with what the plugin reads from the target itself and pins (an SSH host key
+    it was not given), before any write; and the names of the options it pinned."""
+    enrolled = asyncio.run(plugin.enroll(access))
+    if not enrolled:
+        return access.options, []
+    return _parse_options(plugin, kind, {**access.options, **enrolled}), sorted(enrolled)
+
+
 def add_target(
     node: Node,
     actor: Principal,
@@ -76,11 +87,7 @@ def add_target(
     if admin_user is not None:
         validate_account_name(admin_user)
     secret = _secret_bytes(admin_secret) if admin_secret is not None else None
-    # what the plugin reads from the target itself and pins (an SSH host key), before any write
-    access = TargetAccess(name, clean, admin_user, admin_secret)
-    enrolled = asyncio.run(plugin.enroll(access))
-    if enrolled:
-        clean = _parse_options(plugin, kind, {**clean, **enrolled})
+    clean, enrolled = _enroll(plugin, kind, TargetAccess(name, clean, admin_user, admin_secret))
     with node.write() as tx:
         target = repo.target_add(tx.conn, name, kind, clean, admin_user, labels)
         if secret is not None:
@@ -97,7 +104,67 @@ def add_target(
                     "labels": labels or {},
                     "admin_user": admin_user,
                     "admin_secret_set": secret is not None,
-                    "enrolled": sorted(enrolled),
+                    "enrolled": enrolled,
+                },
+            )
+        )
+        return repo.target_get(tx.conn, name)
+
+
+def update_target(
+    node: Node,
+    actor: Principal,
+    name: str,
+    options: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
+    admin_user: str | None = None,
+    admin_secret: Sensitive[str] | None = None,
+    source: str = "",
+) -> Target:
+    """Change a target's options (a None or empty value removes one), replace its labels, or
+    set its admin account and credential. What the plugin pins is read again when it was
+    removed: ``host_key=`` (empty) re-reads an SSH target's host key from the host, as at
+    registration; ``host_key=KEY`` pins the key given. Sessions already open are not touched."""
+    authorize(actor, Permission.TARGET_UPDATE)
+    with node.read() as conn:
+        before = repo.target_get(conn, name)
+    plugin = node.targets.get(before.kind)
+    merged = dict(before.options)
+    for key, value in (options or {}).items():
+        if value is None or value == "":
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    clean = _parse_options(plugin, before.kind, merged)
+    user = before.admin_user if admin_user is None else validate_account_name(admin_user)
+    secret = _secret_bytes(admin_secret) if admin_secret is not None else None
+    clean, enrolled = _enroll(plugin, before.kind, TargetAccess(name, clean, user, admin_secret))
+    new_labels = before.labels if labels is None else labels
+    changed = sorted(
+        k for k in clean.keys() | before.options.keys() if clean.get(k) != before.options.get(k)
+    )
+    with node.write() as tx:
+        current = repo.target_get(tx.conn, name)
+        if current.options != before.options or current.admin_user != before.admin_user:
+            raise Conflict(f"target {name!r} changed meanwhile", hint="run the update again")
+        target = repo.target_update(tx.conn, name, clean, user, new_labels)
+        if secret is not None:
+            sealed.seal_column(tx.conn, tx.keyring, TARGET_ADMIN_SECRET, target.id, secret)
+        tx.emit(
+            AuditEvent(
+                Action.TARGET_UPDATED,
+                actor=actor.name,
+                subject=f"target:{name}",
+                source=source,
+                details={
+                    "changed_options": changed,
+                    "options": clean,
+                    "labels_before": before.labels,
+                    "labels": new_labels,
+                    "admin_user_before": before.admin_user,
+                    "admin_user": user,
+                    "admin_secret_set": secret is not None,
+                    "enrolled": enrolled,
                 },
             )
         )
@@ -227,4 +294,5 @@ __all__ = [
     "set_account_secret",
     "target_access",
     "target_admin_secret",
+    "update_target",
 ]

@@ -306,6 +306,25 @@ def target_add(
     return target_get(conn, name)
 
 
+def target_update(
+    conn: Connection,
+    name: str,
+    options: dict[str, Any],
+    admin_user: str | None,
+    labels: dict[str, str],
+) -> Target:
+    conn.execute(
+        update(t.targets)
+        .where(t.targets.c.name == name)
+        .values(
+            options=json.dumps(options, sort_keys=True),
+            admin_user=admin_user,
+            labels=json.dumps(labels, sort_keys=True),
+        )
+    )
+    return target_get(conn, name)
+
+
 def target_get(conn: Connection, name: str) -> Target:
     row = conn.execute(select(t.targets).where(t.targets.c.name == name)).first()
     if row is None:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from jitvault.api.deps import CallerDep, NodeDep, SourceDep
-from jitvault.api.schemas import AccountIn, AccountOut, SecretIn, TargetIn, TargetOut
+from jitvault.api.schemas import (
+    AccountIn,
+    AccountOut,
+    SecretIn,
+    TargetIn,
+    TargetOut,
+    TargetUpdateIn,
+)
 from jitvault.services import rotation, targets
 
 router = APIRouter(prefix="/v1", tags=["targets"])
@@ -35,6 +42,23 @@ def list_targets(caller: CallerDep, node: NodeDep) -> list[TargetOut]:
 @router.get("/targets/{name}", response_model=TargetOut)
 def get_target(name: str, caller: CallerDep, node: NodeDep) -> TargetOut:
     return TargetOut.of(targets.get_target(node, caller, name))
+
+
+@router.patch("/targets/{name}", response_model=TargetOut)
+def update_target(
+    name: str, body: TargetUpdateIn, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> TargetOut:
+    target = targets.update_target(
+        node,
+        caller,
+        name,
+        body.options,
+        body.labels,
+        body.admin_user,
+        body.admin_secret(),
+        source,
+    )
+    return TargetOut.of(target)
 
 
 @router.post(
