@@ -205,6 +205,8 @@ class _Server(asyncssh.SSHServer):
         self._offered_key: tuple[relay.LoginName, bytes] | None = None
         #: a key login's session opening (after authentication): channel opens wait for it
         self._opening: asyncio.Future[None] | None = None
+        #: why that session did not open (what a channel waiting for it is told)
+        self._refusal = "Session refused"
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -288,16 +290,20 @@ class _Server(asyncssh.SSHServer):
         # it is in, so a refusal now ends the connection with the reason. Channels the client
         # opens meanwhile wait (session_requested) and are relayed once the upstream is in.
         name, blob = offered
-        opening: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        opening: asyncio.Future[None] = loop.create_future()
         self._opening = opening
         try:
             refusal = await self._start_session(
                 self.ctx.open_with_key(name.account, name.grant_id, blob, self.source), name
             )
+            if refusal is not None:
+                self._refusal = refusal or "jitvault: access refused"
+                self._refuse_with(self._refusal, after_auth=True)
         finally:
-            opening.set_result(None)
-        if refusal is not None:
-            self._refuse_with(refusal or "jitvault: access refused", after_auth=True)
+            # after the disconnect _refuse_with scheduled: the client reads the reason there
+            # (a failed channel open first would end it without saying why)
+            loop.call_soon(opening.set_result, None)
 
     async def _start_session(
         self, opening: Awaitable[SessionTicket], name: relay.LoginName
@@ -385,7 +391,7 @@ class _Server(asyncssh.SSHServer):
         await self._opening
         session = self._live_session()
         if session is None:
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Session refused")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, self._refusal)
         return _ClientChannel(session)
 
     def connection_requested(
@@ -404,7 +410,7 @@ class _Server(asyncssh.SSHServer):
         await self._opening
         session = self._live_session()
         if session is None:
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Connection refused")
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, self._refusal)
         upstream = self._forward_through(session, dest_host, dest_port)
         try:
             return await self.conn.forward_tunneled_connection(upstream, dest_host, dest_port)
