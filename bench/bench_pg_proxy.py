@@ -34,6 +34,11 @@ Measured, each with its anchors:
 The machine is shared (other jobs run beside it): every comparison runs in ``--rounds`` rounds,
 anchors and jitvault alternately in a new order each round; a ratio is taken within a round,
 then the median over the rounds. No timing is asserted.
+
+A/B of a change: ``--compare DIR`` also starts a second server from ``DIR/src`` and
+``DIR/plugins`` (e.g. ``git archive main src plugins | tar -x -C DIR``), as the rows
+``jitvault B``, interleaved with the rest; ``--pgbench-only`` skips the TLS, memory and
+ephemeral rows.
 """
 
 from __future__ import annotations
@@ -326,13 +331,25 @@ def _cli(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
 
 
 def start_jitvault(
-    cluster: PgCluster, password: Sensitive[str], max_conns: int, work: Path
+    cluster: PgCluster,
+    password: Sensitive[str],
+    max_conns: int,
+    work: Path,
+    *,
+    name: str = "jitvault",
+    source: Path | None = None,
 ) -> Jitvault:
-    data = work / "jitvault"
+    """A jitvault server with a live grant; ``source`` (a checkout's directory) runs that
+    checkout's ``src`` and ``plugins`` instead of the installed ones (``--compare``)."""
+    data = work / name.replace(" ", "-")
     api_port = free_port()
     token = init_data_dir(data, api_port)
     config = data / "config.toml"
-    server = start_server(config, api_port)
+    env = None
+    if source is not None:
+        paths = [str(source / "src"), str(source / "plugins"), os.environ.get("PYTHONPATH", "")]
+        env = cli_env(PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    server = start_server(config, api_port, env)
     try:
         admin = cli_env(server.addr, token)
         _cli(
@@ -360,7 +377,7 @@ def start_jitvault(
         info = json.loads(_cli("connect", str(req["id"]), "--json", env=user_env))
         wait_port(int(info["port"]))
         plain = Endpoint(
-            "jitvault",
+            name,
             int(info["port"]),
             info["user"],
             info["password"],
@@ -369,7 +386,7 @@ def start_jitvault(
             pid=server.proc.pid,
         )
         tls = Endpoint(
-            "jitvault TLS",
+            f"{name} TLS",
             plain.port,
             plain.user,
             plain.password,
@@ -383,6 +400,9 @@ def start_jitvault(
                 raise RuntimeError(f"the proxy logged in as {got}, not {ROLE}")
     except BaseException:
         server.stop()
+        print(
+            f"{name}: the server's log ends with:\n{server.log.read_text(errors='replace')[-3000:]}"
+        )
         raise
     return Jitvault(server, plain, tls, int(req["id"]))
 
@@ -788,6 +808,15 @@ def main() -> int:
     p.add_argument("--idle", type=int, help="idle connections (default 1000; quick 100)")
     p.add_argument("--ephemeral", type=int, help="issue+revoke per side per round (default 50)")
     p.add_argument("--open-timeout", type=float, default=240.0, help="bound on opening them")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="A/B: also run a server from this checkout's src/ and plugins/ (rows 'jitvault B')",
+    )
+    p.add_argument(
+        "--pgbench-only", action="store_true", help="skip the TLS, ephemeral and memory rows"
+    )
     args = p.parse_args()
     seconds = args.seconds or (5 if args.quick else 10)
     rounds = args.rounds or (2 if args.quick else 3)
@@ -832,12 +861,18 @@ def main() -> int:
         direct = prepare_bench_db(cluster, password)
         bouncer = start_pgbouncer(cluster, password, idle, work) if have_bouncer else None
         jv: Jitvault | None = None
+        other: Jitvault | None = None
         openbao: OpenBaoDev | None = None
         try:
             jv = start_jitvault(cluster, password, idle + 1000, work)
             endpoints = [direct]
             endpoints += [bouncer.endpoint] if bouncer else []
-            endpoints += [jv.plain, jv.tls]
+            endpoints += [jv.plain] if args.pgbench_only else [jv.plain, jv.tls]
+            if args.compare is not None:
+                other = start_jitvault(
+                    cluster, password, idle + 1000, work, name="jitvault B", source=args.compare
+                )
+                endpoints += [other.plain]
             print(f"ready ({load()}); warming up every endpoint")
             for ep in endpoints:
                 pgbench(cluster.bin_dir, ep, "select-only", 1, 1, 2)
@@ -853,9 +888,14 @@ def main() -> int:
                     lat_rows.append(pgbench(cluster.bin_dir, ep, "select-only", 1, 1, seconds, r))
                 print(f"round {r + 1}/{rounds} done ({load()})")
             after_pgbench = load()
+            if args.pgbench_only:
+                bao = None
+                rounds_eph = 0
+            else:
+                rounds_eph = rounds
             if bao is not None:
                 openbao = start_openbao(bao, cluster, work)
-            for r in range(rounds):
+            for r in range(rounds_eph):
                 sides = ["jitvault"] + (["OpenBao"] if openbao else [])
                 for side in rotated(sides, r):
                     if side == "OpenBao" and openbao is not None:
@@ -863,12 +903,18 @@ def main() -> int:
                     else:
                         eph_rows.append(jitvault_round(cluster, ephemeral))
             # memory: one hop at a time, so that PostgreSQL holds one set of backends
-            if bouncer:
+            if other is not None:
+                other.stop()
+                other = None
+            if bouncer and not args.pgbench_only:
                 mem_rows.append(idle_connections(bouncer.endpoint, idle, args.open_timeout))
                 bouncer.stop()
                 wait_backends_gone(cluster, ROLE)
-            mem_rows.append(idle_connections(jv.plain, idle, args.open_timeout))
+            if not args.pgbench_only:
+                mem_rows.append(idle_connections(jv.plain, idle, args.open_timeout))
         finally:
+            if other is not None:
+                other.stop()
             if openbao is not None:
                 openbao.stop()
             if jv is not None:

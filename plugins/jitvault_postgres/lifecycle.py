@@ -1,7 +1,8 @@
 """Credential lifecycle of PostgreSQL targets: verify, rotate, ephemeral roles, elevations.
 
-Every operation opens its own short connection (psycopg 3, async, autocommit) as the target's
-administrator, is idempotent and safe to retry, and is bounded in time.
+Every operation runs on a connection (psycopg 3, async, autocommit) as the target's
+administrator, taken from a small pool of idle ones (:mod:`.adminpool`) or opened for it, is
+idempotent and safe to retry, and is bounded in time.
 
 Rules kept here:
 
@@ -20,6 +21,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from jitvault.domain import Sensitive
 from jitvault.errors import ValidationError
 from jitvault.plugin_api import AccountTemplate, TargetRejected
 from jitvault.plugin_api.scram import scram_verifier
+from jitvault_postgres.adminpool import new_pool
 
 T = TypeVar("T")
 
@@ -49,6 +52,11 @@ EPHEMERAL_MARK = "jitvault ephemeral account"
 #: role names PostgreSQL's grammar treats as keywords even when quoted
 RESERVED_ROLE_NAMES = frozenset({"public", "none"})
 ON_DROP_CHOICES = ("drop_owned", "reassign_owned")
+
+#: idle admin connections kept between operations (one pool per process)
+ADMIN_POOL = new_pool()
+#: set while an operation runs again after a pooled connection was found dead: no pool then
+_FRESH: contextvars.ContextVar[bool] = contextvars.ContextVar("jitvault_pg_fresh", default=False)
 
 # SQLSTATE classes and codes after which trying again later may succeed
 _RETRYABLE_CLASSES = ("08", "53", "57", "58", "40")
@@ -200,17 +208,26 @@ def _connect_failure(exc: psycopg.Error) -> _Failure:
 async def _guarded(ep: Endpoint, op: str, body: Callable[[], Awaitable[T]]) -> T:
     """Run ``body`` with a time bound; psycopg errors become :class:`TargetRejected`.
 
-    The new exception is raised after the ``except`` block so it chains nothing.
+    If a pooled connection turns out to be dead, ``body`` runs once more on new connections
+    (every operation is idempotent). The new exception is raised after the ``except`` block so
+    it chains nothing.
     """
     failure: _Failure
     try:
         async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-            return await body()
+            try:
+                return await body()
+            except _Stale:
+                token = _FRESH.set(True)
+                try:
+                    return await body()
+                finally:
+                    _FRESH.reset(token)
     except psycopg.Error as exc:
         failure = _failure_of(exc)
     except TimeoutError:
         failure = _Failure(None, "timed out", retryable=True)
-    except OSError:
+    except (OSError, _Stale):
         failure = _Failure(None, "network error", retryable=True)
     raise failure.rejected(ep, op)
 
@@ -232,25 +249,49 @@ async def _connect(
     }
     if password is not None:
         return await psycopg.AsyncConnection.connect(
-            autocommit=True, password=password.reveal(), **params
+            autocommit=True, prepare_threshold=None, password=password.reveal(), **params
         )
-    return await psycopg.AsyncConnection.connect(autocommit=True, **params)
+    return await psycopg.AsyncConnection.connect(autocommit=True, prepare_threshold=None, **params)
+
+
+class _Stale(Exception):
+    """A pooled admin connection turned out to be dead (the server closed it while idle)."""
 
 
 @asynccontextmanager
 async def _admin(
     ep: Endpoint, dbname: str | None = None
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """An admin connection to ``dbname`` (the target's database if None): a pooled one for the
+    target's database (see :mod:`.adminpool`), a new one, closed after use, for any other."""
     if not ep.admin_user:
         raise TargetRejected(
             f"postgres target {ep.target_name!r} has no administrator account",
             hint="set the target's admin user and secret",
         )
-    conn = await _connect(ep, ep.admin_user, ep.admin_secret, dbname or ep.dbname)
+    db = dbname or ep.dbname
+    key = ADMIN_POOL.key(ep) if db == ep.dbname and not _FRESH.get() else None
+    conn = None
+    if key is not None:
+        conn, stale = ADMIN_POOL.take(key, ep.target_name)
+        for old in stale:
+            await old.close()
+    reused = conn is not None
+    if conn is None:
+        conn = await _connect(ep, ep.admin_user, ep.admin_secret, db)
+    done = False
     try:
         yield conn
+        done = True
+    except psycopg.OperationalError:
+        if reused and conn.broken:
+            raise _Stale() from None
+        raise
     finally:
-        await conn.close()
+        if done and key is not None:
+            conn = ADMIN_POOL.give(key, conn)
+        if conn is not None:
+            await conn.close()
 
 
 async def _role_mark(conn: psycopg.AsyncConnection[Any], username: str) -> tuple[bool, str | None]:
@@ -318,37 +359,44 @@ async def create_account(
 ) -> None:
     """Create (or, if jitvault made it, update) the login role and grant the template's roles.
 
-    One transaction: check the role, ``CREATE ROLE ... LOGIN PASSWORD <verifier> VALID UNTIL``
-    plus the jitvault mark (or ``ALTER ROLE`` with the same options), then ``GRANT`` each role.
+    One round trip when the role is new: ``CREATE ROLE ... LOGIN PASSWORD <verifier> VALID
+    UNTIL``, the jitvault mark (``COMMENT ON ROLE``) and a ``GRANT`` per role, sent as one query
+    (one implicit transaction: all or nothing). If the role exists (42710), its mark is checked
+    and ``ALTER ROLE`` with the same options plus the grants are sent the same way.
     """
     validate_new_role(username)
     roles = [validate_role(r, "template role") for r in template.grant_roles]
     user = sql.Identifier(username)
     password = sql.Literal(scram_verifier(secret).reveal())
     until = sql.Literal(valid_until_literal(expires_at))
+    grants = [sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), user) for role in roles]
+    create = sql.SQL("; ").join(
+        [
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {}").format(
+                user, password, until
+            ),
+            sql.SQL("COMMENT ON ROLE {} IS {}").format(user, sql.Literal(EPHEMERAL_MARK)),
+            *grants,
+        ]
+    )
+    update = sql.SQL("; ").join(
+        [
+            sql.SQL("ALTER ROLE {} LOGIN PASSWORD {} VALID UNTIL {}").format(user, password, until),
+            *grants,
+        ]
+    )
 
     async def body() -> None:
-        async with _admin(ep) as conn, conn.transaction():
-            exists, mark = await _role_mark(conn, username)
-            if not exists:
-                await conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} VALID UNTIL {}").format(
-                        user, password, until
-                    )
-                )
-                await conn.execute(
-                    sql.SQL("COMMENT ON ROLE {} IS {}").format(user, sql.Literal(EPHEMERAL_MARK))
-                )
-            elif mark != EPHEMERAL_MARK:
+        async with _admin(ep) as conn:
+            try:
+                await conn.execute(create)
+                return
+            except psycopg.errors.DuplicateObject:
+                pass  # the role exists: ours to update only if it carries the mark
+            _, mark = await _role_mark(conn, username)
+            if mark != EPHEMERAL_MARK:
                 raise _not_ours(ep, "create_account")
-            else:
-                await conn.execute(
-                    sql.SQL("ALTER ROLE {} LOGIN PASSWORD {} VALID UNTIL {}").format(
-                        user, password, until
-                    )
-                )
-            for role in roles:
-                await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), user))
+            await conn.execute(update)
 
     await _guarded(ep, "create_account", body)
 
@@ -373,19 +421,13 @@ def _on_drop_statements(template: AccountTemplate, username: str) -> list[sql.Co
     )
 
 
-async def _terminate(conn: psycopg.AsyncConnection[Any], username: str) -> None:
-    if conn.info.server_version >= 140000:
-        query = (
-            "SELECT pg_catalog.pg_terminate_backend(pid, %s) FROM pg_catalog.pg_stat_activity"
-            " WHERE usename = %s AND pid <> pg_catalog.pg_backend_pid()"
-        )
-        await conn.execute(query, [TERMINATE_WAIT_MS, username])
-    else:
-        query = (
-            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity"
-            " WHERE usename = %s AND pid <> pg_catalog.pg_backend_pid()"
-        )
-        await conn.execute(query, [username])
+def _terminate(server_version: int, username: str) -> sql.Composed:
+    """End the role's sessions (waiting for each to exit, on PostgreSQL 14+)."""
+    wait = sql.SQL(", {}").format(sql.Literal(TERMINATE_WAIT_MS))
+    return sql.SQL(
+        "SELECT pg_catalog.pg_terminate_backend(pid{}) FROM pg_catalog.pg_stat_activity"
+        " WHERE usename = {} AND pid <> pg_catalog.pg_backend_pid()"
+    ).format(wait if server_version >= 140000 else sql.SQL(""), sql.Literal(username))
 
 
 async def _dependent_databases(conn: psycopg.AsyncConnection[Any], username: str) -> list[str]:
@@ -401,37 +443,57 @@ async def _dependent_databases(conn: psycopg.AsyncConnection[Any], username: str
     return [str(row[0]) for row in await cur.fetchall()]
 
 
+#: the role's mark and the other databases where it owns or holds something, in one query
+_ROLE_AND_DATABASES = (
+    "SELECT pg_catalog.shobj_description(r.oid, 'pg_authid'), ARRAY("
+    "SELECT DISTINCT d.datname::text FROM pg_catalog.pg_shdepend s"
+    " JOIN pg_catalog.pg_database d ON d.oid = s.dbid"
+    " WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND s.refobjid = r.oid"
+    " AND d.datallowconn AND d.datname <> pg_catalog.current_database() ORDER BY 1)"
+    " FROM pg_catalog.pg_roles r WHERE r.rolname = %s"
+)
+
+
 async def drop_account(ep: Endpoint, template: AccountTemplate, username: str) -> None:
     """End the role's sessions and drop it with what it owns; no error if it is gone.
 
-    ``ALTER ROLE ... NOLOGIN`` first (no new session can start), then ``pg_terminate_backend``
-    for its sessions, then per ``template.on_drop`` ``DROP OWNED BY`` (or ``REASSIGN OWNED BY``
-    + ``DROP OWNED BY``) in the target's database and every other database where the role owns
-    or holds something, then ``DROP ROLE IF EXISTS``.
+    ``ALTER ROLE ... NOLOGIN`` first (committed: no new session can start), then, as one query
+    (one transaction), ``pg_terminate_backend`` for its sessions, per ``template.on_drop``
+    ``DROP OWNED BY`` (or ``REASSIGN OWNED BY`` + ``DROP OWNED BY``) and ``DROP ROLE IF
+    EXISTS``: three round trips in all. When the role owns or holds something in another
+    database (or comes to, before its sessions end: the ``DROP ROLE`` then fails and is rolled
+    back), the cleanup runs in every such database before ``DROP ROLE``.
     """
     validate_new_role(username)
     cleanup = _on_drop_statements(template, username)
     user = sql.Identifier(username)
+    drop_role = sql.SQL("DROP ROLE IF EXISTS {}").format(user)
 
     async def body() -> None:
         async with _admin(ep) as conn:
-            exists, mark = await _role_mark(conn, username)
-            if not exists:
-                await _terminate(conn, username)  # sessions can outlive a dropped role
+            cur = await conn.execute(_ROLE_AND_DATABASES, [username])
+            row = await cur.fetchone()
+            terminate = _terminate(conn.info.server_version, username)
+            if row is None:
+                await conn.execute(terminate)  # sessions can outlive a dropped role
                 return
+            mark, others = row[0], [str(d) for d in row[1]]
             if mark != EPHEMERAL_MARK:
                 raise _not_ours(ep, "drop_account")
             await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(user))
-            await _terminate(conn, username)
+            if not others:
+                try:
+                    await conn.execute(sql.SQL("; ").join([terminate, *cleanup, drop_role]))
+                    return
+                except psycopg.errors.DependentObjectsStillExist:
+                    pass  # something appeared in another database meanwhile
+            await conn.execute(sql.SQL("; ").join([terminate, *cleanup]))
             others = [d for d in await _dependent_databases(conn, username) if d != ep.dbname]
-            for stmt in cleanup:
-                await conn.execute(stmt)
         for dbname in others:
-            async with _admin(ep, dbname) as conn:
-                for stmt in cleanup:
-                    await conn.execute(stmt)
+            async with _admin(ep, dbname) as other:
+                await other.execute(sql.SQL("; ").join(cleanup))
         async with _admin(ep) as conn:
-            await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(user))
+            await conn.execute(drop_role)
 
     await _guarded(ep, "drop_account", body)
 

@@ -58,6 +58,14 @@ def ql(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def ql_any(value: str) -> str:
+    """A string literal as psycopg writes it: with a backslash inside, an escape string
+    (`` E'...'``, backslashes doubled: whatever standard_conforming_strings says)."""
+    if "\\" not in value:
+        return ql(value)
+    return " E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def plugin_statements(cluster: PgCluster, mark: int) -> list[str]:
     return cluster.statements_since(mark, APPLICATION_NAME)
 
@@ -500,30 +508,30 @@ def _valid_identifier(name: str) -> bool:
 
 
 def _expect_create(statements: list[str], user: str, role: str) -> None:
-    assert len(statements) == 6, statements
-    begin, check, create, comment, grant, commit = statements
-    assert begin == "BEGIN"
-    assert check.startswith("SELECT pg_catalog.shobj_description(oid, 'pg_authid')")
-    assert check.endswith("WHERE rolname = $1")
+    """One query (one round trip, one implicit transaction): create, mark, grant."""
+    assert len(statements) == 1, statements
     assert re.fullmatch(
         f"CREATE ROLE {re.escape(qi(user))} LOGIN PASSWORD {VERIFIER}"
-        r" VALID UNTIL '\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00'",
-        create,
-    ), create
-    assert comment == f"COMMENT ON ROLE {qi(user)} IS {ql(EPHEMERAL_MARK)}"
-    assert grant == f"GRANT {qi(role)} TO {qi(user)}"
-    assert commit == "COMMIT"
+        r" VALID UNTIL '\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00'"
+        + re.escape(
+            f"; COMMENT ON ROLE {qi(user)} IS {ql(EPHEMERAL_MARK)}; GRANT {qi(role)} TO {qi(user)}"
+        ),
+        statements[0],
+    ), statements[0]
 
 
 def _expect_drop(statements: list[str], user: str) -> None:
-    assert len(statements) == 6, statements
-    check, nologin, terminate, databases, drop_owned, drop_role = statements
-    assert check.startswith("SELECT pg_catalog.shobj_description(oid, 'pg_authid')")
+    """The check, NOLOGIN (committed), then one query: terminate, DROP OWNED, DROP ROLE."""
+    assert len(statements) == 3, statements
+    check, nologin, drop = statements
+    assert check.startswith("SELECT pg_catalog.shobj_description(r.oid, 'pg_authid')")
+    assert check.endswith("WHERE r.rolname = $1")
     assert nologin == f"ALTER ROLE {qi(user)} NOLOGIN"
-    assert terminate.startswith("SELECT pg_catalog.pg_terminate_backend(pid, $1)")
-    assert databases.startswith("SELECT DISTINCT d.datname FROM pg_catalog.pg_shdepend")
-    assert drop_owned == f"DROP OWNED BY {qi(user)}"
-    assert drop_role == f"DROP ROLE IF EXISTS {qi(user)}"
+    assert drop == (
+        "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity"
+        f" WHERE usename = {ql_any(user)} AND pid <> pg_catalog.pg_backend_pid()"
+        f"; DROP OWNED BY {qi(user)}; DROP ROLE IF EXISTS {qi(user)}"
+    )
 
 
 def _parameters_logged(cluster: PgCluster, mark: int) -> list[str]:
@@ -608,7 +616,7 @@ def test_hostile_names_reach_the_server_only_quoted_in_the_intended_statements(
         mark = pg_cluster.log_mark()
         run(PLUGIN.create_account(target, template, user, password, later()))
         _expect_create(plugin_statements(pg_cluster, mark), user, role)
-        assert _parameters_logged(pg_cluster, mark) == [f"parameters: $1 = {ql(user)}"]
+        assert _parameters_logged(pg_cluster, mark) == []
         assert [
             e for e in pg_cluster.entries_since(mark, APPLICATION_NAME) if e.level == "ERROR"
         ] == []
@@ -628,8 +636,65 @@ def test_hostile_names_reach_the_server_only_quoted_in_the_intended_statements(
         mark = pg_cluster.log_mark()
         run(PLUGIN.drop_account(target, template, user))
         _expect_drop(plugin_statements(pg_cluster, mark), user)
+        assert _parameters_logged(pg_cluster, mark) == [f"parameters: $1 = {ql(user)}"]
         assert pg_cluster.roles() == before
         assert password.reveal() not in pg_cluster.log_text()
     finally:
         pg_cluster.drop_role(user)
         pg_cluster.drop_role(role)
+
+
+# -- the admin connection pool ----------------------------------------------------------------
+
+
+def _admin_backends(cluster: PgCluster) -> set[int]:
+    rows = cluster.sql(
+        "SELECT pid FROM pg_catalog.pg_stat_activity WHERE application_name = %s AND usename = %s",
+        [APPLICATION_NAME, cluster.admin_user],
+    )
+    return {int(r[0]) for r in rows}
+
+
+def test_create_and_drop_reuse_one_admin_connection_across_calls(pg_cluster: PgCluster) -> None:
+    target = pg_cluster.target(name=unique("pool"))
+    template = AccountTemplate(name="pooled", grant_roles=())
+    user = unique("jv_pool")
+    before = _admin_backends(pg_cluster)  # other tests' targets' pooled connections
+    run(PLUGIN.create_account(target, template, user, secret(), later()))
+    kept = _admin_backends(pg_cluster) - before
+    assert kept, "no admin connection was kept for the next call"
+    run(PLUGIN.drop_account(target, template, user))  # another event loop, same connection
+    assert kept <= _admin_backends(pg_cluster)
+    assert not pg_cluster.role_exists(user)
+
+
+def test_a_pooled_connection_is_never_used_with_another_admin_secret(
+    pg_cluster: PgCluster,
+) -> None:
+    target = pg_cluster.target(name=unique("pool"))
+    template = AccountTemplate(name="pooled", grant_roles=())
+    user = unique("jv_pool")
+    before = _admin_backends(pg_cluster)
+    run(PLUGIN.create_account(target, template, user, secret(), later()))
+    assert _admin_backends(pg_cluster) - before
+    wrong = type(target)(target.name, target.options, target.admin_user, secret())
+    with pytest.raises(TargetRejected) as info:  # a new login, refused: not the pooled one
+        run(PLUGIN.drop_account(wrong, template, user))
+    assert info.value.retryable is False
+    assert pg_cluster.role_exists(user)
+    run(PLUGIN.drop_account(target, template, user))
+    assert not pg_cluster.role_exists(user)
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_and_the_call_succeeds(
+    pg_cluster: PgCluster,
+) -> None:
+    target = pg_cluster.target(name=unique("pool"))
+    template = AccountTemplate(name="pooled", grant_roles=())
+    user = unique("jv_pool")
+    run(PLUGIN.create_account(target, template, user, secret(), later()))
+    for pid in _admin_backends(pg_cluster):
+        pg_cluster.sql("SELECT pg_catalog.pg_terminate_backend(%s, 5000)", [pid])
+    assert _admin_backends(pg_cluster) == set()
+    run(PLUGIN.drop_account(target, template, user))
+    assert not pg_cluster.role_exists(user)

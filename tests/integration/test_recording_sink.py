@@ -5,13 +5,21 @@ PostgreSQL per ``--db``), failed by a real trigger."""
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select
 
+from jitvault.domain import Sensitive
 from jitvault.proxy import SessionRegistry
 from jitvault.proxy.recording import RECORDING_LOST, RecordingSink, RecordingUnavailable
-from jitvault.services import Node, sessions
+from jitvault.services import Node, keys, sessions
+from jitvault.storage import sealed, session_store
+from jitvault.storage import tables as t
+from jitvault.storage.repositories import aware
+from jitvault.storage.tables import SESSION_EVENT_DATA
 from tests.conftest import Booted
 from tests.integration.test_session_registry import Handle, _open
 from tests.support import inserts_refused
@@ -154,3 +162,145 @@ def test_raw_statements_count_against_the_byte_bound_and_are_refused_while_faili
 
     asyncio.run(scenario())
     assert _texts(booted.node, sid) == ["SELECT '" + "x" * 9_000 + "'", "SELECT 1"]
+
+
+def _rows(node: Node, session_id: int) -> list[tuple[str, str]]:
+    with node.read() as conn:
+        return [
+            (str(kind), str(data))
+            for kind, data in conn.execute(
+                select(t.session_events.c.kind, t.session_events.c.data)
+                .where(t.session_events.c.session_id == session_id)
+                .order_by(t.session_events.c.id)
+            )
+        ]
+
+
+def test_a_batch_of_a_sessions_events_is_one_sealed_chunk_row_read_back_in_order(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted, batch=100)
+    for i in range(250):
+        sink.add_statement(sid, "simple", f"SELECT 'chunked-{i}'".encode())
+    asyncio.run(sink.flush())
+    rows = _rows(booted.node, sid)
+    assert [kind for kind, _ in rows] == [sessions.CHUNK_KIND] * 3  # batches of 100, 100, 50
+    assert all(data.startswith("jv1:") and "chunked" not in data for _, data in rows)
+    events = sessions.session_events(booted.node, sid)
+    assert [e["data"]["text"] for e in events] == [f"SELECT 'chunked-{i}'" for i in range(250)]
+    assert {e["kind"] for e in events} == {"query"}
+    times = [aware(e["ts"]) for e in events]
+    assert times == sorted(times)
+
+
+def test_each_events_time_is_kept_to_the_microsecond_inside_a_chunk(booted: Booted) -> None:
+    sid, _ = _session_with_sink(booted)
+    t0 = datetime(2026, 11, 29, 12, 0, 0, 123_456, tzinfo=UTC)
+    at = [t0, t0 + timedelta(seconds=1, microseconds=7), t0 + timedelta(hours=3, microseconds=1)]
+    sessions.record_events(
+        booted.node, [sessions.RecordedEvent(sid, "note", ts, {"n": i}) for i, ts in enumerate(at)]
+    )
+    assert len(_rows(booted.node, sid)) == 1
+    events = sessions.session_events(booted.node, sid)
+    got = [(aware(e["ts"]), e["data"]) for e in events]
+    assert got == [(ts, {"n": i}) for i, ts in enumerate(at)]
+
+
+def test_rows_of_one_event_each_written_before_chunks_are_still_read_in_order(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted)
+    node = booted.node
+    old = [("query", {"text": "SELECT 'old-1'", "kind": "simple"}), ("note", {"text": "old-2"})]
+    with node.write() as tx:  # the rows record_events wrote before chunks: one event each
+        ids = session_store.reserve_event_ids(tx.conn, len(old))
+        payloads = [Sensitive(json.dumps(data).encode()) for _, data in old]
+        term, envelopes = sealed.seal_new(
+            tx.conn, tx.keyring, SESSION_EVENT_DATA, list(zip(ids, payloads, strict=True))
+        )
+        session_store.events_insert(
+            tx.conn,
+            [
+                (i, sid, kind, node.clock(), env)
+                for i, (kind, _), env in zip(ids, old, envelopes, strict=True)
+            ],
+            term,
+        )
+    sink.add_statement(sid, "simple", b"SELECT 'new-1'")
+    sink.add(sid, "note", {"text": "new-2"})
+    asyncio.run(sink.flush())
+    assert [kind for kind, _ in _rows(node, sid)] == ["query", "note", sessions.CHUNK_KIND]
+    assert [(e["kind"], e["data"]) for e in sessions.session_events(node, sid)] == [
+        *old,
+        ("query", {"text": "SELECT 'new-1'", "kind": "simple"}),
+        ("note", {"text": "new-2"}),
+    ]
+
+
+def test_an_event_cannot_take_the_kind_that_marks_chunks(booted: Booted) -> None:
+    sid, sink = _session_with_sink(booted)
+    with pytest.raises(ValueError, match="chunk"):
+        sink.add(sid, sessions.CHUNK_KIND, {"text": "a fake chunk"})
+    with pytest.raises(ValueError, match="chunk"):
+        sessions.record_event(booted.node, sid, sessions.CHUNK_KIND, {"text": "a fake chunk"})
+    assert _rows(booted.node, sid) == []
+
+
+def test_statement_texts_of_any_bytes_are_stored_as_the_json_encoder_would_store_them(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted)
+    texts = [
+        b'SELECT \'"quoted"\' AS "x\\y"',
+        b"SELECT E'\\n\\t' -- tab\there\nnewline\r\x00nul \x1b esc",
+        "SELECT 'ünïcødé 名前 🙂 \u2028'".encode(),
+        b"SELECT '\xff\xfe\xc3' -- not UTF-8",
+        b"",
+    ]
+    for text in texts:
+        sink.add_statement(sid, "simple", text)
+    asyncio.run(sink.flush())
+    with booted.node.read() as conn:
+        (envelope,) = conn.execute(
+            select(t.session_events.c.data).where(t.session_events.c.session_id == sid)
+        ).scalars()
+        (row_id,) = conn.execute(
+            select(t.session_events.c.id).where(t.session_events.c.session_id == sid)
+        ).scalars()
+    raw = booted.node.vault.keyring.decrypt(
+        envelope, sealed.context_for(SESSION_EVENT_DATA, row_id)
+    ).reveal()
+    entries = json.loads(raw)
+    assert (
+        raw.decode()
+        == "["
+        + ",".join(
+            sessions.chunk_entry(
+                e[0], "query", {"text": text.decode("utf-8", "replace"), "kind": "simple"}
+            )
+            for e, text in zip(entries, texts, strict=True)
+        )
+        + "]"
+    )
+    assert [e["data"]["text"] for e in sessions.session_events(booted.node, sid)] == [
+        text.decode("utf-8", "replace") for text in texts
+    ]
+
+
+def test_chunk_rows_are_moved_to_a_new_key_term_and_still_read(booted: Booted) -> None:
+    sid, sink = _session_with_sink(booted)
+    for i in range(5):
+        sink.add_statement(sid, "simple", f"SELECT 'rekeyed-{i}'".encode())
+    asyncio.run(sink.flush())
+    with booted.node.read() as conn:
+        (before,) = conn.execute(
+            select(t.session_events.c.data_term).where(t.session_events.c.session_id == sid)
+        ).scalars()
+    keys.rotate_key(booted.node, booted.admin)
+    keys.reencrypt_all(booted.node)
+    with booted.node.read() as conn:
+        (after,) = conn.execute(
+            select(t.session_events.c.data_term).where(t.session_events.c.session_id == sid)
+        ).scalars()
+    assert after > before
+    assert _texts(booted.node, sid) == [f"SELECT 'rekeyed-{i}'" for i in range(5)]

@@ -4,8 +4,10 @@ A relay never waits for the database, and pays as little as it can per statement
 :meth:`RecordingSink.add_statement` appends a small tuple (session, time, the statement's raw
 text bytes) to an in-memory queue and returns; decoding, JSON, encryption and the INSERT all
 happen in the writer, a batch at a time. A background task writes the queue every
-``interval`` seconds, or as soon as ``batch`` events wait, one transaction per batch (rows and
-encryption as :func:`jitvault.services.sessions.record_events` makes them). A session's events
+``interval`` seconds, or as soon as ``batch`` events wait, one transaction per batch (at most
+``batch`` events and about ``batch_bytes`` of texts) holding one row per session: a *chunk* of
+that session's events, one JSON array sealed once (see
+:func:`jitvault.services.sessions.record_chunks`). A session's events
 are written before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
 
 Fail closed: the queue is bounded (events and bytes). When it is full, or when the store refuses
@@ -23,7 +25,8 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from jitvault.errors import Unavailable
@@ -54,6 +57,7 @@ class RecordingSink:
         *,
         interval: float = 0.1,
         batch: int = 500,
+        batch_bytes: int = 4 << 20,
         max_events: int = 50_000,
         max_bytes: int = 64 << 20,
         on_failure: Callable[[set[int], str], Awaitable[None]] | None = None,
@@ -61,6 +65,7 @@ class RecordingSink:
         self.node = node
         self.interval = interval
         self.batch = batch
+        self.batch_bytes = batch_bytes
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.on_failure = on_failure
@@ -80,6 +85,8 @@ class RecordingSink:
 
     def add(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """Queue one event (timestamped now). Raises RecordingUnavailable instead of dropping."""
+        if kind == sessions.CHUNK_KIND:
+            raise ValueError(f"{kind!r} is not a kind an event may have")
         self._put(session_id, kind, data, _size(data))
 
     def add_statement(self, session_id: int, style: str, text: bytes) -> None:
@@ -111,7 +118,7 @@ class RecordingSink:
             # only what is queued now: under load the queue never empties
             left = len(self._queue)
             while left > 0:
-                taken = [self._queue.popleft() for _ in range(min(self.batch, left))]
+                taken, weight = self._take(min(self.batch, left))
                 try:
                     await asyncio.to_thread(_write, self.node, taken)
                 except Exception as exc:
@@ -119,10 +126,23 @@ class RecordingSink:
                     await self._failed(exc)
                     raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}") from None
                 left -= len(taken)
-                self._bytes -= sum(queued[4] for queued in taken)
+                self._bytes -= weight
                 if self._failing is not None:
                     log.warning("session recordings are stored again")
                     self._failing = None
+
+    def _take(self, n: int) -> tuple[list[_Queued], int]:
+        """Up to ``n`` queued events, and fewer if they weigh more than ``batch_bytes`` (the
+        first is always taken): a batch's chunks stay a bounded size."""
+        taken: list[_Queued] = []
+        weight = 0
+        queue = self._queue
+        while n > 0 and queue and (weight < self.batch_bytes or not taken):
+            queued = queue.popleft()
+            taken.append(queued)
+            weight += queued[4]
+            n -= 1
+        return taken, weight
 
     async def _failed(self, exc: Exception) -> None:
         first = self._failing is None
@@ -160,21 +180,36 @@ def _size(data: dict[str, Any]) -> int:
 
 
 def _write(node: Node, taken: list[_Queued]) -> None:
-    """Store queued events (in the writer's thread: the decoding happens here too)."""
-    sessions.record_events(
-        node,
-        [
-            sessions.RecordedEvent(session_id, kind, at, _data(payload))
-            for session_id, at, kind, payload, _ in taken
-        ],
-    )
+    """Store queued events (in the writer's thread: the decoding happens here too), one chunk
+    per session: what an event costs here is its entry's JSON text (a statement's is formatted
+    here directly: a sixth of what the JSON encoder takes) and its share of one seal and one
+    INSERT."""
+    chunks: dict[int, sessions.Chunk] = {}
+    for session_id, at, kind, payload, _ in taken:
+        chunk = chunks.get(session_id)
+        if chunk is None:
+            chunks[session_id] = chunk = (session_id, at, [])
+        offset = (at - chunk[1]) // _MICROSECOND
+        if isinstance(payload, tuple):
+            style, text = payload
+            # what chunk_entry makes of {"text": ..., "kind": style} (keys sorted, ASCII)
+            chunk[2].append(
+                _STATEMENT_ENTRY
+                % (
+                    offset,
+                    _json_str(kind),
+                    _json_str(style),
+                    _json_str(text.decode("utf-8", "replace")),
+                )
+            )
+        else:
+            chunk[2].append(sessions.chunk_entry(offset, kind, payload))
+    sessions.record_chunks(node, list(chunks.values()))
 
 
-def _data(payload: dict[str, Any] | tuple[str, bytes]) -> dict[str, Any]:
-    if isinstance(payload, dict):
-        return payload
-    style, text = payload
-    return {"text": text.decode("utf-8", "replace"), "kind": style}
+_MICROSECOND = timedelta(microseconds=1)
+_STATEMENT_ENTRY = '[%d,%s,{"kind":%s,"text":%s}]'
+_json_str = encode_basestring_ascii
 
 
 __all__ = ["RECORDING_LOST", "RecordingSink", "RecordingUnavailable"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -58,7 +58,7 @@ from jitvault.storage.tables import SESSION_EVENT_DATA
 
 _FAILED = "authentication failed"
 #: recorded events' JSON (one encoder for every event: json.dumps with options builds one a call)
-_EVENT_JSON = json.JSONEncoder(sort_keys=True, default=str)
+_EVENT_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 class TooManySessions(Conflict):
@@ -433,41 +433,77 @@ class RecordedEvent:
     data: dict[str, Any]
 
 
+#: the ``kind`` of a session_events row holding a chunk: several events of one session, as one
+#: JSON array of ``[microseconds after the row's ts, kind, data]`` entries, sealed once
+CHUNK_KIND = "chunk"
+_MICROSECOND = timedelta(microseconds=1)
+
+#: one chunk to store: session id, its first event's time, its entries each as JSON text (see
+#: CHUNK_KIND and :func:`chunk_entry`)
+Chunk = tuple[int, datetime, list[str]]
+
+
+def chunk_entry(offset_us: int, kind: str, data: dict[str, Any]) -> str:
+    """One chunk entry's JSON text: ``[offset_us, kind, data]``."""
+    return _EVENT_JSON.encode([offset_us, kind, data])
+
+
 def record_events(node: Node, events: Sequence[RecordedEvent]) -> None:
-    """Store a batch of session events in one transaction, each encrypted at rest and bound to
-    its row, in the order given (the same rows :func:`record_event` writes)."""
-    if not events:
+    """Store a batch of session events in one transaction, encrypted at rest: one chunk row
+    per session (its events in the order given), as :func:`record_chunks` does."""
+    chunks: dict[int, Chunk] = {}
+    for e in events:
+        if e.kind == CHUNK_KIND:
+            raise ValueError(f"{CHUNK_KIND!r} is not a kind an event may have")
+        chunk = chunks.get(e.session_id)
+        if chunk is None:
+            chunks[e.session_id] = chunk = (e.session_id, e.at, [])
+        chunk[2].append(chunk_entry((e.at - chunk[1]) // _MICROSECOND, e.kind, e.data))
+    record_chunks(node, list(chunks.values()))
+
+
+def record_chunks(node: Node, chunks: Sequence[Chunk]) -> None:
+    """Store chunks of session events in one transaction: one row each (kind ``chunk``, ts its
+    first event's), its entries as one JSON array sealed once, bound to the row. What a batch of
+    events costs is then one INSERT and one seal per session."""
+    if not chunks:
         return
-    payloads = [Sensitive(_EVENT_JSON.encode(e.data).encode()) for e in events]
+    payloads = [Sensitive(("[" + ",".join(entries) + "]").encode()) for _, _, entries in chunks]
     with node.write() as tx:
-        ids = session_store.reserve_event_ids(tx.conn, len(events))
+        ids = session_store.reserve_event_ids(tx.conn, len(chunks))
         term, envelopes = sealed.seal_new(
             tx.conn, tx.keyring, SESSION_EVENT_DATA, list(zip(ids, payloads, strict=True))
         )
         session_store.events_insert(
             tx.conn,
             [
-                (i, e.session_id, e.kind, e.at, envelope)
-                for i, e, envelope in zip(ids, events, envelopes, strict=True)
+                (i, session_id, CHUNK_KIND, at, envelope)
+                for i, (session_id, at, _), envelope in zip(ids, chunks, envelopes, strict=True)
             ],
             term,
         )
 
 
 def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
-    """A session's recorded events, decrypted (for ``jitvault session show``)."""
+    """A session's recorded events, decrypted, in order (for ``jitvault session show``): chunk
+    rows are expanded into their events; rows of one event each (written before chunks were)
+    are read as they are."""
     keyring = node.vault.keyring
-    out = []
+    out: list[dict[str, Any]] = []
     with node.read() as conn:
-        for row in session_store.events(conn, session_id):
-            raw = sealed.open_column(conn, keyring, SESSION_EVENT_DATA, row.id)
-            out.append(
-                {
-                    "ts": row.ts,
-                    "kind": row.kind,
-                    "data": json.loads(raw.reveal()) if raw is not None else None,
-                }
-            )
+        rows = session_store.events(conn, session_id)
+    for row in rows:
+        raw = (
+            None
+            if row.data is None
+            else keyring.decrypt(row.data, sealed.context_for(SESSION_EVENT_DATA, row.id))
+        )
+        data = json.loads(raw.reveal()) if raw is not None else None
+        if row.kind != CHUNK_KIND:
+            out.append({"ts": row.ts, "kind": row.kind, "data": data})
+            continue
+        for offset, kind, event in data or ():
+            out.append({"ts": row.ts + offset * _MICROSECOND, "kind": kind, "data": event})
     return out
 
 
@@ -581,12 +617,15 @@ def close_session(
 
 
 __all__ = [
+    "CHUNK_KIND",
+    "Chunk",
     "ProxyMaterial",
     "RecordedEvent",
     "SessionTicket",
     "TooManySessions",
     "asciicast_of",
     "check_session_key",
+    "chunk_entry",
     "close_session",
     "connect_info",
     "ended_among",
@@ -596,6 +635,7 @@ __all__ = [
     "open_session_verified",
     "open_session_with_key",
     "proxy_material",
+    "record_chunks",
     "record_event",
     "record_events",
     "session_asciicast",
