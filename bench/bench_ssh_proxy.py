@@ -102,6 +102,9 @@ class Paths:
             inner = " ".join([*jump, f"{self.user}@127.0.0.1"])
             argv = ["ssh", *self.key_options, "-o", f"ProxyCommand={inner}"]
             argv += ["-p", str(self.sshd.port), f"{self.user}@127.0.0.1"]
+        elif path == "jitvault-key":  # a key registered with 'jitvault user key add'
+            argv = ["ssh", *self.key_options, "-p", str(self.proxy["port"])]
+            argv.append(f"{self.proxy['user']}@127.0.0.1")
         else:
             env["SSHPASS"] = self.proxy["password"]
             argv = ["sshpass", "-e", "ssh", *BASE_OPTIONS, "-o", "PubkeyAuthentication=no"]
@@ -302,8 +305,9 @@ def _world(workers: int, database_url: str | None, server_env: dict[str, str]) -
             request = cli("request", "create", "--target", TARGET, "--account", user,
                           "--duration", "2h", "--reason", "bench")  # fmt: skip
             proxy = cli("connect", str(request["id"]))
+            cli("user", "key", "add", f"{key}.pub")  # the admin's own key, for the key login
             paths = Paths(sshd, user, key, proxy)
-            for name in NAMES:  # warm up every path (and check it works)
+            for name in [*NAMES, "jitvault-key"]:  # warm up every path (and check it works)
                 _run(paths, name, "true")
             yield World(sshd, servers, paths)
         finally:
@@ -358,10 +362,11 @@ def main() -> None:
                     busy = (world.cpu_seconds() - cpu) / (time.perf_counter() - wall)
                     label += f" (proxy CPU {busy:.0%})"
             rows.append((label, got))
-        samples: dict[str, list[float]] = {n: [] for n in NAMES}
+        samples: dict[str, list[float]] = {n: [] for n in [*NAMES, "jitvault-key"]}
         for _ in range(latency_runs):
-            for n in NAMES:
+            for n in samples:
                 samples[n].append(_run(paths, n, "true") * 1000)
+        key_ms = statistics.median(samples.pop("jitvault-key"))
         rows.append(
             (f"'ssh true' ms, median of {latency_runs}",
              {n: statistics.median(v) for n, v in samples.items()})
@@ -372,6 +377,12 @@ def main() -> None:
                 f" {got['jitvault']:>10.1f} {_ratio(got['jitvault'], got['direct']):>10}"
                 f" {_ratio(got['jitvault'], got['proxyjump']):>10}"
             )
+        direct_ms, token_ms = statistics.median(samples["direct"]), rows[-1][1]["jitvault"]
+        print(
+            f"'ssh true' ms through jitvault with a registered key, median of {latency_runs}:"
+            f" {key_ms:.1f} = {_ratio(key_ms, direct_ms)} direct,"
+            f" {_ratio(key_ms, token_ms)} the token login"
+        )
         print(asyncio.run(held_sessions(world, held_count)))
         print(f"load average after: {_loadavg()}")
 

@@ -4,12 +4,15 @@ One :class:`SshFrontend` serves every client of the ssh listener, on the core's 
 
 1. the handshake with the proxy's own Ed25519 host key (kept in the core's state directory,
    mode 0600); handshake and authentication must finish within :data:`LOGIN_TIMEOUT_SECONDS`;
-2. authentication: the user name is ``<account>.<grant id>`` and the password (or the one
-   keyboard-interactive answer) is the grant's session token, checked by the core; ``none``
-   and empty passwords are refused, and every refusal looks the same;
+2. authentication: the user name is ``<account>.<grant id>``, and either the password (or the
+   one keyboard-interactive answer) is the grant's session token, or the client signs with an
+   SSH key registered to the grant's user; the core checks both. ``none`` and empty passwords
+   are refused, and every refusal looks the same;
 3. the upstream login as the grant's account with the vaulted credential (:mod:`.connect`,
-   which checks the pinned host key); only then does authentication succeed, so nothing is
-   relayed before the grant is checked and the target has let the account in;
+   which checks the pinned host key). A token login succeeds only once it is done; a key login
+   succeeds when the signature is verified, and its session opens right after (channels wait
+   for it), or the connection ends with the reason. Nothing is relayed before the grant is
+   checked and the target has let the account in;
 4. the relay (:class:`_ClientChannel`): pty shells, exec, the sftp subsystem and, when the
    grant's policy allows it, ``-L`` forwarding, each to a channel of the upstream connection;
    what is allowed and what is recorded is decided in :mod:`.relay`;
@@ -24,7 +27,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +200,14 @@ class _Server(asyncssh.SSHServer):
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source = ""
         self.session: _Session | None = None
+        self.lost = False
+        #: the login name and public key the last validate_public_key accepted (the client has
+        #: not proven it holds the private key until asyncssh says authentication completed)
+        self._offered_key: tuple[relay.LoginName, bytes] | None = None
+        #: a key login's session opening (after authentication): channel opens wait for it
+        self._opening: asyncio.Future[None] | None = None
+        #: why that session did not open (what a channel waiting for it is told)
+        self._refusal = "Session refused"
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -204,6 +215,7 @@ class _Server(asyncssh.SSHServer):
         self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.session is not None:
             self.frontend.spawn(self.session.finish("client closed"))
 
@@ -219,7 +231,7 @@ class _Server(asyncssh.SSHServer):
         return True
 
     def public_key_auth_supported(self) -> bool:
-        return False
+        return True
 
     def get_kbdint_challenge(
         self, username: str, lang: str, submethods: str
@@ -232,25 +244,89 @@ class _Server(asyncssh.SSHServer):
         return await self.validate_password(username, responses[0])
 
     async def validate_password(self, username: str, password: str) -> bool:
+        self._offered_key = None  # whatever key was offered before, this login is not by key
         if self.session is not None:
             return False  # one session per connection
         name = relay.parse_login_name(username)
         if name is None or not password:
             return False
+        # the token is checked and the session opened (upstream login included) before
+        # authentication succeeds: a refused session is a refused login
+        refusal = await self._start_session(
+            self.ctx.open_with_token(Sensitive(password), self.source), name
+        )
+        if refusal:
+            self._refuse_with(refusal)
+        return refusal is None
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # asyncssh asks this twice for a key the client uses: when the client offers it (no
+        # signature yet), and again when the client signs with it; it verifies the signature
+        # itself, only after this returned True. So this only checks (the core writes nothing
+        # but the audit of a refusal) and remembers what it accepted: a session opened here
+        # could be opened by anyone holding the public key alone. The session opens in
+        # auth_completed, which asyncssh calls only once the signature is verified.
+        self._offered_key = None
+        if self.session is not None:
+            return False
+        name = relay.parse_login_name(username)
+        if name is None:
+            return False
+        blob = key.public_data
         try:
-            ticket = await self.ctx.open_with_token(Sensitive(password), self.source)
+            await self.ctx.check_key(name.account, name.grant_id, blob, self.source)
+        except JitvaultError as exc:  # AuthError, or the store is unavailable: refused alike
+            if not isinstance(exc, AuthError):
+                log.warning("ssh proxy: a key login could not be checked: %s", exc.message)
+            return False
+        self._offered_key = (name, blob)
+        return True
+
+    async def auth_completed(self) -> None:
+        offered, self._offered_key = self._offered_key, None
+        if self.session is not None or offered is None:
+            return  # a token login: its session is open already
+        # a key login: the client proved it holds the key. The core checks everything again
+        # under the grant's lock and opens the session; asyncssh has already told the client
+        # it is in, so a refusal now ends the connection with the reason. Channels the client
+        # opens meanwhile wait (session_requested) and are relayed once the upstream is in.
+        name, blob = offered
+        loop = asyncio.get_running_loop()
+        opening: asyncio.Future[None] = loop.create_future()
+        self._opening = opening
+        try:
+            refusal = await self._start_session(
+                self.ctx.open_with_key(name.account, name.grant_id, blob, self.source), name
+            )
+            if refusal is not None:
+                self._refusal = refusal or "jitvault: access refused"
+                self._refuse_with(self._refusal, after_auth=True)
+        finally:
+            # after the disconnect _refuse_with scheduled: the client reads the reason there
+            # (a failed channel open first would end it without saying why)
+            loop.call_soon(opening.set_result, None)
+
+    async def _start_session(
+        self, opening: Awaitable[SessionTicket], name: relay.LoginName
+    ) -> str | None:
+        """Open the session (the core) and log in to the target as its account. None when
+        both are done; else what to tell the client ("" for nothing: a refused login)."""
+        try:
+            ticket = await opening
         except AuthError:
-            return False
+            return ""
         except JitvaultError as exc:
-            self._refuse_with(f"jitvault: the session cannot open: {exc.message}")
-            return False
+            return f"jitvault: the session cannot open: {exc.message}"
         if ticket.account != name.account or ticket.grant_id != name.grant_id:
             await self.ctx.closed(ticket.session_id, "user name does not match the token")
-            return False
+            return ""
         session = _Session(self.frontend, self.ctx, ticket)
         self.session = session
         session.client = self.conn
         self.ctx.register(session)
+        if self.lost:  # the client left while the core opened the session
+            await session.finish("client closed")
+            return "jitvault: client closed"
         try:
             upstream = await upstream_login.connect(
                 ticket.target,
@@ -263,12 +339,10 @@ class _Server(asyncssh.SSHServer):
             log.warning("ssh proxy: session %s: upstream login failed: %s", ticket.session_id, exc)
             session.record("upstream_failed", {"target": ticket.target.name, "reason": exc.message})
             session.cut_reason = f"upstream login failed: {exc.message}"
-            self._refuse_with(f"jitvault: {exc.message}")
-            return False
+            return f"jitvault: {exc.message}"
         if session.finished or session.cut_reason is not None:  # gone or cut meanwhile
             upstream.close()
-            self._refuse_with(f"jitvault: {session.cut_reason or 'client closed'}")
-            return False
+            return f"jitvault: {session.cut_reason or 'client closed'}"
         session.upstream = upstream
         log.info(
             "ssh proxy: session %s open (grant %s, account %s)",
@@ -276,33 +350,82 @@ class _Server(asyncssh.SSHServer):
             ticket.grant_id,
             ticket.account,
         )
-        return True
+        return None
 
-    def _refuse_with(self, message: str) -> None:
-        """End a connection whose token was good but whose session cannot be: say why."""
+    def _refuse_with(self, message: str, after_auth: bool = False) -> None:
+        """End a connection whose login was good but whose session cannot be: say why (in an
+        auth banner during authentication, in the disconnect message in any case)."""
         conn = self.conn
         if conn is None:
             return
-        with contextlib.suppress(Exception):
-            conn.send_auth_banner(message + "\r\n")
-        asyncio.get_running_loop().call_soon(
-            conn.disconnect, asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, message
+        if not after_auth:
+            with contextlib.suppress(Exception):
+                conn.send_auth_banner(message + "\r\n")
+        code = (
+            asyncssh.DISC_BY_APPLICATION
+            if after_auth
+            else asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE
         )
+        asyncio.get_running_loop().call_soon(conn.disconnect, code, message)
 
     # -- channels -------------------------------------------------------------------------
 
-    def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
+    def _live_session(self) -> _Session | None:
         session = self.session
         if session is None or session.upstream is None or session.cut_reason is not None:
-            return False
+            return None
+        return session
+
+    def _still_opening(self) -> bool:
+        return self._opening is not None and not self._opening.done()
+
+    def session_requested(self) -> Any:
+        if self._still_opening() and self.conn is not None:
+            # asyncssh confirms the channel when this coroutine returns (the client sends
+            # nothing on it before)
+            return self.conn.create_server_channel(), self._channel_once_open()
+        session = self._live_session()
+        return False if session is None else _ClientChannel(session)
+
+    async def _channel_once_open(self) -> _ClientChannel:
+        assert self._opening is not None
+        await self._opening
+        session = self._live_session()
+        if session is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, self._refusal)
         return _ClientChannel(session)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
-        session = self.session
-        if session is None or session.upstream is None or session.cut_reason is not None:
+        if self._still_opening() and self.conn is not None:
+            return self.conn.create_tcp_channel(), self._forward_once_open(dest_host, dest_port)
+        session = self._live_session()
+        if session is None:
             return False
+        return self._forward_through(session, dest_host, dest_port)
+
+    async def _forward_once_open(self, dest_host: str, dest_port: int) -> Any:
+        assert self._opening is not None
+        assert self.conn is not None
+        await self._opening
+        session = self._live_session()
+        if session is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, self._refusal)
+        upstream = self._forward_through(session, dest_host, dest_port)
+        try:
+            return await self.conn.forward_tunneled_connection(upstream, dest_host, dest_port)
+        except (asyncssh.Error, OSError) as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, "the target refused the connection"
+            ) from exc
+
+    def _forward_through(
+        self, session: _Session, dest_host: str, dest_port: int
+    ) -> asyncssh.SSHClientConnection:
+        """The upstream connection to tunnel a ``-L`` forward through, if the grant's policy
+        allows it and the open is recorded; else ChannelOpenError."""
+        assert session.upstream is not None
         allowed = relay.forwarding_allowed(session.ticket.allow_forwarding, dest_host, dest_port)
         recorded = session.record(
             "forward", {"host": dest_host, "port": dest_port, "allowed": allowed}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.routing import iter_route_contexts
@@ -73,6 +74,10 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/users/{name}/tokens"): ADMIN,
     ("GET", "/v1/users/{name}/tokens"): ADMIN_AUDITOR,
     ("DELETE", "/v1/tokens/{token_id}"): ADMIN,
+    # another user's SSH keys (one's own: everyone, tested below)
+    ("POST", "/v1/users/{name}/ssh-keys"): ADMIN,
+    ("GET", "/v1/users/{name}/ssh-keys"): ADMIN_AUDITOR,
+    ("DELETE", "/v1/users/{name}/ssh-keys/{fingerprint:path}"): ADMIN,
     # targets and accounts: everyone may see what exists (never a secret), only admins change
     ("POST", "/v1/targets"): ADMIN,
     ("GET", "/v1/targets"): EVERYONE,
@@ -327,6 +332,22 @@ def _template_to_remove(w: World, caller: str) -> Call:
     return Call("DELETE", f"/v1/targets/{w.target}/templates/{name}")
 
 
+def public_key_line() -> str:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
+def _victim_key_to_remove(w: World, caller: str) -> Call:
+    added = w.admin(
+        "POST", f"/v1/users/{w.victim}/ssh-keys", json={"public_key": public_key_line()}
+    )
+    fingerprint = quote(added["fingerprint"], safe="")
+    return Call("DELETE", f"/v1/users/{w.victim}/ssh-keys/{fingerprint}", ok=204)
+
+
 def _target_to_update(w: World, caller: str) -> Call:
     name = w.fresh("upd")
     w.admin("POST", "/v1/targets", json={"name": name, "kind": "postgres",
@@ -371,6 +392,13 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ),
     ("GET", "/v1/users/{name}/tokens"): lambda w, c: Call("GET", f"/v1/users/{w.victim}/tokens"),
     ("DELETE", "/v1/tokens/{token_id}"): _victim_token_to_revoke,
+    ("POST", "/v1/users/{name}/ssh-keys"): lambda w, c: Call(
+        "POST", f"/v1/users/{w.victim}/ssh-keys", json={"public_key": public_key_line()}, ok=201
+    ),
+    ("GET", "/v1/users/{name}/ssh-keys"): lambda w, c: Call(
+        "GET", f"/v1/users/{w.victim}/ssh-keys"
+    ),
+    ("DELETE", "/v1/users/{name}/ssh-keys/{fingerprint:path}"): _victim_key_to_remove,
     ("POST", "/v1/targets"): lambda w, c: Call(
         "POST",
         "/v1/targets",
@@ -586,6 +614,21 @@ def test_every_role_may_create_a_token_for_itself_and_use_it(world: World, role:
     who = world.api.get("/v1/auth/whoami", headers={"Authorization": f"Bearer {new}"})
     assert who.status_code == 200
     assert who.json()["name"] == name
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_may_register_list_and_remove_its_own_ssh_keys(world: World, role: str) -> None:
+    name = world.names[role]
+    added = world.send(
+        role, Call("POST", f"/v1/users/{name}/ssh-keys", json={"public_key": public_key_line()})
+    )
+    assert added.status_code == 201, added.text
+    fingerprint = added.json()["fingerprint"]
+    listed = world.send(role, Call("GET", f"/v1/users/{name}/ssh-keys"))
+    assert [k["fingerprint"] for k in listed.json()] == [fingerprint]
+    url = f"/v1/users/{name}/ssh-keys/{quote(fingerprint, safe='')}"
+    assert world.send(role, Call("DELETE", url)).status_code == 204
+    assert world.send(role, Call("GET", f"/v1/users/{name}/ssh-keys")).json() == []
 
 
 @pytest.mark.parametrize("role", ROLES)

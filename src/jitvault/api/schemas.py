@@ -17,6 +17,7 @@ from jitvault.domain import (
     Target,
     Template,
     User,
+    UserSshKey,
 )
 
 
@@ -63,6 +64,33 @@ class TokenOut(BaseModel):
     token: str
     user: str
     note: str = "shown once: store it now"
+
+
+class SshKeyIn(BaseModel):
+    #: an OpenSSH public key line; a SecretStr all the same: whoever pastes a private key by
+    #: mistake must not find it in a log or an error (it is refused, never echoed)
+    public_key: SecretStr
+    comment: str | None = Field(default=None, description="replaces the key line's comment")
+
+
+class SshKeyOut(BaseModel):
+    user: str
+    algorithm: str
+    fingerprint: str
+    public_key: str
+    comment: str
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, k: UserSshKey) -> SshKeyOut:
+        return cls(
+            user=k.user,
+            algorithm=k.algorithm,
+            fingerprint=k.fingerprint,
+            public_key=k.public_key,
+            comment=k.comment,
+            created_at=k.created_at,
+        )
 
 
 class LoginIn(BaseModel):

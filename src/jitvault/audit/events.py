@@ -19,6 +19,8 @@ class Action(StrEnum):
     USER_UPDATED = "user.updated"
     TOKEN_CREATED = "token.created"
     TOKEN_REVOKED = "token.revoked"
+    SSH_KEY_ADDED = "ssh_key.added"
+    SSH_KEY_REMOVED = "ssh_key.removed"
     AUTH_LOGIN = "auth.login"
     AUTH_FAILED = "auth.failed"
     AUTH_LOCKED_OUT = "auth.locked_out"

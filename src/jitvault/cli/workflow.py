@@ -180,7 +180,8 @@ def connect(
     once: bool = typer.Option(False, "--once", help="A token that opens one connection only."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Print how to connect with your live grant (a new session token as the password)."""
+    """Print how to connect with your live grant (a new session token as the password; on SSH,
+    a key you registered with 'jitvault user key add' logs in without one)."""
     info = ApiClient().request("POST", f"/v1/requests/{request_id}/connect", json={"once": once})
     if as_json:
         show(info, True)
@@ -198,6 +199,13 @@ def connect(
         + (" for one connection" if info["single_use"] else "")
         + "; the password is your session token, not the account's"
     )
+    if info["protocol"] == "ssh":
+        err_console.print(
+            f"or, with an SSH key you registered ('jitvault user key add'): ssh -i KEY"
+            f" -p {info['port']} {info['user']}@{info['host']} (no token needed)",
+            markup=False,
+            highlight=False,
+        )
 
 
 @grant_app.command("list")

@@ -19,6 +19,12 @@ from jitvault.crypto.providers import (
 from jitvault.crypto.shamir import combine as combine_shares
 from jitvault.crypto.shamir import parse_share
 from jitvault.crypto.shamir import split as split_secret
+from jitvault.crypto.ssh_public_keys import (
+    SshPublicKey,
+    normalize_fingerprint,
+    parse_public_key,
+    ssh_fingerprint,
+)
 from jitvault.crypto.sshkeys import (
     generate_secret,
     generate_ssh_private_key,
@@ -54,6 +60,7 @@ __all__ = [
     "KeyringEntry",
     "LocalRootKey",
     "RootKeyProvider",
+    "SshPublicKey",
     "TransitRootKey",
     "chain_mac",
     "combine_shares",
@@ -69,12 +76,15 @@ __all__ = [
     "load_key_file",
     "looks_like_private_key",
     "new_key",
+    "normalize_fingerprint",
+    "parse_public_key",
     "parse_share",
     "parse_term",
     "parse_token",
     "secret_matches",
     "server_context",
     "split_secret",
+    "ssh_fingerprint",
     "verify_password",
     "wrap_aad",
 ]

@@ -76,10 +76,25 @@ class Principal:
     token_id: str | None = None
 
 
+@dataclass(frozen=True)
+class UserSshKey:
+    """An SSH public key registered to a user: with a live grant of theirs, it logs them in
+    to the SSH session proxy. One key belongs to one user (the fingerprint is unique)."""
+
+    id: int
+    user: str
+    algorithm: str
+    fingerprint: str  # "SHA256:..." as ssh-keygen -l prints it
+    public_key: str  # "<algorithm> <base64>", without the comment
+    comment: str
+    created_at: datetime | None = None
+
+
 __all__ = [
     "Principal",
     "Role",
     "User",
+    "UserSshKey",
     "normalize_username",
     "validate_group",
     "validate_username",

@@ -13,6 +13,8 @@ class Permission(StrEnum):
     USER_READ = "user.read"
     TOKEN_CREATE_ANY = "token.create_any"
     TOKEN_READ_ANY = "token.read_any"
+    SSH_KEY_MANAGE_ANY = "ssh_key.manage_any"
+    SSH_KEY_READ_ANY = "ssh_key.read_any"
     TARGET_CREATE = "target.create"
     TARGET_UPDATE = "target.update"
     TARGET_READ = "target.read"
@@ -43,6 +45,9 @@ GRANTS: dict[Permission, frozenset[Role]] = {
     Permission.USER_READ: frozenset({Role.ADMIN, Role.AUDITOR}),
     Permission.TOKEN_CREATE_ANY: frozenset({Role.ADMIN}),
     Permission.TOKEN_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
+    # everyone manages their own SSH keys (like their tokens); admins anyone's
+    Permission.SSH_KEY_MANAGE_ANY: frozenset({Role.ADMIN}),
+    Permission.SSH_KEY_READ_ANY: frozenset({Role.ADMIN, Role.AUDITOR}),
     Permission.TARGET_CREATE: frozenset({Role.ADMIN}),
     # where a target is, its pinned host key, its admin credential and its policy labels
     Permission.TARGET_UPDATE: frozenset({Role.ADMIN}),

@@ -1,9 +1,10 @@
 """The session-proxy contract between the core and a protocol front end (a plugin).
 
-The core owns listeners, tokens, grants, the session registry and the recording sink; it knows no
-protocol. A front end owns one protocol: it speaks to the client, asks the core to authenticate
-the client's session token, logs in upstream with the vaulted credential it is handed (revealing
-it only at the line that sends it), relays, and reports what to record. The core cuts a session
+The core owns listeners, tokens, grants, users' SSH keys, the session registry and the recording
+sink; it knows no protocol. A front end owns one protocol: it speaks to the client, asks the core
+to authenticate the client's session token (or registered public key), logs in upstream with the
+vaulted credential it is handed (revealing it only at the line that sends it), relays, and
+reports what to record. The core cuts a session
 through its :class:`SessionHandle` when the grant ends or is revoked, on whichever node holds it.
 """
 
@@ -69,6 +70,23 @@ class ProxyContext(Protocol):
 
     async def open_with_token(self, token: Sensitive[str], source: str) -> SessionTicket:
         """Open a session for a token sent in the clear (over TLS). Same errors."""
+
+    async def check_key(self, account: str, grant_id: int, public_key: bytes, source: str) -> None:
+        """May the holder of this public key (SSH wire format, RFC 4253) open a session of grant
+        ``grant_id`` as ``account``? Yes if it returns: the key is registered to the grant's
+        user, who is not disabled, and the grant is live. Raises AuthError (any reason: say only
+        "authentication failed").
+
+        It only checks: a front end asks it when a client offers a key, before the client has
+        proven it holds the private key. The session opens with :meth:`open_with_key`.
+        """
+
+    async def open_with_key(
+        self, account: str, grant_id: int, public_key: bytes, source: str
+    ) -> SessionTicket:
+        """Open a session for a registered key whose possession the front end has verified (the
+        client's signature over the SSH session), checking everything :meth:`check_key` does
+        again. Raises AuthError or Conflict (too many sessions)."""
 
     def register(self, handle: SessionHandle) -> None:
         """Put a live session in the registry, so that the core can cut it."""

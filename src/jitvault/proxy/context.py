@@ -50,6 +50,31 @@ class NodeProxyContext:
         )
         return await self._ticket(opened)
 
+    async def check_key(self, account: str, grant_id: int, public_key: bytes, source: str) -> None:
+        await asyncio.to_thread(
+            sessions.check_session_key,
+            self.node,
+            account,
+            grant_id,
+            public_key,
+            self.protocol,
+            source,
+        )
+
+    async def open_with_key(
+        self, account: str, grant_id: int, public_key: bytes, source: str
+    ) -> SessionTicket:
+        opened = await asyncio.to_thread(
+            sessions.open_session_with_key,
+            self.node,
+            account,
+            grant_id,
+            public_key,
+            self.protocol,
+            source,
+        )
+        return await self._ticket(opened)
+
     async def _ticket(self, opened: sessions.SessionTicket) -> SessionTicket:
         try:
             material = await asyncio.to_thread(sessions.proxy_material, self.node, opened)

@@ -6,6 +6,11 @@ however many clients race with it. Opening a session takes the grant's request r
 same lock revoke and expiry take, so "revoke racing open" has one outcome: either the session
 is refused, or it opens and the revoke that follows ends it (the proxy holding it cuts it).
 
+An SSH client may instead prove it holds a key registered to the grant's user
+(:func:`check_session_key` when it offers the key, :func:`open_session_with_key` once the proxy
+has verified its signature); such a session obeys the same rules (:func:`_open_on_grant`: grant
+live, request lock, max_connections, audit), and spends no token.
+
 Every refusal looks the same to the client ("authentication failed"); the audit log says why.
 """
 
@@ -18,8 +23,16 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import quote
 
+from sqlalchemy import Connection
+
 from jitvault.audit import Action, AuditEvent, Outcome
-from jitvault.crypto import SESSION_TOKEN_PREFIX, issue_token, parse_token, secret_matches
+from jitvault.crypto import (
+    SESSION_TOKEN_PREFIX,
+    issue_token,
+    parse_token,
+    secret_matches,
+    ssh_fingerprint,
+)
 from jitvault.domain import (
     AccessKind,
     AccountStatus,
@@ -36,9 +49,10 @@ from jitvault.errors import AuthError, Conflict, Forbidden, NotFound
 from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
 from jitvault.services import grants, leases, policies, targets
-from jitvault.services.node import Node
+from jitvault.services.node import Node, Tx
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed, session_store, workflow
+from jitvault.storage import ssh_keys as ssh_key_store
 from jitvault.storage.repositories import aware
 from jitvault.storage.tables import SESSION_EVENT_DATA
 
@@ -165,7 +179,7 @@ def open_session(
     TooManySessions."""
     parsed = parse_token(token)
     if parsed is None or parsed[0] != SESSION_TOKEN_PREFIX:
-        _refuse(node, "-", "malformed token", protocol, source)
+        _refuse(node, "token:-", "malformed token", protocol, source)
     secret = parsed[2]
     return _open(
         node, parsed[1], lambda row: secret_matches(secret, row.secret_hash), protocol, source
@@ -198,51 +212,171 @@ def _open(
             grant = workflow.grant_get(tx.conn, row.grant_id)
             workflow.request_lock(tx.conn, grant.request_id)  # serializes with revoke
             grant = workflow.grant_get(tx.conn, row.grant_id)
-            if grant.state != RequestState.ACTIVE or grant.expires_at <= at:
-                refusal = f"grant is {grant.state.value}"
-            elif row.single_use and not session_store.token_use(tx.conn, token_id, at):
-                refusal = "single-use token already used"
-            elif grant.max_connections is not None and (
-                session_store.live_count(tx.conn, grant.id) >= grant.max_connections
-            ):
-                raise TooManySessions(
-                    f"this grant allows {grant.max_connections} concurrent connections",
-                    hint="close one first",
-                )
-            else:
-                session_id = session_store.session_add(
-                    tx.conn, grant.id, token_id, protocol, source, at
-                )
-                tx.emit(
-                    AuditEvent(
-                        Action.SESSION_OPENED,
-                        actor=grant.user,
-                        subject=f"session:{session_id}",
-                        source=source,
-                        details={
-                            "grant_id": grant.id,
-                            "token_id": token_id,
-                            "protocol": protocol,
-                            "account": grant.name,
-                            "target": grant.target,
-                        },
-                    )
-                )
-                return SessionTicket(session_id, token_id, grant)
-    _refuse(node, token_id, refusal, protocol, source)
+            opened = _open_on_grant(
+                tx, grant, at, protocol, source, token_id=token_id, single_use=row.single_use
+            )
+            if isinstance(opened, SessionTicket):
+                return opened
+            refusal = opened
+    _refuse(node, f"token:{token_id}", refusal, protocol, source)
 
 
-def _refuse(node: Node, token_id: str, reason: str, protocol: str, source: str) -> NoReturn:
+def _grant_refusal(grant: Grant, at: datetime) -> str | None:
+    """Why no session of this grant may open now (None: it may)."""
+    if grant.state != RequestState.ACTIVE:
+        return f"grant is {grant.state.value}"
+    if grant.expires_at <= at:
+        return "grant has expired"
+    return None
+
+
+def _check_room(conn: Connection, grant: Grant) -> None:
+    """Raise TooManySessions if the grant's max_connections are all in use."""
+    if grant.max_connections is not None and (
+        session_store.live_count(conn, grant.id) >= grant.max_connections
+    ):
+        raise TooManySessions(
+            f"this grant allows {grant.max_connections} concurrent connections",
+            hint="close one first",
+        )
+
+
+def _open_on_grant(
+    tx: Tx,
+    grant: Grant,
+    at: datetime,
+    protocol: str,
+    source: str,
+    *,
+    token_id: str = "",
+    single_use: bool = False,
+    ssh_key: str | None = None,
+) -> SessionTicket | str:
+    """With the grant's request row locked (``tx`` holds it): the rules every session obeys,
+    however the client proved itself (grant live, a single-use token spent once,
+    max_connections), then the session row and its audit. The ticket, or why not."""
+    refusal = _grant_refusal(grant, at)
+    if refusal is not None:
+        return refusal
+    if single_use and not session_store.token_use(tx.conn, token_id, at):
+        return "single-use token already used"
+    _check_room(tx.conn, grant)
+    session_id = session_store.session_add(
+        tx.conn, grant.id, token_id, protocol, source, at, ssh_key_fingerprint=ssh_key
+    )
+    how = {"token_id": token_id} if ssh_key is None else {"ssh_key": ssh_key}
+    tx.emit(
+        AuditEvent(
+            Action.SESSION_OPENED,
+            actor=grant.user,
+            subject=f"session:{session_id}",
+            source=source,
+            details={
+                "grant_id": grant.id,
+                **how,
+                "protocol": protocol,
+                "account": grant.name,
+                "target": grant.target,
+            },
+        )
+    )
+    return SessionTicket(session_id, token_id, grant)
+
+
+def _key_refusal(
+    conn: Connection, fingerprint: str, account: str, grant_id: int, at: datetime
+) -> tuple[Grant | None, str | None]:
+    """The grant, and why this registered key may not open a session of it as ``account``
+    (None: it may, as far as the key, its owner and the grant go)."""
+    try:
+        grant = workflow.grant_get(conn, grant_id)
+    except NotFound:
+        return None, "no such grant"
+    key = ssh_key_store.key_find(conn, fingerprint)
+    if key is None:
+        return grant, "unregistered ssh key"
+    if key.disabled:
+        return grant, "the ssh key's owner is disabled"
+    if key.user_id != grant.user_id:
+        return grant, "ssh key of another user than the grant's"
+    if account != grant.login:
+        return grant, "account does not match the grant"
+    return grant, _grant_refusal(grant, at)
+
+
+def check_session_key(
+    node: Node,
+    account: str,
+    grant_id: int,
+    public_key: bytes,
+    protocol: str,
+    source: str = "",
+) -> None:
+    """May the holder of this SSH public key (the wire-format blob) open a session of grant
+    ``grant_id`` as ``account``? Only if the key is registered to the grant's user, who is not
+    disabled, and the grant is live. Raises AuthError (audited; it says only "authentication
+    failed").
+
+    A proxy asks this before the client has proven it holds the private key (SSH offers a key
+    before signing with it), so it only reads, and it does not look at max_connections: a full
+    grant is said (TooManySessions) only to whoever proved the key, by
+    :func:`open_session_with_key`, which opens the session once the signature is verified.
+    """
+    fingerprint = ssh_fingerprint(public_key)
+    with node.read() as conn:
+        grant, refusal = _key_refusal(conn, fingerprint, account, grant_id, node.clock())
+    if refusal is None and grant is not None:
+        return
+    _refuse(node, f"ssh_key:{fingerprint}", refusal or "refused", protocol, source, grant_id)
+
+
+def open_session_with_key(
+    node: Node,
+    account: str,
+    grant_id: int,
+    public_key: bytes,
+    protocol: str,
+    source: str = "",
+) -> SessionTicket:
+    """Record a live session of grant ``grant_id`` for a registered SSH key whose possession
+    the proxy has verified (a signature over the SSH session). Every rule of
+    :func:`check_session_key` is checked again, under the grant's lock. Same errors."""
+    fingerprint = ssh_fingerprint(public_key)
+    at = node.clock()
+    with node.write() as tx:
+        grant, refusal = _key_refusal(tx.conn, fingerprint, account, grant_id, at)
+        if grant is not None:
+            workflow.request_lock(tx.conn, grant.request_id)  # serializes with revoke
+            grant, refusal = _key_refusal(tx.conn, fingerprint, account, grant_id, at)
+        if refusal is None and grant is not None:
+            opened = _open_on_grant(tx, grant, at, protocol, source, ssh_key=fingerprint)
+            if isinstance(opened, SessionTicket):
+                return opened
+            refusal = opened
+    _refuse(node, f"ssh_key:{fingerprint}", refusal or "refused", protocol, source, grant_id)
+
+
+def _refuse(
+    node: Node,
+    subject: str,
+    reason: str,
+    protocol: str,
+    source: str,
+    grant_id: int | None = None,
+) -> NoReturn:
     """Audit why (in its own transaction), and tell the client only that it failed."""
+    details: dict[str, Any] = {"reason": reason, "protocol": protocol}
+    if grant_id is not None:
+        details["grant_id"] = grant_id
     with node.write() as tx:
         tx.emit(
             AuditEvent(
                 Action.SESSION_REFUSED,
                 actor="anonymous",
-                subject=f"token:{token_id}",
+                subject=subject,
                 outcome=Outcome.DENIED,
                 source=source,
-                details={"reason": reason, "protocol": protocol},
+                details=details,
             )
         )
     raise AuthError(_FAILED)
@@ -381,6 +515,8 @@ def _view(row: Any) -> dict[str, Any]:
         "target": row.target_name,
         "account": row.name,
         "protocol": row.protocol,
+        # the registered SSH key it was opened with (None: a session token)
+        "ssh_key": row.ssh_key_fingerprint,
         "source": row.source,
         "started_at": aware(row.started_at),
         "ended_at": aware(row.ended_at),
@@ -488,6 +624,7 @@ __all__ = [
     "SessionTicket",
     "TooManySessions",
     "asciicast_of",
+    "check_session_key",
     "chunk_entry",
     "close_session",
     "connect_info",
@@ -496,6 +633,7 @@ __all__ = [
     "list_sessions",
     "open_session",
     "open_session_verified",
+    "open_session_with_key",
     "proxy_material",
     "record_chunks",
     "record_event",

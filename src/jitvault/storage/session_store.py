@@ -47,11 +47,24 @@ def token_use(conn: Connection, token_id: str, at: datetime) -> bool:
 
 
 def session_add(
-    conn: Connection, grant_id: int, token_id: str, protocol: str, source: str, at: datetime
+    conn: Connection,
+    grant_id: int,
+    token_id: str,
+    protocol: str,
+    source: str,
+    at: datetime,
+    ssh_key_fingerprint: str | None = None,
 ) -> int:
+    """A live session, opened with session token ``token_id`` or (``token_id`` "") with the
+    registered SSH key of that fingerprint."""
     result = conn.execute(
         insert(_S).values(
-            grant_id=grant_id, token_id=token_id, protocol=protocol, source=source, started_at=at
+            grant_id=grant_id,
+            token_id=token_id,
+            ssh_key_fingerprint=ssh_key_fingerprint,
+            protocol=protocol,
+            source=source,
+            started_at=at,
         )
     )
     pk = result.inserted_primary_key

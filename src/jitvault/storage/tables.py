@@ -82,6 +82,24 @@ api_tokens = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
 )
 
+# Users' SSH public keys: with a live grant of its owner's, a key logs in to the SSH proxy.
+# One key, one person: the fingerprint is unique across all users.
+user_ssh_keys = Table(
+    "user_ssh_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    Column("algorithm", String(64), nullable=False),
+    # "SHA256:" + unpadded base64 of the SHA-256 of the key blob (ssh-keygen -l)
+    Column("fingerprint", String(64), nullable=False, unique=True),
+    # "<algorithm> <base64 blob>", without the comment
+    Column("public_key", Text, nullable=False),
+    Column("comment", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 targets = Table(
     "targets",
     metadata,
@@ -364,7 +382,10 @@ sessions = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("grant_id", Integer, ForeignKey("grants.id", ondelete="CASCADE"), nullable=False),
+    # the session token it was opened with; "" when it was opened with a registered SSH key
+    # (then ssh_key_fingerprint says which: the key row may be removed later, this stays)
     Column("token_id", String(16), nullable=False),
+    Column("ssh_key_fingerprint", String(64), nullable=True),
     Column("protocol", String(16), nullable=False),
     Column("source", Text, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
@@ -448,5 +469,6 @@ __all__ = [
     "session_tokens",
     "sessions",
     "targets",
+    "user_ssh_keys",
     "users",
 ]

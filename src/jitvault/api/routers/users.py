@@ -1,4 +1,4 @@
-"""/v1/users and /v1/tokens."""
+"""/v1/users, their SSH keys, and /v1/tokens."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, status
 
 from jitvault.api.deps import CallerDep, NodeDep, SourceDep
-from jitvault.api.schemas import TokenIn, TokenOut, UserIn, UserOut
+from jitvault.api.schemas import SshKeyIn, SshKeyOut, TokenIn, TokenOut, UserIn, UserOut
 from jitvault.domain import Sensitive, parse_duration
-from jitvault.services import users
+from jitvault.services import ssh_keys, users
 
 router = APIRouter(prefix="/v1", tags=["users"])
 
@@ -48,3 +48,24 @@ def list_tokens(name: str, caller: CallerDep, node: NodeDep) -> list[dict[str, A
 @router.delete("/tokens/{token_id}", status_code=204)
 def revoke_token(token_id: str, caller: CallerDep, node: NodeDep, source: SourceDep) -> None:
     users.revoke_token(node, caller, token_id, source)
+
+
+@router.post("/users/{name}/ssh-keys", response_model=SshKeyOut, status_code=201)
+def register_ssh_key(
+    name: str, body: SshKeyIn, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> SshKeyOut:
+    text = Sensitive(body.public_key.get_secret_value())
+    return SshKeyOut.of(ssh_keys.register_key(node, caller, name, text, body.comment, source))
+
+
+@router.get("/users/{name}/ssh-keys", response_model=list[SshKeyOut])
+def list_ssh_keys(name: str, caller: CallerDep, node: NodeDep) -> list[SshKeyOut]:
+    return [SshKeyOut.of(k) for k in ssh_keys.list_keys(node, caller, name)]
+
+
+# a fingerprint is base64: it may hold "/" (sent as %2F), hence the path converter
+@router.delete("/users/{name}/ssh-keys/{fingerprint:path}", status_code=204)
+def remove_ssh_key(
+    name: str, fingerprint: str, caller: CallerDep, node: NodeDep, source: SourceDep
+) -> None:
+    ssh_keys.remove_key(node, caller, name, fingerprint, source)
