@@ -485,6 +485,7 @@ NO_JSON = {
     ("login",),
     ("version",),
     ("token", "revoke"),
+    ("user", "key", "remove"),  # like token revoke: a DELETE that answers 204, nothing to show
     ("audit", "export"),
     ("operator", "reencrypt"),
 }
