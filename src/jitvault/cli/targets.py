@@ -126,8 +126,8 @@ def target_update(
     """Change a target: where it is, its options, labels or admin credential.
 
     An ssh target re-keyed on purpose: '--option host_key=' reads and pins the key the host
-    presents now (check its fingerprint first), '--option host_key="ssh-ed25519 AAAA..."' pins
-    the key given. Open sessions are not touched.
+    presents now (compare the host_key printed with the host's own public key file), and
+    '--option host_key="ssh-ed25519 AAAA..."' pins the key given. Open sessions are not touched.
     """
     options: dict[str, object] = {}
     for key, value in (("host", host), ("port", port), ("dbname", dbname)):
