@@ -23,6 +23,14 @@ WRITE_LOW_WATER = 64 * 1024
 LOGIN_READ_LIMIT = 1 << 20
 
 
+#: how long a closing connection waits for the peer to close too (see :meth:`Wire.close`)
+LINGER_SECONDS = 1.0
+
+
+def _drop(_data: bytes) -> None:
+    """What a lingering close does with the peer's bytes."""
+
+
 class Wire(asyncio.Protocol):
     """A connection's bytes: awaitable while logging in, pushed to a callback while relaying."""
 
@@ -173,17 +181,37 @@ class Wire(asyncio.Protocol):
             self.transport.abort()
 
     async def close(self, grace: float) -> None:
-        """Close after what is buffered is sent; abort if that takes longer than ``grace``."""
-        if self.transport is None:
+        """Close after what is buffered is sent; abort if that takes longer than ``grace``.
+
+        A lingering close where it can (plain TCP, our side not closing yet): FIN after what is
+        buffered, and what the peer still sends is dropped until it closes too (at most
+        :data:`LINGER_SECONDS`). Closing with unread bytes from the peer would send it a reset,
+        and a reset can make the peer lose our last (FATAL) message before it reads it.
+        """
+        transport = self.transport
+        if transport is None:
             return
+        if (
+            not self._lost
+            and self._closed is not None
+            and not transport.is_closing()
+            and transport.can_write_eof()
+        ):
+            self._on_data, self._on_end = _drop, None
+            self._buffer.clear()
+            with contextlib.suppress(Exception):
+                transport.resume_reading()
+                transport.write_eof()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._closed), min(grace, LINGER_SECONDS))
         with contextlib.suppress(Exception):
-            self.transport.close()
+            transport.close()
         if self._closed is None or self._closed.done():
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._closed), grace)
         except TimeoutError:  # a peer that does not read (or a TLS close that hangs)
-            self.transport.abort()
+            transport.abort()
 
 
 async def connect(host: str, port: int) -> Wire:
