@@ -212,7 +212,12 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
         boot: list[ServerProcess] = []
 
         def start(port: int) -> None:
-            boot.append(start_server(config, port, server_env()))
+            # two nodes on one machine: each its own proxy ports (a taken port stops a server)
+            env = server_env() | {
+                "JITVAULT_SERVER__PG_PROXY_PORT": str(free_port()),
+                "JITVAULT_SERVER__SSH_PROXY_PORT": str(free_port()),
+            }
+            boot.append(start_server(config, port, env))
 
         starters = [threading.Thread(target=start, args=(p,), daemon=True) for p in ports]
         for th in starters:
