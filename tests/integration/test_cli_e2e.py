@@ -13,6 +13,7 @@ import resource
 import socket
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -544,6 +545,35 @@ def test_a_server_that_cannot_be_reached_gives_exit_7_and_says_so(dev: DevServer
             assert "cannot reach" in res.stderr
             assert closed in res.stderr
             assert res.stdout == ""
+
+
+def test_a_connection_that_breaks_after_the_request_says_it_may_have_been_done(
+    dev: DevServer,
+) -> None:
+    """A server that dies between reading a request and answering (a crash, a kill) may have
+    done what was asked: the CLI must not say "is the server running?" as if nothing happened."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        addr = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def read_then_hang_up() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                conn.recv(65536)  # the whole request, then close without a word
+
+        reader = threading.Thread(target=read_then_hang_up, daemon=True)
+        reader.start()
+        res = cli(
+            "request", "create", "--target", "t", "--account", "a", "--duration", "5m",
+            "--reason", "INC-1", env=cli_env(addr, dev.token), code=EXIT_UNAVAILABLE,
+        )  # fmt: skip
+        reader.join(10)
+    assert "broke before it answered" in res.stderr
+    assert "may or may not have been done" in res.stderr
+    assert "cannot reach" not in res.stderr
+    assert res.stdout == ""
 
 
 # --------------------------------------------------------------------------- help

@@ -73,11 +73,8 @@ class ApiClient:
             resp = self._http.request(
                 method, path, json=json, params=params, headers=self._headers(auth)
             )
-        except httpx.TransportError:
-            fail(
-                f"cannot reach jitvault at {self.addr}: is the server running? (set JITVAULT_ADDR)",
-                EXIT_UNAVAILABLE,
-            )
+        except httpx.TransportError as exc:
+            self._transport_failed(exc)
         if resp.status_code >= 400 and resp.status_code not in accept_status:
             self._raise(resp)
         if resp.status_code == 204 or not resp.content:
@@ -91,11 +88,23 @@ class ApiClient:
                     r.read()
                     self._raise(r)
                 yield from r.iter_lines()
-        except httpx.TransportError:
+        except httpx.TransportError as exc:
+            self._transport_failed(exc)
+
+    def _transport_failed(self, exc: httpx.TransportError) -> NoReturn:
+        """No connection at all, or one that broke after the request was sent: in the second
+        case the server may have done what was asked, and the user must know that."""
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
             fail(
                 f"cannot reach jitvault at {self.addr}: is the server running? (set JITVAULT_ADDR)",
                 EXIT_UNAVAILABLE,
             )
+        fail(
+            f"the connection to jitvault at {self.addr} broke before it answered "
+            f"({type(exc).__name__}): what you asked may or may not have been done; "
+            "look (for example with 'jitvault request list') before you retry",
+            EXIT_UNAVAILABLE,
+        )
 
     @staticmethod
     def _raise(resp: httpx.Response) -> NoReturn:
