@@ -36,8 +36,8 @@ import asyncssh
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError
 from jitvault.plugin_api import ProxyContext, ProxyListener, SessionTicket
+from jitvault_ssh import aead, relay
 from jitvault_ssh import connect as upstream_login
-from jitvault_ssh import relay
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class SshFrontend:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        aead.install()  # half the packets, one AES-GCM object per key (see aead.py)
 
     async def listen(self, host: str, port: int, ctx: ProxyContext) -> ProxyListener:
         key = proxy_host_key(ctx.state_dir)
