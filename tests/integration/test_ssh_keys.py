@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from jitvault.crypto import ssh_fingerprint
 from jitvault.domain import AccessKind, AccountMode, Principal, Role, Sensitive
 from jitvault.errors import AuditUnavailable, AuthError, Conflict, Forbidden, NotFound
 from jitvault.services import Node, grants, policies, requests, sessions, ssh_keys, targets, users
@@ -436,3 +437,52 @@ def test_revoke_racing_a_key_session_open_has_one_outcome(world: World) -> None:
             raise AssertionError(f"trial {trial}: open gave {opened!r}")
         assert world.live(gid) == 0, f"trial {trial}: a live session outlived its revoked grant"
     print(f"revoke vs key open: {dict(outcomes)}")
+
+
+def test_removing_a_key_ends_its_live_sessions_and_only_those(world: World) -> None:
+    blob = world.register(world.alice)
+    other = world.register(world.alice)
+    gid, account = world.grant()
+    by_key = sessions.open_session_with_key(world.node, account, gid, blob, "ssh")
+    by_other = sessions.open_session_with_key(world.node, account, gid, other, "ssh")
+    fingerprint = ssh_fingerprint(blob)
+    ssh_keys.remove_key(world.node, world.alice, "alice", fingerprint)
+    ended = sessions.ended_among(world.node, [by_key.session_id, by_other.session_id])
+    assert ended == {by_key.session_id: ssh_keys.KEY_REMOVED_REASON}
+    (_, details), *_ = reversed(world.audited("ssh_key.removed"))
+    assert _details(details)["sessions_cut"] == [by_key.session_id]
+
+
+def test_a_key_removal_racing_a_key_session_open_leaves_no_live_session_of_the_key(
+    world: World,
+) -> None:
+    outcomes: Counter[str] = Counter()
+    jitter = random.Random(20261130)
+    gid, account = world.grant()
+    for trial in range(40):
+        blob = world.register(world.alice)
+        fingerprint = ssh_fingerprint(blob)
+
+        def act(i: int, blob: bytes = blob, fingerprint: str = fingerprint) -> Any:
+            time.sleep(jitter.random() * 0.004)
+            if i == 0:
+                return ssh_keys.remove_key(world.node, world.alice, "alice", fingerprint)
+            return sessions.open_session_with_key(world.node, account, gid, blob, "ssh")
+
+        removed, opened = _race(2, act)
+        assert not isinstance(removed, BaseException), f"trial {trial}: {removed!r}"
+        if isinstance(opened, sessions.SessionTicket):
+            outcomes["opened, then cut"] += 1
+        elif isinstance(opened, AuthError):
+            outcomes["refused"] += 1
+        else:
+            raise AssertionError(f"trial {trial}: open gave {opened!r}")
+        with world.node.read() as conn:
+            live = conn.execute(
+                select(t.sessions.c.id).where(
+                    t.sessions.c.ssh_key_fingerprint == fingerprint,
+                    t.sessions.c.ended_at.is_(None),
+                )
+            ).all()
+        assert not live, f"trial {trial}: a session outlived the removal of its key"
+    print(f"key removal vs key open: {dict(outcomes)}")

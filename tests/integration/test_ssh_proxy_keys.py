@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import update
 
 from jitvault.storage import tables as t
+from tests.ssh_clients import SSH_OPTIONS, dest
 from tests.sshd import SshdServer
 from tests.support import add_requester, run_cli, wait_port
 from tests.world import ServerWorld, race, server_world, until
@@ -128,6 +129,9 @@ def _ssh_args(world: KeyWorld, key: Path, login: str, *command: str) -> list[str
         "-p", str(world.ssh_port), f"{login}@127.0.0.1", *command,
     ]  # fmt: skip
 
+
+#: the requirement is 2 s; the assertion leaves room for a loaded CI machine
+CUT_BOUND_SECONDS = 5.0
 
 _NO_AGENT = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
 
@@ -397,6 +401,61 @@ def test_revoke_cuts_a_key_session_with_a_message(world: KeyWorld) -> None:
         transport.close()
     assert b"jitvault: access grant revoked" in stderr
     assert out["status"] == 255
+
+
+def _token_session(world: KeyWorld, access: Access) -> subprocess.Popen[str]:
+    """An OpenSSH session of the same grant logged in with a session token, running ``sleep``
+    (returned once it runs)."""
+    info = world.cli("connect", str(access.request_id), env=world.user_env)
+    proc = subprocess.Popen(
+        ["sshpass", "-e", "ssh", "-p", str(info["port"]), *SSH_OPTIONS, dest(info),
+         "echo in; exec sleep 120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**_NO_AGENT, "SSHPASS": info["password"]},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "in\n", proc.stderr
+    return proc
+
+
+def test_removing_the_key_cuts_its_session_with_a_message_and_spares_a_token_session(
+    world: KeyWorld,
+) -> None:
+    key = _keypair(world)
+    fingerprint = _register(world, key)
+    access = _access(world)
+    transport = _paramiko(world, key, access.login)
+    spared = _token_session(world, access)
+    out: dict[str, Any] = {}
+    try:
+        chan = transport.open_session(timeout=15)
+        chan.exec_command("echo ready; sleep 60")
+        chan.settimeout(30)
+        assert chan.recv(64) == b"ready\n"
+
+        def wait_cut() -> None:
+            out["status"] = chan.recv_exit_status()
+
+        waiter = threading.Thread(target=wait_cut, daemon=True)
+        waiter.start()
+        removed = run_cli("user", "key", "remove", fingerprint, env=world.user_env)
+        assert removed.returncode == 0, removed.stderr
+        started = time.monotonic()
+        waiter.join(30)
+        took = time.monotonic() - started
+        assert not waiter.is_alive()
+        stderr = b""
+        while chan.recv_stderr_ready():
+            stderr += chan.recv_stderr(4096)
+        # the token session of the same grant goes on
+        assert spared.poll() is None, "a token session was cut with the key"
+    finally:
+        transport.close()
+        spared.kill()
+        spared.communicate(timeout=30)
+    assert b"jitvault: the SSH key of this session was removed" in stderr
+    assert out["status"] == 255
+    assert took < CUT_BOUND_SECONDS, f"cut after {took:.1f} s"
 
 
 # ------------------------------------------------------------------------------- the CLI

@@ -126,7 +126,7 @@ def key_remove(
     fingerprint: str = typer.Argument(..., help="SHA256:... as 'jitvault user key list' shows."),
     user: str | None = UserOpt,
 ) -> None:
-    """Remove a registered SSH key: it logs in no more (revoke the grant to cut its sessions)."""
+    """Remove a registered SSH key: it logs in no more, and its open sessions are cut."""
     api = ApiClient()
     name = _user_or_me(api, user)
     api.request(

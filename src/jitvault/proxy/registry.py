@@ -1,8 +1,8 @@
 """The registry of live proxy sessions on this node, and the watcher that cuts them.
 
 A session is cut when its grant's time is up (checked here, without a database round trip) or
-when its row was ended elsewhere: by a revoke, by the sweeper, on any node (checked every
-``interval`` seconds). Both happen within 2 seconds.
+when its row was ended elsewhere: by a revoke, by the sweeper, by the removal of the SSH key it
+logged in with, on any node (checked every ``interval`` seconds). Both happen within 2 seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import datetime
 
 from jitvault.plugin_api import SessionHandle
 from jitvault.services import Node, sessions
+from jitvault.services.ssh_keys import KEY_REMOVED_REASON
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class SessionRegistry:
 
 
 def _reason(end_reason: str) -> str:
+    if end_reason == KEY_REMOVED_REASON:
+        return "the SSH key of this session was removed"
     if "revoked" in end_reason:
         return "access grant revoked"
     if "ended" in end_reason or "expired" in end_reason:

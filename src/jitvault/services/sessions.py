@@ -284,15 +284,22 @@ def _open_on_grant(
 
 
 def _key_refusal(
-    conn: Connection, fingerprint: str, account: str, grant_id: int, at: datetime
+    conn: Connection,
+    fingerprint: str,
+    account: str,
+    grant_id: int,
+    at: datetime,
+    lock_key: bool = False,
 ) -> tuple[Grant | None, str | None]:
     """The grant, and why this registered key may not open a session of it as ``account``
-    (None: it may, as far as the key, its owner and the grant go)."""
+    (None: it may, as far as the key, its owner and the grant go). ``lock_key``: hold the key's
+    row until the transaction ends, so that a removal of the key, which ends the key's live
+    sessions, comes wholly before or wholly after the session this opens."""
     try:
         grant = workflow.grant_get(conn, grant_id)
     except NotFound:
         return None, "no such grant"
-    key = ssh_key_store.key_find(conn, fingerprint)
+    key = ssh_key_store.key_find(conn, fingerprint, lock=lock_key)
     if key is None:
         return grant, "unregistered ssh key"
     if key.disabled:
@@ -347,7 +354,9 @@ def open_session_with_key(
         grant, refusal = _key_refusal(tx.conn, fingerprint, account, grant_id, at)
         if grant is not None:
             workflow.request_lock(tx.conn, grant.request_id)  # serializes with revoke
-            grant, refusal = _key_refusal(tx.conn, fingerprint, account, grant_id, at)
+            grant, refusal = _key_refusal(
+                tx.conn, fingerprint, account, grant_id, at, lock_key=True
+            )
         if refusal is None and grant is not None:
             opened = _open_on_grant(tx, grant, at, protocol, source, ssh_key=fingerprint)
             if isinstance(opened, SessionTicket):

@@ -23,7 +23,11 @@ from jitvault.domain import (
 from jitvault.errors import NotFound
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
+from jitvault.storage import session_store
 from jitvault.storage import ssh_keys as store
+
+#: why a session opened with a key ends when the key is removed (what its client is told)
+KEY_REMOVED_REASON = "ssh key removed"
 
 
 def _owner(conn: Connection, actor: Principal, name: str, permission: Permission) -> User:
@@ -86,8 +90,8 @@ def list_keys(node: Node, actor: Principal, name: str) -> list[UserSshKey]:
 def remove_key(
     node: Node, actor: Principal, name: str, fingerprint: str, source: str = ""
 ) -> UserSshKey:
-    """Remove user ``name``'s key with this fingerprint: it logs in no more (sessions already
-    open with it last as long as their grant, which revoke ends)."""
+    """Remove user ``name``'s key with this fingerprint: it logs in no more, and the sessions
+    open with it end in the same transaction (every node's proxy cuts them)."""
     wanted = normalize_fingerprint(fingerprint)
     with node.write() as tx:
         owner = _owner(tx.conn, actor, name, Permission.SSH_KEY_MANAGE_ANY)
@@ -98,6 +102,9 @@ def remove_key(
                 hint="see 'jitvault user key list'",
             )
         store.key_remove(tx.conn, found.id)
+        cut = session_store.end_key_sessions(
+            tx.conn, found.fingerprint, node.clock(), KEY_REMOVED_REASON
+        )
         tx.emit(
             AuditEvent(
                 Action.SSH_KEY_REMOVED,
@@ -108,10 +115,11 @@ def remove_key(
                     "fingerprint": found.fingerprint,
                     "algorithm": found.algorithm,
                     "comment": found.comment,
+                    "sessions_cut": cut,
                 },
             )
         )
     return found
 
 
-__all__ = ["list_keys", "register_key", "remove_key"]
+__all__ = ["KEY_REMOVED_REASON", "list_keys", "register_key", "remove_key"]

@@ -101,6 +101,20 @@ def end_sessions(conn: Connection, grant_id: int, at: datetime, reason: str) -> 
     return ids
 
 
+def end_key_sessions(conn: Connection, fingerprint: str, at: datetime, reason: str) -> list[int]:
+    """End every live session opened with this SSH key; returns their ids (the proxies cut
+    them)."""
+    live = select(_S.c.id).where(_S.c.ssh_key_fingerprint == fingerprint, _S.c.ended_at.is_(None))
+    ids = [int(r.id) for r in conn.execute(live.order_by(_S.c.id)).all()]
+    if ids:
+        conn.execute(
+            update(_S)
+            .where(_S.c.id.in_(ids), _S.c.ended_at.is_(None))
+            .values(ended_at=at, end_reason=reason)
+        )
+    return ids
+
+
 def session_end(conn: Connection, session_id: int, at: datetime, reason: str) -> bool:
     result = conn.execute(
         update(_S)
@@ -184,6 +198,7 @@ def ended_among(conn: Connection, session_ids: list[int]) -> dict[int, str]:
 
 
 __all__ = [
+    "end_key_sessions",
     "end_sessions",
     "ended_among",
     "events",

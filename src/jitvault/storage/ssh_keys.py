@@ -73,9 +73,14 @@ def keys_of(conn: Connection, user_id: int) -> list[UserSshKey]:
     return [_key(r) for r in rows]
 
 
-def key_find(conn: Connection, fingerprint: str) -> Row[Any] | None:
-    """The key's row with its owner's ``user_name`` and ``disabled``, or None."""
-    return conn.execute(_query().where(_K.c.fingerprint == fingerprint)).first()
+def key_find(conn: Connection, fingerprint: str, lock: bool = False) -> Row[Any] | None:
+    """The key's row with its owner's ``user_name`` and ``disabled``, or None. ``lock`` holds
+    a share lock on the key's row until the transaction ends (PostgreSQL; SQLite serializes
+    writers anyway), so that a removal of the key waits for it."""
+    q = _query().where(_K.c.fingerprint == fingerprint)
+    if lock:
+        q = q.with_for_update(read=True, of=_K)
+    return conn.execute(q).first()
 
 
 def key_remove(conn: Connection, key_id: int) -> None:
