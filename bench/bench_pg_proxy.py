@@ -61,7 +61,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
+from bench.bench_ssh_proxy import scratch_postgres  # noqa: E402
 from psycopg import sql  # noqa: E402
 from tests.pgcluster import PgCluster, _as_postgres, _run, _stop, find_pg_bin, start_cluster  # noqa: E402
 from tests.support import (  # noqa: E402
@@ -318,9 +319,15 @@ class Jitvault:
     plain: Endpoint
     tls: Endpoint
     request_id: int
+    #: the other processes of ``--workers N`` (sharing the proxy port), and their store's exit
+    others: list[ServerProcess] = field(default_factory=list)
+    store: contextlib.ExitStack | None = None
 
     def stop(self) -> None:
-        self.server.stop()
+        for each in [self.server, *self.others]:
+            each.stop()
+        if self.store is not None:
+            self.store.close()
 
 
 def _cli(*args: str, env: dict[str, str], stdin: str | None = None) -> str:
@@ -338,18 +345,28 @@ def start_jitvault(
     *,
     name: str = "jitvault",
     source: Path | None = None,
+    workers: int = 1,
 ) -> Jitvault:
     """A jitvault server with a live grant; ``source`` (a checkout's directory) runs that
-    checkout's ``src`` and ``plugins`` instead of the installed ones (``--compare``)."""
+    checkout's ``src`` and ``plugins`` instead of the installed ones (``--compare``);
+    ``workers`` > 1: that many servers on a scratch PostgreSQL store, sharing the proxy port
+    (``proxy_reuse_port``)."""
     data = work / name.replace(" ", "-")
     api_port = free_port()
-    token = init_data_dir(data, api_port)
+    store = contextlib.ExitStack()
+    database_url = store.enter_context(scratch_postgres()) if workers > 1 else None
+    token = init_data_dir(data, api_port, database_url)
     config = data / "config.toml"
+    if workers > 1:
+        text = config.read_text()
+        assert "proxy_reuse_port = false" in text
+        config.write_text(text.replace("proxy_reuse_port = false", "proxy_reuse_port = true"))
     env = None
     if source is not None:
         paths = [str(source / "src"), str(source / "plugins"), os.environ.get("PYTHONPATH", "")]
         env = cli_env(PYTHONPATH=os.pathsep.join(p for p in paths if p))
     server = start_server(config, api_port, env)
+    others = [start_server(config, free_port(), env) for _ in range(workers - 1)]
     try:
         admin = cli_env(server.addr, token)
         _cli(
@@ -399,12 +416,14 @@ def start_jitvault(
             if got != (ROLE,):
                 raise RuntimeError(f"the proxy logged in as {got}, not {ROLE}")
     except BaseException:
-        server.stop()
+        for each in [server, *others]:
+            each.stop()
+        store.close()
         print(
             f"{name}: the server's log ends with:\n{server.log.read_text(errors='replace')[-3000:]}"
         )
         raise
-    return Jitvault(server, plain, tls, int(req["id"]))
+    return Jitvault(server, plain, tls, int(req["id"]), others, store)
 
 
 # --- pgbench -------------------------------------------------------------------------------------
@@ -817,13 +836,25 @@ def main() -> int:
     p.add_argument(
         "--pgbench-only", action="store_true", help="skip the TLS, ephemeral and memory rows"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="jitvault server processes sharing the proxy port (SO_REUSEPORT) on a scratch"
+        " PostgreSQL store (JITVAULT_TEST_PG); default 1, on SQLite; more needs --pgbench-only",
+    )
     args = p.parse_args()
     seconds = args.seconds or (5 if args.quick else 10)
     rounds = args.rounds or (2 if args.quick else 3)
     idle = args.idle or (100 if args.quick else 1000)
     ephemeral = args.ephemeral or (20 if args.quick else 50)
-    if min(seconds, rounds, idle, ephemeral) < 1:
+    if min(seconds, rounds, idle, ephemeral, args.workers) < 1:
         p.error("counts must be positive")
+    if args.workers > 1 and not args.pgbench_only:
+        p.error(
+            "--workers > 1 measures pgbench only (the memory row reads one process): add"
+            " --pgbench-only"
+        )
     raise_fd_limit()
     print(
         f"jitvault PostgreSQL proxy benchmark: python {sys.version.split()[0]},"
@@ -864,7 +895,9 @@ def main() -> int:
         other: Jitvault | None = None
         openbao: OpenBaoDev | None = None
         try:
-            jv = start_jitvault(cluster, password, idle + 1000, work)
+            jv = start_jitvault(cluster, password, idle + 1000, work, workers=args.workers)
+            if args.workers > 1:
+                print(f"jitvault: {args.workers} server processes on a PostgreSQL store")
             endpoints = [direct]
             endpoints += [bouncer.endpoint] if bouncer else []
             endpoints += [jv.plain] if args.pgbench_only else [jv.plain, jv.tls]
