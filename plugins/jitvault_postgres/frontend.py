@@ -249,8 +249,9 @@ class _Session:
         self.cut_reason = reason
         if self.framer.at_boundary:  # else a long row is on its way: just close
             self.client.write(pg.grant_expired_error(message=f"terminating connection: {reason}"))
-        if self.client.transport is not None:
-            self.client.transport.close()
+        # a lingering close: a client still sending would otherwise get a reset, which can
+        # destroy the FATAL message before it reads it
+        self.frontend.spawn(self.client.close(_CLOSE_TIMEOUT_SECONDS))
         upstream = self.upstream
         if upstream is not None:
             self.frontend.spawn(_stop_upstream(upstream))
@@ -553,6 +554,10 @@ class _Connection:
             session.upstream.wire.write(forward)
         if terminated:
             self._end("client closed")
+        elif surfaced:
+            backlog = self.ctx.recording_backlog()
+            if backlog is not None:  # the recorder is behind: slow the client to its pace
+                self.wire.hold_reading(backlog)
 
     def _from_server(self, data: bytes) -> None:
         session = self.session

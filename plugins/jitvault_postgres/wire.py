@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 #: a wire's outgoing buffer: the peer stops reading above HIGH, resumes below LOW
@@ -45,6 +45,8 @@ class Wire(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._paused = False
+        #: how many holds (:meth:`hold_reading`) keep this wire from reading
+        self._holds = 0
         self._on_data: Callable[[bytes], None] | None = None
         self._on_end: Callable[[str], None] | None = None
 
@@ -84,17 +86,39 @@ class Wire(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused = True
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.pause_reading()
+        if self.peer is not None:
+            self.peer._stop_reading()
 
     def resume_writing(self) -> None:
         self._paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
-            peer.transport.resume_reading()
+        if self.peer is not None:
+            self.peer._may_read()
+
+    # -- reading pauses: flow control and holds ---------------------------------------------
+
+    def _stop_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def _may_read(self) -> None:
+        """Read again, unless a hold or the peer's full outgoing buffer still says no."""
+        if self._holds or (self.peer is not None and self.peer._paused):
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def hold_reading(self, until: Awaitable[None]) -> None:
+        """Read nothing more until ``until`` is done (on top of the flow control)."""
+        self._holds += 1
+        self._stop_reading()
+
+        def release(_done: object) -> None:
+            self._holds -= 1
+            self._may_read()
+
+        asyncio.ensure_future(until).add_done_callback(release)
 
     # -- the login phase: read like a stream ------------------------------------------------
 

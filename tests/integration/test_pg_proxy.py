@@ -373,6 +373,114 @@ def test_expiry_cuts_a_running_query_with_57P01_and_ends_the_upstream_backend(
 # ------------------------------------------------------------------------------- tokens
 
 
+CUT_WHILE_SENDING_TRIALS = 5
+#: statements a batch; batches in flight (sent, not all answered yet)
+CUT_BATCH, CUT_IN_FLIGHT = 50, 4
+
+
+def test_a_client_still_sending_when_its_grant_is_revoked_reads_the_fatal_message(
+    world: ProxyWorld,
+) -> None:
+    """Closing a socket with unread bytes from the peer sends a reset, and a reset can destroy
+    what the peer has not read yet: the cut must linger (FIN, drop what still comes) so that a
+    client pipelining queries at that moment gets the 57P01 message, not ECONNRESET."""
+    for trial in range(CUT_WHILE_SENDING_TRIALS):
+        access = _access(world)
+        info = _connect_info(world, access)
+        with _raw_session(info["port"], info["user"], info["password"]) as s:
+            stop = threading.Event()
+            room = threading.Semaphore(CUT_IN_FLIGHT)
+
+            def send(
+                s: socket.socket = s,
+                stop: threading.Event = stop,
+                room: threading.Semaphore = room,
+            ) -> None:
+                batch = pg.query("SELECT 1") * CUT_BATCH
+                with contextlib.suppress(OSError):
+                    deadline = time.monotonic() + 30
+                    while not stop.is_set() and time.monotonic() < deadline:
+                        if room.acquire(timeout=0.1):
+                            s.sendall(batch)
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            reader = pg.BackendReader()
+            errors: list[pg.ErrorResponse] = []
+            answered = 0
+            revoked = False
+            reset = False
+            try:
+                while data := s.recv(65536):
+                    for m in reader.feed(data):
+                        if isinstance(m, pg.ReadyForQuery):
+                            answered += 1
+                            if answered % CUT_BATCH == 0:
+                                room.release()
+                        elif isinstance(m, pg.ErrorResponse):
+                            errors.append(m)
+                    if answered >= 200 and not revoked:
+                        # the revoke from another thread: this one goes on reading
+                        threading.Thread(
+                            target=world.revoke, args=(access.grant_id,), daemon=True
+                        ).start()
+                        revoked = True
+            except ConnectionResetError:
+                reset = True
+            finally:
+                stop.set()
+                sender.join(10)
+        assert revoked, f"trial {trial}: the session ended before the revoke"
+        assert not reset, f"trial {trial}: the client got a reset ({len(errors)} errors read)"
+        assert [e.sqlstate for e in errors] == ["57P01"], f"trial {trial}: {errors}"
+        assert "access grant revoked" in errors[0].message, errors[0]
+
+
+#: more statements than the recording queue holds (50,000): sent as fast as the proxy reads
+PIPELINED_STATEMENTS = 60_000
+
+
+def test_a_client_pipelining_faster_than_the_recorder_is_slowed_not_cut(
+    world: ProxyWorld,
+) -> None:
+    """Without backpressure the relay queues statements faster than the store takes them, the
+    queue fills and the session is cut; with it, every statement runs and is recorded."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    batch = pg.query("SELECT 1") * 100
+    with _raw_session(info["port"], info["user"], info["password"]) as s:
+
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(PIPELINED_STATEMENTS // 100):
+                    s.sendall(batch)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        reader = pg.BackendReader()
+        answered = 0
+        errors: list[pg.ErrorResponse] = []
+        while answered < PIPELINED_STATEMENTS and not errors:
+            data = s.recv(1 << 20)
+            assert data, f"the proxy closed after {answered} answers"
+            for m in reader.feed(data):
+                if isinstance(m, pg.ReadyForQuery):
+                    answered += 1
+                elif isinstance(m, pg.ErrorResponse):
+                    errors.append(m)
+        sender.join(30)
+        assert errors == [], f"after {answered} answers"
+        s.sendall(pg.terminate())
+    node = world.node()
+    try:
+        (sid,) = _session_ids(node, info["token_id"])
+        _wait_session_ended(node, sid)
+        recorded = sessions.session_events(node, sid)
+    finally:
+        node.close()
+    assert sum(1 for e in recorded if e["kind"] == "query") == PIPELINED_STATEMENTS
+
+
 def test_a_single_use_token_lets_exactly_one_of_twenty_racing_clients_in(
     world: ProxyWorld,
 ) -> None:

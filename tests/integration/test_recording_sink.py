@@ -5,7 +5,9 @@ PostgreSQL per ``--db``), failed by a real trigger."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
@@ -304,3 +306,82 @@ def test_chunk_rows_are_moved_to_a_new_key_term_and_still_read(booted: Booted) -
         ).scalars()
     assert after > before
     assert _texts(booted.node, sid) == [f"SELECT 'rekeyed-{i}'" for i in range(5)]
+
+
+def test_a_backlog_is_announced_at_a_quarter_of_the_bound_and_released_below_an_eighth(
+    booted: Booted,
+) -> None:
+    ticket, _ = _open(booted)
+    sid = ticket.session_id
+
+    async def scenario() -> None:
+        sink = RecordingSink(booted.node, max_events=80, batch=5)
+        for i in range(19):
+            sink.add_statement(sid, "simple", f"SELECT {i}".encode())
+        assert sink.backlog() is None  # 19 < 20: the writer keeps up
+        sink.add_statement(sid, "simple", b"SELECT 19")
+        backlog = sink.backlog()
+        assert backlog is not None
+        assert not backlog.done()
+        assert sink.backlog() is backlog  # one backlog, whoever asks
+        writer = asyncio.create_task(sink.run())  # woken by the backlog: writes at once
+        try:
+            await asyncio.wait_for(backlog, 5)
+            assert len(sink) < 10
+            assert sink.backlog() is None
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+        await sink.flush()
+
+    asyncio.run(scenario())
+    assert _texts(booted.node, sid) == [f"SELECT {i}" for i in range(20)]
+
+
+def test_a_backlog_is_released_when_the_store_fails_so_that_no_relay_waits_forever(
+    booted: Booted,
+) -> None:
+    ticket, _ = _open(booted)
+
+    async def scenario() -> None:
+        sink = RecordingSink(booted.node, max_events=8)
+        for i in range(2):
+            sink.add_statement(ticket.session_id, "simple", f"SELECT {i}".encode())
+        backlog = sink.backlog()
+        assert backlog is not None
+        with recordings_refused(booted.node), pytest.raises(RecordingUnavailable):
+            await sink.flush()
+        assert backlog.done()  # the relay reads again, and its next add is refused
+        with pytest.raises(RecordingUnavailable):
+            sink.add_statement(ticket.session_id, "simple", b"SELECT 2")
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 5])
+def test_a_flush_cancelled_mid_write_loses_and_repeats_nothing(booted: Booted, turns: int) -> None:
+    # a shutdown gives the last flush a time limit: cancelling it must not cancel a write the
+    # executor had not started yet (its events were already off the queue)
+    ticket, _ = _open(booted)
+    sid = ticket.session_id
+
+    async def scenario() -> None:
+        sink = RecordingSink(booted.node, batch=10)
+        for i in range(100):
+            sink.add_statement(sid, "simple", f"SELECT {i}".encode())
+        # every thread of the default executor busy: the flush's write waits in its queue
+        loop = asyncio.get_running_loop()
+        busy = [loop.run_in_executor(None, time.sleep, 0.3) for _ in range(40)]
+        flushing = asyncio.create_task(sink.flush())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        flushing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flushing
+        await asyncio.gather(*busy)
+        await sink.flush()
+        assert len(sink) == 0
+
+    asyncio.run(scenario())
+    assert _texts(booted.node, sid) == [f"SELECT {i}" for i in range(100)]

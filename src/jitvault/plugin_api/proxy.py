@@ -11,6 +11,7 @@ through its :class:`SessionHandle` when the grant ends or is revoked, on whichev
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -107,6 +108,12 @@ class ProxyContext(Protocol):
         The relay's per-statement call: it only queues the bytes. Same promise and refusals
         as :meth:`record_nowait`.
         """
+
+    def recording_backlog(self) -> Awaitable[None] | None:
+        """None while the core stores recordings as fast as they come; else an awaitable done
+        once it has caught up. A front end that gets one reads no more from the side whose
+        traffic it records until then (backpressure), so that a fast client is slowed rather
+        than cut for a full queue."""
 
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """:meth:`record_nowait` for coroutines (same promise: it does not wait for storage)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Awaitable
 from typing import Any
 
 from jitvault.domain import Sensitive
@@ -106,6 +107,9 @@ class NodeProxyContext:
 
     def record_statement(self, session_id: int, style: str, text: bytes) -> None:
         self.recordings.add_statement(session_id, style, text)
+
+    def recording_backlog(self) -> Awaitable[None] | None:
+        return self.recordings.backlog()
 
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)

@@ -10,12 +10,17 @@ that session's events, one JSON array sealed once (see
 :func:`jitvault.services.sessions.record_chunks`). A session's events
 are written before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
 
-Fail closed: the queue is bounded (events and bytes). When it is full, or when the store refuses
-a batch (database or audit down), :meth:`add` raises :class:`RecordingUnavailable` and the front
-end ends the session that wanted to record; the sessions whose events are still waiting are cut
-through ``on_failure``. Refused batches stay queued and are retried, so nothing is dropped while
-the process lives; a crash loses at most what was queued and not yet written (about
-``interval`` seconds of statements).
+Backpressure before refusal: once a quarter of the queue's bound waits (events or bytes),
+:meth:`backlog` hands the relays an awaitable that is done when the writer has caught up (below
+half of that), and the relays read nothing more from their clients until then: a client that
+sends statements faster than they can be stored is slowed to the store's pace, not cut.
+
+Fail closed: the queue is bounded (events and bytes). When it is full anyway, or when the store
+refuses a batch (database or audit down), :meth:`add` raises :class:`RecordingUnavailable` and
+the front end ends the session that wanted to record; the sessions whose events are still
+waiting are cut through ``on_failure``. Refused batches stay queued and are retried, so nothing
+is dropped while the process lives; a crash loses at most what was queued and not yet written
+(about ``interval`` seconds of statements).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -74,6 +80,10 @@ class RecordingSink:
         self._failing: str | None = None
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
+        #: backpressure: relays pause from HIGH until the queue is below LOW (events, bytes)
+        self.high_events, self.high_bytes = max(1, max_events // 4), max(1, max_bytes // 4)
+        self._backlog: asyncio.Future[None] | None = None
+        self._inflight: set[asyncio.Future[None]] = set()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -82,6 +92,27 @@ class RecordingSink:
     def failing(self) -> bool:
         """Did the last write fail (and none succeed since)?"""
         return self._failing is not None
+
+    def backlog(self) -> asyncio.Future[None] | None:
+        """None while the writer keeps up; else a future done once it has caught up (or the
+        store failed: then the next :meth:`add` says so). Called on the proxy's loop."""
+        if len(self._queue) < self.high_events and self._bytes < self.high_bytes:
+            return None
+        if self._backlog is None or self._backlog.done():
+            self._backlog = asyncio.get_running_loop().create_future()
+        if self._wake is not None:
+            self._wake.set()  # write now, not at the next interval
+        return self._backlog
+
+    def _release_backlog(self, failed: bool = False) -> None:
+        waiting = self._backlog
+        if waiting is None or waiting.done():
+            return
+        if failed or (
+            len(self._queue) < self.high_events // 2 and self._bytes < self.high_bytes // 2
+        ):
+            waiting.set_result(None)
+            self._backlog = None
 
     def add(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """Queue one event (timestamped now). Raises RecordingUnavailable instead of dropping."""
@@ -115,21 +146,43 @@ class RecordingSink:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
+            if self._inflight:  # the write of a cancelled flush: its events are back if it failed
+                await asyncio.wait(set(self._inflight))
             # only what is queued now: under load the queue never empties
             left = len(self._queue)
             while left > 0:
                 taken, weight = self._take(min(self.batch, left))
+                write = asyncio.ensure_future(asyncio.to_thread(_write, self.node, taken))
+                self._inflight.add(write)
                 try:
-                    await asyncio.to_thread(_write, self.node, taken)
+                    # a cancelled flush (a shutdown's time limit) must not cancel a write the
+                    # executor has not started: its events, taken off the queue, would be lost
+                    await asyncio.shield(write)
+                except asyncio.CancelledError:
+                    write.add_done_callback(partial(self._settle, taken, weight))
+                    raise
                 except Exception as exc:
+                    self._inflight.discard(write)
                     self._queue.extendleft(reversed(taken))
                     await self._failed(exc)
+                    self._release_backlog(failed=True)
                     raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}") from None
+                self._inflight.discard(write)
                 left -= len(taken)
                 self._bytes -= weight
+                self._release_backlog()
                 if self._failing is not None:
                     log.warning("session recordings are stored again")
                     self._failing = None
+
+    def _settle(self, taken: list[_Queued], weight: int, write: asyncio.Future[None]) -> None:
+        """The end of a write whose flush was cancelled: its events go back if it failed."""
+        self._inflight.discard(write)
+        if write.cancelled() or write.exception() is not None:
+            self._queue.extendleft(reversed(taken))
+        else:
+            self._bytes -= weight
+            self._release_backlog()
 
     def _take(self, n: int) -> tuple[list[_Queued], int]:
         """Up to ``n`` queued events, and fewer if they weigh more than ``batch_bytes`` (the
