@@ -414,6 +414,17 @@ def test_key_sessions_leave_single_use_tokens_single_use(world: World) -> None:
         sessions.open_session(world.node, once, "ssh")
 
 
+def _one_outcome(trial: int, ending: Any, opened: Any) -> str:
+    """What a race of an end (revoke, key removal) with a key session's open gave: the end
+    always succeeds; the open either came first (and its session is cut) or is refused."""
+    assert not isinstance(ending, BaseException), f"trial {trial}: {ending!r}"
+    if isinstance(opened, sessions.SessionTicket):
+        return "opened, then cut"
+    if isinstance(opened, AuthError):
+        return "refused"
+    raise AssertionError(f"trial {trial}: open gave {opened!r}")
+
+
 def test_revoke_racing_a_key_session_open_has_one_outcome(world: World) -> None:
     blob = world.register(world.alice)
     outcomes: Counter[str] = Counter()
@@ -427,14 +438,7 @@ def test_revoke_racing_a_key_session_open_has_one_outcome(world: World) -> None:
                 return grants.revoke_grant(world.node, world.admin, gid, "race")
             return sessions.open_session_with_key(world.node, account, gid, blob, "ssh")
 
-        revoked, opened = _race(2, act)
-        assert not isinstance(revoked, BaseException), f"trial {trial}: {revoked!r}"
-        if isinstance(opened, sessions.SessionTicket):
-            outcomes["opened, then cut"] += 1
-        elif isinstance(opened, AuthError):
-            outcomes["refused"] += 1
-        else:
-            raise AssertionError(f"trial {trial}: open gave {opened!r}")
+        outcomes[_one_outcome(trial, *_race(2, act))] += 1
         assert world.live(gid) == 0, f"trial {trial}: a live session outlived its revoked grant"
     print(f"revoke vs key open: {dict(outcomes)}")
 
@@ -469,14 +473,7 @@ def test_a_key_removal_racing_a_key_session_open_leaves_no_live_session_of_the_k
                 return ssh_keys.remove_key(world.node, world.alice, "alice", fingerprint)
             return sessions.open_session_with_key(world.node, account, gid, blob, "ssh")
 
-        removed, opened = _race(2, act)
-        assert not isinstance(removed, BaseException), f"trial {trial}: {removed!r}"
-        if isinstance(opened, sessions.SessionTicket):
-            outcomes["opened, then cut"] += 1
-        elif isinstance(opened, AuthError):
-            outcomes["refused"] += 1
-        else:
-            raise AssertionError(f"trial {trial}: open gave {opened!r}")
+        outcomes[_one_outcome(trial, *_race(2, act))] += 1
         with world.node.read() as conn:
             live = conn.execute(
                 select(t.sessions.c.id).where(

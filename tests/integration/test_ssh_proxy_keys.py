@@ -374,10 +374,17 @@ def test_max_connections_holds_for_key_logins_one_at_a_time_and_racing(world: Ke
     assert sorted(outcomes) == ["in"] + ["out"] * 7, outcomes
 
 
-def test_revoke_cuts_a_key_session_with_a_message(world: KeyWorld) -> None:
-    key = _keypair(world)
-    _register(world, key)
-    access = _access(world)
+@dataclass
+class Cut:
+    stderr: bytes
+    status: int
+    #: seconds from the end of ``cut`` to the channel's exit
+    took: float
+
+
+def _cut_while_running(world: KeyWorld, key: Path, access: Access, cut: Any) -> Cut:
+    """A paramiko key session running ``sleep``; ``cut()`` is called while it runs; what the
+    client saw when the channel ended."""
     transport = _paramiko(world, key, access.login)
     out: dict[str, Any] = {}
     try:
@@ -391,16 +398,26 @@ def test_revoke_cuts_a_key_session_with_a_message(world: KeyWorld) -> None:
 
         waiter = threading.Thread(target=wait_cut, daemon=True)
         waiter.start()
-        world.revoke(access.grant_id)
+        cut()
+        started = time.monotonic()
         waiter.join(30)
+        took = time.monotonic() - started
         assert not waiter.is_alive()
         stderr = b""
         while chan.recv_stderr_ready():
             stderr += chan.recv_stderr(4096)
     finally:
         transport.close()
-    assert b"jitvault: access grant revoked" in stderr
-    assert out["status"] == 255
+    return Cut(stderr, out["status"], took)
+
+
+def test_revoke_cuts_a_key_session_with_a_message(world: KeyWorld) -> None:
+    key = _keypair(world)
+    _register(world, key)
+    access = _access(world)
+    cut = _cut_while_running(world, key, access, lambda: world.revoke(access.grant_id))
+    assert b"jitvault: access grant revoked" in cut.stderr
+    assert cut.status == 255
 
 
 def _token_session(world: KeyWorld, access: Access) -> subprocess.Popen[str]:
@@ -424,38 +441,22 @@ def test_removing_the_key_cuts_its_session_with_a_message_and_spares_a_token_ses
     key = _keypair(world)
     fingerprint = _register(world, key)
     access = _access(world)
-    transport = _paramiko(world, key, access.login)
     spared = _token_session(world, access)
-    out: dict[str, Any] = {}
-    try:
-        chan = transport.open_session(timeout=15)
-        chan.exec_command("echo ready; sleep 60")
-        chan.settimeout(30)
-        assert chan.recv(64) == b"ready\n"
 
-        def wait_cut() -> None:
-            out["status"] = chan.recv_exit_status()
-
-        waiter = threading.Thread(target=wait_cut, daemon=True)
-        waiter.start()
+    def remove() -> None:
         removed = run_cli("user", "key", "remove", fingerprint, env=world.user_env)
         assert removed.returncode == 0, removed.stderr
-        started = time.monotonic()
-        waiter.join(30)
-        took = time.monotonic() - started
-        assert not waiter.is_alive()
-        stderr = b""
-        while chan.recv_stderr_ready():
-            stderr += chan.recv_stderr(4096)
+
+    try:
+        cut = _cut_while_running(world, key, access, remove)
         # the token session of the same grant goes on
         assert spared.poll() is None, "a token session was cut with the key"
     finally:
-        transport.close()
         spared.kill()
         spared.communicate(timeout=30)
-    assert b"jitvault: the SSH key of this session was removed" in stderr
-    assert out["status"] == 255
-    assert took < CUT_BOUND_SECONDS, f"cut after {took:.1f} s"
+    assert b"jitvault: the SSH key of this session was removed" in cut.stderr
+    assert cut.status == 255
+    assert cut.took < CUT_BOUND_SECONDS, f"cut after {cut.took:.1f} s"
 
 
 # ------------------------------------------------------------------------------- the CLI

@@ -91,21 +91,18 @@ def live_sessions(conn: Connection, grant_id: int | None = None) -> list[Row[Any
 
 def end_sessions(conn: Connection, grant_id: int, at: datetime, reason: str) -> list[int]:
     """End every live session of a grant; returns their ids (the proxies cut them)."""
-    ids = [r.id for r in live_sessions(conn, grant_id)]
-    if ids:
-        conn.execute(
-            update(_S)
-            .where(_S.c.id.in_(ids), _S.c.ended_at.is_(None))
-            .values(ended_at=at, end_reason=reason)
-        )
-    return ids
+    return _end_live(conn, _S.c.grant_id == grant_id, at, reason)
 
 
 def end_key_sessions(conn: Connection, fingerprint: str, at: datetime, reason: str) -> list[int]:
     """End every live session opened with this SSH key; returns their ids (the proxies cut
     them)."""
-    live = select(_S.c.id).where(_S.c.ssh_key_fingerprint == fingerprint, _S.c.ended_at.is_(None))
-    ids = [int(r.id) for r in conn.execute(live.order_by(_S.c.id)).all()]
+    return _end_live(conn, _S.c.ssh_key_fingerprint == fingerprint, at, reason)
+
+
+def _end_live(conn: Connection, which: Any, at: datetime, reason: str) -> list[int]:
+    live = select(_S.c.id).where(which, _S.c.ended_at.is_(None)).order_by(_S.c.id)
+    ids = [int(r.id) for r in conn.execute(live).all()]
     if ids:
         conn.execute(
             update(_S)
