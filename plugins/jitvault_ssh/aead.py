@@ -17,7 +17,7 @@ of its costs buy nothing:
 
 Both are changes to asyncssh's internals, so :func:`install` checks the shapes it relies on and
 changes nothing (with a warning) if a release of asyncssh no longer has them: the proxy then
-works as before, only slower. ``tests/plugins/test_ssh_aead.py`` shows both changes in place
+works as before, only slower. ``tests/unit/test_ssh_aead.py`` shows both changes in place
 and the wire still talking to OpenSSH.
 """
 
