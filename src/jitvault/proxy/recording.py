@@ -154,6 +154,7 @@ class RecordingSink:
                 taken, weight = self._take(min(self.batch, left))
                 write = asyncio.ensure_future(asyncio.to_thread(_write, self.node, taken))
                 self._inflight.add(write)
+                write.add_done_callback(self._inflight.discard)
                 try:
                     # a cancelled flush (a shutdown's time limit) must not cancel a write the
                     # executor has not started: its events, taken off the queue, would be lost
@@ -162,27 +163,26 @@ class RecordingSink:
                     write.add_done_callback(partial(self._settle, taken, weight))
                     raise
                 except Exception as exc:
-                    self._inflight.discard(write)
                     self._queue.extendleft(reversed(taken))
                     await self._failed(exc)
                     self._release_backlog(failed=True)
                     raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}") from None
-                self._inflight.discard(write)
                 left -= len(taken)
-                self._bytes -= weight
-                self._release_backlog()
+                self._written(weight)
                 if self._failing is not None:
                     log.warning("session recordings are stored again")
                     self._failing = None
 
     def _settle(self, taken: list[_Queued], weight: int, write: asyncio.Future[None]) -> None:
         """The end of a write whose flush was cancelled: its events go back if it failed."""
-        self._inflight.discard(write)
         if write.cancelled() or write.exception() is not None:
             self._queue.extendleft(reversed(taken))
         else:
-            self._bytes -= weight
-            self._release_backlog()
+            self._written(weight)
+
+    def _written(self, weight: int) -> None:
+        self._bytes -= weight
+        self._release_backlog()
 
     def _take(self, n: int) -> tuple[list[_Queued], int]:
         """Up to ``n`` queued events, and fewer if they weigh more than ``batch_bytes`` (the
