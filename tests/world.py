@@ -100,6 +100,41 @@ class ServerWorld:
         node.vault.auto_unseal()
         return node
 
+    @contextmanager
+    def recordings_held(self, bound: float = 60.0) -> Iterator[threading.Event]:
+        """The store takes no recorded event until the yielded event is set (or ``bound``
+        seconds pass): a transaction of our own holds what a recording batch must lock (the
+        write lock on SQLite, ``session_events`` on PostgreSQL), so the server's recorder
+        waits as it would behind a slow disk or a busy database."""
+        release, held = threading.Event(), threading.Event()
+        failed: list[BaseException] = []
+
+        def hold() -> None:
+            try:
+                node = self.node()
+                try:
+                    with node.db.begin() as conn:
+                        if node.db.is_postgres:
+                            conn.exec_driver_sql("LOCK TABLE session_events IN SHARE MODE")
+                        held.set()
+                        release.wait(bound)
+                finally:
+                    node.close()
+            except BaseException as exc:  # reported to the test below
+                failed.append(exc)
+                held.set()
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        assert held.wait(30), "could not take the store's lock"
+        try:
+            assert not failed, failed
+            yield release
+        finally:
+            release.set()
+            holder.join(30)
+        assert not failed, failed
+
 
 @dataclass
 class DataDir:

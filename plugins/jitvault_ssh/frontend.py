@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -49,6 +49,9 @@ HOST_KEY_FILE = "ssh_host_ed25519_key"
 _CUT_GRACE_SECONDS = 0.5
 _EXIT_CUT = 255
 RECORDING_REFUSED = "the session recording cannot be stored"
+#: why a side of a channel is not read (see _ReadGate)
+_OPENING = "the upstream channel is not open yet"
+_PEER_FULL = "the other side takes no more for now"
 #: towards the target, AES-GCM first (AES-NI makes it the fastest on x86-64 servers);
 #: the others as asyncssh offers them
 UPSTREAM_CIPHERS = (
@@ -480,6 +483,60 @@ class _UpstreamChannel(asyncssh.SSHClientSession[bytes]):
         self.client.upstream_closed()
 
 
+class _Readable(Protocol):
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class _ReadGate:
+    """Whether one side of a relayed channel is read: not while the other side cannot take more
+    (flow control: ``stop``/``go`` by reason) nor while the core's recorder catches up with what
+    this side's traffic made it record (backpressure: :meth:`hold`). A paused asyncssh channel
+    sends no window adjust, so the sender is slowed, not cut."""
+
+    def __init__(self, *reasons: str) -> None:
+        self.channel: _Readable | None = None
+        self._reasons: set[str] = set(reasons)
+        self._holds = 0
+        self._paused = False
+
+    def attach(self, channel: _Readable) -> None:
+        """Gate this channel from now on (a new asyncssh channel reads)."""
+        self.channel = channel
+        self._paused = False
+        self._apply()
+
+    def stop(self, reason: str) -> None:
+        self._reasons.add(reason)
+        self._apply()
+
+    def go(self, reason: str) -> None:
+        self._reasons.discard(reason)
+        self._apply()
+
+    def hold(self, until: Awaitable[None]) -> None:
+        """Read nothing more until ``until`` is done."""
+        self._holds += 1
+        self._apply()
+
+        def release(_done: object) -> None:
+            self._holds -= 1
+            self._apply()
+
+        asyncio.ensure_future(until).add_done_callback(release)
+
+    def _apply(self) -> None:
+        paused = bool(self._reasons or self._holds)
+        if self.channel is None or paused == self._paused:
+            return
+        self._paused = paused
+        if paused:
+            self.channel.pause_reading()
+        else:
+            self.channel.resume_reading()
+
+
 class _ClientChannel(asyncssh.SSHServerSession[bytes]):
     """One session channel of the client (shell, exec or sftp), relayed to one upstream."""
 
@@ -493,6 +550,9 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
         self.sftp: relay.SftpOperations | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
         self._pending: list[tuple[bytes, asyncssh.DataType]] = []
+        #: the client's channel is read once the upstream one is open
+        self._client_reading = _ReadGate(_OPENING)
+        self._upstream_reading = _ReadGate()
         self._client_eof = False
         self._done = False
 
@@ -500,6 +560,7 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self.chan = chan
+        self._client_reading.attach(chan)
         self.session.channels.add(self)
 
     def pty_requested(
@@ -527,7 +588,6 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
 
     def _start(self, command: str | None, subsystem: str | None) -> None:
         assert self.chan is not None
-        self.chan.pause_reading()  # until the upstream channel is open
         self.session.frontend.spawn(self._open_upstream(command, subsystem))
 
     async def _open_upstream(self, command: str | None, subsystem: str | None) -> None:
@@ -577,18 +637,22 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
             channel.close()
             return
         self.upstream = channel
+        self._upstream_reading.attach(channel)
         for data, datatype in self._pending:
             channel.write(data, datatype)
         self._pending.clear()
         if self._client_eof:
             channel.write_eof()
-        chan.resume_reading()
+        self._client_reading.go(_OPENING)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self.sftp is not None:
-            for op in self.sftp.feed(data):
+            ops = self.sftp.feed(data)
+            for op in ops:
                 if not self.session.record("sftp", {"channel": self.number, **op}):
                     return  # not recorded, not relayed
+            if ops:
+                self._slow_to_recorder(self._client_reading)
         if self.upstream is None:
             self._pending.append((data, datatype))
         else:
@@ -617,12 +681,10 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
         return True
 
     def pause_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.pause_reading()
+        self._upstream_reading.stop(_PEER_FULL)
 
     def resume_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.resume_reading()
+        self._upstream_reading.go(_PEER_FULL)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = True
@@ -634,12 +696,10 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
     # -- flow control from the upstream side ----------------------------------------------
 
     def pause_reading(self) -> None:
-        if self.chan is not None:
-            self.chan.pause_reading()
+        self._client_reading.stop(_PEER_FULL)
 
     def resume_reading(self) -> None:
-        if self.chan is not None:
-            self.chan.resume_reading()
+        self._client_reading.go(_PEER_FULL)
 
     # -- upstream side --------------------------------------------------------------------
 
@@ -647,7 +707,8 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
         if self._done or self.chan is None or self.session.cut_reason is not None:
             return
         if self.terminal is not None:
-            self._record_terminal(self.terminal.output(data, time.monotonic()))
+            if self._record_terminal(self.terminal.output(data, time.monotonic())):
+                self._slow_to_recorder(self._upstream_reading)
             if self.terminal.pending_since is not None and self._flush_timer is None:
                 self._flush_timer = asyncio.get_running_loop().call_later(
                     relay.BATCH_SECONDS, self._flush_due
@@ -687,9 +748,18 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
 
     # -- recording and ends ---------------------------------------------------------------
 
-    def _record_terminal(self, events: list[list[Any]]) -> None:
-        if events:
-            self.session.record("asciicast", {"channel": self.number, "events": events})
+    def _record_terminal(self, events: list[list[Any]]) -> bool:
+        """Record terminal events; True if there were some and they were queued."""
+        return bool(events) and self.session.record(
+            "asciicast", {"channel": self.number, "events": events}
+        )
+
+    def _slow_to_recorder(self, side: _ReadGate) -> None:
+        """After recording what ``side`` sent: if the recorder is behind, read no more from
+        that side until it has caught up (a fast terminal or upload is slowed, not cut)."""
+        backlog = self.session.ctx.recording_backlog()
+        if backlog is not None:
+            side.hold(backlog)
 
     def _flush_due(self) -> None:
         self._flush_timer = None

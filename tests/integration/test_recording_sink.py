@@ -74,6 +74,25 @@ def test_a_statement_larger_than_the_byte_bound_is_kept_when_nothing_else_waits(
     assert _texts(booted.node, ticket.session_id) == [huge]
 
 
+def test_terminal_output_nested_in_an_event_counts_towards_the_byte_bound(
+    booted: Booted,
+) -> None:
+    """An SSH terminal's output is a list of asciicast events inside the event: it weighs what
+    its text weighs, or a stuck store would let it grow the queue without bound."""
+    ticket, _ = _open(booted)
+    sink = RecordingSink(booted.node, max_bytes=100_000)
+    chunk = {"channel": 1, "events": [[0.5, "o", "a" * 30_000], [0.6, "r", "80x24"]]}
+    for _ in range(3):
+        sink.add(ticket.session_id, "asciicast", chunk)
+
+    async def backlog() -> bool:
+        return sink.backlog() is not None
+
+    assert asyncio.run(backlog())  # 90 kB queued: past a quarter of the bound
+    with pytest.raises(RecordingUnavailable, match="queue is full"):
+        sink.add(ticket.session_id, "asciicast", chunk)
+
+
 def test_a_store_that_refuses_a_batch_cuts_the_waiting_sessions_and_keeps_their_events(
     booted: Booted,
 ) -> None:

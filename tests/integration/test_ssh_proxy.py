@@ -326,6 +326,59 @@ def test_a_paramiko_pty_shell_resizes_live_never_sees_the_password_and_replays_t
     assert access.password not in cast.stdout + played.stdout
 
 
+#: more terminal output than the recording queue holds (64 MiB)
+TERMINAL_BYTES = 80 << 20
+#: the recorder's backlog is announced at a quarter of the queue's bound
+QUEUE_BOUND = 64 << 20
+
+
+def test_a_terminal_printing_faster_than_the_recorder_is_slowed_not_cut(
+    world: SshWorld,
+) -> None:
+    """While the store takes no recording, a pty printing more than the recording queue holds
+    is paused (without backpressure it fills the queue and is cut); once the store is back,
+    every byte reaches the client and the recording."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    transport, _ = paramiko_client(info)
+    received, stalled_at = 0, None
+    try:
+        chan = transport.open_session()
+        chan.set_combine_stderr(False)
+        chan.get_pty(term="xterm", width=80, height=24)
+        with world.recordings_held() as release:
+            chan.exec_command(f"head -c {TERMINAL_BYTES} /dev/zero | tr '\\0' a")
+            chan.settimeout(0.2)
+            deadline = last = time.monotonic()
+            deadline += 120
+            while received < TERMINAL_BYTES and time.monotonic() < deadline:
+                try:
+                    data = chan.recv(1 << 20)
+                except TimeoutError:
+                    data = None
+                now = time.monotonic()
+                if data == b"":
+                    break  # the channel closed
+                if data:
+                    received, last = received + len(data), now
+                elif stalled_at is None and received and now - last > 1.5:
+                    stalled_at = received  # the proxy waits for the recorder: let it go on
+                    release.set()
+        stderr = b""
+        while chan.recv_stderr_ready():
+            stderr += chan.recv_stderr(65536)
+        assert received == TERMINAL_BYTES, (received, stderr)
+        assert stalled_at is not None, "the terminal was never paused"
+        assert stalled_at < QUEUE_BOUND, stalled_at
+        assert chan.recv_exit_status() == 0
+    finally:
+        transport.close()
+    (session,) = _wait_ended(world, access.grant_id)
+    played = world.cli("session", "play", str(session["id"]), env=world.user_env)
+    printed = "".join(data for _, kind, data in played["events"] if kind == "o")
+    assert printed == "a" * TERMINAL_BYTES
+
+
 # ------------------------------------------------------------------------------- the cut
 
 

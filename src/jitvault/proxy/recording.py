@@ -228,8 +228,19 @@ _BASE_SIZE = 128
 
 
 def _size(data: dict[str, Any]) -> int:
-    """What an event weighs in the queue (its strings; a fixed part for the rest)."""
-    return _BASE_SIZE + sum(len(v) for v in data.values() if isinstance(v, str))
+    """What an event weighs in the queue: its strings, nested ones included (a terminal's
+    output is a list of events holding the text), plus a fixed part."""
+    return _BASE_SIZE + _strings_size(data)
+
+
+def _strings_size(value: object) -> int:
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_strings_size(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_strings_size(v) for v in value)
+    return 0
 
 
 def _write(node: Node, taken: list[_Queued]) -> None:
