@@ -101,11 +101,11 @@ class ServerWorld:
         return node
 
     @contextmanager
-    def recordings_held(self, bound: float = 60.0) -> Iterator[threading.Event]:
-        """The store takes no recorded event until the yielded event is set (or ``bound``
-        seconds pass): a transaction of our own holds what a recording batch must lock (the
-        write lock on SQLite, ``session_events`` on PostgreSQL), so the server's recorder
-        waits as it would behind a slow disk or a busy database."""
+    def writes_held(self, table: str, bound: float = 60.0) -> Iterator[threading.Event]:
+        """The store takes no write into ``table`` until the yielded event is set (or
+        ``bound`` seconds pass): a transaction of our own holds the lock such a write needs
+        (SQLite's one write lock, a SHARE lock on the table on PostgreSQL), so the server waits
+        as it would behind a slow disk or a busy database."""
         release, held = threading.Event(), threading.Event()
         failed: list[BaseException] = []
 
@@ -115,7 +115,7 @@ class ServerWorld:
                 try:
                     with node.db.begin() as conn:
                         if node.db.is_postgres:
-                            conn.exec_driver_sql("LOCK TABLE session_events IN SHARE MODE")
+                            conn.exec_driver_sql(f"LOCK TABLE {table} IN SHARE MODE")
                         held.set()
                         release.wait(bound)
                 finally:

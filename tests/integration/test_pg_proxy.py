@@ -40,7 +40,7 @@ from jitvault_postgres.frontend import BackendFramer
 from tests.integration.test_recording_sink import recordings_refused
 from tests.pgcluster import PgCluster
 from tests.support import add_cluster_target, run_cli, wait_port
-from tests.world import ServerWorld, race, server_world
+from tests.world import ServerWorld, race, server_world, until
 
 TARGET = "pgc"
 MAX_CONNECTIONS = 3
@@ -503,6 +503,34 @@ def test_a_single_use_token_lets_exactly_one_of_twenty_racing_clients_in(
     assert len(results) == 20
     assert results.count("in") == 1, results
     assert set(results) == {"in", "28P01"}, results
+
+
+def test_a_login_given_up_while_the_store_opens_its_session_leaves_no_live_session(
+    world: ProxyWorld,
+) -> None:
+    """The store is slow to open the session (its table held past the proxy's 10 s handshake
+    timeout): the login is given up, and the session the store opens afterwards is ended at
+    once, not left live for nobody (it would hold one of the token's connections)."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    with world.writes_held("sessions") as release:
+        with pytest.raises(psycopg.OperationalError):
+            _psycopg(info, connect_timeout=30).close()
+        release.set()
+    node = world.node()
+    try:
+        until("the store opened the session", lambda: bool(_session_ids(node, info["token_id"])))
+        (sid,) = _session_ids(node, info["token_id"])
+        _wait_session_ended(node, sid)
+        with node.read() as conn:
+            reason = conn.execute(
+                select(t.sessions.c.end_reason).where(t.sessions.c.id == sid)
+            ).scalar_one()
+    finally:
+        node.close()
+    assert reason == "login abandoned"
+    with _psycopg(info) as conn:  # the token still serves
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def _raw_login(port: int, user: str, password: str) -> pg.ErrorResponse | None:

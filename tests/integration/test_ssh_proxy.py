@@ -346,7 +346,7 @@ def test_a_terminal_printing_faster_than_the_recorder_is_slowed_not_cut(
         chan = transport.open_session()
         chan.set_combine_stderr(False)
         chan.get_pty(term="xterm", width=80, height=24)
-        with world.recordings_held() as release:
+        with world.writes_held("session_events") as release:
             chan.exec_command(f"head -c {TERMINAL_BYTES} /dev/zero | tr '\\0' a")
             chan.settimeout(0.2)
             deadline = last = time.monotonic()
@@ -472,6 +472,28 @@ def test_wrong_unknown_mismatched_empty_none_and_ended_tokens_are_all_refused_al
     done = openssh("ssh", info, dest(info), "true")
     assert done.returncode == 5, done.stderr  # sshpass: "invalid password" (asked again)
     assert done.stdout == ""
+
+
+def test_a_login_given_up_while_the_store_opens_its_session_leaves_no_live_session(
+    world: SshWorld,
+) -> None:
+    """The store is slow to open the session (its table held past the proxy's 10 s login
+    timeout): the login is given up, and the session the store opens afterwards is ended at
+    once, not left live for nobody."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    with world.writes_held("sessions") as release:
+        transport = paramiko.Transport(socket.create_connection(("127.0.0.1", info["port"]), 15))
+        try:
+            transport.start_client(timeout=15)
+            with pytest.raises((paramiko.SSHException, EOFError, OSError)):
+                transport.auth_password(info["user"], info["password"])
+        finally:
+            transport.close()
+        release.set()
+    (session,) = _wait_ended(world, access.grant_id)
+    assert session["end_reason"] == "login abandoned", session
+    assert world.grant(access.grant_id)["state"] == "active"  # the grant itself goes on
 
 
 def test_keyboard_interactive_login_with_the_token_works(world: SshWorld) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from jitvault.domain import Sensitive
@@ -13,6 +15,11 @@ from jitvault.plugin_api import SessionHandle, SessionTicket, TargetAccess
 from jitvault.proxy.recording import RecordingSink, RecordingUnavailable
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node, sessions
+
+log = logging.getLogger(__name__)
+
+#: the end reason of a session whose login was given up while the store opened it
+ABANDONED = "login abandoned"
 
 
 class NodeProxyContext:
@@ -32,6 +39,8 @@ class NodeProxyContext:
         self.protocol = protocol
         self.ssl_context = ssl_context
         self._expiry: dict[int, Any] = {}
+        #: ends of abandoned logins' sessions, in flight (a reference keeps each task alive)
+        self._closing: set[asyncio.Future[bool]] = set()
         self.state_dir = node.settings.data_dir / "proxy" / protocol
         self.reuse_port = node.settings.server.proxy_reuse_port
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -40,16 +49,16 @@ class NodeProxyContext:
         return await asyncio.to_thread(sessions.token_verifier, self.node, token_id)
 
     async def open_verified(self, token_id: str, source: str) -> SessionTicket:
-        opened = await asyncio.to_thread(
-            sessions.open_session_verified, self.node, token_id, self.protocol, source
+        return await self._open(
+            functools.partial(
+                sessions.open_session_verified, self.node, token_id, self.protocol, source
+            )
         )
-        return await self._ticket(opened)
 
     async def open_with_token(self, token: Sensitive[str], source: str) -> SessionTicket:
-        opened = await asyncio.to_thread(
-            sessions.open_session, self.node, token, self.protocol, source
+        return await self._open(
+            functools.partial(sessions.open_session, self.node, token, self.protocol, source)
         )
-        return await self._ticket(opened)
 
     async def check_key(self, account: str, grant_id: int, public_key: bytes, source: str) -> None:
         await asyncio.to_thread(
@@ -65,16 +74,54 @@ class NodeProxyContext:
     async def open_with_key(
         self, account: str, grant_id: int, public_key: bytes, source: str
     ) -> SessionTicket:
-        opened = await asyncio.to_thread(
-            sessions.open_session_with_key,
-            self.node,
-            account,
-            grant_id,
-            public_key,
-            self.protocol,
-            source,
+        return await self._open(
+            functools.partial(
+                sessions.open_session_with_key,
+                self.node,
+                account,
+                grant_id,
+                public_key,
+                self.protocol,
+                source,
+            )
         )
+
+    async def _open(self, open_session: Callable[[], sessions.SessionTicket]) -> SessionTicket:
+        """Open a session in the store (in a thread) and hand out its ticket. A login given up
+        meanwhile (its timeout, the client gone) cannot stop the thread: the session it opens
+        is then ended as soon as it is open, so no live session is left that nobody holds
+        (it would count against ``max_connections`` until the grant ends)."""
+        opening = asyncio.ensure_future(asyncio.to_thread(open_session))
+        try:
+            opened = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._end_abandoned)
+            raise
         return await self._ticket(opened)
+
+    def _end_abandoned(self, opening: asyncio.Future[sessions.SessionTicket]) -> None:
+        if opening.cancelled() or opening.exception() is not None:
+            return  # nothing was opened
+        closing = asyncio.ensure_future(
+            asyncio.to_thread(
+                sessions.close_session,
+                self.node,
+                opening.result().session_id,
+                ABANDONED,
+                False,  # a session that never got going does not end its grant
+            )
+        )
+        self._closing.add(closing)
+        closing.add_done_callback(self._abandoned_ended)
+
+    def _abandoned_ended(self, closing: asyncio.Future[bool]) -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled() and closing.exception() is not None:
+            # the store is down: the session stays live until its grant ends (and is cut then)
+            log.warning(
+                "proxy: the session of an abandoned login could not be ended (%s)",
+                type(closing.exception()).__name__,
+            )
 
     async def _ticket(self, opened: sessions.SessionTicket) -> SessionTicket:
         try:
