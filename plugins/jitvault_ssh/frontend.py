@@ -707,7 +707,10 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
         if self._done or self.chan is None or self.session.cut_reason is not None:
             return
         if self.terminal is not None:
-            if self._record_terminal(self.terminal.output(data, time.monotonic())):
+            events = self.terminal.output(data, time.monotonic())
+            if events:
+                if not self._record_terminal(events):
+                    return  # the recorder refused: the session is being cut, relay no more
                 self._slow_to_recorder(self._upstream_reading)
             if self.terminal.pending_since is not None and self._flush_timer is None:
                 self._flush_timer = asyncio.get_running_loop().call_later(
@@ -749,10 +752,11 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
     # -- recording and ends ---------------------------------------------------------------
 
     def _record_terminal(self, events: list[list[Any]]) -> bool:
-        """Record terminal events; True if there were some and they were queued."""
-        return bool(events) and self.session.record(
-            "asciicast", {"channel": self.number, "events": events}
-        )
+        """Queue terminal events for recording; False if the core refused them (the session
+        is then being cut)."""
+        if not events:
+            return True
+        return self.session.record("asciicast", {"channel": self.number, "events": events})
 
     def _slow_to_recorder(self, side: _ReadGate) -> None:
         """After recording what ``side`` sent: if the recorder is behind, read no more from

@@ -22,6 +22,7 @@ import paramiko
 import pyte
 import pytest
 
+from tests.integration.test_recording_sink import recordings_refused
 from tests.ssh_clients import dest, openssh, paramiko_client, streaming_client
 from tests.sshd import SshdServer
 from tests.support import run_cli, wait_port
@@ -328,7 +329,7 @@ def test_a_paramiko_pty_shell_resizes_live_never_sees_the_password_and_replays_t
 
 #: more terminal output than the recording queue holds (64 MiB)
 TERMINAL_BYTES = 80 << 20
-#: the recorder's backlog is announced at a quarter of the queue's bound
+#: the recording queue's byte bound (its backlog is announced at a quarter of it)
 QUEUE_BOUND = 64 << 20
 
 
@@ -377,6 +378,42 @@ def test_a_terminal_printing_faster_than_the_recorder_is_slowed_not_cut(
     played = world.cli("session", "play", str(session["id"]), env=world.user_env)
     printed = "".join(data for _, kind, data in played["events"] if kind == "o")
     assert printed == "a" * TERMINAL_BYTES
+
+
+def test_a_terminal_whose_output_cannot_be_recorded_is_cut_with_a_message(
+    world: SshWorld,
+) -> None:
+    """Fail closed: once the store refuses recordings (a real trigger), a pty streaming output
+    is cut within the bound, and the client is told why."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    transport, _ = paramiko_client(info)
+    node = world.node()
+    try:
+        chan = transport.open_session()
+        chan.set_combine_stderr(False)
+        chan.get_pty(term="xterm", width=80, height=24)
+        chan.exec_command("yes")
+        chan.settimeout(CUT_BOUND_SECONDS + 10)
+        assert chan.recv(65536)  # output flows (and is recorded)
+        with recordings_refused(node):
+            refused = time.monotonic()
+            while chan.recv(1 << 20):
+                pass
+            cut = time.monotonic() - refused
+            deadline = time.monotonic() + 5
+            while not chan.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            stderr = b""
+            while chan.recv_stderr_ready():
+                stderr += chan.recv_stderr(65536)
+        assert cut < CUT_BOUND_SECONDS, cut
+        assert b"jitvault: the session recording cannot be stored" in stderr, stderr
+        assert chan.recv_exit_status() == 255
+    finally:
+        transport.close()
+        node.close()
+    _wait_no_process(access.account)
 
 
 # ------------------------------------------------------------------------------- the cut
