@@ -1033,6 +1033,7 @@ def test_a_credential_the_target_refuses_gives_28000_and_is_recorded_not_shown(
                     select(t.sessions.c.id).where(t.sessions.c.token_id == info["token_id"])
                 )
             ]
+        _wait_session_ended(node, sid)  # its events are written before its end
         events = sessions.session_events(node, sid)
         assert [e["kind"] for e in events] == ["upstream_refused"]
         assert events[0]["data"]["sqlstate"] == "28P01"
