@@ -3,7 +3,8 @@
 One :class:`PostgresFrontend` serves every client connection of the postgres listener:
 
 1. the start phase (SSLRequest -> TLS with the core's certificate, GSSENCRequest -> "N",
-   CancelRequest -> forwarded to the backend it names, through the fake keys handed out here);
+   CancelRequest -> forwarded to the backend it names, through the fake keys handed out here
+   and published to every node through the core);
 2. SCRAM-SHA-256 against the session token's verifier (the connection user is
    ``<account>.<token id>``; an unknown id runs the same exchange against a mock verifier, so
    unknown and wrong tokens look alike); the core then opens the session;
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import struct
@@ -34,6 +36,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError, Unavailable
 from jitvault.plugin_api import ProxyContext, ProxyListener, SessionTicket
 from jitvault.plugin_api.scram import (
@@ -122,9 +125,31 @@ class BackendFramer:
 
 @dataclass(frozen=True)
 class _CancelTarget:
+    """Where a client's cancel request goes: the real backend behind its fake key. Published
+    through the core (sealed in the state store), so that any node of the deployment, and any
+    process sharing the port, can forward a cancel request that reaches it."""
+
     endpoint: up.Endpoint
     pid: int
     secret_key: bytes = field(repr=False)
+
+    def sealed(self) -> Sensitive[bytes]:
+        return Sensitive(
+            json.dumps(
+                {
+                    "host": self.endpoint.host,
+                    "port": self.endpoint.port,
+                    "pid": self.pid,
+                    "key": self.secret_key.hex(),
+                }
+            ).encode()
+        )
+
+    @classmethod
+    def unsealed(cls, raw: Sensitive[bytes]) -> _CancelTarget:
+        held = json.loads(raw.reveal())
+        endpoint = up.Endpoint(host=str(held["host"]), port=int(held["port"]))
+        return cls(endpoint, int(held["pid"]), bytes.fromhex(held["key"]))
 
 
 class _ClientGone(Exception):
@@ -155,8 +180,6 @@ class PostgresFrontend:
         # a real token's is) and keys nobody knows
         self._mock_secret = secrets.token_bytes(32)
         self._mock_keys = (secrets.token_bytes(32), secrets.token_bytes(32))
-        # fake pid -> (fake key, where the real backend is)
-        self._cancel_keys: dict[int, tuple[bytes, _CancelTarget]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the contract ---------------------------------------------------------------------
@@ -194,25 +217,6 @@ class PostgresFrontend:
         stored, server = self._mock_keys
         return ScramVerifier(DEFAULT_ITERATIONS, salt, stored, server)
 
-    def add_cancel_key(self, target: _CancelTarget) -> tuple[int, bytes]:
-        """A fake (pid, key) for the client that stands for the real backend's."""
-        while True:
-            pid = secrets.randbelow(2**31 - 2) + 1
-            if pid not in self._cancel_keys:
-                break
-        key = secrets.token_bytes(4)
-        self._cancel_keys[pid] = (key, target)
-        return pid, key
-
-    def drop_cancel_key(self, pid: int) -> None:
-        self._cancel_keys.pop(pid, None)
-
-    def cancel_target(self, pid: int, key: bytes) -> _CancelTarget | None:
-        entry = self._cancel_keys.get(pid)
-        if entry is None or not hmac.compare_digest(entry[0], key):
-            return None
-        return entry[1]
-
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it is done."""
         task = asyncio.get_running_loop().create_task(work)
@@ -232,7 +236,6 @@ class _Session:
         self.ticket = ticket
         self.client = client
         self.upstream: up.Upstream | None = None
-        self.fake_pid: int | None = None
         self.framer = BackendFramer()
         #: why the session was cut (set once, by cut)
         self.cut_reason: str | None = None
@@ -347,8 +350,9 @@ class _Connection:
                     await self.send(pg.encryption_refused())
                     self.codec.resume_startup()
                 case pg.CancelRequest(pid=pid, secret_key=key):
-                    target = self.frontend.cancel_target(pid, key)
-                    if target is not None:
+                    backend = await self.ctx.cancel_backend(pid, key)
+                    if backend is not None:
+                        target = _CancelTarget.unsealed(backend)
                         await up.send_cancel(target.endpoint, target.pid, target.secret_key)
                     return None
                 case pg.StartupMessage():
@@ -414,10 +418,14 @@ class _Connection:
             await _stop_upstream(upstream)
             return None
         session.upstream = upstream
-        fake_pid, fake_key = self.frontend.add_cancel_key(
-            _CancelTarget(upstream.endpoint, upstream.pid, upstream.secret_key)
+        # the client's cancel key: a fake one, published to every node (a cancel request is a
+        # new connection, which may reach another node or process)
+        fake_key = secrets.token_bytes(4)
+        fake_pid = await self.ctx.add_cancel_key(
+            session.session_id,
+            fake_key,
+            _CancelTarget(upstream.endpoint, upstream.pid, upstream.secret_key).sealed(),
         )
-        session.fake_pid = fake_pid
         self.codec.authenticated()
         await self.send(
             b"".join(
@@ -591,11 +599,8 @@ class _Connection:
         """Close both sides; tell the core the session is over (exactly once)."""
         self._ending = True
         session = self.session
-        if session is not None:
-            if session.fake_pid is not None:
-                self.frontend.drop_cancel_key(session.fake_pid)
-            if session.upstream is not None and session.cut_reason is None:
-                session.upstream.close()
+        if session is not None and session.upstream is not None and session.cut_reason is None:
+            session.upstream.close()
         await self.wire.close(_CLOSE_TIMEOUT_SECONDS)
         if session is not None and not session.reported:
             session.reported = True

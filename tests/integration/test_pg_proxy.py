@@ -756,8 +756,11 @@ def test_a_statement_that_cannot_be_recorded_cuts_its_session_with_57P01(
         node.close()
 
 
-def _raw_session(port: int, user: str, password: str) -> socket.socket:
-    """A logged-in connection of our own (plain TCP, SCRAM), after its ReadyForQuery."""
+def _raw_session(
+    port: int, user: str, password: str, keys: list[pg.BackendKeyData] | None = None
+) -> socket.socket:
+    """A logged-in connection of our own (plain TCP, SCRAM), after its ReadyForQuery; the
+    cancel key the proxy handed out is appended to ``keys``."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     s.sendall(pg.startup_message({"user": user, "database": "postgres"}))
     reader = pg.BackendReader()
@@ -770,6 +773,8 @@ def _raw_session(port: int, user: str, password: str) -> socket.socket:
                 s.sendall(pg.sasl_response(scram.handle_server_first(m.data)))
             elif isinstance(m, pg.ErrorResponse):
                 raise AssertionError(f"login failed: {m.sqlstate}")
+            elif isinstance(m, pg.BackendKeyData) and keys is not None:
+                keys.append(m)
             elif isinstance(m, pg.ReadyForQuery):
                 return s
     raise AssertionError("the proxy closed during login")
@@ -979,6 +984,73 @@ def test_a_cancel_request_through_the_proxy_cancels_the_running_query(
         assert time.monotonic() - started < 10
         # the session goes on after a cancelled query
         assert conn.execute("SELECT current_user").fetchone() == (access.role,)
+
+
+def _cancel_request(port: int, pid: int, key: bytes) -> None:
+    """Send a CancelRequest to the proxy; wait (bounded) until it has closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(pg.cancel_request(pid, key))
+        assert s.recv(1) == b""
+
+
+def _query_outcome(s: socket.socket, text: str) -> str:
+    """Run ``text`` on a raw session: the error's SQLSTATE, or "ok"."""
+    s.sendall(pg.query(text))
+    reader = pg.BackendReader()
+    outcome = "ok"
+    while data := s.recv(65536):
+        for m in reader.feed(data):
+            if isinstance(m, pg.ErrorResponse):
+                outcome = m.sqlstate
+            elif isinstance(m, pg.ReadyForQuery):
+                return outcome
+    raise AssertionError("the proxy closed during a query")
+
+
+def test_a_cancel_key_is_sealed_in_the_store_and_cancels_only_with_its_key_while_live(
+    world: ProxyWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    keys: list[pg.BackendKeyData] = []
+    s = _raw_session(world.pg_port, info["user"], info["password"], keys)
+    (key,) = keys
+    node = world.node()
+    try:
+        (real_pid,) = _backends(world.cluster, access.role)
+        assert key.pid != real_pid
+        with node.read() as conn:
+            row = conn.execute(
+                select(t.sessions).where(
+                    t.sessions.c.grant_id == access.grant_id, t.sessions.c.ended_at.is_(None)
+                )
+            ).one()
+        # published under the fake pid, the rest sealed: neither key nor real pid in the clear
+        assert row.cancel_id == key.pid
+        assert row.cancel_key_term is not None
+        for clear in (str(real_pid), key.secret_key.hex(), '"key"', '"pid"'):
+            assert clear not in row.cancel_key
+        # a wrong key cancels nothing: the query runs to its end
+        wrong = bytes(b ^ 0x5A for b in key.secret_key)
+        threading.Timer(0.5, _cancel_request, (world.pg_port, key.pid, wrong)).start()
+        assert _query_outcome(s, "SELECT pg_sleep(2)") == "ok"
+        # the right one cancels
+        threading.Timer(0.5, _cancel_request, (world.pg_port, key.pid, key.secret_key)).start()
+        assert _query_outcome(s, "SELECT pg_sleep(20)") == "57014"
+        s.sendall(pg.terminate())
+        s.close()
+        _wait_session_ended(node, row.id)
+        ended = _session_row(node, row.id)
+        assert (ended.cancel_id, ended.cancel_key, ended.cancel_key_term) == (None, None, None)
+        assert sessions.cancel_backend(node, key.pid, key.secret_key) is None
+    finally:
+        s.close()
+        node.close()
+
+
+def _session_row(node: Node, session_id: int) -> Any:
+    with node.read() as conn:
+        return conn.execute(select(t.sessions).where(t.sessions.c.id == session_id)).one()
 
 
 # --------------------------------------------------------------------------- start phase

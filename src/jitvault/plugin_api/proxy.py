@@ -92,6 +92,16 @@ class ProxyContext(Protocol):
     def register(self, handle: SessionHandle) -> None:
         """Put a live session in the registry, so that the core can cut it."""
 
+    async def add_cancel_key(self, session_id: int, key: bytes, backend: Sensitive[bytes]) -> int:
+        """Publish a live session's cancel key to every node of the deployment: until the
+        session ends, :meth:`cancel_backend` with the returned id (a positive 31-bit number,
+        unique among live sessions) and ``key`` gives ``backend`` back, on any node. The core
+        seals ``backend`` (the front end's own description of the real backend) at rest."""
+
+    async def cancel_backend(self, cancel_id: int, key: bytes) -> Sensitive[bytes] | None:
+        """The backend a live session published under ``cancel_id``, if ``key`` is its key;
+        else None (no such session, or a wrong key: not told apart)."""
+
     def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """Record an event of the session (e.g. a query text); encrypted at rest by the core.
 

@@ -149,6 +149,12 @@ class NodeProxyContext:
         expires = self._expiry.pop(handle.session_id)
         self.registry.add(handle, expires)
 
+    async def add_cancel_key(self, session_id: int, key: bytes, backend: Sensitive[bytes]) -> int:
+        return await asyncio.to_thread(sessions.add_cancel_key, self.node, session_id, key, backend)
+
+    async def cancel_backend(self, cancel_id: int, key: bytes) -> Sensitive[bytes] | None:
+        return await asyncio.to_thread(sessions.cancel_backend, self.node, cancel_id, key)
+
     def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)
 

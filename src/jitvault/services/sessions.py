@@ -16,7 +16,9 @@ Every refusal looks the same to the client ("authentication failed"); the audit 
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +26,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from jitvault.audit import Action, AuditEvent, Outcome
 from jitvault.crypto import (
@@ -54,7 +57,7 @@ from jitvault.storage import repositories as repo
 from jitvault.storage import sealed, session_store, workflow
 from jitvault.storage import ssh_keys as ssh_key_store
 from jitvault.storage.repositories import aware
-from jitvault.storage.tables import SESSION_EVENT_DATA
+from jitvault.storage.tables import SESSION_CANCEL_KEY, SESSION_EVENT_DATA
 
 _FAILED = "authentication failed"
 #: recorded events' JSON (one encoder for every event: json.dumps with options builds one a call)
@@ -591,6 +594,51 @@ def ended_among(node: Node, session_ids: list[int]) -> dict[int, str]:
         return session_store.ended_among(conn, session_ids)
 
 
+#: the ids a client names in cancel requests: PostgreSQL's positive 32-bit process ids
+CANCEL_ID_MAX = 2**31 - 1
+#: draws of a free cancel id before giving up (a clash among live sessions is ~1 in 10^6)
+_CANCEL_ID_DRAWS = 8
+
+
+def add_cancel_key(node: Node, session_id: int, key: bytes, backend: Sensitive[bytes]) -> int:
+    """Publish a live session's cancel key to every node: a cancel request naming the returned
+    id and showing ``key`` reaches ``backend`` (the proxy's own description of the real
+    backend, sealed at rest) until the session ends. The id is unique among sessions holding
+    one; raises NotFound if the session has already ended."""
+    sealed_key = Sensitive(
+        json.dumps({"key": key.hex(), "backend": backend.reveal().hex()}).encode()
+    )
+    for _ in range(_CANCEL_ID_DRAWS):
+        cancel_id = secrets.randbelow(CANCEL_ID_MAX) + 1
+        try:
+            with node.write() as tx:
+                if session_store.cancel_id_taken(tx.conn, cancel_id):
+                    continue
+                if not session_store.cancel_id_set(tx.conn, session_id, cancel_id):
+                    raise NotFound(f"session {session_id} has ended")
+                sealed.seal_column(tx.conn, tx.keyring, SESSION_CANCEL_KEY, session_id, sealed_key)
+            return cancel_id
+        except IntegrityError:  # another node took the same id meanwhile
+            continue
+    raise Conflict("no free cancel id was found", hint="retry the login")
+
+
+def cancel_backend(node: Node, cancel_id: int, key: bytes) -> Sensitive[bytes] | None:
+    """Where a cancel request naming ``cancel_id`` with ``key`` goes: the backend its live
+    session published, or None (no such live session, or the wrong key; not told apart)."""
+    with node.read() as conn:
+        session_id = session_store.cancel_id_session(conn, cancel_id)
+        if session_id is None:
+            return None
+        opened = sealed.open_column(conn, node.vault.keyring, SESSION_CANCEL_KEY, session_id)
+    if opened is None:
+        return None
+    stored = json.loads(opened.reveal())
+    if not hmac.compare_digest(bytes.fromhex(stored["key"]), key):
+        return None
+    return Sensitive(bytes.fromhex(stored["backend"]))
+
+
 def close_session(
     node: Node, session_id: int, reason: str = "client closed", ends_grant: bool = True
 ) -> bool:
@@ -626,13 +674,16 @@ def close_session(
 
 
 __all__ = [
+    "CANCEL_ID_MAX",
     "CHUNK_KIND",
     "Chunk",
     "ProxyMaterial",
     "RecordedEvent",
     "SessionTicket",
     "TooManySessions",
+    "add_cancel_key",
     "asciicast_of",
+    "cancel_backend",
     "check_session_key",
     "chunk_entry",
     "close_session",

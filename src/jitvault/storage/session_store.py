@@ -11,6 +11,8 @@ from jitvault.storage import tables as t
 
 _T = t.session_tokens
 _S = t.sessions
+#: a session's cancel key lives as long as the session: every end clears it
+_NO_CANCEL_KEY: dict[str, Any] = {"cancel_id": None, "cancel_key": None, "cancel_key_term": None}
 
 
 def token_add(
@@ -107,7 +109,7 @@ def _end_live(conn: Connection, which: Any, at: datetime, reason: str) -> list[i
         conn.execute(
             update(_S)
             .where(_S.c.id.in_(ids), _S.c.ended_at.is_(None))
-            .values(ended_at=at, end_reason=reason)
+            .values(ended_at=at, end_reason=reason, **_NO_CANCEL_KEY)
         )
     return ids
 
@@ -116,9 +118,30 @@ def session_end(conn: Connection, session_id: int, at: datetime, reason: str) ->
     result = conn.execute(
         update(_S)
         .where(_S.c.id == session_id, _S.c.ended_at.is_(None))
-        .values(ended_at=at, end_reason=reason)
+        .values(ended_at=at, end_reason=reason, **_NO_CANCEL_KEY)
     )
     return result.rowcount == 1
+
+
+def cancel_id_set(conn: Connection, session_id: int, cancel_id: int) -> bool:
+    """Name a live session's cancel key ``cancel_id`` (its sealed part is stored apart);
+    False if the session has ended."""
+    result = conn.execute(
+        update(_S).where(_S.c.id == session_id, _S.c.ended_at.is_(None)).values(cancel_id=cancel_id)
+    )
+    return result.rowcount == 1
+
+
+def cancel_id_taken(conn: Connection, cancel_id: int) -> bool:
+    return conn.execute(select(_S.c.id).where(_S.c.cancel_id == cancel_id)).first() is not None
+
+
+def cancel_id_session(conn: Connection, cancel_id: int) -> int | None:
+    """The live session whose cancel key is named ``cancel_id``, if any."""
+    sid = conn.execute(
+        select(_S.c.id).where(_S.c.cancel_id == cancel_id, _S.c.ended_at.is_(None))
+    ).scalar_one_or_none()
+    return None if sid is None else int(sid)
 
 
 def session_grant(conn: Connection, session_id: int) -> int | None:
@@ -195,6 +218,9 @@ def ended_among(conn: Connection, session_ids: list[int]) -> dict[int, str]:
 
 
 __all__ = [
+    "cancel_id_session",
+    "cancel_id_set",
+    "cancel_id_taken",
     "end_key_sessions",
     "end_sessions",
     "ended_among",

@@ -391,6 +391,13 @@ sessions = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=True, index=True),
     Column("end_reason", Text, nullable=True),
+    # while the session is live and its proxy has handed the client a cancel key (PostgreSQL's
+    # BackendKeyData): the id the client names in a cancel request, and (sealed) the key it
+    # must show and where the real backend is, so that any node's proxy can forward it.
+    # Cleared with ended_at.
+    Column("cancel_id", Integer, nullable=True, index=True, unique=True),
+    Column("cancel_key", Text, nullable=True),
+    Column("cancel_key_term", Integer, nullable=True, index=True),
 )
 
 
@@ -429,6 +436,7 @@ ACCOUNT_PREVIOUS_SECRET = EncryptedColumn(accounts, "previous_secret", "previous
 JOURNAL_SECRET = EncryptedColumn(rotation_journal, "pending_secret", "pending_secret_term")
 SESSION_EVENT_DATA = EncryptedColumn(session_events, "data", "data_term")
 GRANT_LEASE_SECRET = EncryptedColumn(grants, "lease_secret", "lease_secret_term")
+SESSION_CANCEL_KEY = EncryptedColumn(sessions, "cancel_key", "cancel_key_term")
 
 #: every column holding envelopes; key rotation re-encrypts exactly these
 ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
@@ -438,6 +446,7 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     JOURNAL_SECRET,
     SESSION_EVENT_DATA,
     GRANT_LEASE_SECRET,
+    SESSION_CANCEL_KEY,
 )
 
 __all__ = [
@@ -446,6 +455,7 @@ __all__ = [
     "ENCRYPTED_COLUMNS",
     "GRANT_LEASE_SECRET",
     "JOURNAL_SECRET",
+    "SESSION_CANCEL_KEY",
     "SESSION_EVENT_DATA",
     "TARGET_ADMIN_SECRET",
     "EncryptedColumn",
