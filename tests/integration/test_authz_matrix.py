@@ -71,6 +71,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | str] = {
     ("POST", "/v1/users"): ADMIN,
     ("GET", "/v1/users"): ADMIN_AUDITOR,
     ("GET", "/v1/users/{name}"): ADMIN_AUDITOR,
+    ("POST", "/v1/users/{name}/disable"): ADMIN,
+    ("POST", "/v1/users/{name}/enable"): ADMIN,
     ("POST", "/v1/users/{name}/tokens"): ADMIN,
     ("GET", "/v1/users/{name}/tokens"): ADMIN_AUDITOR,
     ("DELETE", "/v1/tokens/{token_id}"): ADMIN,
@@ -340,6 +342,13 @@ def public_key_line() -> str:
     return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
 
 
+def _fresh_user(w: World) -> str:
+    """A requester of its own, for a call that changes its user (disable, enable)."""
+    name = w.fresh("who")
+    w.admin("POST", "/v1/users", json={"name": name, "role": "requester"})
+    return name
+
+
 def _victim_key_to_remove(w: World, caller: str) -> Call:
     added = w.admin(
         "POST", f"/v1/users/{w.victim}/ssh-keys", json={"public_key": public_key_line()}
@@ -387,6 +396,12 @@ REQUESTS: dict[tuple[str, str], Builder] = {
     ),
     ("GET", "/v1/users"): lambda w, c: Call("GET", "/v1/users"),
     ("GET", "/v1/users/{name}"): lambda w, c: Call("GET", f"/v1/users/{w.victim}"),
+    ("POST", "/v1/users/{name}/disable"): lambda w, c: Call(
+        "POST", f"/v1/users/{_fresh_user(w)}/disable"
+    ),
+    ("POST", "/v1/users/{name}/enable"): lambda w, c: Call(
+        "POST", f"/v1/users/{_fresh_user(w)}/enable"
+    ),
     ("POST", "/v1/users/{name}/tokens"): lambda w, c: Call(
         "POST", f"/v1/users/{w.victim}/tokens", json={"description": "x"}, ok=201
     ),

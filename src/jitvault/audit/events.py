@@ -17,6 +17,8 @@ class Action(StrEnum):
     KEY_RETIRED = "key.retired"
     USER_CREATED = "user.created"
     USER_UPDATED = "user.updated"
+    USER_DISABLED = "user.disabled"
+    USER_ENABLED = "user.enabled"
     TOKEN_CREATED = "token.created"
     TOKEN_REVOKED = "token.revoked"
     SSH_KEY_ADDED = "ssh_key.added"

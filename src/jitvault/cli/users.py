@@ -57,6 +57,19 @@ def user_show(name: str, as_json: bool = JsonOpt) -> None:
     show(ApiClient().request("GET", f"/v1/users/{name}"), as_json)
 
 
+@user_app.command("disable")
+def user_disable(name: str, as_json: bool = JsonOpt) -> None:
+    """Disable a user now: no more logins (API tokens, password, SSH keys); their live grants
+    are revoked (sessions cut) and their pending requests cancelled, in one step."""
+    show(ApiClient().request("POST", f"/v1/users/{quote(name, safe='')}/disable"), as_json)
+
+
+@user_app.command("enable")
+def user_enable(name: str, as_json: bool = JsonOpt) -> None:
+    """Let a disabled user log in again (revoked grants stay revoked)."""
+    show(ApiClient().request("POST", f"/v1/users/{quote(name, safe='')}/enable"), as_json)
+
+
 def _user_or_me(api: ApiClient, user: str | None) -> str:
     if user:
         return user

@@ -25,7 +25,13 @@ from jitvault.domain import (
 from jitvault.errors import ValidationError
 from jitvault.services import notify
 from jitvault.services.node import Node, Tx
-from jitvault.services.requests import activate, check_in, lapse_if_due, summary
+from jitvault.services.requests import (
+    activate,
+    check_in,
+    lapse_if_due,
+    summary,
+    withdraw_pending,
+)
 from jitvault.storage import session_store, workflow
 
 log = logging.getLogger(__name__)
@@ -117,6 +123,26 @@ def revoke_grant(
         return _finish(
             node, tx, g.request_id, RequestState.REVOKED, node.clock(), actor.name, reason, source
         )
+
+
+def withdraw_user_access(
+    node: Node, tx: Tx, user_id: int, by: str, reason: str, source: str = ""
+) -> tuple[list[int], list[int]]:
+    """In the caller's transaction: revoke every live grant of the user (their sessions are
+    cut, their cleanups queued) and cancel every pending request. Returns (revoked grant ids,
+    cancelled request ids)."""
+    at = node.clock()
+    revoked: list[int] = []
+    cancelled: list[int] = []
+    open_states = [RequestState.PENDING, *LIVE_GRANT_STATES]
+    for listed in workflow.request_list(tx.conn, user_id, open_states, limit=100_000):
+        r = workflow.request_lock(tx.conn, listed.id)  # its state again, under the lock
+        if r.state in LIVE_GRANT_STATES:
+            revoked.append(_finish(node, tx, r.id, RequestState.REVOKED, at, by, reason, source).id)
+        elif r.state == RequestState.PENDING:
+            withdraw_pending(tx, r, at, by, reason, source)
+            cancelled.append(r.id)
+    return revoked, cancelled
 
 
 def end_on_last_disconnect(node: Node, tx: Tx, grant_id: int, session_id: int) -> bool:
@@ -233,4 +259,5 @@ __all__ = [
     "list_grants",
     "revoke_grant",
     "sweep",
+    "withdraw_user_access",
 ]

@@ -556,6 +556,23 @@ def cancel(node: Node, actor: Principal, request_id: int, source: str = "") -> A
         return workflow.request_get(tx.conn, request_id)
 
 
+def withdraw_pending(
+    tx: Tx, r: AccessRequest, at: datetime, by: str, reason: str, source: str
+) -> None:
+    """Cancel a pending request (locked by the caller) on someone else's behalf, e.g. when its
+    requester is disabled."""
+    _set_state(tx, r, RequestState.CANCELLED, at, by, reason)
+    tx.emit(
+        AuditEvent(
+            Action.REQUEST_CANCELLED,
+            actor=by,
+            subject=f"request:{r.id}",
+            source=source,
+            details={"previous_state": r.state.value, "reason": reason},
+        )
+    )
+
+
 def review(
     node: Node, actor: Principal, request_id: int, comment: str = "", source: str = ""
 ) -> AccessRequest:
@@ -639,4 +656,5 @@ __all__ = [
     "list_requests",
     "review",
     "summary",
+    "withdraw_pending",
 ]

@@ -18,6 +18,7 @@ from jitvault.domain import (
     validate_username,
 )
 from jitvault.errors import Forbidden, ValidationError
+from jitvault.services import grants
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 
@@ -168,6 +169,40 @@ def revoke_token(node: Node, actor: Principal, token_id: str, source: str = "") 
         )
 
 
+def set_disabled(
+    node: Node, actor: Principal, name: str, disabled: bool, source: str = ""
+) -> tuple[User, list[int], list[int]]:
+    """Disable a user or enable them again. Disabling, in one transaction: the user can no
+    longer log in (API tokens, password, SSH keys), every live grant of theirs is revoked
+    (sessions cut on every node, cleanups queued) and every pending request cancelled.
+    Enabling gives nothing back. Returns (the user, revoked grant ids, cancelled request ids)."""
+    authorize(actor, Permission.USER_CREATE)
+    norm = validate_username(name)
+    if disabled and norm == actor.name:
+        raise Forbidden("you cannot disable yourself", hint="ask another admin")
+    with node.write() as tx:
+        user = repo.user_get(tx.conn, norm)
+        repo.user_update(tx.conn, user.id, disabled=disabled)
+        revoked: list[int] = []
+        cancelled: list[int] = []
+        if disabled:
+            revoked, cancelled = grants.withdraw_user_access(
+                node, tx, user.id, actor.name, f"user {norm} disabled", source
+            )
+        tx.emit(
+            AuditEvent(
+                Action.USER_DISABLED if disabled else Action.USER_ENABLED,
+                actor=actor.name,
+                subject=f"user:{norm}",
+                source=source,
+                details=(
+                    {"grants_revoked": revoked, "requests_cancelled": cancelled} if disabled else {}
+                ),
+            )
+        )
+        return repo.user_get(tx.conn, norm), revoked, cancelled
+
+
 __all__ = [
     "add_user",
     "bootstrap_admin",
@@ -177,4 +212,5 @@ __all__ = [
     "list_tokens",
     "list_users",
     "revoke_token",
+    "set_disabled",
 ]

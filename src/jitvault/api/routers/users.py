@@ -31,6 +31,23 @@ def get_user(name: str, caller: CallerDep, node: NodeDep) -> UserOut:
     return UserOut.of(users.get_user(node, caller, name))
 
 
+@router.post("/users/{name}/disable")
+def disable_user(name: str, caller: CallerDep, node: NodeDep, source: SourceDep) -> dict[str, Any]:
+    """Disable a user: no more logins; their live grants are revoked, pending requests cancelled."""
+    user, revoked, cancelled = users.set_disabled(node, caller, name, True, source)
+    return {
+        **UserOut.of(user).model_dump(mode="json"),
+        "grants_revoked": revoked,
+        "requests_cancelled": cancelled,
+    }
+
+
+@router.post("/users/{name}/enable", response_model=UserOut)
+def enable_user(name: str, caller: CallerDep, node: NodeDep, source: SourceDep) -> UserOut:
+    """Let a disabled user log in again (revoked grants stay revoked)."""
+    return UserOut.of(users.set_disabled(node, caller, name, False, source)[0])
+
+
 @router.post("/users/{name}/tokens", response_model=TokenOut, status_code=201)
 def create_token(
     name: str, body: TokenIn, caller: CallerDep, node: NodeDep, source: SourceDep
