@@ -57,10 +57,16 @@ def user_show(name: str, as_json: bool = JsonOpt) -> None:
     show(ApiClient().request("GET", f"/v1/users/{name}"), as_json)
 
 
-@user_app.command("disable")
+@user_app.command(
+    "disable",
+    short_help="Disable a user now, taking all their access away.",
+    help=(
+        "Disable a user now, taking all their access away, in one step: no more logins (API "
+        "tokens, password, SSH keys), every live grant of theirs revoked (sessions cut, "
+        "cleanups queued), every pending request cancelled."
+    ),
+)
 def user_disable(name: str, as_json: bool = JsonOpt) -> None:
-    """Disable a user now: no more logins (API tokens, password, SSH keys); their live grants
-    are revoked (sessions cut) and their pending requests cancelled, in one step."""
     show(ApiClient().request("POST", f"/v1/users/{quote(name, safe='')}/disable"), as_json)
 
 
