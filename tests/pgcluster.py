@@ -275,8 +275,12 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return not _pid_alive(pid)
 
 
-def _run(cmd: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(
+    cmd: list[str], timeout: float = 120.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
 
 
 def _stop(cluster: PgCluster) -> None:
@@ -304,8 +308,13 @@ def _stop(cluster: PgCluster) -> None:
         _wait_gone(pid, 10.0)
 
 
-def start_cluster(bin_dir: Path) -> PgCluster:
-    """initdb + start a private cluster; the caller must :func:`_stop` it and remove its dir."""
+def start_cluster(
+    bin_dir: Path, extra: dict[str, str] | None = None, env: dict[str, str] | None = None
+) -> PgCluster:
+    """initdb + start a private cluster; the caller must :func:`_stop` it and remove its dir.
+
+    ``extra``: postgresql.conf settings over the defaults below (values as written there);
+    ``env``: the server's environment."""
     workdir = Path(tempfile.mkdtemp(prefix="jitvault-pg-"))
     workdir.chmod(0o700)
     if os.geteuid() == 0:
@@ -357,7 +366,7 @@ def start_cluster(bin_dir: Path) -> PgCluster:
             "max_connections": "60",
             "shared_buffers": "'32MB'",
             "ssl": "off",
-        }
+        } | (extra or {})
         (data_dir / "jitvault_test.conf").write_text(
             "".join(f"{k} = {v}\n" for k, v in settings.items())
         )
@@ -380,6 +389,7 @@ def start_cluster(bin_dir: Path) -> PgCluster:
                 ]
             ),
             timeout=90,
+            env=env,
         )
         if started.returncode == 0:
             break

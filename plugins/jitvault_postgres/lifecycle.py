@@ -21,6 +21,7 @@ Rules kept here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from jitvault.domain import Sensitive
 from jitvault.errors import ValidationError
 from jitvault.plugin_api import AccountTemplate, TargetRejected
 from jitvault.plugin_api.scram import scram_verifier
+from jitvault_postgres import protocol as pg_protocol
+from jitvault_postgres import upstream as up
 from jitvault_postgres.adminpool import new_pool
 
 T = TypeVar("T")
@@ -316,23 +319,39 @@ def _not_ours(ep: Endpoint, op: str) -> TargetRejected:
 
 
 async def verify(ep: Endpoint, username: str, secret: Sensitive[str]) -> bool:
-    """Log in as ``username`` with ``secret`` (no statement is run): True, False if refused."""
+    """Log in as ``username`` with ``secret`` (no statement is run): True, False if refused.
+
+    The login is the session proxy's own (:func:`.upstream.login`): the same TLS rules as a
+    session's, and a refusal told by its SQLSTATE (class 28, or a failed SCRAM proof), so a
+    server whose ``lc_messages`` is not English is understood alike."""
     validate_identifier(username, "account name")
-    kind: ConnectKind
+    endpoint = up.Endpoint(host=ep.host, port=ep.port, sslmode=ep.sslmode, dbname=ep.dbname)
+    params = {"user": username, "database": ep.dbname, "application_name": APPLICATION_NAME}
     try:
         async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-            conn = await _connect(ep, username, secret, ep.dbname)
-            await conn.close()
+            upstream = await up.login(endpoint, username, secret, params)
+        await _say_goodbye(upstream)
         return True
-    except psycopg.Error as exc:
-        kind = _connect_kind(exc)
-        failure = _connect_failure(exc)
-    except (TimeoutError, OSError):
-        kind = "unavailable"
-        failure = _Failure(None, "target unreachable", retryable=True)
-    if kind == "auth":
+    except up.UpstreamRefused:
         return False
+    except up.UpstreamFailed as exc:
+        if exc.sqlstate is not None and exc.sqlstate.startswith("28"):
+            return False  # e.g. 28000 after the proof: the role may not log in (NOLOGIN)
+        if exc.sqlstate is None:
+            failure = _Failure(None, "target unreachable", retryable=True)
+        else:
+            condition = "connection refused by the server"
+            failure = _Failure(exc.sqlstate, condition, _retryable(exc.sqlstate))
+    except (TimeoutError, OSError):
+        failure = _Failure(None, "target unreachable", retryable=True)
     raise failure.rejected(ep, "verify")
+
+
+async def _say_goodbye(upstream: up.Upstream) -> None:
+    """Terminate a verification login politely (the server logs no broken connection)."""
+    with contextlib.suppress(Exception):
+        upstream.wire.write(pg_protocol.terminate())
+    upstream.close()
 
 
 async def rotate(ep: Endpoint, username: str, new: Sensitive[str]) -> None:

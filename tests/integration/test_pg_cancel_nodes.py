@@ -10,7 +10,6 @@ Always on PostgreSQL (several nodes need a shared store), whatever ``--db`` says
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import scratch_database
-from tests.integration.test_pg_proxy import ProxyWorld, _access, _connect_info
+from tests.integration.test_pg_proxy import ProxyWorld, _access, _connect_info, _psql_login
 from tests.integration.test_ssh_reuse_port import _postgres_available
 from tests.pgcluster import PgCluster
 from tests.support import (
@@ -146,11 +145,7 @@ def test_a_cancel_request_reaching_another_node_cancels_the_query_there(
     info = _connect_info(world, access)
     balancer = Balancer(first=info["port"], then=other_pg_port)
     # psql in its own process: it sends the cancel request on Ctrl-C (SIGINT), as a user's does
-    env = {**os.environ, "PGPASSWORD": info["password"], "PGCONNECT_TIMEOUT": "10"}
-    conninfo = (
-        f"host=127.0.0.1 port={balancer.port} dbname={info['dbname']} user={info['user']} "
-        "sslmode=require"
-    )
+    conninfo, env = _psql_login(info, balancer.port)
     psql = subprocess.Popen(
         ["/usr/bin/psql", conninfo, "-XAtc", "SELECT pg_sleep(20)"],
         stdout=subprocess.PIPE,

@@ -55,19 +55,27 @@ class ProxyWorld(ServerWorld):
     cluster: PgCluster
 
 
+@contextlib.contextmanager
+def proxy_world(db_kind: str, tmp: Path, cluster: PgCluster, policy: str) -> Iterator[ProxyWorld]:
+    """A server on a scratch store of ``db_kind`` with ``cluster`` registered as ``TARGET``,
+    ``policy`` applied and the proxy listening; alice requests."""
+    with server_world(ProxyWorld, db_kind, tmp, "alice", cluster=cluster) as w:
+        add_cluster_target(cluster, TARGET, w.admin_env)
+        w.policy(policy)
+        wait_port(w.pg_port)
+        yield w
+
+
 @pytest.fixture(scope="module")
 def world(
     db_kind: str, tmp_path_factory: pytest.TempPathFactory, pg_cluster: PgCluster
 ) -> Iterator[ProxyWorld]:
-    tmp = tmp_path_factory.mktemp("pgproxy")
-    with server_world(ProxyWorld, db_kind, tmp, "alice", cluster=pg_cluster) as w:
-        add_cluster_target(pg_cluster, TARGET, w.admin_env)
-        w.policy(
-            "rules:\n  - name: proxy-tests\n"
-            f"    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
-            f"    max_connections: {MAX_CONNECTIONS}\n"
-        )
-        wait_port(w.pg_port)
+    policy = (
+        "rules:\n  - name: proxy-tests\n"
+        f"    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
+        f"    max_connections: {MAX_CONNECTIONS}\n"
+    )
+    with proxy_world(db_kind, tmp_path_factory.mktemp("pgproxy"), pg_cluster, policy) as w:
         yield w
 
 
@@ -109,6 +117,17 @@ def _connect_info(world: ProxyWorld, access: Access, once: bool = False) -> dict
     args = ["connect", str(access.request_id)] + (["--once"] if once else [])
     info: dict[str, Any] = world.cli(*args, env=world.user_env)
     return info
+
+
+def _psql_login(info: dict[str, Any], port: int | None = None) -> tuple[str, dict[str, str]]:
+    """psql's conninfo and environment (the token in PGPASSWORD), as ``connect`` prints them;
+    ``port``: through another port (e.g. a balancer's)."""
+    env = {**os.environ, "PGPASSWORD": info["password"], "PGCONNECT_TIMEOUT": "10"}
+    conninfo = (
+        f"host=127.0.0.1 port={port or info['port']} dbname={info['dbname']} "
+        f"user={info['user']} sslmode=require"
+    )
+    return conninfo, env
 
 
 def _psycopg(info: dict[str, Any], **overrides: Any) -> psycopg.Connection[Any]:
@@ -213,11 +232,7 @@ def test_psql_psycopg_and_asyncpg_log_in_with_the_token_as_the_account_and_never
     assert access.password.reveal() not in json.dumps(info)
 
     # psql, as the connect command prints it (password from the environment)
-    env = {**os.environ, "PGPASSWORD": info["password"], "PGCONNECT_TIMEOUT": "10"}
-    conninfo = (
-        f"host=127.0.0.1 port={info['port']} dbname={info['dbname']} user={info['user']} "
-        "sslmode=require"
-    )
+    conninfo, env = _psql_login(info)
     done = subprocess.run(
         ["/usr/bin/psql", conninfo, "-XAtc", "SELECT current_user"],
         capture_output=True,
@@ -627,11 +642,7 @@ def test_query_texts_are_recorded_encrypted_but_parameter_values_are_not(
     info = _connect_info(world, access)
     marker = secrets.token_hex(6)
     secret_param = f"param-{secrets.token_hex(8)}"
-    env = {**os.environ, "PGPASSWORD": info["password"], "PGCONNECT_TIMEOUT": "10"}
-    conninfo = (
-        f"host=127.0.0.1 port={info['port']} dbname={info['dbname']} user={info['user']} "
-        "sslmode=require"
-    )
+    conninfo, env = _psql_login(info)
     done = subprocess.run(
         ["/usr/bin/psql", conninfo, "-XAtc", f"SELECT 'simple-{marker}'"],
         capture_output=True,

@@ -21,27 +21,24 @@ from tests.integration.test_pg_proxy import (
     _access,
     _connect_info,
     _psycopg,
+    proxy_world,
 )
 from tests.pgcluster import PgCluster
-from tests.support import add_cluster_target, run_cli, wait_port
-from tests.world import server_world
+from tests.support import run_cli
 
 
 @pytest.fixture(scope="module")
 def world(
     db_kind: str, tmp_path_factory: pytest.TempPathFactory, pg_cluster: PgCluster
 ) -> Iterator[ProxyWorld]:
-    tmp = tmp_path_factory.mktemp("disable")
-    with server_world(ProxyWorld, db_kind, tmp, "alice", cluster=pg_cluster) as w:
-        add_cluster_target(pg_cluster, TARGET, w.admin_env)
-        w.policy(
-            "rules:\n"
-            f"  - name: incidents\n    match: {{targets: [{TARGET}], reason: '^INC-'}}\n"
-            "    auto_approve: true\n"
-            f"  - name: changes\n    match: {{targets: [{TARGET}], reason: '^CHG-'}}\n"
-            "    require_approvals: 1\n    approvers: [dba]\n"
-        )
-        wait_port(w.pg_port)
+    policy = (
+        "rules:\n"
+        f"  - name: incidents\n    match: {{targets: [{TARGET}], reason: '^INC-'}}\n"
+        "    auto_approve: true\n"
+        f"  - name: changes\n    match: {{targets: [{TARGET}], reason: '^CHG-'}}\n"
+        "    require_approvals: 1\n    approvers: [dba]\n"
+    )
+    with proxy_world(db_kind, tmp_path_factory.mktemp("disable"), pg_cluster, policy) as w:
         yield w
 
 
