@@ -6,12 +6,13 @@ nothing else back. jitvault's own store is SQLite or PostgreSQL per ``--db``.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from jitvault.storage import tables as t
 from tests.integration.test_pg_proxy import (
@@ -21,6 +22,7 @@ from tests.integration.test_pg_proxy import (
     _access,
     _connect_info,
     _psycopg,
+    _refusal,
     proxy_world,
 )
 from tests.pgcluster import PgCluster
@@ -106,3 +108,37 @@ def test_disabling_a_user_cuts_their_session_revokes_their_grant_and_cancels_the
     assert _whoami_ok(world.user_env)
     # what was taken stays taken
     assert world.grant(access.grant_id)["state"] == "revoked"
+
+
+def test_a_session_of_a_user_whose_flag_is_set_otherwise_does_not_open(world: ProxyWorld) -> None:
+    """The flag alone (set straight in the store, no grant revoked) refuses a session token,
+    and the audit log says why."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    node = world.node()
+    try:
+        with node.write() as tx:
+            tx.conn.execute(update(t.users).where(t.users.c.name == "alice").values(disabled=True))
+        try:
+            # 28P01, nothing more, as for any refusal
+            assert "password authentication failed" in str(_refusal(info))
+        finally:
+            with node.write() as tx:
+                tx.conn.execute(
+                    update(t.users).where(t.users.c.name == "alice").values(disabled=False)
+                )
+        with node.read() as c:
+            reasons = [
+                json.loads(d).get("reason")
+                for (d,) in c.execute(
+                    select(t.audit_events.c.details).where(
+                        t.audit_events.c.action == "session.refused"
+                    )
+                ).all()
+            ]
+        assert "the grant's user is disabled" in reasons
+        # the grant itself was untouched: with the flag cleared the token logs in
+        with _psycopg(info) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (access.role,)
+    finally:
+        node.close()

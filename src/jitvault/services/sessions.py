@@ -261,6 +261,10 @@ def _open_on_grant(
     refusal = _grant_refusal(grant, at)
     if refusal is not None:
         return refusal
+    if repo.user_get(tx.conn, grant.user).disabled:
+        # disabling revokes the user's grants in its own transaction; this holds whatever else
+        # sets the flag
+        return "the grant's user is disabled"
     if single_use and not session_store.token_use(tx.conn, token_id, at):
         return "single-use token already used"
     _check_room(tx.conn, grant)
