@@ -185,6 +185,39 @@ def test_raw_statements_count_against_the_byte_bound_and_are_refused_while_faili
     assert _texts(booted.node, sid) == ["SELECT '" + "x" * 9_000 + "'", "SELECT 1"]
 
 
+def test_a_statement_already_forwarded_is_queued_whatever_the_refusal_then_refused(
+    booted: Booted,
+) -> None:
+    """The native relay forwards a statement before the core has it (it is queued in the
+    relay's own memory first): the core keeps it even when full or failing, then says no."""
+    sid, sink = _session_with_sink(booted, max_events=2)
+    sink.add_statement(sid, "simple", b"SELECT 1")
+    sink.add_statement(sid, "simple", b"SELECT 2")
+    with pytest.raises(RecordingUnavailable, match="queue is full"):
+        sink.add_statement(sid, "simple", b"SELECT 'refused'")
+    with pytest.raises(RecordingUnavailable, match="queue is full"):
+        sink.add_statement(sid, "simple", b"SELECT 'ran: full'", forwarded=True)
+    assert sink.available  # full is not failing
+
+    async def scenario() -> None:
+        with recordings_refused(booted.node):
+            with pytest.raises(RecordingUnavailable):
+                await sink.flush()
+            assert not sink.available
+            with pytest.raises(RecordingUnavailable, match="cannot be stored"):
+                sink.add_statement(sid, "extended", b"SELECT 'ran: failing'", forwarded=True)
+        await sink.flush()
+        assert sink.available
+
+    asyncio.run(scenario())
+    assert _texts(booted.node, sid) == [
+        "SELECT 1",
+        "SELECT 2",
+        "SELECT 'ran: full'",
+        "SELECT 'ran: failing'",
+    ]
+
+
 def _rows(node: Node, session_id: int) -> list[tuple[str, str]]:
     with node.read() as conn:
         return [

@@ -111,12 +111,17 @@ class ProxyContext(Protocol):
         the session without relaying what it wanted to record (fail closed).
         """
 
-    def record_statement(self, session_id: int, style: str, text: bytes) -> None:
+    def record_statement(
+        self, session_id: int, style: str, text: bytes, *, forwarded: bool = False
+    ) -> None:
         """Record a statement the client sent: a ``query`` event with ``text`` (these bytes,
         decoded from UTF-8 by the core, off the relay's path) and ``kind`` = ``style``.
 
         The relay's per-statement call: it only queues the bytes. Same promise and refusals
-        as :meth:`record_nowait`.
+        as :meth:`record_nowait`, except for a statement already ``forwarded`` to the target
+        (a relay that queued it in memory of its own first): that one is queued whatever the
+        refusal (what ran is recorded, kept and retried), then the refusal is raised and the
+        front end must end the session and forward nothing more.
         """
 
     def recording_backlog(self) -> Awaitable[None] | None:
@@ -124,6 +129,10 @@ class ProxyContext(Protocol):
         once it has caught up. A front end that gets one reads no more from the side whose
         traffic it records until then (backpressure), so that a fast client is slowed rather
         than cut for a full queue."""
+
+    def recording_available(self) -> bool:
+        """False while the core refuses new recordings (the store failed its last write): a
+        relay that forwards before the core has its statements stops reading clients."""
 
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """:meth:`record_nowait` for coroutines (same promise: it does not wait for storage)."""

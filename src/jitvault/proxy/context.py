@@ -158,11 +158,16 @@ class NodeProxyContext:
     def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)
 
-    def record_statement(self, session_id: int, style: str, text: bytes) -> None:
-        self.recordings.add_statement(session_id, style, text)
+    def record_statement(
+        self, session_id: int, style: str, text: bytes, *, forwarded: bool = False
+    ) -> None:
+        self.recordings.add_statement(session_id, style, text, forwarded=forwarded)
 
     def recording_backlog(self) -> Awaitable[None] | None:
         return self.recordings.backlog()
+
+    def recording_available(self) -> bool:
+        return self.recordings.available
 
     async def record(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)

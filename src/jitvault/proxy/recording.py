@@ -62,7 +62,7 @@ class RecordingSink:
         node: Node,
         *,
         interval: float = 0.1,
-        batch: int = 500,
+        batch: int = 5000,
         batch_bytes: int = 4 << 20,
         max_events: int = 50_000,
         max_bytes: int = 64 << 20,
@@ -120,26 +120,49 @@ class RecordingSink:
             raise ValueError(f"{kind!r} is not a kind an event may have")
         self._put(session_id, kind, data, _size(data))
 
-    def add_statement(self, session_id: int, style: str, text: bytes) -> None:
+    def add_statement(
+        self, session_id: int, style: str, text: bytes, *, forwarded: bool = False
+    ) -> None:
         """Queue a statement's text as the client sent it (recorded as a ``query`` event with
         ``text`` decoded from UTF-8, undecodable bytes as U+FFFD, and ``kind`` = ``style``).
-        The relay's fast path: nothing is decoded or encoded here. Same refusals as :meth:`add`."""
-        self._put(session_id, "query", (style, text), _BASE_SIZE + len(text))
+        The relay's fast path: nothing is decoded or encoded here. Same refusals as :meth:`add`,
+        except that a statement already ``forwarded`` (the native relay queues in its own memory
+        first) is queued whatever the refusal, so that what ran is recorded, before the
+        refusal is raised."""
+        self._put(session_id, "query", (style, text), _BASE_SIZE + len(text), forwarded)
 
-    def _put(
-        self, session_id: int, kind: str, data: dict[str, Any] | tuple[str, bytes], size: int
-    ) -> None:
+    @property
+    def available(self) -> bool:
+        """Would an event be taken now (the store did not fail its last write)?"""
+        return self._failing is None
+
+    def _refusal(self, size: int) -> str | None:
         if self._failing is not None:
-            raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}")
+            return f"{RECORDING_LOST}: {self._failing}"
         # one event larger than the byte bound (a huge statement, already in memory) is taken
         # when nothing else waits; the bound holds for the rest
         full = self._bytes > 0 and self._bytes + size > self.max_bytes
         if len(self._queue) >= self.max_events or full:
-            raise RecordingUnavailable(f"{RECORDING_LOST}: the recording queue is full")
+            return f"{RECORDING_LOST}: the recording queue is full"
+        return None
+
+    def _put(
+        self,
+        session_id: int,
+        kind: str,
+        data: dict[str, Any] | tuple[str, bytes],
+        size: int,
+        forced: bool = False,
+    ) -> None:
+        refusal = self._refusal(size)
+        if refusal is not None and not forced:
+            raise RecordingUnavailable(refusal)
         self._queue.append((session_id, self.node.clock(), kind, data, size))
         self._bytes += size
         if len(self._queue) >= self.batch and self._wake is not None:
             self._wake.set()
+        if refusal is not None:
+            raise RecordingUnavailable(refusal)
 
     async def flush(self) -> None:
         """Write everything queued until now. Raises RecordingUnavailable if the store refused."""
@@ -256,24 +279,28 @@ def _write(node: Node, taken: list[_Queued]) -> None:
         offset = (at - chunk[1]) // _MICROSECOND
         if isinstance(payload, tuple):
             style, text = payload
-            # what chunk_entry makes of {"text": ..., "kind": style} (keys sorted, ASCII)
-            chunk[2].append(
-                _STATEMENT_ENTRY
-                % (
-                    offset,
-                    _json_str(kind),
-                    _json_str(style),
-                    _json_str(text.decode("utf-8", "replace")),
-                )
-            )
+            entry = _STATEMENT_ENTRIES.get(style)
+            if entry is None:
+                entry = _STATEMENT_ENTRIES[style] = _statement_entry(style)
+            chunk[2].append(entry % (offset, _json_str(text.decode("utf-8", "replace"))))
         else:
             chunk[2].append(sessions.chunk_entry(offset, kind, payload))
     sessions.record_chunks(node, list(chunks.values()))
 
 
 _MICROSECOND = timedelta(microseconds=1)
-_STATEMENT_ENTRY = '[%d,%s,{"kind":%s,"text":%s}]'
 _json_str = encode_basestring_ascii
+
+
+def _statement_entry(style: str) -> str:
+    """The %-format of a statement's entry of this style: what chunk_entry makes of
+    ``("query", {"text": ..., "kind": style})`` (keys sorted, ASCII), offset and text left."""
+    quoted = _json_str(style).replace("%", "%%")
+    return '[%d,"query",{"kind":' + quoted + ',"text":%s}]'
+
+
+#: the entry format of each style seen (a relay uses two: "simple" and "extended")
+_STATEMENT_ENTRIES: dict[str, str] = {}
 
 
 __all__ = ["RECORDING_LOST", "RecordingSink", "RecordingUnavailable"]
