@@ -46,9 +46,10 @@ from jitvault.plugin_api.scram import (
     ScramVerifier,
     parse_verifier,
 )
+from jitvault_postgres import native
 from jitvault_postgres import protocol as pg
 from jitvault_postgres import upstream as up
-from jitvault_postgres.wire import Wire
+from jitvault_postgres.wire import LINGER_SECONDS, Wire
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,9 @@ class _ClientGone(Exception):
 class _Listener:
     """The bound asyncio server, as the core's :class:`ProxyListener`."""
 
-    def __init__(self, server: asyncio.Server) -> None:
+    def __init__(self, server: asyncio.Server, frontend: PostgresFrontend) -> None:
         self._server = server
+        self._frontend = frontend
 
     @property
     def port(self) -> int:
@@ -168,6 +170,7 @@ class _Listener:
 
     def close(self) -> None:
         self._server.close()
+        self._frontend.stop_native()
 
 
 class PostgresFrontend:
@@ -181,6 +184,8 @@ class PostgresFrontend:
         self._mock_secret = secrets.token_bytes(32)
         self._mock_keys = (secrets.token_bytes(32), secrets.token_bytes(32))
         self._tasks: set[asyncio.Task[None]] = set()
+        #: the native relay of plain-TCP sessions (made at the first one)
+        self._native: native.NativeRelays | None = None
 
     # -- the contract ---------------------------------------------------------------------
 
@@ -195,7 +200,7 @@ class PostgresFrontend:
         server = await asyncio.get_running_loop().create_server(
             ClientWire, host, port, reuse_port=ctx.reuse_port or None
         )
-        return _Listener(server)
+        return _Listener(server, self)
 
     async def handle(self, wire: Wire, ctx: ProxyContext) -> None:
         """Serve one client until its session relays (the relay then runs on callbacks and
@@ -216,6 +221,17 @@ class PostgresFrontend:
         salt = hmac.new(self._mock_secret, token_id.encode(), hashlib.sha256).digest()[:16]
         stored, server = self._mock_keys
         return ScramVerifier(DEFAULT_ITERATIONS, salt, stored, server)
+
+    def native_relays(self) -> native.NativeRelays | None:
+        """The native relay of this process's loop (None where it is not built or turned off)."""
+        if self._native is None and native.available():
+            self._native = native.NativeRelays(asyncio.get_running_loop())
+        return self._native
+
+    def stop_native(self) -> None:
+        if self._native is not None:
+            self._native.shutdown()
+            self._native = None
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, keeping a reference until it is done."""
@@ -240,6 +256,8 @@ class _Session:
         #: why the session was cut (set once, by cut)
         self.cut_reason: str | None = None
         self.reported = False
+        #: the native relay, once it relays this session
+        self.native: native.NativeRelays | None = None
 
     async def close(self, reason: str) -> None:
         """The core cuts the session (SessionHandle): see :meth:`cut`."""
@@ -250,8 +268,18 @@ class _Session:
         if self.cut_reason is not None or self.reported:
             return
         self.cut_reason = reason
+        fatal = pg.grant_expired_error(message=f"terminating connection: {reason}")
+        if self.native is not None:  # the engine puts it in where the stream allows it
+            self.native.close(self.session_id, fatal, pg.terminate(), LINGER_SECONDS)
+            backend = self.upstream
+            if backend is not None:  # a backend busy in a query notices no closed socket
+                self.frontend.spawn(
+                    up.send_cancel(backend.endpoint, backend.pid, backend.secret_key)
+                )
+            log.info("postgres proxy: session %s cut (%s)", self.session_id, reason)
+            return
         if self.framer.at_boundary:  # else a long row is on its way: just close
-            self.client.write(pg.grant_expired_error(message=f"terminating connection: {reason}"))
+            self.client.write(fatal)
         # a lingering close: a client still sending would otherwise get a reset, which can
         # destroy the FATAL message before it reads it
         self.frontend.spawn(self.client.close(_CLOSE_TIMEOUT_SECONDS))
@@ -284,6 +312,9 @@ class _Connection:
         self.end_reason = "client closed"
         self.relay: pg.FrontendRelay | None = None
         self._ending = False
+        #: native relay: the client's last message, and when the engine has closed the sockets
+        self._native_last = b""
+        self._native_closed: asyncio.Future[None] | None = None
 
     # -- I/O helpers (the login phase) ------------------------------------------------------
 
@@ -511,6 +542,10 @@ class _Connection:
     def _start_relay(self, session: _Session) -> None:
         upstream = session.upstream
         assert upstream is not None
+        relays = self.frontend.native_relays()
+        if relays is not None and self.wire.detachable and upstream.wire.detachable:
+            self._start_native(session, relays)
+            return
         self.relay = pg.FrontendRelay()
         early = b"".join(m.raw for m in self._pending) + self.codec.take_buffered()
         self._pending.clear()
@@ -524,6 +559,59 @@ class _Connection:
             self._end("client closed")
         elif upstream.wire.ended:
             self._end("upstream closed")
+
+    def _start_native(self, session: _Session, relays: native.NativeRelays) -> None:
+        """Hand the session's sockets to the native relay (plain TCP both ways)."""
+        upstream = session.upstream
+        assert upstream is not None
+        early = b"".join(m.raw for m in self._pending) + self.codec.take_buffered()
+        self._pending.clear()
+        client = self.wire.detach()
+        server = upstream.wire.detach()
+        # both were detachable just now
+        assert client is not None
+        assert server is not None
+        self._native_closed = asyncio.get_running_loop().create_future()
+        session.native = relays
+        relays.add(
+            session.session_id,
+            self,
+            (client[0], server[0]),
+            (early + client[1], server[1]),
+            self.ctx,
+        )
+        log.info("postgres proxy: session %s relayed natively", session.session_id)
+
+    # native relay events (see native.NativeSession)
+
+    def native_statement(self, style: bytes, text: bytes) -> None:
+        session = self.session
+        assert session is not None
+        # the statement has gone to the server already (even when the session is being cut
+        # or is ending now): the core keeps it whatever happens
+        try:
+            self.ctx.record_statement(
+                session.session_id, "simple" if style == b"Q" else "extended", text, forwarded=True
+            )
+        except JitvaultError as exc:  # fail closed: the session ends at once
+            if session.cut_reason is not None or self._ending:
+                return
+            log.warning(
+                "postgres proxy: session %s: cannot record (%s)",
+                session.session_id,
+                type(exc).__name__,
+            )
+            session.cut(RECORDING_REFUSED)
+
+    def native_ended(self, reason: str, violation: pg.ProtocolViolation | None) -> None:
+        if violation is not None:
+            self._native_last = pg.protocol_violation_error(violation)
+        self._end(reason)
+
+    def native_closed(self) -> None:
+        if self._native_closed is not None and not self._native_closed.done():
+            self._native_closed.set_result(None)
+        self._end("client closed")
 
     def _from_client(self, data: bytes) -> None:
         session, relay = self.session, self.relay
@@ -599,9 +687,12 @@ class _Connection:
         """Close both sides; tell the core the session is over (exactly once)."""
         self._ending = True
         session = self.session
-        if session is not None and session.upstream is not None and session.cut_reason is None:
-            session.upstream.close()
-        await self.wire.close(_CLOSE_TIMEOUT_SECONDS)
+        if session is not None and session.native is not None:
+            await self._finish_native(session, session.native)
+        else:
+            if session is not None and session.upstream is not None and session.cut_reason is None:
+                session.upstream.close()
+            await self.wire.close(_CLOSE_TIMEOUT_SECONDS)
         if session is not None and not session.reported:
             session.reported = True
             reason = session.cut_reason or self.end_reason
@@ -614,6 +705,14 @@ class _Connection:
                     type(exc).__name__,
                 )
             log.info("postgres proxy: session %s ended (%s)", session.session_id, reason)
+
+    async def _finish_native(self, session: _Session, relays: native.NativeRelays) -> None:
+        closed = self._native_closed
+        assert closed is not None
+        if session.cut_reason is None:  # else cut asked the engine to close already
+            relays.close(session.session_id, self._native_last, b"", LINGER_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(closed), _CLOSE_TIMEOUT_SECONDS + 1)
 
 
 def _client_sqlstate(sqlstate: str | None) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -195,6 +196,36 @@ class Wire(asyncio.Protocol):
         if self.transport is not None and not self._lost:
             self.transport.resume_reading()
         return left
+
+    @property
+    def detachable(self) -> bool:
+        """Can :meth:`detach` hand this connection over now?"""
+        transport = self.transport
+        return not (
+            transport is None
+            or self.ended
+            or transport.is_closing()
+            or transport.get_extra_info("ssl_object") is not None
+            or transport.get_extra_info("socket") is None
+            or transport.get_write_buffer_size() != 0
+        )
+
+    def detach(self) -> tuple[int, bytes] | None:
+        """Hand the connection over to native code: a duplicate of its socket (the transport is
+        dropped, not shut down: the connection stays open through the duplicate) and what was
+        read and not consumed yet. None where it cannot be handed over: TLS, the end already
+        reached, or bytes still waiting to be sent."""
+        transport = self.transport
+        if transport is None or not self.detachable:
+            return None
+        sock = transport.get_extra_info("socket")
+        fd = os.dup(sock.fileno())
+        left = bytes(self._buffer)
+        self._buffer.clear()
+        self._on_data, self._on_end = _drop, None
+        self.peer = None
+        transport.abort()
+        return fd, left
 
     @property
     def ended(self) -> bool:

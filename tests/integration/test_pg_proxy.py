@@ -46,6 +46,11 @@ TARGET = "pgc"
 MAX_CONNECTIONS = 3
 #: the requirement is 2 s; the assertion leaves room for a loaded CI machine
 CUT_BOUND_SECONDS = 5.0
+#: a test run through each relay: TLS sessions stay in the Python relay, plain-TCP ones go to
+#: the native one (``_relay.c``)
+RELAYS = pytest.mark.parametrize(
+    "sslmode", ["require", "disable"], ids=["python-relay", "native-relay"]
+)
 
 
 @dataclass
@@ -301,7 +306,7 @@ def test_psql_psycopg_and_asyncpg_log_in_with_the_token_as_the_account_and_never
 
 
 def _sleeping_client(
-    info: dict[str, Any],
+    info: dict[str, Any], sslmode: str = "require"
 ) -> tuple[threading.Thread, dict[str, Any], threading.Event]:
     """A psycopg client running pg_sleep(30) in a thread; the outcome lands in the dict."""
     out: dict[str, Any] = {}
@@ -309,7 +314,7 @@ def _sleeping_client(
 
     def run() -> None:
         try:
-            with _psycopg(info) as conn:
+            with _psycopg(info, sslmode=sslmode) as conn:
                 started.set()
                 conn.execute("SELECT pg_sleep(30)")
                 out["error"] = None
@@ -340,12 +345,13 @@ def _wait_sleeping(cluster: PgCluster, role: str, timeout: float = 10.0) -> None
     raise AssertionError("the query never started upstream")
 
 
+@RELAYS
 def test_revoke_cuts_a_running_query_with_57P01_and_ends_the_upstream_backend(
-    world: ProxyWorld,
+    world: ProxyWorld, sslmode: str
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access)
-    th, out, _ = _sleeping_client(info)
+    th, out, _ = _sleeping_client(info, sslmode)
     _wait_sleeping(world.cluster, access.role)
     revoking = time.monotonic()
     world.cli("grant", "revoke", str(access.grant_id), "--reason", "incident over",
@@ -365,13 +371,14 @@ def test_revoke_cuts_a_running_query_with_57P01_and_ends_the_upstream_backend(
     _wait_no_backend(world.cluster, access.role)
 
 
+@RELAYS
 def test_expiry_cuts_a_running_query_with_57P01_and_ends_the_upstream_backend(
-    world: ProxyWorld,
+    world: ProxyWorld, sslmode: str
 ) -> None:
     access = _access(world, duration="6s")
     info = _connect_info(world, access)
     expires = datetime.fromisoformat(info["expires_at"])
-    th, out, _ = _sleeping_client(info)
+    th, out, _ = _sleeping_client(info, sslmode)
     _wait_sleeping(world.cluster, access.role)
     th.join(30)
     assert not th.is_alive()
@@ -713,12 +720,14 @@ def _wait_session_ended(node: Node, session_id: int, timeout: float = 10.0) -> N
     raise AssertionError(f"session {session_id} did not end")
 
 
+@RELAYS
 def test_every_statement_of_a_2000_statement_session_is_recorded_in_order_once_it_ends(
     world: ProxyWorld,
+    sslmode: str,
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access)
-    with _psycopg(info) as conn:
+    with _psycopg(info, sslmode=sslmode) as conn:
         for i in range(2_000):
             conn.execute(f"SELECT {i}")
     node = world.node()
@@ -739,14 +748,16 @@ def _query_until_refused(conn: psycopg.Connection[Any], query: str, bound: float
         time.sleep(0.02)
 
 
+@RELAYS
 def test_a_statement_that_cannot_be_recorded_cuts_its_session_with_57P01(
     world: ProxyWorld,
+    sslmode: str,
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access)
     node = world.node()
     try:
-        with _psycopg(info) as conn, recordings_refused(node):
+        with _psycopg(info, sslmode=sslmode) as conn, recordings_refused(node):
             started = time.monotonic()
             with pytest.raises(psycopg.OperationalError) as caught:
                 _query_until_refused(conn, "SELECT 'not recorded'", CUT_BOUND_SECONDS)
@@ -973,15 +984,67 @@ def test_ten_thousand_malformed_messages_do_not_break_the_proxy(world: ProxyWorl
     assert "Traceback" not in log
 
 
-# ------------------------------------------------------------------------------- cancel
-
-
-def test_a_cancel_request_through_the_proxy_cancels_the_running_query(
+def test_plain_sessions_go_to_the_native_relay_and_tls_ones_stay_in_python(
     world: ProxyWorld,
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access)
-    with _psycopg(info) as conn:
+    node = world.node()
+    try:
+        for sslmode in ("disable", "require"):
+            with _psycopg(info, sslmode=sslmode) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (access.role,)
+        first, second = sorted(_session_ids(node, info["token_id"]))
+        for sid in (first, second):
+            _wait_session_ended(node, sid)
+    finally:
+        node.close()
+    log = world.server.log.read_text(errors="replace")
+    assert f"session {first} relayed natively" in log
+    assert f"session {second} relayed natively" not in log
+
+
+def test_a_malformed_message_after_login_gets_08P01_from_the_native_relay_and_is_not_forwarded(
+    world: ProxyWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    marker = secrets.token_hex(6)
+    with _raw_session(info["port"], info["user"], info["password"]) as s:
+        # a good statement, then in the same segment a message of a type no client sends
+        s.sendall(pg.query(f"SELECT '{marker}-before'") + b"Z" + struct.pack("!i", 4))
+        reader, got = pg.BackendReader(), list[pg.Message]()
+        s.settimeout(10)
+        while data := s.recv(65536):
+            got += reader.feed(data)
+    errors = [m for m in got if isinstance(m, pg.ErrorResponse)]
+    assert [(e.sqlstate, e.message) for e in errors] == [
+        ("08P01", "unknown frontend message type b'Z'")
+    ]
+    # as the Python relay: nothing of the read that held the violation reaches the server
+    assert not any(isinstance(m, pg.DataRow) for m in got)
+    node = world.node()
+    try:
+        (sid,) = _session_ids(node, info["token_id"])
+        _wait_session_ended(node, sid)
+    finally:
+        node.close()
+    log = world.server.log.read_text(errors="replace")
+    assert f"session {sid} relayed natively" in log
+    assert "Traceback" not in log
+
+
+# ------------------------------------------------------------------------------- cancel
+
+
+@RELAYS
+def test_a_cancel_request_through_the_proxy_cancels_the_running_query(
+    world: ProxyWorld,
+    sslmode: str,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    with _psycopg(info, sslmode=sslmode) as conn:
         timer = threading.Timer(1.0, conn.cancel)
         timer.start()
         started = time.monotonic()

@@ -1,0 +1,46 @@
+"""Builds the PostgreSQL proxy's native relay (plugins/jitvault_postgres/_relay.c) with every
+wheel and editable install: a C compiler and the Python headers are needed (Debian: gcc and
+python3-dev). ``JITVAULT_NO_NATIVE=1`` skips it; the proxy then relays in Python only."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+
+class NativeRelayBuild(BuildHookInterface):  # type: ignore[type-arg]
+    PLUGIN_NAME = "custom"
+
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if os.environ.get("JITVAULT_NO_NATIVE") == "1" or not sys.platform.startswith("linux"):
+            return
+        from setuptools import Distribution, Extension
+        from setuptools.command.build_ext import build_ext
+
+        root = Path(self.root)
+        extension = Extension(
+            "jitvault_postgres._relay",
+            [str(root / "plugins" / "jitvault_postgres" / "_relay.c")],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+        )
+        distribution = Distribution(
+            {
+                "name": "jitvault-native-relay",
+                "ext_modules": [extension],
+                "package_dir": {"jitvault_postgres": str(root / "plugins" / "jitvault_postgres")},
+            }
+        )
+        command = build_ext(distribution)
+        command.inplace = True
+        command.build_temp = str(root / "build" / "native")
+        command.ensure_finalized()
+        command.run()
+        built = Path(command.get_ext_fullpath("jitvault_postgres._relay")).resolve()
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
+        if version != "editable":
+            build_data["force_include"][str(built)] = f"jitvault_postgres/{built.name}"

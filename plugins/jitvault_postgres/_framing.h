@@ -1,0 +1,276 @@
+/*
+ * The PostgreSQL proxy's framing of both directions, sans-IO and free of Python (used by
+ * _relay.c, and by the sanitizer fuzz test in tests/native/): the same rules as
+ * protocol.FrontendRelay (client -> server) and frontend.BackendFramer (server -> client).
+ */
+#ifndef JITVAULT_PG_FRAMING_H
+#define JITVAULT_PG_FRAMING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_MESSAGE_LENGTH (1u << 30)
+#define SERVER_HOLD_LIMIT (1u << 20)
+
+/* ---- violations (Python words them: frontend.client_violation) -------------------------- */
+enum {
+    V_NONE = 0,
+    V_AFTER_END = 1,
+    V_UNKNOWN_TYPE = 2,
+    V_BAD_LENGTH = 3,
+    V_TOO_LONG = 4,
+    V_TERMINATE_TRAILING = 5,
+    V_NOT_NUL_TERMINATED = 6,
+    V_TRAILING = 7,
+    V_TRUNCATED = 8,
+    V_NEGATIVE_COUNT = 9,
+};
+
+typedef struct {
+    uint8_t *data;
+    size_t len, cap;
+} Buf;
+
+static int buf_append(Buf *b, const uint8_t *p, size_t n) {
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n) cap *= 2;
+        uint8_t *d = realloc(b->data, cap);
+        if (d == NULL) return -1;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static void buf_consume(Buf *b, size_t n) {
+    if (n >= b->len) {
+        b->len = 0;
+    } else {
+        memmove(b->data, b->data + n, b->len - n);
+        b->len -= n;
+    }
+    if (b->len == 0 && b->cap > 65536) { /* an idle session keeps no big buffer */
+        free(b->data);
+        b->data = NULL;
+        b->cap = 0;
+    }
+}
+
+static void buf_free(Buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static inline uint32_t be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* ---- the client framer -------------------------------------------------------------------- */
+
+typedef void (*emit_fn)(void *ctx, char style, const uint8_t *text, size_t len);
+
+typedef struct {
+    Buf held;          /* a partial header, or an inspected message being completed */
+    size_t need;       /* the held inspected message's full size, once its header is known */
+    uint64_t through;  /* bytes of a streamed message still to come */
+    int terminated;
+    int violation;
+    uint8_t vtype;
+    int64_t vlength;
+} ClientFramer;
+
+static int is_frontend_type(uint8_t t) {
+    switch (t) {
+    case 'Q': case 'P': case 'B': case 'E': case 'D': case 'C': case 'S':
+    case 'H': case 'F': case 'd': case 'c': case 'f': case 'X':
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static const uint8_t *find_nul(const uint8_t *p, const uint8_t *end) {
+    return memchr(p, 0, (size_t)(end - p));
+}
+
+/* check a complete Q/P/X message (body = v[body..end)); emit its text; 0 or a violation */
+static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_fn emit,
+                   void *ctx) {
+    if (type == 'X') {
+        if (body != end) return V_TERMINATE_TRAILING;
+        emit(ctx, 'X', NULL, 0);
+        return V_NONE;
+    }
+    if (type == 'P') {
+        const uint8_t *name_end = find_nul(body, end);
+        if (name_end == NULL) return V_NOT_NUL_TERMINATED;
+        body = name_end + 1;
+    }
+    const uint8_t *nul = find_nul(body, end);
+    if (nul == NULL) return V_NOT_NUL_TERMINATED;
+    if (type == 'Q') {
+        if (nul != end - 1) return V_TRAILING;
+    } else {
+        ptrdiff_t rest = end - nul - 1;
+        if (rest < 2) return V_TRUNCATED;
+        int16_t count = (int16_t)(((uint16_t)nul[1] << 8) | nul[2]);
+        if (count < 0) return V_NEGATIVE_COUNT;
+        if (rest - 2 != 4 * (ptrdiff_t)count)
+            return rest - 2 < 4 * (ptrdiff_t)count ? V_TRUNCATED : V_TRAILING;
+    }
+    emit(ctx, (char)type, body, (size_t)(nul - body));
+    return V_NONE;
+}
+
+/* scan v[0..size): how many bytes may be forwarded; sets f->need, f->violation */
+static size_t client_scan(ClientFramer *f, const uint8_t *v, size_t size, emit_fn emit,
+                          void *ctx) {
+    size_t pos = 0;
+    f->need = 0;
+    if (f->through) {
+        pos = f->through < size ? (size_t)f->through : size;
+        f->through -= pos;
+    }
+    while (pos < size) {
+        if (f->terminated) {
+            f->violation = V_AFTER_END;
+            return pos;
+        }
+        if (size - pos < 5) break;
+        uint8_t type = v[pos];
+        int64_t length = (int32_t)be32(v + pos + 1);
+        f->vtype = type;
+        f->vlength = length;
+        if (!is_frontend_type(type)) {
+            f->violation = V_UNKNOWN_TYPE;
+            return pos;
+        }
+        if (length < 4) {
+            f->violation = V_BAD_LENGTH;
+            return pos;
+        }
+        if (length > (int64_t)MAX_MESSAGE_LENGTH) {
+            f->violation = V_TOO_LONG;
+            return pos;
+        }
+        size_t end = pos + 1 + (size_t)length;
+        if (type == 'Q' || type == 'P' || type == 'X') {
+            if (end > size) {
+                f->need = end - pos;
+                break;
+            }
+            int v_ = surface(type, v + pos + 5, v + end, emit, ctx);
+            if (v_ != V_NONE) {
+                f->violation = v_;
+                return pos;
+            }
+            f->terminated = type == 'X';
+        } else if (end > size) {
+            f->through = end - size;
+            end = size;
+        }
+        pos = end;
+    }
+    return pos;
+}
+
+/*
+ * Feed new bytes. On return, out and out_len are the bytes to forward now (inside `data` or the
+ * held buffer); call client_commit(f, out_len) once they are used. -1: out of memory.
+ */
+static int client_feed(ClientFramer *f, const uint8_t *data, size_t n, const uint8_t **out,
+                       size_t *out_len, emit_fn emit, void *ctx) {
+    *out = data;
+    *out_len = 0;
+    if (f->violation) return 0;
+    if (f->need && f->held.len + n < f->need) { /* a long statement still arriving */
+        if (buf_append(&f->held, data, n) < 0) return -1;
+        return 0;
+    }
+    if (f->held.len) {
+        if (buf_append(&f->held, data, n) < 0) return -1;
+        size_t pos = client_scan(f, f->held.data, f->held.len, emit, ctx);
+        *out = f->held.data;
+        *out_len = f->violation ? 0 : pos;
+        return 0;
+    }
+    size_t pos = client_scan(f, data, n, emit, ctx);
+    *out = data;
+    *out_len = f->violation ? 0 : pos;
+    if (f->violation) return 1;
+    if (pos < n && buf_append(&f->held, data + pos, n - pos) < 0) return -1;
+    /* mark: the held bytes are a copy; nothing to consume from them */
+    return 1;
+}
+
+/* after a client_feed that returned 0 with bytes out of the held buffer */
+static void client_commit(ClientFramer *f, int from_data, size_t used) {
+    if (!from_data) buf_consume(&f->held, used);
+    if (f->violation) buf_free(&f->held);
+}
+
+/* ---- the server framer -------------------------------------------------------------------- */
+
+typedef struct {
+    Buf held;
+    uint64_t through;
+    int violation;
+} ServerFramer;
+
+static size_t server_scan(ServerFramer *f, const uint8_t *v, size_t size) {
+    size_t pos = 0;
+    if (f->through) {
+        pos = f->through < size ? (size_t)f->through : size;
+        f->through -= pos;
+    }
+    while (size - pos >= 5) {
+        int64_t length = (int32_t)be32(v + pos + 1);
+        if (length < 4) {
+            f->violation = 1;
+            return pos;
+        }
+        size_t end = pos + 1 + (size_t)length;
+        if (end > size) {
+            if (end - pos > SERVER_HOLD_LIMIT) {
+                f->through = end - size;
+                pos = size;
+            }
+            break;
+        }
+        pos = end;
+    }
+    return pos;
+}
+
+/* same contract as client_feed */
+static int server_feed(ServerFramer *f, const uint8_t *data, size_t n, const uint8_t **out,
+                       size_t *out_len) {
+    *out = data;
+    *out_len = 0;
+    if (f->violation) return 0;
+    if (f->held.len) {
+        if (buf_append(&f->held, data, n) < 0) return -1;
+        *out = f->held.data;
+        *out_len = server_scan(f, f->held.data, f->held.len);
+        if (f->violation) *out_len = 0;
+        return 0;
+    }
+    size_t pos = server_scan(f, data, n);
+    *out_len = f->violation ? 0 : pos;
+    if (f->violation) return 1;
+    if (pos < n && buf_append(&f->held, data + pos, n - pos) < 0) return -1;
+    return 1;
+}
+
+static void server_commit(ServerFramer *f, int from_data, size_t used) {
+    if (!from_data) buf_consume(&f->held, used);
+    if (f->violation) buf_free(&f->held);
+}
+
+#endif

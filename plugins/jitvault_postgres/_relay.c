@@ -1,0 +1,845 @@
+/*
+ * The PostgreSQL proxy's native relay: the steady state of plain-TCP sessions, outside the GIL.
+ *
+ * Once a session is logged in (in Python: TLS, SCRAM, the upstream login, the cancel keys),
+ * frontend.py hands its two sockets to an Engine: one thread per process, one epoll loop over
+ * every such session. It moves bytes both ways with the same framing rules as the Python relay
+ * (protocol.FrontendRelay and frontend.BackendFramer):
+ *
+ *   client -> server: every message's type and length are checked; Query, Parse and Terminate
+ *     are held until complete, checked as the server checks them, and their statement text is
+ *     queued for the recorder *before* the message is forwarded; everything else streams through.
+ *   server -> client: cut at message boundaries (an incomplete message under 1 MiB is held), so
+ *     that a FATAL message can be put in whenever the session is cut.
+ *
+ * Python drains the queue (Engine.take) when the engine's eventfd says something waits:
+ * statements (recorded by the core), and the end of a session (its sockets then wait, unread,
+ * for Engine.close, which writes the last message, lingers and closes). While the recorder is
+ * behind (Engine.set_gate(False)) or the queue is full, no client is read. No Python object is
+ * touched by the engine thread; the queue and the commands are under one mutex.
+ *
+ * ClientFramer exposes the client-side framing alone (sans-IO), so that tests can hold it
+ * against protocol.FrontendRelay byte for byte.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define READ_CHUNK (64 * 1024)
+/* the queue of statements waiting for Python: clients are not read above either bound (one
+ * client read then adds at most READ_CHUNK / 6 statements: far less than the recorder's queue
+ * holds above the level where it asks the relays to wait) */
+#define QUEUE_LIMIT_BYTES (4u << 20)
+#define QUEUE_LIMIT_EVENTS 4096
+/* statements wake Python at most this often (their messages are not held meanwhile: only their
+ * hand-over to the recorder waits), or as soon as this many wait; ends wake it at once */
+#define NOTIFY_DELAY_SECONDS 0.002
+#define NOTIFY_BATCH 256
+#define QUEUE_FULL(e) ((e)->ev_bytes > QUEUE_LIMIT_BYTES || (e)->ev_count > QUEUE_LIMIT_EVENTS)
+
+#include "_framing.h"
+
+/* ---- the engine --------------------------------------------------------------------------- */
+
+enum { ST_LIVE, ST_PARKED, ST_LINGER, ST_DEAD };
+
+/* why a session stopped by itself (Python words it) */
+enum {
+    END_CLIENT_CLOSED = 1,
+    END_CLIENT_LOST = 2,
+    END_UPSTREAM_CLOSED = 3,
+    END_UPSTREAM_LOST = 4,
+    END_CLIENT_VIOLATION = 5,
+    END_UPSTREAM_VIOLATION = 6,
+    END_NO_MEMORY = 7,
+};
+
+typedef struct Relay {
+    long long sid;
+    int cfd, sfd;
+    int state;
+    ClientFramer cf;
+    ServerFramer sf;
+    Buf to_server, to_client; /* bytes the peer has not taken yet */
+    uint32_t cmask, smask;    /* what epoll watches now */
+    int gated;                /* client reading stopped by the gate */
+    double deadline;          /* ST_LINGER: when to close anyway */
+    struct Relay *prev, *next;
+} Relay;
+
+typedef struct Event {
+    int kind; /* 'q' statement, 'e' ended, 'c' closed */
+    long long sid;
+    char style;
+    int code;
+    uint8_t vtype;
+    int64_t vlength;
+    uint8_t *text;
+    size_t len;
+    struct Event *next;
+} Event;
+
+typedef struct Command {
+    int kind; /* 'a' add, 'c' close, 'g' gate changed, 's' stop */
+    Relay *relay;
+    long long sid;
+    uint8_t *last;
+    size_t last_len;
+    uint8_t *term;
+    size_t term_len;
+    double linger;
+    struct Command *next;
+} Command;
+
+typedef struct {
+    PyObject_HEAD
+    int epfd, wakefd, notifyfd;
+    pthread_t thread;
+    int running;
+    pthread_mutex_t lock;
+    /* under lock */
+    Event *ev_head, *ev_tail;
+    size_t ev_bytes, ev_count;
+    int notified;
+    Command *cmd_head, *cmd_tail;
+    int gate_open; /* Python's gate */
+    /* the engine thread's own */
+    Relay *relays;
+    Relay *dead; /* ended this turn: freed once the turn's events are handled */
+    int gate_closed_now; /* the gate as the thread last applied it */
+    double statements_since; /* when statements were queued without waking Python (0: none) */
+    uint8_t *scratch;
+} Engine;
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void notify_python(Engine *e) {
+    /* lock held */
+    if (!e->notified) {
+        e->notified = 1;
+        uint64_t one = 1;
+        ssize_t w = write(e->notifyfd, &one, sizeof one);
+        (void)w;
+    }
+}
+
+static void push_event(Engine *e, Event *ev) {
+    pthread_mutex_lock(&e->lock);
+    if (e->ev_tail) e->ev_tail->next = ev;
+    else e->ev_head = ev;
+    e->ev_tail = ev;
+    e->ev_bytes += ev->len + sizeof(Event);
+    e->ev_count++;
+    notify_python(e);
+    pthread_mutex_unlock(&e->lock);
+}
+
+static int gate_closed(Engine *e) {
+    pthread_mutex_lock(&e->lock);
+    int closed = !e->gate_open || QUEUE_FULL(e);
+    pthread_mutex_unlock(&e->lock);
+    return closed;
+}
+
+/* the statements of one client read, collected before they are queued */
+typedef struct {
+    Relay *r;
+    Event *head, *tail;
+    int terminated;
+    int failed;
+} Collect;
+
+static void collect_statement(void *ctx, char style, const uint8_t *text, size_t len) {
+    Collect *c = ctx;
+    if (style == 'X') {
+        c->terminated = 1;
+        return;
+    }
+    Event *ev = calloc(1, sizeof(Event));
+    uint8_t *copy = len ? malloc(len) : NULL;
+    if (ev == NULL || (len && copy == NULL)) {
+        free(ev);
+        free(copy);
+        c->failed = 1;
+        return;
+    }
+    if (len) memcpy(copy, text, len);
+    ev->kind = 'q';
+    ev->sid = c->r->sid;
+    ev->style = style;
+    ev->text = copy;
+    ev->len = len;
+    if (c->tail) c->tail->next = ev;
+    else c->head = ev;
+    c->tail = ev;
+}
+
+static void update_mask(Engine *e, Relay *r, int fd, uint32_t *current, uint32_t want) {
+    if (*current == want) return;
+    struct epoll_event ev = {.events = want, .data.ptr = (void *)((uintptr_t)r | (fd == r->sfd))};
+    if (*current == 0) epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev);
+    else if (want == 0) epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
+    else epoll_ctl(e->epfd, EPOLL_CTL_MOD, fd, &ev);
+    *current = want;
+}
+
+/* recompute what each side waits for */
+static void rearm(Engine *e, Relay *r) {
+    uint32_t cm = 0, sm = 0;
+    if (r->state == ST_LIVE) {
+        if (r->to_server.len == 0 && !r->gated) cm |= EPOLLIN;
+        if (r->to_client.len == 0) sm |= EPOLLIN;
+        if (r->to_client.len) cm |= EPOLLOUT;
+        if (r->to_server.len) sm |= EPOLLOUT;
+    } else if (r->state == ST_LINGER) {
+        cm = r->to_client.len ? EPOLLOUT : EPOLLIN;
+    }
+    update_mask(e, r, r->cfd, &r->cmask, cm);
+    if (r->sfd >= 0) update_mask(e, r, r->sfd, &r->smask, sm);
+}
+
+static void park(Engine *e, Relay *r, int code) {
+    if (r->state != ST_LIVE) return;
+    r->state = ST_PARKED;
+    rearm(e, r);
+    Event *ev = calloc(1, sizeof(Event));
+    if (ev == NULL) return; /* Python's cut at expiry still ends it */
+    ev->kind = 'e';
+    ev->sid = r->sid;
+    ev->code = code;
+    ev->vtype = r->cf.vtype;
+    ev->vlength = r->cf.vlength;
+    ev->style = (char)r->cf.violation;
+    push_event(e, ev);
+}
+
+/* send what we can of p[0..n) to fd, queue the rest in out; -1 on a broken connection */
+static int send_or_queue(int fd, Buf *out, const uint8_t *p, size_t n) {
+    if (n == 0) return 0;
+    if (out->len == 0) {
+        while (n > 0) {
+            ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0) {
+                if (errno == EINTR) continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+                return -1;
+            }
+            p += w;
+            n -= (size_t)w;
+        }
+    }
+    if (n > 0 && buf_append(out, p, n) < 0) return -1;
+    return 0;
+}
+
+static int flush_out(int fd, Buf *out) {
+    size_t done = 0;
+    while (done < out->len) {
+        ssize_t w = send(fd, out->data + done, out->len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            return -1;
+        }
+        done += (size_t)w;
+    }
+    buf_consume(out, done);
+    return 0;
+}
+
+static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
+    Collect c = {.r = r};
+    const uint8_t *out;
+    size_t out_len;
+    int from_data = client_feed(&r->cf, data, n, &out, &out_len, collect_statement, &c);
+    if (from_data < 0 || c.failed || r->cf.violation) {
+        int violation = from_data >= 0 && !c.failed;
+        while (c.head) {
+            Event *next = c.head->next;
+            free(c.head->text);
+            free(c.head);
+            c.head = next;
+        }
+        client_commit(&r->cf, from_data < 0 ? 1 : from_data, 0);
+        park(e, r, violation ? END_CLIENT_VIOLATION : END_NO_MEMORY);
+        return;
+    }
+    /* the statements are queued before their messages leave */
+    if (c.head) {
+        pthread_mutex_lock(&e->lock);
+        for (Event *ev = c.head; ev; ev = ev->next) {
+            e->ev_bytes += ev->len + sizeof(Event);
+            e->ev_count++;
+        }
+        if (e->ev_tail) e->ev_tail->next = c.head;
+        else e->ev_head = c.head;
+        e->ev_tail = c.tail;
+        if (e->ev_count >= NOTIFY_BATCH) notify_python(e);
+        pthread_mutex_unlock(&e->lock);
+        if (e->statements_since == 0) e->statements_since = now_seconds();
+    }
+    int broken = send_or_queue(r->sfd, &r->to_server, out, out_len) < 0;
+    client_commit(&r->cf, from_data, out_len);
+    if (broken) park(e, r, END_UPSTREAM_LOST);
+    else if (c.terminated) park(e, r, END_CLIENT_CLOSED);
+}
+
+static void from_server(Engine *e, Relay *r, const uint8_t *data, size_t n) {
+    const uint8_t *out;
+    size_t out_len;
+    int from_data = server_feed(&r->sf, data, n, &out, &out_len);
+    if (from_data < 0) {
+        park(e, r, END_NO_MEMORY);
+        return;
+    }
+    int broken = send_or_queue(r->cfd, &r->to_client, out, out_len) < 0;
+    server_commit(&r->sf, from_data, out_len);
+    if (r->sf.violation) park(e, r, END_UPSTREAM_VIOLATION);
+    else if (broken) park(e, r, END_CLIENT_LOST);
+}
+
+static void finish_linger(Engine *e, Relay *r) {
+    update_mask(e, r, r->cfd, &r->cmask, 0);
+    close(r->cfd);
+    r->cfd = -1;
+    if (r->prev) r->prev->next = r->next;
+    else e->relays = r->next;
+    if (r->next) r->next->prev = r->prev;
+    Event *ev = calloc(1, sizeof(Event));
+    if (ev != NULL) {
+        ev->kind = 'c';
+        ev->sid = r->sid;
+        push_event(e, ev);
+    }
+    r->state = ST_DEAD;
+    r->next = e->dead;
+    e->dead = r;
+}
+
+static void free_dead(Engine *e) {
+    while (e->dead) {
+        Relay *r = e->dead;
+        e->dead = r->next;
+        buf_free(&r->cf.held);
+        buf_free(&r->sf.held);
+        buf_free(&r->to_server);
+        buf_free(&r->to_client);
+        free(r);
+    }
+}
+
+static void on_ready(Engine *e, Relay *r, int server_side, uint32_t events) {
+    if (r->state == ST_DEAD) return;
+    if (r->state == ST_LINGER) {
+        if (server_side) return;
+        if (r->to_client.len) {
+            if (flush_out(r->cfd, &r->to_client) < 0) {
+                finish_linger(e, r);
+                return;
+            }
+            if (r->to_client.len == 0) shutdown(r->cfd, SHUT_WR);
+            rearm(e, r);
+            return;
+        }
+        ssize_t got = recv(r->cfd, e->scratch, READ_CHUNK, MSG_DONTWAIT);
+        if (got == 0 || (got < 0 && errno != EAGAIN && errno != EINTR && errno != EWOULDBLOCK))
+            finish_linger(e, r);
+        return;
+    }
+    if (r->state != ST_LIVE) return;
+    int fd = server_side ? r->sfd : r->cfd;
+    if (events & EPOLLOUT) {
+        Buf *out = server_side ? &r->to_server : &r->to_client;
+        if (flush_out(fd, out) < 0) {
+            park(e, r, server_side ? END_UPSTREAM_LOST : END_CLIENT_LOST);
+            return;
+        }
+    }
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        if (!server_side && gate_closed(e)) {
+            r->gated = 1;
+            e->gate_closed_now = 1;
+        } else if ((server_side ? r->to_client.len : r->to_server.len) == 0) {
+            ssize_t got = recv(fd, e->scratch, READ_CHUNK, MSG_DONTWAIT);
+            if (got > 0) {
+                if (server_side) from_server(e, r, e->scratch, (size_t)got);
+                else from_client(e, r, e->scratch, (size_t)got);
+            } else if (got == 0) {
+                park(e, r, server_side ? END_UPSTREAM_CLOSED : END_CLIENT_CLOSED);
+            } else if (errno != EAGAIN && errno != EINTR && errno != EWOULDBLOCK) {
+                park(e, r, server_side ? END_UPSTREAM_LOST : END_CLIENT_LOST);
+            }
+        }
+    }
+    if (r->state == ST_LIVE) rearm(e, r);
+}
+
+static Relay *find_relay(Engine *e, long long sid) {
+    for (Relay *r = e->relays; r; r = r->next)
+        if (r->sid == sid) return r;
+    return NULL;
+}
+
+static void start_close(Engine *e, Command *c) {
+    Relay *r = find_relay(e, c->sid);
+    if (r == NULL || r->state == ST_LINGER) return;
+    int was_live = r->state == ST_LIVE;
+    r->state = ST_LINGER;
+    if (r->sfd >= 0) {
+        update_mask(e, r, r->sfd, &r->smask, 0);
+        if (c->term_len && r->to_server.len == 0 && r->cf.through == 0 && r->cf.held.len == 0) {
+            ssize_t w = send(r->sfd, c->term, c->term_len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)w;
+        }
+        close(r->sfd);
+        r->sfd = -1;
+    }
+    (void)was_live;
+    /* the last message only where the client's stream is at a message boundary */
+    if (c->last_len && r->sf.through == 0) {
+        if (buf_append(&r->to_client, c->last, c->last_len) < 0) {
+            finish_linger(e, r);
+            return;
+        }
+    }
+    buf_free(&r->sf.held);
+    r->deadline = now_seconds() + c->linger;
+    if (flush_out(r->cfd, &r->to_client) < 0) {
+        finish_linger(e, r);
+        return;
+    }
+    if (r->to_client.len == 0) shutdown(r->cfd, SHUT_WR);
+    rearm(e, r);
+}
+
+static void start_relay(Engine *e, Relay *r, const uint8_t *to_server, size_t ns,
+                        const uint8_t *to_client, size_t nc) {
+    r->next = e->relays;
+    if (e->relays) e->relays->prev = r;
+    e->relays = r;
+    if (nc) from_server(e, r, to_client, nc);
+    if (ns && r->state == ST_LIVE) from_client(e, r, to_server, ns);
+    if (r->state == ST_LIVE) rearm(e, r);
+}
+
+static void run_commands(Engine *e, int *stop) {
+    pthread_mutex_lock(&e->lock);
+    Command *c = e->cmd_head;
+    e->cmd_head = e->cmd_tail = NULL;
+    pthread_mutex_unlock(&e->lock);
+    while (c) {
+        Command *next = c->next;
+        if (c->kind == 'a') {
+            start_relay(e, c->relay, c->last, c->last_len, c->term, c->term_len);
+        } else if (c->kind == 'c') {
+            start_close(e, c);
+        } else if (c->kind == 's') {
+            *stop = 1;
+        }
+        free(c->last);
+        free(c->term);
+        free(c);
+        c = next;
+    }
+    /* the gate: read the held-back clients again once it opens */
+    if (e->gate_closed_now && !gate_closed(e)) {
+        e->gate_closed_now = 0;
+        for (Relay *r = e->relays; r; r = r->next) {
+            if (r->gated) {
+                r->gated = 0;
+                if (r->state == ST_LIVE) rearm(e, r);
+            }
+        }
+    }
+}
+
+static void *engine_main(void *arg) {
+    Engine *e = arg;
+    struct epoll_event events[256];
+    int stop = 0;
+    while (!stop) {
+        int lingering = 0;
+        for (Relay *r = e->relays; r; r = r->next)
+            if (r->state == ST_LINGER) lingering = 1;
+        int timeout = lingering || e->gate_closed_now ? 50 : -1;
+        if (e->statements_since != 0) timeout = 1;
+        int n = epoll_wait(e->epfd, events, 256, timeout);
+        if (n < 0 && errno != EINTR) break;
+        for (int i = 0; i < n; i++) {
+            void *p = events[i].data.ptr;
+            if (p == NULL) {
+                uint64_t v;
+                ssize_t rd = read(e->wakefd, &v, sizeof v);
+                (void)rd;
+                run_commands(e, &stop);
+                continue;
+            }
+            Relay *r = (Relay *)((uintptr_t)p & ~(uintptr_t)1);
+            on_ready(e, r, (int)((uintptr_t)p & 1), events[i].events);
+        }
+        if (lingering) {
+            double t = now_seconds();
+            Relay *r = e->relays;
+            while (r) {
+                Relay *next = r->next;
+                if (r->state == ST_LINGER && t >= r->deadline) finish_linger(e, r);
+                r = next;
+            }
+        }
+        if (e->gate_closed_now) run_commands(e, &stop);
+        if (e->statements_since != 0 && now_seconds() - e->statements_since >= NOTIFY_DELAY_SECONDS) {
+            pthread_mutex_lock(&e->lock);
+            if (e->ev_head != NULL) notify_python(e);
+            pthread_mutex_unlock(&e->lock);
+            e->statements_since = 0;
+        }
+        free_dead(e);
+    }
+    /* stopping: every socket still held is closed */
+    while (e->relays) {
+        Relay *r = e->relays;
+        if (r->sfd >= 0) close(r->sfd);
+        r->sfd = -1;
+        finish_linger(e, r);
+    }
+    free_dead(e);
+    return NULL;
+}
+
+static int post(Engine *e, Command *c) {
+    pthread_mutex_lock(&e->lock);
+    if (e->cmd_tail) e->cmd_tail->next = c;
+    else e->cmd_head = c;
+    e->cmd_tail = c;
+    pthread_mutex_unlock(&e->lock);
+    uint64_t one = 1;
+    return write(e->wakefd, &one, sizeof one) == sizeof one ? 0 : -1;
+}
+
+static uint8_t *copy_bytes(const char *p, Py_ssize_t n) {
+    uint8_t *d = malloc(n > 0 ? (size_t)n : 1);
+    if (d != NULL && n > 0) memcpy(d, p, (size_t)n);
+    return d;
+}
+
+/* ---- Engine: the Python type ------------------------------------------------------------- */
+
+static void free_events(Event *ev) {
+    while (ev) {
+        Event *next = ev->next;
+        free(ev->text);
+        free(ev);
+        ev = next;
+    }
+}
+
+static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
+    self->epfd = self->wakefd = self->notifyfd = -1;
+    self->scratch = malloc(READ_CHUNK);
+    if (self->scratch == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pthread_mutex_init(&self->lock, NULL);
+    self->gate_open = 1;
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    self->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    self->notifyfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (self->epfd < 0 || self->wakefd < 0 || self->notifyfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->wakefd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    int rc = pthread_create(&self->thread, NULL, engine_main, self);
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->running = 1;
+    return 0;
+}
+
+static PyObject *Engine_stop(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->running) {
+        Command *c = calloc(1, sizeof(Command));
+        if (c == NULL) return PyErr_NoMemory();
+        c->kind = 's';
+        post(self, c);
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(self->thread, NULL);
+        Py_END_ALLOW_THREADS
+        self->running = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+static void Engine_dealloc(Engine *self) {
+    if (self->running) {
+        Command *c = calloc(1, sizeof(Command));
+        if (c != NULL) {
+            c->kind = 's';
+            post(self, c);
+            pthread_join(self->thread, NULL);
+        }
+        self->running = 0;
+    }
+    free_events(self->ev_head);
+    if (self->epfd >= 0) close(self->epfd);
+    if (self->wakefd >= 0) close(self->wakefd);
+    if (self->notifyfd >= 0) close(self->notifyfd);
+    free(self->scratch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Engine_fileno(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromLong(self->notifyfd);
+}
+
+static PyObject *Engine_add(Engine *self, PyObject *args) {
+    long long sid;
+    int cfd, sfd;
+    const char *ts, *tc;
+    Py_ssize_t ns, nc;
+    if (!PyArg_ParseTuple(args, "Liiy#y#", &sid, &cfd, &sfd, &ts, &ns, &tc, &nc)) return NULL;
+    if (!self->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the native relay is stopped");
+        return NULL;
+    }
+    Relay *r = calloc(1, sizeof(Relay));
+    Command *c = calloc(1, sizeof(Command));
+    uint8_t *a = copy_bytes(ts, ns), *b = copy_bytes(tc, nc);
+    if (r == NULL || c == NULL || a == NULL || b == NULL) {
+        free(r);
+        free(c);
+        free(a);
+        free(b);
+        return PyErr_NoMemory();
+    }
+    r->sid = sid;
+    r->cfd = cfd;
+    r->sfd = sfd;
+    r->state = ST_LIVE;
+    c->kind = 'a';
+    c->relay = r;
+    c->last = a;
+    c->last_len = (size_t)ns;
+    c->term = b;
+    c->term_len = (size_t)nc;
+    if (post(self, c) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_close(Engine *self, PyObject *args) {
+    long long sid;
+    const char *last, *term;
+    Py_ssize_t nl, nt;
+    double linger;
+    if (!PyArg_ParseTuple(args, "Ly#y#d", &sid, &last, &nl, &term, &nt, &linger)) return NULL;
+    if (!self->running) Py_RETURN_NONE;
+    Command *c = calloc(1, sizeof(Command));
+    uint8_t *a = copy_bytes(last, nl), *b = copy_bytes(term, nt);
+    if (c == NULL || a == NULL || b == NULL) {
+        free(c);
+        free(a);
+        free(b);
+        return PyErr_NoMemory();
+    }
+    c->kind = 'c';
+    c->sid = sid;
+    c->last = a;
+    c->last_len = (size_t)nl;
+    c->term = b;
+    c->term_len = (size_t)nt;
+    c->linger = linger;
+    if (post(self, c) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_set_gate(Engine *self, PyObject *arg) {
+    int open = PyObject_IsTrue(arg);
+    if (open < 0) return NULL;
+    pthread_mutex_lock(&self->lock);
+    self->gate_open = open;
+    pthread_mutex_unlock(&self->lock);
+    if (open && self->running) {
+        uint64_t one = 1;
+        ssize_t w = write(self->wakefd, &one, sizeof one);
+        (void)w;
+    }
+    Py_RETURN_NONE;
+}
+
+/* everything queued: a list of ("q", sid, style, text) / ("e", sid, code, violation, type,
+ * length) / ("c", sid) tuples */
+static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
+    uint64_t v;
+    ssize_t rd = read(self->notifyfd, &v, sizeof v);
+    (void)rd;
+    pthread_mutex_lock(&self->lock);
+    Event *ev = self->ev_head;
+    int was_full = QUEUE_FULL(self);
+    self->ev_head = self->ev_tail = NULL;
+    self->ev_bytes = self->ev_count = 0;
+    self->notified = 0;
+    pthread_mutex_unlock(&self->lock);
+    if (was_full && self->running) {
+        uint64_t one = 1;
+        ssize_t w = write(self->wakefd, &one, sizeof one);
+        (void)w;
+    }
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        free_events(ev);
+        return NULL;
+    }
+    for (Event *e = ev; e; e = e->next) {
+        PyObject *item;
+        if (e->kind == 'q') {
+            item = Py_BuildValue("(sLcy#)", "q", e->sid, e->style, (const char *)e->text,
+                                 (Py_ssize_t)e->len);
+        } else if (e->kind == 'e') {
+            item = Py_BuildValue("(sLiiiL)", "e", e->sid, e->code, (int)e->style, (int)e->vtype,
+                                 (long long)e->vlength);
+        } else {
+            item = Py_BuildValue("(sL)", "c", e->sid);
+        }
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(list);
+            free_events(ev);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    free_events(ev);
+    return list;
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"fileno", (PyCFunction)Engine_fileno, METH_NOARGS, "The eventfd that is readable when take() has something."},
+    {"add", (PyCFunction)Engine_add, METH_VARARGS, "add(sid, client_fd, server_fd, to_server, to_client): relay a session (the fds are the engine's from now on)."},
+    {"close", (PyCFunction)Engine_close, METH_VARARGS, "close(sid, last_message, terminate, linger): end a session."},
+    {"set_gate", (PyCFunction)Engine_set_gate, METH_O, "set_gate(open): read clients (True) or hold them (False)."},
+    {"take", (PyCFunction)Engine_take, METH_NOARGS, "take(): the queued events."},
+    {"stop", (PyCFunction)Engine_stop, METH_NOARGS, "stop(): close every socket and end the thread."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "jitvault_postgres._relay.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+    .tp_doc = "The native relay: one thread, one epoll loop over the plain-TCP sessions.",
+};
+
+/* ---- ClientFramer: the client framing alone, for tests ----------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    ClientFramer f;
+} PyClientFramer;
+
+static void emit_to_list(void *ctx, char style, const uint8_t *text, size_t len) {
+    PyObject *list = ctx;
+    PyObject *item = Py_BuildValue("(y#y#)", &style, (Py_ssize_t)1, text ? (const char *)text : "",
+                                   (Py_ssize_t)len);
+    if (item != NULL) {
+        PyList_Append(list, item);
+        Py_DECREF(item);
+    }
+}
+
+static PyObject *ClientFramer_feed(PyClientFramer *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *surfaced = PyList_New(0);
+    if (surfaced == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const uint8_t *out;
+    size_t out_len;
+    int from_data = client_feed(&self->f, view.buf, (size_t)view.len, &out, &out_len,
+                                emit_to_list, surfaced);
+    PyObject *forward = from_data < 0 ? NULL : PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)out_len);
+    if (from_data >= 0) client_commit(&self->f, from_data, out_len);
+    PyBuffer_Release(&view);
+    if (self->f.violation && PyList_SetSlice(surfaced, 0, PyList_GET_SIZE(surfaced), NULL) < 0) {
+        Py_XDECREF(forward);
+        Py_DECREF(surfaced);
+        return NULL;
+    }
+    if (forward == NULL || PyErr_Occurred()) {
+        Py_XDECREF(forward);
+        Py_DECREF(surfaced);
+        return from_data < 0 ? PyErr_NoMemory() : NULL;
+    }
+    return Py_BuildValue("(NNiiL)", forward, surfaced, self->f.violation, (int)self->f.vtype,
+                         (long long)self->f.vlength);
+}
+
+static void ClientFramer_dealloc(PyClientFramer *self) {
+    buf_free(&self->f.held);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef ClientFramer_methods[] = {
+    {"feed", (PyCFunction)ClientFramer_feed, METH_O, "feed(data) -> (forward, surfaced, violation, type, length)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ClientFramerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "jitvault_postgres._relay.ClientFramer",
+    .tp_basicsize = sizeof(PyClientFramer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)ClientFramer_dealloc,
+    .tp_methods = ClientFramer_methods,
+    .tp_doc = "The native relay's client-side framing, sans-IO.",
+};
+
+static struct PyModuleDef relay_module = {
+    PyModuleDef_HEAD_INIT, "_relay", "The PostgreSQL proxy's native relay.", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__relay(void) {
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&ClientFramerType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&relay_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&EngineType);
+    Py_INCREF(&ClientFramerType);
+    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0 ||
+        PyModule_AddObject(m, "ClientFramer", (PyObject *)&ClientFramerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "MAX_MESSAGE_LENGTH", MAX_MESSAGE_LENGTH);
+    return m;
+}

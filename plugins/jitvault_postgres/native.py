@@ -1,0 +1,172 @@
+"""The native relay's Python side: a logged-in plain-TCP session handed to :mod:`._relay`.
+
+The C engine (``_relay.c``) runs one thread per process with one epoll loop over every session
+given to it, and moves bytes both ways without the GIL, with the framing rules of
+:class:`~.protocol.FrontendRelay` and :class:`~.frontend.BackendFramer` (statement texts queued
+for the recorder before their message leaves; the client's stream kept at message boundaries).
+This module is the loop-side half: it gives the engine a session's two sockets, and reads the
+engine's queue when its eventfd says something waits: statements (recorded through the core,
+which may refuse: the session is then cut), and sessions that ended by themselves. Closing
+(with a last FATAL message where the client's stream allows it) is asked of the engine too.
+
+The Python relay stays for TLS sessions (either side), and where the extension is not built or
+``JITVAULT_PG_NATIVE_RELAY=0`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Protocol
+
+from jitvault.plugin_api import ProxyContext
+from jitvault_postgres.protocol import ProtocolViolation
+
+try:
+    from jitvault_postgres import _relay
+
+    BUILT = True
+except ImportError:  # not built (JITVAULT_NO_NATIVE=1, or not Linux)
+    BUILT = False
+
+log = logging.getLogger(__name__)
+
+#: why the engine stopped a session by itself (its end codes)
+END_REASONS = {
+    1: "client closed",
+    2: "client connection lost",
+    3: "upstream closed",
+    4: "upstream connection lost",
+    5: "protocol violation",
+    6: "upstream protocol violation",
+    7: "the proxy is out of memory",
+}
+_CLIENT_VIOLATION_CODE = 5
+#: while the core refuses recordings, how often the closed gate looks again
+_RECHECK_SECONDS = 0.1
+
+
+def available() -> bool:
+    """Is the native relay built, and not turned off (``JITVAULT_PG_NATIVE_RELAY=0``)?"""
+    return BUILT and os.environ.get("JITVAULT_PG_NATIVE_RELAY", "1") != "0"
+
+
+def client_violation(code: int, message_type: int, length: int) -> ProtocolViolation:
+    """The engine's violation, worded as :class:`~.protocol.FrontendRelay` words it."""
+    kind = bytes([message_type])
+    what = "Query" if kind == b"Q" else "Parse"
+    messages = {
+        1: "data after the end of the conversation",
+        2: f"unknown frontend message type {kind!r}",
+        3: f"invalid length {length} of message {kind!r}",
+        4: f"message {kind!r} longer than allowed",
+        5: "malformed Terminate: trailing bytes",
+        6: f"malformed {what}: string is not NUL-terminated",
+        7: f"malformed {what}: trailing bytes",
+        8: f"malformed {what}: truncated",
+        9: f"malformed {what}: negative count",
+    }
+    return ProtocolViolation(messages.get(code, "malformed message"))
+
+
+class NativeSession(Protocol):
+    """What the engine's events are delivered to (one client connection)."""
+
+    def native_statement(self, style: bytes, text: bytes) -> None: ...
+
+    def native_ended(self, reason: str, violation: ProtocolViolation | None) -> None: ...
+
+    def native_closed(self) -> None: ...
+
+
+class NativeRelays:
+    """The engine of one event loop, and the sessions it relays."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = _relay.Engine()
+        self._loop = loop
+        self._sessions: dict[int, NativeSession] = {}
+        self._ctx: ProxyContext | None = None
+        self._gated = False
+        loop.add_reader(self._engine.fileno(), self._drain)
+
+    def add(
+        self,
+        session_id: int,
+        session: NativeSession,
+        sockets: tuple[int, int],
+        early: tuple[bytes, bytes],
+        ctx: ProxyContext,
+    ) -> None:
+        """Relay a session: its client and server sockets (the engine's from now on) and what
+        was read from each side and not relayed yet (to the server, to the client)."""
+        self._sessions[session_id] = session
+        self._ctx = ctx
+        self._engine.add(session_id, sockets[0], sockets[1], early[0], early[1])
+
+    def close(self, session_id: int, last: bytes, terminate: bytes, linger: float) -> None:
+        """End a session: ``last`` to the client (where its stream is at a message boundary),
+        ``terminate`` to the server, a lingering close of the client (at most ``linger`` s);
+        the session's ``native_closed`` follows."""
+        self._engine.close(session_id, last, terminate, linger)
+
+    def _drain(self) -> None:
+        recorded = False
+        for event in self._engine.take():
+            session = self._sessions.get(event[1])
+            if session is None:
+                continue
+            if event[0] == "q":
+                recorded = True
+                session.native_statement(event[2], event[3])
+            elif event[0] == "e":
+                code = event[2]
+                violation = (
+                    client_violation(event[3], event[4], event[5])
+                    if code == _CLIENT_VIOLATION_CODE
+                    else None
+                )
+                session.native_ended(END_REASONS.get(code, "relay failed"), violation)
+            else:
+                del self._sessions[event[1]]
+                session.native_closed()
+        ctx = self._ctx
+        if self._gated or ctx is None:
+            return
+        # the gate: no client is read while the core refuses recordings (statements would run
+        # before it has them) or while its writer is behind (backpressure)
+        if not ctx.recording_available():
+            self._close_gate()
+            self._loop.call_later(_RECHECK_SECONDS, self._recheck)
+        elif recorded:
+            backlog = ctx.recording_backlog()
+            if backlog is not None:
+                self._close_gate()
+                asyncio.ensure_future(backlog).add_done_callback(self._open_gate)
+
+    def _close_gate(self) -> None:
+        self._gated = True
+        self._engine.set_gate(False)
+
+    def _open_gate(self, _done: object = None) -> None:
+        self._gated = False
+        self._engine.set_gate(True)
+
+    def _recheck(self) -> None:
+        if self._ctx is None or self._ctx.recording_available():
+            self._open_gate()
+        else:
+            self._loop.call_later(_RECHECK_SECONDS, self._recheck)
+
+    def shutdown(self) -> None:
+        """Record what is queued, close every socket, end the thread."""
+        self._drain()
+        self._loop.remove_reader(self._engine.fileno())
+        self._engine.stop()
+        self._drain()
+        if self._sessions:
+            log.info("postgres proxy: %d native sessions closed at shutdown", len(self._sessions))
+
+
+__all__ = ["BUILT", "END_REASONS", "NativeRelays", "NativeSession", "available", "client_violation"]
