@@ -121,6 +121,7 @@ typedef struct {
     int gate_closed_now; /* the gate as the thread last applied it */
     double statements_since; /* when statements were queued without waking Python (0: none) */
     uint8_t *scratch;
+    PyObject *simple, *extended; /* the two statement styles, as Python strings */
 } Engine;
 
 static double now_seconds(void) {
@@ -553,6 +554,9 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
     self->epfd = self->wakefd = self->notifyfd = -1;
+    self->simple = PyUnicode_InternFromString("simple");
+    self->extended = PyUnicode_InternFromString("extended");
+    if (self->simple == NULL || self->extended == NULL) return -1;
     self->scratch = malloc(READ_CHUNK);
     if (self->scratch == NULL) {
         PyErr_NoMemory();
@@ -611,6 +615,8 @@ static void Engine_dealloc(Engine *self) {
     if (self->wakefd >= 0) close(self->wakefd);
     if (self->notifyfd >= 0) close(self->notifyfd);
     free(self->scratch);
+    Py_XDECREF(self->simple);
+    Py_XDECREF(self->extended);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -692,8 +698,9 @@ static PyObject *Engine_set_gate(Engine *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* everything queued: a list of ("q", sid, style, text) / ("e", sid, code, violation, type,
- * length) / ("c", sid) tuples */
+/* everything queued, in order: ("q", sid, [(style, text), ...]) for a run of one session's
+ * statements (style "simple" or "extended"), ("e", sid, code, violation, type, length) when a
+ * session stopped by itself, ("c", sid) when its sockets are closed */
 static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t v;
     ssize_t rd = read(self->notifyfd, &v, sizeof v);
@@ -711,16 +718,34 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         (void)w;
     }
     PyObject *list = PyList_New(0);
-    if (list == NULL) {
-        free_events(ev);
-        return NULL;
-    }
+    PyObject *run = NULL; /* the statements list of the last item, while it is a "q" */
+    long long run_sid = 0;
+    if (list == NULL) goto fail;
     for (Event *e = ev; e; e = e->next) {
-        PyObject *item;
         if (e->kind == 'q') {
-            item = Py_BuildValue("(sLcy#)", "q", e->sid, e->style, (const char *)e->text,
-                                 (Py_ssize_t)e->len);
-        } else if (e->kind == 'e') {
+            if (run == NULL || run_sid != e->sid) {
+                run = PyList_New(0);
+                if (run == NULL) goto fail;
+                PyObject *item = Py_BuildValue("(sLN)", "q", e->sid, run);
+                if (item == NULL || PyList_Append(list, item) < 0) {
+                    Py_XDECREF(item);
+                    goto fail;
+                }
+                Py_DECREF(item);
+                run_sid = e->sid;
+            }
+            PyObject *style = e->style == 'Q' ? self->simple : self->extended;
+            PyObject *pair = Py_BuildValue("(Oy#)", style, (const char *)e->text, (Py_ssize_t)e->len);
+            if (pair == NULL || PyList_Append(run, pair) < 0) {
+                Py_XDECREF(pair);
+                goto fail;
+            }
+            Py_DECREF(pair);
+            continue;
+        }
+        run = NULL;
+        PyObject *item;
+        if (e->kind == 'e') {
             item = Py_BuildValue("(sLiiiL)", "e", e->sid, e->code, (int)e->style, (int)e->vtype,
                                  (long long)e->vlength);
         } else {
@@ -728,14 +753,16 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         }
         if (item == NULL || PyList_Append(list, item) < 0) {
             Py_XDECREF(item);
-            Py_DECREF(list);
-            free_events(ev);
-            return NULL;
+            goto fail;
         }
         Py_DECREF(item);
     }
     free_events(ev);
     return list;
+fail:
+    Py_XDECREF(list);
+    free_events(ev);
+    return NULL;
 }
 
 static PyMethodDef Engine_methods[] = {

@@ -5,7 +5,7 @@ from typing import Literal
 MAX_MESSAGE_LENGTH: int
 
 _Event = (
-    tuple[Literal["q"], int, bytes, bytes]
+    tuple[Literal["q"], int, list[tuple[str, bytes]]]
     | tuple[Literal["e"], int, int, int, int, int]
     | tuple[Literal["c"], int]
 )

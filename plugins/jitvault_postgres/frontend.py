@@ -584,15 +584,13 @@ class _Connection:
 
     # native relay events (see native.NativeSession)
 
-    def native_statement(self, style: bytes, text: bytes) -> None:
+    def native_statements(self, statements: list[tuple[str, bytes]]) -> None:
         session = self.session
         assert session is not None
         # the statement has gone to the server already (even when the session is being cut
         # or is ending now): the core keeps it whatever happens
         try:
-            self.ctx.record_statement(
-                session.session_id, "simple" if style == b"Q" else "extended", text, forwarded=True
-            )
+            self.ctx.record_statements(session.session_id, statements, forwarded=True)
         except JitvaultError as exc:  # fail closed: the session ends at once
             if session.cut_reason is not None or self._ending:
                 return

@@ -73,7 +73,7 @@ def client_violation(code: int, message_type: int, length: int) -> ProtocolViola
 class NativeSession(Protocol):
     """What the engine's events are delivered to (one client connection)."""
 
-    def native_statement(self, style: bytes, text: bytes) -> None: ...
+    def native_statements(self, statements: list[tuple[str, bytes]]) -> None: ...
 
     def native_ended(self, reason: str, violation: ProtocolViolation | None) -> None: ...
 
@@ -119,7 +119,7 @@ class NativeRelays:
                 continue
             if event[0] == "q":
                 recorded = True
-                session.native_statement(event[2], event[3])
+                session.native_statements(event[2])
             elif event[0] == "e":
                 code = event[2]
                 violation = (

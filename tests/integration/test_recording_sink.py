@@ -218,6 +218,25 @@ def test_a_statement_already_forwarded_is_queued_whatever_the_refusal_then_refus
     ]
 
 
+def test_statements_handed_over_together_are_queued_all_or_none_in_order(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted, max_events=4)
+    sink.add_statements(sid, [("simple", b"SELECT 1"), ("extended", b"SELECT $1")])
+    with pytest.raises(RecordingUnavailable, match="queue is full"):  # 3 do not fit in 2
+        sink.add_statements(sid, [("simple", b"SELECT 'no'")] * 3)
+    assert len(sink) == 2
+    with pytest.raises(RecordingUnavailable, match="queue is full"):  # they ran: all kept
+        sink.add_statements(sid, [("simple", b"SELECT 'ran'")] * 3, forwarded=True)
+    asyncio.run(sink.flush())
+    events = sessions.session_events(booted.node, sid)
+    assert [(e["data"]["kind"], e["data"]["text"]) for e in events] == [
+        ("simple", "SELECT 1"),
+        ("extended", "SELECT $1"),
+        *[("simple", "SELECT 'ran'")] * 3,
+    ]
+
+
 def _rows(node: Node, session_id: int) -> list[tuple[str, str]]:
     with node.read() as conn:
         return [

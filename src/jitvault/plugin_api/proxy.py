@@ -11,7 +11,7 @@ through its :class:`SessionHandle` when the grant ends or is revoked, on whichev
 from __future__ import annotations
 
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -123,6 +123,13 @@ class ProxyContext(Protocol):
         refusal (what ran is recorded, kept and retried), then the refusal is raised and the
         front end must end the session and forward nothing more.
         """
+
+    def record_statements(
+        self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
+    ) -> None:
+        """:meth:`record_statement` for statements of one session that arrived together, as
+        ``(style, text)`` pairs: one call, one timestamp. All are queued, or none (unless
+        ``forwarded``: then all are, and the refusal is raised after)."""
 
     def recording_backlog(self) -> Awaitable[None] | None:
         """None while the core stores recordings as fast as they come; else an awaitable done

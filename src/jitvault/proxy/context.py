@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from jitvault.domain import Sensitive
@@ -162,6 +162,11 @@ class NodeProxyContext:
         self, session_id: int, style: str, text: bytes, *, forwarded: bool = False
     ) -> None:
         self.recordings.add_statement(session_id, style, text, forwarded=forwarded)
+
+    def record_statements(
+        self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
+    ) -> None:
+        self.recordings.add_statements(session_id, statements, forwarded=forwarded)
 
     def recording_backlog(self) -> Awaitable[None] | None:
         return self.recordings.backlog()

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from json.encoder import encode_basestring_ascii
@@ -131,18 +131,39 @@ class RecordingSink:
         refusal is raised."""
         self._put(session_id, "query", (style, text), _BASE_SIZE + len(text), forwarded)
 
+    def add_statements(
+        self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
+    ) -> None:
+        """:meth:`add_statement` for ``(style, text)`` pairs of one session that arrived
+        together (the native relay's hand-over): one timestamp, one check of the bounds, all
+        queued or none (unless ``forwarded``: then all, and the refusal raised after)."""
+        if not statements:
+            return
+        items = [(session_id, "query", pair, _BASE_SIZE + len(pair[1])) for pair in statements]
+        size = sum(item[3] for item in items)
+        refusal = self._refusal(size, len(items))
+        if refusal is not None and not forwarded:
+            raise RecordingUnavailable(refusal)
+        at = self.node.clock()
+        self._queue.extend((sid, at, kind, pair, weight) for sid, kind, pair, weight in items)
+        self._bytes += size
+        if len(self._queue) >= self.batch and self._wake is not None:
+            self._wake.set()
+        if refusal is not None:
+            raise RecordingUnavailable(refusal)
+
     @property
     def available(self) -> bool:
         """Would an event be taken now (the store did not fail its last write)?"""
         return self._failing is None
 
-    def _refusal(self, size: int) -> str | None:
+    def _refusal(self, size: int, count: int = 1) -> str | None:
         if self._failing is not None:
             return f"{RECORDING_LOST}: {self._failing}"
         # one event larger than the byte bound (a huge statement, already in memory) is taken
         # when nothing else waits; the bound holds for the rest
         full = self._bytes > 0 and self._bytes + size > self.max_bytes
-        if len(self._queue) >= self.max_events or full:
+        if len(self._queue) + count > self.max_events or full:
             return f"{RECORDING_LOST}: the recording queue is full"
         return None
 
