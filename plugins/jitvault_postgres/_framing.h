@@ -54,7 +54,7 @@ static void buf_consume(Buf *b, size_t n) {
         memmove(b->data, b->data + n, b->len - n);
         b->len -= n;
     }
-    if (b->len == 0 && b->cap > 65536) { /* an idle session keeps no big buffer */
+    if (b->len == 0 && b->cap > 16384) { /* an idle session keeps no big buffer */
         free(b->data);
         b->data = NULL;
         b->cap = 0;
