@@ -204,6 +204,10 @@ static void update_mask(Engine *e, Relay *r, int fd, uint32_t *current, uint32_t
 static void rearm(Engine *e, Relay *r) {
     uint32_t cm = 0, sm = 0;
     if (r->state == ST_LIVE) {
+        /* a live side stays watched even when it is not read: epoll reports an error or a
+         * hang-up whatever the mask, so a side that dies while its peer is behind (or its
+         * client is gated) ends the session instead of going unnoticed */
+        cm = sm = EPOLLERR;
         if (r->to_server.len == 0 && !r->gated) cm |= EPOLLIN;
         if (r->to_client.len == 0) sm |= EPOLLIN;
         if (r->to_client.len) cm |= EPOLLOUT;
@@ -373,10 +377,12 @@ static void on_ready(Engine *e, Relay *r, int server_side, uint32_t events) {
         }
     }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        if (!server_side && gate_closed(e)) {
+        if (!server_side && !r->gated && gate_closed(e)) {
             r->gated = 1;
             e->gate_closed_now = 1;
-        } else if ((server_side ? r->to_client.len : r->to_server.len) == 0) {
+        }
+        int held = server_side ? r->to_client.len != 0 : (r->to_server.len != 0 || r->gated);
+        if (!held) {
             ssize_t got = recv(fd, e->scratch, READ_CHUNK, MSG_DONTWAIT);
             if (got > 0) {
                 if (server_side) from_server(e, r, e->scratch, (size_t)got);
@@ -386,6 +392,9 @@ static void on_ready(Engine *e, Relay *r, int server_side, uint32_t events) {
             } else if (errno != EAGAIN && errno != EINTR && errno != EWOULDBLOCK) {
                 park(e, r, server_side ? END_UPSTREAM_LOST : END_CLIENT_LOST);
             }
+        } else if (events & (EPOLLHUP | EPOLLERR)) {
+            /* not read now, and dead: reported again on every turn until handled */
+            park(e, r, server_side ? END_UPSTREAM_LOST : END_CLIENT_LOST);
         }
     }
     if (r->state == ST_LIVE) rearm(e, r);
@@ -400,7 +409,6 @@ static Relay *find_relay(Engine *e, long long sid) {
 static void start_close(Engine *e, Command *c) {
     Relay *r = find_relay(e, c->sid);
     if (r == NULL || r->state == ST_LINGER) return;
-    int was_live = r->state == ST_LIVE;
     r->state = ST_LINGER;
     if (r->sfd >= 0) {
         update_mask(e, r, r->sfd, &r->smask, 0);
@@ -411,7 +419,6 @@ static void start_close(Engine *e, Command *c) {
         close(r->sfd);
         r->sfd = -1;
     }
-    (void)was_live;
     /* the last message only where the client's stream is at a message boundary */
     if (c->last_len && r->sf.through == 0) {
         if (buf_append(&r->to_client, c->last, c->last_len) < 0) {
@@ -553,6 +560,10 @@ static void free_events(Event *ev) {
 static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "", kwlist)) return -1;
+    if (self->scratch != NULL) { /* its thread and descriptors would leak */
+        PyErr_SetString(PyExc_RuntimeError, "the native relay is initialised already");
+        return -1;
+    }
     self->epfd = self->wakefd = self->notifyfd = -1;
     self->simple = PyUnicode_InternFromString("simple");
     self->extended = PyUnicode_InternFromString("extended");

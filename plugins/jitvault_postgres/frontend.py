@@ -572,14 +572,23 @@ class _Connection:
         assert client is not None
         assert server is not None
         self._native_closed = asyncio.get_running_loop().create_future()
+        try:
+            relays.add(
+                session.session_id,
+                self,
+                (client[0], server[0]),
+                (early + client[1], server[1]),
+                self.ctx,
+            )
+        except (RuntimeError, OSError, MemoryError) as exc:  # the sockets are closed
+            log.warning(
+                "postgres proxy: session %s: the native relay did not take it (%s)",
+                session.session_id,
+                exc,
+            )
+            self._end("relay failed")
+            return
         session.native = relays
-        relays.add(
-            session.session_id,
-            self,
-            (client[0], server[0]),
-            (early + client[1], server[1]),
-            self.ctx,
-        )
         log.info("postgres proxy: session %s relayed natively", session.session_id)
 
     # native relay events (see native.NativeSession)

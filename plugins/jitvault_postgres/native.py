@@ -100,10 +100,19 @@ class NativeRelays:
         ctx: ProxyContext,
     ) -> None:
         """Relay a session: its client and server sockets (the engine's from now on) and what
-        was read from each side and not relayed yet (to the server, to the client)."""
+        was read from each side and not relayed yet (to the server, to the client).
+
+        Where the engine cannot take them (stopped at shutdown, out of memory), both sockets
+        are closed before the error is raised: nothing holds them any more."""
         self._sessions[session_id] = session
         self._ctx = ctx
-        self._engine.add(session_id, sockets[0], sockets[1], early[0], early[1])
+        try:
+            self._engine.add(session_id, sockets[0], sockets[1], early[0], early[1])
+        except BaseException:
+            del self._sessions[session_id]
+            for fd in sockets:
+                os.close(fd)
+            raise
 
     def close(self, session_id: int, last: bytes, terminate: bytes, linger: float) -> None:
         """End a session: ``last`` to the client (where its stream is at a message boundary),

@@ -1,0 +1,206 @@
+"""The native relay's engine (``_relay.Engine``) driven through loopback sockets, without
+PostgreSQL: how it behaves when one side misbehaves at the socket level (a reset while the other
+side does not read, a hang-up while the gate is closed).
+
+The engine's thread must not spin on a connection it is not reading: epoll reports an error or a
+hang-up whatever the mask, and level-triggered, on every turn. The check is the process's CPU
+time over a quiet half second (a spinning thread burns the whole half second), not a timing of
+the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from jitvault_postgres import native
+
+try:
+    from jitvault_postgres import _relay
+except ImportError:  # test_pg_native_framer fails on a missing build
+    _relay = None  # type: ignore[assignment]
+
+pytestmark = pytest.mark.skipif(_relay is None, reason="the native relay is not built")
+
+#: CPU seconds the whole process may use while it should be idle for QUIET seconds
+QUIET = 0.5
+IDLE_CPU = 0.2
+ROW = 64 * 1024
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A connected loopback TCP pair (accepted side, connecting side)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname())
+        far, _ = listener.accept()
+    return far, near
+
+
+def _data_row(size: int) -> bytes:
+    """A server message (DataRow-shaped) the server framer passes whole."""
+    body = struct.pack("!hi", 1, size - 6) + b"x" * (size - 6)
+    return b"D" + struct.pack("!i", len(body) + 4) + body
+
+
+class Harness:
+    """An engine relaying one session: ``client`` is the user's end, ``backend`` the target's."""
+
+    def __init__(self) -> None:
+        assert _relay is not None
+        self.engine = _relay.Engine()
+        proxy_client, self.client = _pair()
+        self.backend, proxy_server = _pair()
+        self.engine.add(1, proxy_client.detach(), proxy_server.detach(), b"", b"")
+        self.events: list[tuple[object, ...]] = []
+
+    def take(self, until: str, timeout: float = 5.0) -> list[tuple[object, ...]]:
+        """Engine events until one of kind ``until`` arrives (bounded in time)."""
+        deadline = time.monotonic() + timeout
+        while not any(event[0] == until for event in self.events):
+            left = deadline - time.monotonic()
+            kinds = [event[0] for event in self.events]
+            assert left > 0, f"no {until!r} event from the engine, only {kinds}"
+            select.select([self.engine.fileno()], [], [], left)
+            self.events += self.engine.take()
+        return self.events
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.client.close()
+        self.backend.close()
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    h = Harness()
+    yield h
+    h.close()
+
+
+def _cpu_while_quiet() -> float:
+    start = time.process_time()
+    time.sleep(QUIET)
+    return time.process_time() - start
+
+
+def _fill_client(h: Harness) -> None:
+    """The backend sends more than the client's socket buffers hold; the client reads nothing,
+    so the engine holds the rest and stops reading the backend."""
+    assert _send_until_blocked(h.backend, _data_row(ROW)), "the backend's data never backed up"
+
+
+def _send_until_blocked(sock: socket.socket, message: bytes) -> bool:
+    """Send whole copies of ``message`` until the peer's side backs up (at most 25 MiB, and
+    never a partial message left unsent: the stream stays well-formed)."""
+    sock.setblocking(False)
+    stream = message * (25 * 1024 * 1024 // len(message))
+    sent = 0
+    for _ in range(1000):  # bounded in count
+        try:
+            sent += sock.send(stream[sent:])
+        except BlockingIOError:
+            if sent > 4 * 1024 * 1024:
+                break
+            time.sleep(0.01)
+    return sent > 4 * 1024 * 1024
+
+
+def test_backend_reset_while_client_does_not_read(harness: Harness) -> None:
+    _fill_client(harness)
+    time.sleep(0.1)
+    # the backend resets the connection (SO_LINGER 0)
+    harness.backend.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    harness.backend.close()
+    assert _cpu_while_quiet() < IDLE_CPU
+    # the session ended as an upstream loss; closing it (as the front end does) hands the
+    # client what the engine still held, then EOF
+    events = harness.take("e")
+    ended = next(event for event in events if event[0] == "e")
+    assert native.END_REASONS[int(ended[2])] == "upstream connection lost"
+    harness.engine.close(1, b"", b"", 5.0)
+    harness.client.settimeout(5)
+    got = 0
+    for _ in range(10_000):  # bounded: the backend sent at most 25 MiB
+        chunk = harness.client.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+    # what the proxy had read is delivered, in whole messages (the reset drops the rest)
+    assert got > 0
+    assert got % len(_data_row(ROW)) == 0
+    harness.client.close()
+    harness.take("c")
+
+
+def test_gated_client_hangs_up_while_output_pending(harness: Harness) -> None:
+    harness.engine.set_gate(False)
+    _fill_client(harness)
+    time.sleep(0.1)
+    harness.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    harness.client.close()
+    assert _cpu_while_quiet() < IDLE_CPU
+    events = harness.take("e")
+    ended = next(event for event in events if event[0] == "e")
+    assert native.END_REASONS[int(ended[2])] == "client connection lost"
+
+
+def test_client_reset_while_backend_output_pending(harness: Harness) -> None:
+    """The mirror image: the client sends while the backend does not read, then resets."""
+    query = b"Q" + struct.pack("!i", 4 + ROW + 1) + b"s" * ROW + b"\0"
+    assert _send_until_blocked(harness.client, query), "the client's data never backed up"
+    time.sleep(0.1)
+    harness.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    harness.client.close()
+    assert _cpu_while_quiet() < IDLE_CPU
+    events = harness.take("e")
+    ended = next(event for event in events if event[0] == "e")
+    assert native.END_REASONS[int(ended[2])] == "client connection lost"
+
+
+def test_engine_refuses_a_second_init() -> None:
+    assert _relay is not None
+    engine = _relay.Engine()
+    try:
+        with pytest.raises(RuntimeError, match="initialised already"):
+            engine.__init__()  # type: ignore[misc]
+    finally:
+        engine.stop()
+
+
+class _Ignored:
+    def native_statements(self, statements: list[tuple[str, bytes]]) -> None: ...
+
+    def native_ended(self, reason: str, violation: object) -> None: ...
+
+    def native_closed(self) -> None: ...
+
+
+def test_a_refused_hand_over_closes_both_sockets() -> None:
+    """A session handed over while the engine stops (shutdown) must not leave its two
+    sockets open with nobody reading them: both peers see the connection end."""
+    loop = asyncio.new_event_loop()
+    try:
+        relays = native.NativeRelays(loop)
+        relays.shutdown()
+        proxy_client, client = _pair()
+        backend, proxy_server = _pair()
+        with pytest.raises(RuntimeError, match="stopped"):
+            relays.add(
+                1,
+                _Ignored(),  # type: ignore[arg-type]
+                (proxy_client.detach(), proxy_server.detach()),
+                (b"", b""),
+                None,  # type: ignore[arg-type]
+            )
+        for peer in (client, backend):
+            peer.settimeout(5)
+            assert peer.recv(1) == b""
+            peer.close()
+    finally:
+        loop.close()
