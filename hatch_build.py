@@ -25,6 +25,8 @@ class NativeRelayBuild(BuildHookInterface):  # type: ignore[type-arg]
         extension = Extension(
             "jitvault_postgres._relay",
             [str(root / "plugins" / "jitvault_postgres" / "_relay.c")],
+            # rebuilt when the framing header changes too, not only the .c file
+            depends=[str(root / "plugins" / "jitvault_postgres" / "_framing.h")],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
         distribution = Distribution(

@@ -863,18 +863,62 @@ static PyTypeObject ClientFramerType = {
     .tp_doc = "The native relay's client-side framing, sans-IO.",
 };
 
+/* ---- ServerFramer: the server framing alone, for tests ----------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    ServerFramer f;
+} PyServerFramer;
+
+static PyObject *ServerFramer_feed(PyServerFramer *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const uint8_t *out;
+    size_t out_len;
+    int from_data = server_feed(&self->f, view.buf, (size_t)view.len, &out, &out_len);
+    PyObject *forward = from_data < 0 ? NULL : PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)out_len);
+    if (from_data >= 0) server_commit(&self->f, from_data, out_len);
+    PyBuffer_Release(&view);
+    if (forward == NULL) return from_data < 0 ? PyErr_NoMemory() : NULL;
+    return Py_BuildValue("(NiO)", forward, self->f.violation, self->f.through == 0 ? Py_True : Py_False);
+}
+
+static void ServerFramer_dealloc(PyServerFramer *self) {
+    buf_free(&self->f.held);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef ServerFramer_methods[] = {
+    {"feed", (PyCFunction)ServerFramer_feed, METH_O, "feed(data) -> (forward, violation, at_boundary)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ServerFramerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "jitvault_postgres._relay.ServerFramer",
+    .tp_basicsize = sizeof(PyServerFramer),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)ServerFramer_dealloc,
+    .tp_methods = ServerFramer_methods,
+    .tp_doc = "The native relay's server-side framing, sans-IO.",
+};
+
 static struct PyModuleDef relay_module = {
     PyModuleDef_HEAD_INIT, "_relay", "The PostgreSQL proxy's native relay.", -1, NULL, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__relay(void) {
-    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&ClientFramerType) < 0) return NULL;
+    if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&ClientFramerType) < 0 ||
+        PyType_Ready(&ServerFramerType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&relay_module);
     if (m == NULL) return NULL;
     Py_INCREF(&EngineType);
     Py_INCREF(&ClientFramerType);
+    Py_INCREF(&ServerFramerType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0 ||
-        PyModule_AddObject(m, "ClientFramer", (PyObject *)&ClientFramerType) < 0) {
+        PyModule_AddObject(m, "ClientFramer", (PyObject *)&ClientFramerType) < 0 ||
+        PyModule_AddObject(m, "ServerFramer", (PyObject *)&ServerFramerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

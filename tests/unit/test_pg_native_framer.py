@@ -1,6 +1,9 @@
-"""The native relay's client framing (``_relay.ClientFramer``) held against the Python relay's
-(:class:`jitvault_postgres.protocol.FrontendRelay`), byte for byte: the same bytes forwarded,
-the same statement texts surfaced, the same violation, however the stream is cut.
+"""The native relay's framing held against the Python relay's, byte for byte, however the
+stream is cut: the client side (``_relay.ClientFramer`` against
+:class:`jitvault_postgres.protocol.FrontendRelay`: the same bytes forwarded, the same statement
+texts surfaced, the same violation) and the server side (``_relay.ServerFramer`` against
+:class:`jitvault_postgres.frontend.BackendFramer`: the same bytes forwarded after every read, the
+same boundary state, the same violation).
 
 No sockets: both are sans-IO. The native module must be built here (Linux, with a compiler):
 CI fails rather than skipping the relay that serves plain-TCP sessions.
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 
 from jitvault_postgres import native
 from jitvault_postgres import protocol as pg
+from jitvault_postgres.frontend import BackendFramer
 
 try:
     from jitvault_postgres import _relay
@@ -133,3 +137,97 @@ def test_the_native_framing_refuses_everything_after_a_violation() -> None:
     out, messages, violation, _, _ = framer.feed(pg.query("SELECT 1"))
     assert (out, messages) == (b"", [])
     assert violation != 0
+
+
+# -- the server side --------------------------------------------------------------------------
+
+ServerOutcome = tuple[list[tuple[bytes, bool]], bool]
+#: larger than the hold limit (1 MiB): streamed through, not held
+_HUGE = _typed(b"D", b"h" * ((1 << 20) + 10))
+
+
+def _server_python(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
+    framer = BackendFramer()
+    reads, pos = list[tuple[bytes, bool]](), 0
+    for end in [*sorted(set(cuts)), len(stream)]:
+        if end <= pos:
+            continue
+        try:
+            out = framer.feed(stream[pos:end])
+        except pg.ProtocolViolation:
+            return reads, True
+        reads.append((out, framer.at_boundary))
+        pos = end
+    return reads, False
+
+
+def _server_native(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
+    assert _relay is not None
+    framer = _relay.ServerFramer()
+    reads, pos = list[tuple[bytes, bool]](), 0
+    for end in [*sorted(set(cuts)), len(stream)]:
+        if end <= pos:
+            continue
+        out, violation, at_boundary = framer.feed(stream[pos:end])
+        if violation:
+            assert out == b""  # nothing of a failed read goes on
+            return reads, True
+        reads.append((out, at_boundary))
+        pos = end
+    return reads, False
+
+
+_SERVER_VALID = [
+    _typed(b"R", b"\0\0\0\0"),
+    _typed(b"S", b"server_version\x0015.4\0"),
+    _typed(b"K", b"\0\0\x12\x34\0\0\x56\x78"),
+    _typed(b"Z", b"I"),
+    _typed(b"T", b"\0\x01a\0" + b"\0" * 18),
+    _typed(b"D", b"\0\x01\0\0\0\x05hello"),
+    _typed(b"D", b"z" * 70_000),
+    _typed(b"C", b"SELECT 1\0"),
+    _typed(b"E", b"SFATAL\0C57P01\0Mterminating\0\0"),
+    _typed(b"A", b"\0\0\0\x01chan\0payload\0"),
+    _HUGE,
+]
+_SERVER_MALFORMED = [
+    b"D" + struct.pack("!i", 3),
+    b"D" + struct.pack("!i", -1),
+    b"E" + struct.pack("!i", 0),
+]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_SERVER_VALID),
+            st.sampled_from(_SERVER_MALFORMED),
+            st.binary(max_size=12),
+            st.builds(_typed, st.sampled_from([b"D", b"Z", b"\x00"]), st.binary(max_size=24)),
+        ),
+        max_size=10,
+    ),
+    st.lists(st.integers(min_value=0, max_value=(1 << 20) + 200_000), max_size=30),
+)
+def test_the_native_server_framing_matches_the_python_relay_however_the_stream_is_cut(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(parts)
+    assert _server_native(stream, cuts) == _server_python(stream, cuts)
+
+
+def test_the_native_server_framing_streams_a_huge_message_and_holds_a_partial_one() -> None:
+    """The two properties the cut relies on, pinned by hand: a partial message is held (the
+    client's stream stays at a boundary), a message over the hold limit is streamed (not at a
+    boundary until it ends), and everything after a violation is refused."""
+    assert _relay is not None
+    framer = _relay.ServerFramer()
+    ready = _typed(b"Z", b"I")
+    assert framer.feed(ready + _SERVER_VALID[5][:7]) == (ready, 0, True)
+    assert framer.feed(_SERVER_VALID[5][7:]) == (_SERVER_VALID[5], 0, True)
+    head = _HUGE[: (1 << 20) + 5]
+    assert framer.feed(head) == (head, 0, False)
+    assert framer.feed(_HUGE[len(head) :] + ready) == (_HUGE[len(head) :] + ready, 0, True)
+    assert framer.feed(b"D" + struct.pack("!i", 2) + ready)[:2] == (b"", 1)
+    assert framer.feed(ready)[:2] == (b"", 1)
