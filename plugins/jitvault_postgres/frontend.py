@@ -635,15 +635,16 @@ class _Connection:
             return
         terminated = False
         if surfaced:
-            record = self.ctx.record_statement
+            statements = []
+            for message_type, text in surfaced:
+                if message_type == b"Q":
+                    statements.append(("simple", text))
+                elif message_type == b"P":
+                    statements.append(("extended", text))
+                else:
+                    terminated = True
             try:
-                for message_type, text in surfaced:
-                    if message_type == b"Q":
-                        record(session.session_id, "simple", text)
-                    elif message_type == b"P":
-                        record(session.session_id, "extended", text)
-                    else:
-                        terminated = True
+                self.ctx.record_statements(session.session_id, statements)
             except JitvaultError as exc:
                 # fail closed: what cannot be recorded is not run
                 log.warning(

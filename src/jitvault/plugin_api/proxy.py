@@ -111,25 +111,20 @@ class ProxyContext(Protocol):
         the session without relaying what it wanted to record (fail closed).
         """
 
-    def record_statement(
-        self, session_id: int, style: str, text: bytes, *, forwarded: bool = False
-    ) -> None:
-        """Record a statement the client sent: a ``query`` event with ``text`` (these bytes,
-        decoded from UTF-8 by the core, off the relay's path) and ``kind`` = ``style``.
-
-        The relay's per-statement call: it only queues the bytes. Same promise and refusals
-        as :meth:`record_nowait`, except for a statement already ``forwarded`` to the target
-        (a relay that queued it in memory of its own first): that one is queued whatever the
-        refusal (what ran is recorded, kept and retried), then the refusal is raised and the
-        front end must end the session and forward nothing more.
-        """
-
     def record_statements(
         self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
     ) -> None:
-        """:meth:`record_statement` for statements of one session that arrived together, as
-        ``(style, text)`` pairs: one call, one timestamp. All are queued, or none (unless
-        ``forwarded``: then all are, and the refusal is raised after)."""
+        """Record statements the client sent, of one session and arrived together, as
+        ``(style, text)`` pairs: each a ``query`` event with ``text`` (these bytes, decoded from
+        UTF-8 by the core, off the relay's path) and ``kind`` = ``style``; one timestamp.
+
+        The relay's per-read call: it only queues the bytes. Same promise and refusals as
+        :meth:`record_nowait`: all are queued, or none and the refusal is raised. Except for
+        statements already ``forwarded`` to the target (a relay that queued them in memory of
+        its own first): those are queued whatever the refusal (what ran is recorded, kept and
+        retried), then the refusal is raised, and the front end must end the session and
+        forward nothing more.
+        """
 
     def recording_backlog(self) -> Awaitable[None] | None:
         """None while the core stores recordings as fast as they come; else an awaitable done

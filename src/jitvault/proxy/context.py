@@ -158,11 +158,6 @@ class NodeProxyContext:
     def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)
 
-    def record_statement(
-        self, session_id: int, style: str, text: bytes, *, forwarded: bool = False
-    ) -> None:
-        self.recordings.add_statement(session_id, style, text, forwarded=forwarded)
-
     def record_statements(
         self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
     ) -> None:

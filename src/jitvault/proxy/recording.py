@@ -129,7 +129,7 @@ class RecordingSink:
         except that a statement already ``forwarded`` (the native relay queues in its own memory
         first) is queued whatever the refusal, so that what ran is recorded, before the
         refusal is raised."""
-        self._put(session_id, "query", (style, text), _BASE_SIZE + len(text), forwarded)
+        self.add_statements(session_id, ((style, text),), forwarded=forwarded)
 
     def add_statements(
         self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
@@ -167,23 +167,14 @@ class RecordingSink:
             return f"{RECORDING_LOST}: the recording queue is full"
         return None
 
-    def _put(
-        self,
-        session_id: int,
-        kind: str,
-        data: dict[str, Any] | tuple[str, bytes],
-        size: int,
-        forced: bool = False,
-    ) -> None:
+    def _put(self, session_id: int, kind: str, data: dict[str, Any], size: int) -> None:
         refusal = self._refusal(size)
-        if refusal is not None and not forced:
+        if refusal is not None:
             raise RecordingUnavailable(refusal)
         self._queue.append((session_id, self.node.clock(), kind, data, size))
         self._bytes += size
         if len(self._queue) >= self.batch and self._wake is not None:
             self._wake.set()
-        if refusal is not None:
-            raise RecordingUnavailable(refusal)
 
     async def flush(self) -> None:
         """Write everything queued until now. Raises RecordingUnavailable if the store refused."""
