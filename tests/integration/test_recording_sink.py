@@ -237,6 +237,28 @@ def test_statements_handed_over_together_are_queued_all_or_none_in_order(
     ]
 
 
+def test_statements_handed_over_together_count_one_by_one_in_batches_and_refusals(
+    booted: Booted,
+) -> None:
+    """A hand-over is one queued item, but each statement in it counts: against the bound, in
+    the queue's length, and in a write's ``batch`` (a write stops taking items at ``batch``
+    events); a refused write puts them back, counted again."""
+    sid, sink = _session_with_sink(booted, batch=5, max_events=12)
+    for n in range(3):
+        sink.add_statements(sid, [("simple", f"SELECT {n}{i}".encode()) for i in range(3)])
+    assert len(sink) == 9
+    with pytest.raises(RecordingUnavailable, match="queue is full"):
+        sink.add_statements(sid, [("simple", b"SELECT 'no'")] * 4)
+    with recordings_refused(booted.node), pytest.raises(RecordingUnavailable):
+        asyncio.run(sink.flush())
+    assert len(sink) == 9  # put back, each statement counted
+    asyncio.run(sink.flush())
+    assert len(sink) == 0
+    # 3 + 3 reach the batch of 5: two writes, one chunk row each
+    assert [kind for kind, _ in _rows(booted.node, sid)] == [sessions.CHUNK_KIND] * 2
+    assert _texts(booted.node, sid) == [f"SELECT {n}{i}" for n in range(3) for i in range(3)]
+
+
 def _rows(node: Node, session_id: int) -> list[tuple[str, str]]:
     with node.read() as conn:
         return [

@@ -1,12 +1,12 @@
 """The recording sink: session events queued by the relays and written in batches.
 
 A relay never waits for the database, and pays as little as it can per statement:
-:meth:`RecordingSink.add_statement` appends a small tuple (session, time, the statement's raw
-text bytes) to an in-memory queue and returns; decoding, JSON, encryption and the INSERT all
-happen in the writer, a batch at a time. A background task writes the queue every
-``interval`` seconds, or as soon as ``batch`` events wait, one transaction per batch (at most
-``batch`` events and about ``batch_bytes`` of texts) holding one row per session: a *chunk* of
-that session's events, one JSON array sealed once (see
+:meth:`RecordingSink.add_statements` appends one small tuple (session, time, the raw text
+bytes of the statements that arrived together) to an in-memory queue and returns; decoding,
+JSON, encryption and the INSERT all happen in the writer, a batch at a time. A background
+task writes the queue every ``interval`` seconds, or as soon as ``batch`` events wait, one
+transaction per batch (at most ``batch`` events and about ``batch_bytes`` of texts) holding one
+row per session: a *chunk* of that session's events, one JSON array sealed once (see
 :func:`jitvault.services.sessions.record_chunks`). A session's events
 are written before its end is (:meth:`flush` runs before the session is closed), and on shutdown.
 
@@ -50,8 +50,10 @@ class RecordingUnavailable(Unavailable):
     code = "recording_unavailable"
 
 
-#: one queued event: session id, when, kind, its data (or a statement's style and raw text), weight
-_Queued = tuple[int, datetime, str, dict[str, Any] | tuple[str, bytes], int]
+#: what is queued: session id, when, kind, then its data and weight, and how many events it is:
+#: one event's data, or statements that arrived together as ``(style, raw text)`` pairs (one
+#: queued item for all of them: the relay's hand-over costs one append, not one per statement)
+_Queued = tuple[int, datetime, str, dict[str, Any] | list[tuple[str, bytes]], int, int]
 
 
 class RecordingSink:
@@ -76,6 +78,7 @@ class RecordingSink:
         self.max_bytes = max_bytes
         self.on_failure = on_failure
         self._queue: deque[_Queued] = deque()
+        self._events = 0  # events in the queue (a statement batch counts each statement)
         self._bytes = 0
         self._failing: str | None = None
         self._wake: asyncio.Event | None = None
@@ -86,7 +89,8 @@ class RecordingSink:
         self._inflight: set[asyncio.Future[None]] = set()
 
     def __len__(self) -> int:
-        return len(self._queue)
+        """Events waiting in the queue (not those being written now)."""
+        return self._events
 
     @property
     def failing(self) -> bool:
@@ -96,7 +100,7 @@ class RecordingSink:
     def backlog(self) -> asyncio.Future[None] | None:
         """None while the writer keeps up; else a future done once it has caught up (or the
         store failed: then the next :meth:`add` says so). Called on the proxy's loop."""
-        if len(self._queue) < self.high_events and self._bytes < self.high_bytes:
+        if self._events < self.high_events and self._bytes < self.high_bytes:
             return None
         if self._backlog is None or self._backlog.done():
             self._backlog = asyncio.get_running_loop().create_future()
@@ -108,9 +112,7 @@ class RecordingSink:
         waiting = self._backlog
         if waiting is None or waiting.done():
             return
-        if failed or (
-            len(self._queue) < self.high_events // 2 and self._bytes < self.high_bytes // 2
-        ):
+        if failed or (self._events < self.high_events // 2 and self._bytes < self.high_bytes // 2):
             waiting.set_result(None)
             self._backlog = None
 
@@ -139,15 +141,16 @@ class RecordingSink:
         queued or none (unless ``forwarded``: then all, and the refusal raised after)."""
         if not statements:
             return
-        items = [(session_id, "query", pair, _BASE_SIZE + len(pair[1])) for pair in statements]
-        size = sum(item[3] for item in items)
-        refusal = self._refusal(size, len(items))
+        pairs = list(statements)
+        count = len(pairs)
+        size = _BASE_SIZE * count + sum(len(text) for _, text in pairs)
+        refusal = self._refusal(size, count)
         if refusal is not None and not forwarded:
             raise RecordingUnavailable(refusal)
-        at = self.node.clock()
-        self._queue.extend((sid, at, kind, pair, weight) for sid, kind, pair, weight in items)
+        self._queue.append((session_id, self.node.clock(), "query", pairs, size, count))
+        self._events += count
         self._bytes += size
-        if len(self._queue) >= self.batch and self._wake is not None:
+        if self._events >= self.batch and self._wake is not None:
             self._wake.set()
         if refusal is not None:
             raise RecordingUnavailable(refusal)
@@ -163,7 +166,7 @@ class RecordingSink:
         # one event larger than the byte bound (a huge statement, already in memory) is taken
         # when nothing else waits; the bound holds for the rest
         full = self._bytes > 0 and self._bytes + size > self.max_bytes
-        if len(self._queue) + count > self.max_events or full:
+        if self._events + count > self.max_events or full:
             return f"{RECORDING_LOST}: the recording queue is full"
         return None
 
@@ -171,9 +174,10 @@ class RecordingSink:
         refusal = self._refusal(size)
         if refusal is not None:
             raise RecordingUnavailable(refusal)
-        self._queue.append((session_id, self.node.clock(), kind, data, size))
+        self._queue.append((session_id, self.node.clock(), kind, data, size, 1))
+        self._events += 1
         self._bytes += size
-        if len(self._queue) >= self.batch and self._wake is not None:
+        if self._events >= self.batch and self._wake is not None:
             self._wake.set()
 
     async def flush(self) -> None:
@@ -186,7 +190,7 @@ class RecordingSink:
             # only what is queued now: under load the queue never empties
             left = len(self._queue)
             while left > 0:
-                taken, weight = self._take(min(self.batch, left))
+                taken, weight = self._take(left)
                 write = asyncio.ensure_future(asyncio.to_thread(_write, self.node, taken))
                 self._inflight.add(write)
                 write.add_done_callback(self._inflight.discard)
@@ -198,7 +202,7 @@ class RecordingSink:
                     write.add_done_callback(partial(self._settle, taken, weight))
                     raise
                 except Exception as exc:
-                    self._queue.extendleft(reversed(taken))
+                    self._requeue(taken)
                     await self._failed(exc)
                     self._release_backlog(failed=True)
                     raise RecordingUnavailable(f"{RECORDING_LOST}: {self._failing}") from None
@@ -211,7 +215,7 @@ class RecordingSink:
     def _settle(self, taken: list[_Queued], weight: int, write: asyncio.Future[None]) -> None:
         """The end of a write whose flush was cancelled: its events go back if it failed."""
         if write.cancelled() or write.exception() is not None:
-            self._queue.extendleft(reversed(taken))
+            self._requeue(taken)
         else:
             self._written(weight)
 
@@ -220,17 +224,27 @@ class RecordingSink:
         self._release_backlog()
 
     def _take(self, n: int) -> tuple[list[_Queued], int]:
-        """Up to ``n`` queued events, and fewer if they weigh more than ``batch_bytes`` (the
-        first is always taken): a batch's chunks stay a bounded size."""
+        """Up to ``n`` queued items holding up to ``batch`` events, and fewer if they weigh
+        more than ``batch_bytes`` (the first is always taken): a batch's chunks stay a bounded
+        size."""
         taken: list[_Queued] = []
-        weight = 0
+        weight = events = 0
         queue = self._queue
-        while n > 0 and queue and (weight < self.batch_bytes or not taken):
+        while (
+            n > 0 and queue and (not taken or (weight < self.batch_bytes and events < self.batch))
+        ):
             queued = queue.popleft()
             taken.append(queued)
             weight += queued[4]
+            events += queued[5]
             n -= 1
+        self._events -= events
         return taken, weight
+
+    def _requeue(self, taken: list[_Queued]) -> None:
+        """A batch the store refused goes back to the front of the queue, in order."""
+        self._queue.extendleft(reversed(taken))
+        self._events += sum(queued[5] for queued in taken)
 
     async def _failed(self, exc: Exception) -> None:
         first = self._failing is None
@@ -284,17 +298,18 @@ def _write(node: Node, taken: list[_Queued]) -> None:
     here directly: a sixth of what the JSON encoder takes) and its share of one seal and one
     INSERT."""
     chunks: dict[int, sessions.Chunk] = {}
-    for session_id, at, kind, payload, _ in taken:
+    for session_id, at, kind, payload, _, _ in taken:
         chunk = chunks.get(session_id)
         if chunk is None:
             chunks[session_id] = chunk = (session_id, at, [])
         offset = (at - chunk[1]) // _MICROSECOND
-        if isinstance(payload, tuple):
-            style, text = payload
-            entry = _STATEMENT_ENTRIES.get(style)
-            if entry is None:
-                entry = _STATEMENT_ENTRIES[style] = _statement_entry(style)
-            chunk[2].append(entry % (offset, _json_str(text.decode("utf-8", "replace"))))
+        if isinstance(payload, list):  # statements: one offset for all
+            entries = chunk[2]
+            for style, text in payload:
+                entry = _STATEMENT_ENTRIES.get(style)
+                if entry is None:
+                    entry = _STATEMENT_ENTRIES[style] = _statement_entry(style)
+                entries.append(entry % (offset, _json_str(text.decode("utf-8", "replace"))))
         else:
             chunk[2].append(sessions.chunk_entry(offset, kind, payload))
     sessions.record_chunks(node, list(chunks.values()))
