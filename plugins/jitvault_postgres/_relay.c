@@ -119,6 +119,7 @@ typedef struct {
     Relay *relays;
     Relay *dead; /* ended this turn: freed once the turn's events are handled */
     int gate_closed_now; /* the gate as the thread last applied it */
+    int lingering;       /* relays in ST_LINGER (a turn looks at deadlines only if some are) */
     double statements_since; /* when statements were queued without waking Python (0: none) */
     uint8_t *scratch;
     PyObject *simple, *extended; /* the two statement styles, as Python strings */
@@ -320,6 +321,7 @@ static void from_server(Engine *e, Relay *r, const uint8_t *data, size_t n) {
 }
 
 static void finish_linger(Engine *e, Relay *r) {
+    if (r->state == ST_LINGER) e->lingering--;
     update_mask(e, r, r->cfd, &r->cmask, 0);
     close(r->cfd);
     r->cfd = -1;
@@ -410,6 +412,7 @@ static void start_close(Engine *e, Command *c) {
     Relay *r = find_relay(e, c->sid);
     if (r == NULL || r->state == ST_LINGER) return;
     r->state = ST_LINGER;
+    e->lingering++;
     if (r->sfd >= 0) {
         update_mask(e, r, r->sfd, &r->smask, 0);
         if (c->term_len && r->to_server.len == 0 && r->cf.through == 0 && r->cf.held.len == 0) {
@@ -482,9 +485,7 @@ static void *engine_main(void *arg) {
     struct epoll_event events[256];
     int stop = 0;
     while (!stop) {
-        int lingering = 0;
-        for (Relay *r = e->relays; r; r = r->next)
-            if (r->state == ST_LINGER) lingering = 1;
+        int lingering = e->lingering > 0; /* not a walk over every relay on every turn */
         int timeout = lingering || e->gate_closed_now ? 50 : -1;
         if (e->statements_since != 0) timeout = 1;
         int n = epoll_wait(e->epfd, events, 256, timeout);
@@ -709,9 +710,10 @@ static PyObject *Engine_set_gate(Engine *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* everything queued, in order: ("q", sid, [(style, text), ...]) for a run of one session's
- * statements (style "simple" or "extended"), ("e", sid, code, violation, type, length) when a
- * session stopped by itself, ("c", sid) when its sockets are closed */
+/* everything queued, in order: ("q", sid, [(style, text), ...]) for a session's statements
+ * (style "simple" or "extended"; one item per session and take, in the order they were sent),
+ * ("e", sid, code, violation, type, length) when a session stopped by itself, ("c", sid) when
+ * its sockets are closed */
 static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t v;
     ssize_t rd = read(self->notifyfd, &v, sizeof v);
@@ -728,23 +730,33 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         ssize_t w = write(self->wakefd, &one, sizeof one);
         (void)w;
     }
+    /* one "q" item per session (interleaved sessions would otherwise make one item, and one
+     * recorder call, per statement); a session's "e" or "c" ends its item, so that the order
+     * of its own events is kept */
     PyObject *list = PyList_New(0);
-    PyObject *run = NULL; /* the statements list of the last item, while it is a "q" */
-    long long run_sid = 0;
-    if (list == NULL) goto fail;
+    PyObject *runs = PyDict_New(); /* sid -> the statements list of its open "q" item */
+    if (list == NULL || runs == NULL) goto fail;
     for (Event *e = ev; e; e = e->next) {
+        PyObject *key = PyLong_FromLongLong(e->sid);
+        if (key == NULL) goto fail;
         if (e->kind == 'q') {
-            if (run == NULL || run_sid != e->sid) {
-                run = PyList_New(0);
-                if (run == NULL) goto fail;
-                PyObject *item = Py_BuildValue("(sLN)", "q", e->sid, run);
-                if (item == NULL || PyList_Append(list, item) < 0) {
-                    Py_XDECREF(item);
+            PyObject *run = PyDict_GetItemWithError(runs, key); /* borrowed */
+            if (run == NULL) {
+                if (PyErr_Occurred() || (run = PyList_New(0)) == NULL) {
+                    Py_DECREF(key);
                     goto fail;
                 }
-                Py_DECREF(item);
-                run_sid = e->sid;
+                PyObject *item = Py_BuildValue("(sLO)", "q", e->sid, run);
+                int failed = item == NULL || PyList_Append(list, item) < 0 ||
+                             PyDict_SetItem(runs, key, run) < 0;
+                Py_XDECREF(item);
+                Py_DECREF(run); /* the item and the dict hold it */
+                if (failed) {
+                    Py_DECREF(key);
+                    goto fail;
+                }
             }
+            Py_DECREF(key);
             PyObject *style = e->style == 'Q' ? self->simple : self->extended;
             PyObject *pair = Py_BuildValue("(Oy#)", style, (const char *)e->text, (Py_ssize_t)e->len);
             if (pair == NULL || PyList_Append(run, pair) < 0) {
@@ -754,7 +766,12 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
             Py_DECREF(pair);
             continue;
         }
-        run = NULL;
+        int open = PyDict_Contains(runs, key);
+        if (open < 0 || (open && PyDict_DelItem(runs, key) < 0)) {
+            Py_DECREF(key);
+            goto fail;
+        }
+        Py_DECREF(key);
         PyObject *item;
         if (e->kind == 'e') {
             item = Py_BuildValue("(sLiiiL)", "e", e->sid, e->code, (int)e->style, (int)e->vtype,
@@ -768,10 +785,12 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         }
         Py_DECREF(item);
     }
+    Py_DECREF(runs);
     free_events(ev);
     return list;
 fail:
     Py_XDECREF(list);
+    Py_XDECREF(runs);
     free_events(ev);
     return NULL;
 }

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from jitvault_postgres import native
+from jitvault_postgres import protocol as pg
 
 try:
     from jitvault_postgres import _relay
@@ -204,3 +205,39 @@ def test_a_refused_hand_over_closes_both_sockets() -> None:
             peer.close()
     finally:
         loop.close()
+
+
+def test_interleaved_sessions_hand_over_one_item_each_in_order() -> None:
+    """Statements of sessions that take turns come out as one item per session (one recorder
+    call each, not one per statement), each session's in the order it sent them."""
+    assert _relay is not None
+    engine = _relay.Engine()
+    ends: list[socket.socket] = []
+    try:
+        clients = []
+        for sid in (1, 2):
+            proxy_client, client = _pair()
+            backend, proxy_server = _pair()
+            engine.add(sid, proxy_client.detach(), proxy_server.detach(), b"", b"")
+            clients.append(client)
+            ends += [client, backend]
+        for n in range(3):
+            for sid, client in enumerate(clients, 1):
+                client.sendall(pg.query(f"SELECT {sid}{n} ;"))
+                time.sleep(0.01)  # read one by one, in this order
+        events: list[tuple[object, ...]] = []
+        deadline = time.monotonic() + 5
+        while sum(len(event[2]) for event in events if event[0] == "q") < 6:  # type: ignore[arg-type]
+            assert time.monotonic() < deadline, "the statements never came out"
+            if not events:
+                time.sleep(0.05)  # all six queued before the first take
+            select.select([engine.fileno()], [], [], 0.5)
+            events += engine.take()
+        assert events[:2] == [
+            ("q", 1, [("simple", f"SELECT 1{n} ;".encode()) for n in range(3)]),
+            ("q", 2, [("simple", f"SELECT 2{n} ;".encode()) for n in range(3)]),
+        ]
+    finally:
+        engine.stop()
+        for end in ends:
+            end.close()
