@@ -71,6 +71,11 @@ class Harness:
             self.events += self.engine.take()
         return self.events
 
+    def end_reason(self) -> str:
+        """Why the engine stopped the session by itself (its first ``e`` event)."""
+        ended = next(event for event in self.take("e") if event[0] == "e")
+        return native.END_REASONS[int(ended[2])]  # type: ignore[call-overload]
+
     def close(self) -> None:
         self.engine.stop()
         self.client.close()
@@ -82,6 +87,12 @@ def harness() -> Iterator[Harness]:
     h = Harness()
     yield h
     h.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as a crashed peer or a middlebox does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def _cpu_while_quiet() -> float:
@@ -115,15 +126,11 @@ def _send_until_blocked(sock: socket.socket, message: bytes) -> bool:
 def test_backend_reset_while_client_does_not_read(harness: Harness) -> None:
     _fill_client(harness)
     time.sleep(0.1)
-    # the backend resets the connection (SO_LINGER 0)
-    harness.backend.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    harness.backend.close()
+    _reset(harness.backend)
     assert _cpu_while_quiet() < IDLE_CPU
     # the session ended as an upstream loss; closing it (as the front end does) hands the
     # client what the engine still held, then EOF
-    events = harness.take("e")
-    ended = next(event for event in events if event[0] == "e")
-    assert native.END_REASONS[int(ended[2])] == "upstream connection lost"
+    assert harness.end_reason() == "upstream connection lost"
     harness.engine.close(1, b"", b"", 5.0)
     harness.client.settimeout(5)
     got = 0
@@ -143,12 +150,9 @@ def test_gated_client_hangs_up_while_output_pending(harness: Harness) -> None:
     harness.engine.set_gate(False)
     _fill_client(harness)
     time.sleep(0.1)
-    harness.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    harness.client.close()
+    _reset(harness.client)
     assert _cpu_while_quiet() < IDLE_CPU
-    events = harness.take("e")
-    ended = next(event for event in events if event[0] == "e")
-    assert native.END_REASONS[int(ended[2])] == "client connection lost"
+    assert harness.end_reason() == "client connection lost"
 
 
 def test_client_reset_while_backend_output_pending(harness: Harness) -> None:
@@ -156,12 +160,9 @@ def test_client_reset_while_backend_output_pending(harness: Harness) -> None:
     query = b"Q" + struct.pack("!i", 4 + ROW + 1) + b"s" * ROW + b"\0"
     assert _send_until_blocked(harness.client, query), "the client's data never backed up"
     time.sleep(0.1)
-    harness.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    harness.client.close()
+    _reset(harness.client)
     assert _cpu_while_quiet() < IDLE_CPU
-    events = harness.take("e")
-    ended = next(event for event in events if event[0] == "e")
-    assert native.END_REASONS[int(ended[2])] == "client connection lost"
+    assert harness.end_reason() == "client connection lost"
 
 
 def test_engine_refuses_a_second_init() -> None:
