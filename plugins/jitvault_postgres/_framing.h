@@ -14,7 +14,7 @@
 #define MAX_MESSAGE_LENGTH (1u << 30)
 #define SERVER_HOLD_LIMIT (1u << 20)
 
-/* ---- violations (Python words them: frontend.client_violation) -------------------------- */
+/* ---- violations (Python words them: protocol.relay_violation, same numbers) ----------- */
 enum {
     V_NONE = 0,
     V_AFTER_END = 1,

@@ -21,6 +21,7 @@ import os
 from typing import Protocol
 
 from jitvault.plugin_api import ProxyContext
+from jitvault_postgres import protocol as pg
 from jitvault_postgres.protocol import ProtocolViolation
 
 try:
@@ -53,21 +54,9 @@ def available() -> bool:
 
 
 def client_violation(code: int, message_type: int, length: int) -> ProtocolViolation:
-    """The engine's violation, worded as :class:`~.protocol.FrontendRelay` words it."""
-    kind = bytes([message_type])
-    what = "Query" if kind == b"Q" else "Parse"
-    messages = {
-        1: "data after the end of the conversation",
-        2: f"unknown frontend message type {kind!r}",
-        3: f"invalid length {length} of message {kind!r}",
-        4: f"message {kind!r} longer than allowed",
-        5: "malformed Terminate: trailing bytes",
-        6: f"malformed {what}: string is not NUL-terminated",
-        7: f"malformed {what}: trailing bytes",
-        8: f"malformed {what}: truncated",
-        9: f"malformed {what}: negative count",
-    }
-    return ProtocolViolation(messages.get(code, "malformed message"))
+    """The engine's violation, worded as :class:`~.protocol.FrontendRelay` words it (one
+    table: :func:`~.protocol.relay_violation`)."""
+    return pg.relay_violation(code, bytes([message_type]), length)
 
 
 class NativeSession(Protocol):

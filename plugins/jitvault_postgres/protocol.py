@@ -1236,16 +1236,16 @@ class FrontendRelay:
         unpack, parsers, inspected = _HEADER.unpack_from, _FRONTEND_PARSERS, self.INSPECTED
         while pos < size:
             if self._terminated:
-                raise ProtocolViolation("data after the end of the conversation")
+                raise relay_violation(AFTER_END)
             if size - pos < 5:
                 break
             message_type, length = unpack(view, pos)
             if message_type not in parsers:
-                raise ProtocolViolation(f"unknown frontend message type {message_type!r}")
+                raise relay_violation(UNKNOWN_TYPE, message_type)
             if length < 4:
-                raise ProtocolViolation(f"invalid length {length} of message {message_type!r}")
+                raise relay_violation(BAD_LENGTH, message_type, length)
             if length > self.max_message_length:
-                raise ProtocolViolation(f"message {message_type!r} longer than allowed")
+                raise relay_violation(TOO_LONG, message_type)
             end = pos + 1 + length
             if message_type in inspected:
                 if end > size:
@@ -1260,33 +1260,65 @@ class FrontendRelay:
         return pos, surfaced
 
 
+# The relay's violations, by code: the native relay (_framing.h, enum of the same numbers)
+# reports a code, and both relays word it here.
+AFTER_END, UNKNOWN_TYPE, BAD_LENGTH, TOO_LONG, TERMINATE_TRAILING = 1, 2, 3, 4, 5
+NOT_NUL_TERMINATED, TRAILING, TRUNCATED, NEGATIVE_COUNT = 6, 7, 8, 9
+
+
+def relay_violation(code: int, message_type: bytes = b"", length: int = 0) -> ProtocolViolation:
+    """The violation ``code`` of a client message of ``message_type`` (and ``length``), worded
+    for the client's ``08P01`` error and the log."""
+    what = "Query" if message_type == b"Q" else "Parse"
+    if code == AFTER_END:
+        reason = "data after the end of the conversation"
+    elif code == UNKNOWN_TYPE:
+        reason = f"unknown frontend message type {message_type!r}"
+    elif code == BAD_LENGTH:
+        reason = f"invalid length {length} of message {message_type!r}"
+    elif code == TOO_LONG:
+        reason = f"message {message_type!r} longer than allowed"
+    elif code == TERMINATE_TRAILING:
+        reason = "malformed Terminate: trailing bytes"
+    elif code == NOT_NUL_TERMINATED:
+        reason = f"malformed {what}: string is not NUL-terminated"
+    elif code == TRAILING:
+        reason = f"malformed {what}: trailing bytes"
+    elif code == TRUNCATED:
+        reason = f"malformed {what}: truncated"
+    elif code == NEGATIVE_COUNT:
+        reason = f"malformed {what}: negative count"
+    else:
+        reason = "malformed message"
+    return ProtocolViolation(reason)
+
+
 def _surface(message_type: bytes, view: bytes | bytearray, body: int, end: int) -> Surfaced:
     """The text of a complete Query or Parse whose body is ``view[body:end]`` (checked as
     :func:`parse_frontend_message` checks it), or Terminate's pair."""
     if message_type == b"X":
         if body != end:
-            raise ProtocolViolation("malformed Terminate: trailing bytes")
+            raise relay_violation(TERMINATE_TRAILING, message_type)
         return b"X", b""
-    what = "Query" if message_type == b"Q" else "Parse"
     if message_type == b"P":  # the statement's name comes first
         body = view.find(b"\x00", body, end) + 1
         if body == 0:
-            raise ProtocolViolation(f"malformed {what}: string is not NUL-terminated")
+            raise relay_violation(NOT_NUL_TERMINATED, message_type)
     nul = view.find(b"\x00", body, end)
     if nul < 0:
-        raise ProtocolViolation(f"malformed {what}: string is not NUL-terminated")
+        raise relay_violation(NOT_NUL_TERMINATED, message_type)
     if message_type == b"Q":
         if nul != end - 1:
-            raise ProtocolViolation(f"malformed {what}: trailing bytes")
+            raise relay_violation(TRAILING, message_type)
     else:  # the parameter types: an int16 count, then that many int32
         if end - nul - 1 < 2:
-            raise ProtocolViolation(f"malformed {what}: truncated")
+            raise relay_violation(TRUNCATED, message_type)
         count: int = _INT16.unpack_from(view, nul + 1)[0]
         if count < 0:
-            raise ProtocolViolation(f"malformed {what}: negative count")
+            raise relay_violation(NEGATIVE_COUNT, message_type)
         if end - nul - 3 != 4 * count:
-            reason = "truncated" if end - nul - 3 < 4 * count else "trailing bytes"
-            raise ProtocolViolation(f"malformed {what}: {reason}")
+            short = end - nul - 3 < 4 * count
+            raise relay_violation(TRUNCATED if short else TRAILING, message_type)
     return message_type, bytes(view[body:nul])
 
 
