@@ -34,6 +34,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,8 +45,11 @@
 #define QUEUE_LIMIT_BYTES (4u << 20)
 #define QUEUE_LIMIT_EVENTS 4096
 /* statements wake Python at most this often (their messages are not held meanwhile: only their
- * hand-over to the recorder waits), or as soon as this many wait; ends wake it at once */
-#define NOTIFY_DELAY_SECONDS 0.002
+ * hand-over to the recorder waits), or as soon as this many wait; ends wake it at once. The
+ * delay is a timerfd armed once per hand-over, not an epoll_wait timeout: a short timeout arms
+ * a kernel timer on every sleep, twice per query at one client, and that cost the engine a
+ * quarter of its CPU (a virtual machine's timer is dear to program; bench/README.md). */
+#define NOTIFY_DELAY_NS 2000000L
 #define NOTIFY_BATCH 256
 #define QUEUE_FULL(e) ((e)->ev_bytes > QUEUE_LIMIT_BYTES || (e)->ev_count > QUEUE_LIMIT_EVENTS)
 
@@ -106,6 +110,7 @@ typedef struct Command {
 typedef struct {
     PyObject_HEAD
     int epfd, wakefd, notifyfd;
+    int timerfd; /* the statements' hand-over delay (its epoll entry: &timerfd) */
     pthread_t thread;
     int running;
     pthread_mutex_t lock;
@@ -120,7 +125,7 @@ typedef struct {
     Relay *dead; /* ended this turn: freed once the turn's events are handled */
     int gate_closed_now; /* the gate as the thread last applied it */
     int lingering;       /* relays in ST_LINGER (a turn looks at deadlines only if some are) */
-    double statements_since; /* when statements were queued without waking Python (0: none) */
+    int statements_waiting; /* statements queued without waking Python (the timer is armed) */
     uint8_t *scratch;
     PyObject *simple, *extended; /* the two statement styles, as Python strings */
 } Engine;
@@ -157,6 +162,31 @@ static int gate_closed(Engine *e) {
     int closed = !e->gate_open || QUEUE_FULL(e);
     pthread_mutex_unlock(&e->lock);
     return closed;
+}
+
+/* statements were queued: Python is woken when the delay is up (or sooner, by a full batch or
+ * an end); at most one arming per delay */
+static void arm_hand_over(Engine *e) {
+    struct itimerspec when = {.it_value = {.tv_sec = 0, .tv_nsec = NOTIFY_DELAY_NS}};
+    e->statements_waiting = 1;
+    if (timerfd_settime(e->timerfd, 0, &when, NULL) < 0) {
+        /* no timer: hand over at once rather than late */
+        e->statements_waiting = 0;
+        pthread_mutex_lock(&e->lock);
+        notify_python(e);
+        pthread_mutex_unlock(&e->lock);
+    }
+}
+
+/* the delay is up: what waits goes to Python now */
+static void hand_over(Engine *e) {
+    uint64_t expirations;
+    ssize_t rd = read(e->timerfd, &expirations, sizeof expirations);
+    (void)rd;
+    e->statements_waiting = 0;
+    pthread_mutex_lock(&e->lock);
+    if (e->ev_head != NULL) notify_python(e);
+    pthread_mutex_unlock(&e->lock);
 }
 
 /* the statements of one client read, collected before they are queued */
@@ -298,7 +328,7 @@ static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
         e->ev_tail = c.tail;
         if (e->ev_count >= NOTIFY_BATCH) notify_python(e);
         pthread_mutex_unlock(&e->lock);
-        if (e->statements_since == 0) e->statements_since = now_seconds();
+        if (!e->statements_waiting) arm_hand_over(e);
     }
     int broken = send_or_queue(r->sfd, &r->to_server, out, out_len) < 0;
     client_commit(&r->cf, from_data, out_len);
@@ -487,7 +517,6 @@ static void *engine_main(void *arg) {
     while (!stop) {
         int lingering = e->lingering > 0; /* not a walk over every relay on every turn */
         int timeout = lingering || e->gate_closed_now ? 50 : -1;
-        if (e->statements_since != 0) timeout = 1;
         int n = epoll_wait(e->epfd, events, 256, timeout);
         if (n < 0 && errno != EINTR) break;
         for (int i = 0; i < n; i++) {
@@ -497,6 +526,10 @@ static void *engine_main(void *arg) {
                 ssize_t rd = read(e->wakefd, &v, sizeof v);
                 (void)rd;
                 run_commands(e, &stop);
+                continue;
+            }
+            if (p == (void *)&e->timerfd) {
+                hand_over(e);
                 continue;
             }
             Relay *r = (Relay *)((uintptr_t)p & ~(uintptr_t)1);
@@ -512,12 +545,6 @@ static void *engine_main(void *arg) {
             }
         }
         if (e->gate_closed_now) run_commands(e, &stop);
-        if (e->statements_since != 0 && now_seconds() - e->statements_since >= NOTIFY_DELAY_SECONDS) {
-            pthread_mutex_lock(&e->lock);
-            if (e->ev_head != NULL) notify_python(e);
-            pthread_mutex_unlock(&e->lock);
-            e->statements_since = 0;
-        }
         free_dead(e);
     }
     /* stopping: every socket still held is closed */
@@ -569,7 +596,7 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_RuntimeError, "the native relay is initialised already");
         return -1;
     }
-    self->epfd = self->wakefd = self->notifyfd = -1;
+    self->epfd = self->wakefd = self->notifyfd = self->timerfd = -1;
     self->simple = PyUnicode_InternFromString("simple");
     self->extended = PyUnicode_InternFromString("extended");
     if (self->simple == NULL || self->extended == NULL) return -1;
@@ -583,12 +610,15 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     self->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     self->notifyfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (self->epfd < 0 || self->wakefd < 0 || self->notifyfd < 0) {
+    self->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    if (self->epfd < 0 || self->wakefd < 0 || self->notifyfd < 0 || self->timerfd < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
-    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->wakefd, &ev) < 0) {
+    struct epoll_event tev = {.events = EPOLLIN, .data.ptr = &self->timerfd};
+    if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->wakefd, &ev) < 0 ||
+        epoll_ctl(self->epfd, EPOLL_CTL_ADD, self->timerfd, &tev) < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
@@ -630,6 +660,7 @@ static void Engine_dealloc(Engine *self) {
     if (self->epfd >= 0) close(self->epfd);
     if (self->wakefd >= 0) close(self->wakefd);
     if (self->notifyfd >= 0) close(self->notifyfd);
+    if (self->timerfd >= 0) close(self->timerfd);
     free(self->scratch);
     Py_XDECREF(self->simple);
     Py_XDECREF(self->extended);

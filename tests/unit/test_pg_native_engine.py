@@ -242,3 +242,17 @@ def test_interleaved_sessions_hand_over_one_item_each_in_order() -> None:
         engine.stop()
         for end in ends:
             end.close()
+
+
+def test_statements_come_out_after_the_delay_without_more_traffic(harness: Harness) -> None:
+    """A statement is handed over by the engine's timer alone (no batch filled, no session
+    ended): the engine's descriptor turns readable, every time, and the timer does not keep
+    the thread busy once it has fired."""
+    engine = harness.engine
+    for n in range(3):
+        harness.client.sendall(pg.query(f"SELECT {n} ;"))
+        assert harness.backend.recv(100) == pg.query(f"SELECT {n} ;")
+        readable, _, _ = select.select([engine.fileno()], [], [], 5.0)
+        assert readable, f"statement {n} was never handed over"
+        assert engine.take() == [("q", 1, [("simple", f"SELECT {n} ;".encode())])]
+    assert _cpu_while_quiet() < IDLE_CPU
