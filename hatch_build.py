@@ -26,7 +26,10 @@ class NativeRelayBuild(BuildHookInterface):  # type: ignore[type-arg]
             "jitvault_postgres._relay",
             [str(root / "plugins" / "jitvault_postgres" / "_relay.c")],
             # rebuilt when the framing header changes too, not only the .c file
-            depends=[str(root / "plugins" / "jitvault_postgres" / "_framing.h")],
+            depends=[
+                str(root / "plugins" / "jitvault_postgres" / name)
+                for name in ("_framing.h", "_statements.h")
+            ],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
         distribution = Distribution(

@@ -54,6 +54,7 @@
 #define QUEUE_FULL(e) ((e)->ev_bytes > QUEUE_LIMIT_BYTES || (e)->ev_count > QUEUE_LIMIT_EVENTS)
 
 #include "_framing.h"
+#include "_statements.h"
 
 /* ---- the engine --------------------------------------------------------------------------- */
 
@@ -84,14 +85,15 @@ typedef struct Relay {
 } Relay;
 
 typedef struct Event {
-    int kind; /* 'q' statement, 'e' ended, 'c' closed */
+    int kind; /* 'q' statements, 'e' ended, 'c' closed */
     long long sid;
     char style;
     int code;
     uint8_t vtype;
     int64_t vlength;
-    uint8_t *text;
+    uint8_t *text; /* 'q': the statements of one client read, as JSON objects (_statements.h) */
     size_t len;
+    size_t count; /* 'q': how many */
     struct Event *next;
 } Event;
 
@@ -127,7 +129,6 @@ typedef struct {
     int lingering;       /* relays in ST_LINGER (a turn looks at deadlines only if some are) */
     int statements_waiting; /* statements queued without waking Python (the timer is armed) */
     uint8_t *scratch;
-    PyObject *simple, *extended; /* the two statement styles, as Python strings */
 } Engine;
 
 static double now_seconds(void) {
@@ -189,10 +190,10 @@ static void hand_over(Engine *e) {
     pthread_mutex_unlock(&e->lock);
 }
 
-/* the statements of one client read, collected before they are queued */
+/* the statements of one client read, rendered (JSON) before they are queued */
 typedef struct {
-    Relay *r;
-    Event *head, *tail;
+    Buf json;
+    size_t count;
     int terminated;
     int failed;
 } Collect;
@@ -203,23 +204,9 @@ static void collect_statement(void *ctx, char style, const uint8_t *text, size_t
         c->terminated = 1;
         return;
     }
-    Event *ev = calloc(1, sizeof(Event));
-    uint8_t *copy = len ? malloc(len) : NULL;
-    if (ev == NULL || (len && copy == NULL)) {
-        free(ev);
-        free(copy);
-        c->failed = 1;
-        return;
-    }
-    if (len) memcpy(copy, text, len);
-    ev->kind = 'q';
-    ev->sid = c->r->sid;
-    ev->style = style;
-    ev->text = copy;
-    ev->len = len;
-    if (c->tail) c->tail->next = ev;
-    else c->head = ev;
-    c->tail = ev;
+    if (c->failed) return;
+    if (json_statement(&c->json, style, text, len) < 0) c->failed = 1;
+    else c->count++;
 }
 
 static void update_mask(Engine *e, Relay *r, int fd, uint32_t *current, uint32_t want) {
@@ -300,32 +287,37 @@ static int flush_out(int fd, Buf *out) {
 }
 
 static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
-    Collect c = {.r = r};
+    Collect c = {.count = 0};
     const uint8_t *out;
     size_t out_len;
     int from_data = client_feed(&r->cf, data, n, &out, &out_len, collect_statement, &c);
     if (from_data < 0 || c.failed || r->cf.violation) {
         int violation = from_data >= 0 && !c.failed;
-        while (c.head) {
-            Event *next = c.head->next;
-            free(c.head->text);
-            free(c.head);
-            c.head = next;
-        }
+        buf_free(&c.json);
         client_commit(&r->cf, from_data < 0 ? 1 : from_data, 0);
         park(e, r, violation ? END_CLIENT_VIOLATION : END_NO_MEMORY);
         return;
     }
     /* the statements are queued before their messages leave */
-    if (c.head) {
-        pthread_mutex_lock(&e->lock);
-        for (Event *ev = c.head; ev; ev = ev->next) {
-            e->ev_bytes += ev->len + sizeof(Event);
-            e->ev_count++;
+    if (c.count) {
+        Event *ev = calloc(1, sizeof(Event));
+        if (ev == NULL) {
+            buf_free(&c.json);
+            client_commit(&r->cf, from_data, 0);
+            park(e, r, END_NO_MEMORY);
+            return;
         }
-        if (e->ev_tail) e->ev_tail->next = c.head;
-        else e->ev_head = c.head;
-        e->ev_tail = c.tail;
+        ev->kind = 'q';
+        ev->sid = r->sid;
+        ev->text = c.json.data; /* the event's now */
+        ev->len = c.json.len;
+        ev->count = c.count;
+        pthread_mutex_lock(&e->lock);
+        e->ev_bytes += ev->len + sizeof(Event);
+        e->ev_count += ev->count;
+        if (e->ev_tail) e->ev_tail->next = ev;
+        else e->ev_head = ev;
+        e->ev_tail = ev;
         if (e->ev_count >= NOTIFY_BATCH) notify_python(e);
         pthread_mutex_unlock(&e->lock);
         if (!e->statements_waiting) arm_hand_over(e);
@@ -597,9 +589,6 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     self->epfd = self->wakefd = self->notifyfd = self->timerfd = -1;
-    self->simple = PyUnicode_InternFromString("simple");
-    self->extended = PyUnicode_InternFromString("extended");
-    if (self->simple == NULL || self->extended == NULL) return -1;
     self->scratch = malloc(READ_CHUNK);
     if (self->scratch == NULL) {
         PyErr_NoMemory();
@@ -662,8 +651,6 @@ static void Engine_dealloc(Engine *self) {
     if (self->notifyfd >= 0) close(self->notifyfd);
     if (self->timerfd >= 0) close(self->timerfd);
     free(self->scratch);
-    Py_XDECREF(self->simple);
-    Py_XDECREF(self->extended);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -745,10 +732,18 @@ static PyObject *Engine_set_gate(Engine *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* everything queued, in order: ("q", sid, [(style, text), ...]) for a session's statements
- * (style "simple" or "extended"; one item per session and take, in the order they were sent),
- * ("e", sid, code, violation, type, length) when a session stopped by itself, ("c", sid) when
- * its sockets are closed */
+/* a session's open "q" item while take() merges its statements */
+typedef struct {
+    long long sid;
+    Buf json;
+    size_t count;
+    Py_ssize_t pos; /* its place in the list */
+} Run;
+
+/* everything queued, in order: ("q", sid, count, statements) for a session's statements (one
+ * item per session and take, in the order they were sent; statements: their JSON objects,
+ * comma-separated ASCII bytes, see _statements.h), ("e", sid, code, violation, type, length)
+ * when a session stopped by itself, ("c", sid) when its sockets are closed */
 static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t v;
     ssize_t rd = read(self->notifyfd, &v, sizeof v);
@@ -766,43 +761,60 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         (void)w;
     }
     /* one "q" item per session (interleaved sessions would otherwise make one item, and one
-     * recorder call, per statement); a session's "e" or "c" ends its item, so that the order
+     * recorder call, per client read); a session's "e" or "c" ends its item, so that the order
      * of its own events is kept */
+    size_t nruns = 0, cap = 0;
+    Run *runs = NULL;
     PyObject *list = PyList_New(0);
-    PyObject *runs = PyDict_New(); /* sid -> the statements list of its open "q" item */
-    if (list == NULL || runs == NULL) goto fail;
+    PyObject *open = PyDict_New(); /* sid -> index in runs of its open item */
+    if (list == NULL || open == NULL) goto fail;
     for (Event *e = ev; e; e = e->next) {
         PyObject *key = PyLong_FromLongLong(e->sid);
         if (key == NULL) goto fail;
         if (e->kind == 'q') {
-            PyObject *run = PyDict_GetItemWithError(runs, key); /* borrowed */
-            if (run == NULL) {
-                if (PyErr_Occurred() || (run = PyList_New(0)) == NULL) {
+            PyObject *index = PyDict_GetItemWithError(open, key); /* borrowed */
+            Run *run;
+            if (index == NULL) {
+                if (PyErr_Occurred()) {
                     Py_DECREF(key);
                     goto fail;
                 }
-                PyObject *item = Py_BuildValue("(sLO)", "q", e->sid, run);
-                int failed = item == NULL || PyList_Append(list, item) < 0 ||
-                             PyDict_SetItem(runs, key, run) < 0;
-                Py_XDECREF(item);
-                Py_DECREF(run); /* the item and the dict hold it */
+                if (nruns == cap) {
+                    size_t more = cap ? cap * 2 : 16;
+                    Run *grown = realloc(runs, more * sizeof(Run));
+                    if (grown == NULL) {
+                        Py_DECREF(key);
+                        PyErr_NoMemory();
+                        goto fail;
+                    }
+                    runs = grown;
+                    cap = more;
+                }
+                run = &runs[nruns];
+                *run = (Run){.sid = e->sid, .pos = PyList_GET_SIZE(list)};
+                PyObject *at = PyLong_FromSize_t(nruns);
+                int failed = at == NULL || PyDict_SetItem(open, key, at) < 0 ||
+                             PyList_Append(list, Py_None) < 0;
+                Py_XDECREF(at);
+                nruns++;
                 if (failed) {
                     Py_DECREF(key);
                     goto fail;
                 }
+            } else {
+                run = &runs[PyLong_AsSize_t(index)];
             }
             Py_DECREF(key);
-            PyObject *style = e->style == 'Q' ? self->simple : self->extended;
-            PyObject *pair = Py_BuildValue("(Oy#)", style, (const char *)e->text, (Py_ssize_t)e->len);
-            if (pair == NULL || PyList_Append(run, pair) < 0) {
-                Py_XDECREF(pair);
+            if ((run->json.len && buf_append(&run->json, (const uint8_t *)",", 1) < 0) ||
+                buf_append(&run->json, e->text, e->len) < 0) {
+                PyErr_NoMemory();
                 goto fail;
             }
-            Py_DECREF(pair);
+            run->count += e->count;
             continue;
         }
-        int open = PyDict_Contains(runs, key);
-        if (open < 0 || (open && PyDict_DelItem(runs, key) < 0)) {
+        int was_open = PyDict_Contains(open, key);
+        if (was_open < 0 || (was_open && PyDict_DelItem(open, key) < 0)) {
             Py_DECREF(key);
             goto fail;
         }
@@ -820,12 +832,24 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         }
         Py_DECREF(item);
     }
-    Py_DECREF(runs);
+    for (size_t i = 0; i < nruns; i++) {
+        Run *run = &runs[i];
+        PyObject *item = Py_BuildValue("(sLny#)", "q", run->sid, (Py_ssize_t)run->count,
+                                       (const char *)run->json.data, (Py_ssize_t)run->json.len);
+        if (item == NULL) goto fail;
+        PyList_SET_ITEM(list, run->pos, item); /* steals item; the placeholder was None */
+        Py_DECREF(Py_None);
+    }
+    for (size_t i = 0; i < nruns; i++) buf_free(&runs[i].json);
+    free(runs);
+    Py_DECREF(open);
     free_events(ev);
     return list;
 fail:
+    for (size_t i = 0; i < nruns; i++) buf_free(&runs[i].json);
+    free(runs);
     Py_XDECREF(list);
-    Py_XDECREF(runs);
+    Py_XDECREF(open);
     free_events(ev);
     return NULL;
 }
@@ -957,8 +981,29 @@ static PyTypeObject ServerFramerType = {
     .tp_doc = "The native relay's server-side framing, sans-IO.",
 };
 
+/* statement_json(simple, text): one statement's JSON as the engine renders it (for tests) */
+static PyObject *statement_json(PyObject *module, PyObject *args) {
+    int simple;
+    const char *text;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "py#", &simple, &text, &n)) return NULL;
+    Buf out = {0};
+    if (json_statement(&out, simple ? 'Q' : 'P', (const uint8_t *)text, (size_t)n) < 0) {
+        buf_free(&out);
+        return PyErr_NoMemory();
+    }
+    PyObject *result = PyBytes_FromStringAndSize((const char *)out.data, (Py_ssize_t)out.len);
+    buf_free(&out);
+    return result;
+}
+
+static PyMethodDef relay_functions[] = {
+    {"statement_json", statement_json, METH_VARARGS, "statement_json(simple, text) -> the JSON object the engine hands over for a statement."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef relay_module = {
-    PyModuleDef_HEAD_INIT, "_relay", "The PostgreSQL proxy's native relay.", -1, NULL, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_relay", "The PostgreSQL proxy's native relay.", -1, relay_functions, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__relay(void) {

@@ -5,7 +5,7 @@ from typing import Literal
 MAX_MESSAGE_LENGTH: int
 
 _Event = (
-    tuple[Literal["q"], int, list[tuple[str, bytes]]]
+    tuple[Literal["q"], int, int, bytes]
     | tuple[Literal["e"], int, int, int, int, int]
     | tuple[Literal["c"], int]
 )
@@ -20,6 +20,8 @@ class Engine:
     def set_gate(self, open: bool, /) -> None: ...
     def take(self) -> list[_Event]: ...
     def stop(self) -> None: ...
+
+def statement_json(simple: bool, text: bytes, /) -> bytes: ...
 
 class ClientFramer:
     def __init__(self) -> None: ...

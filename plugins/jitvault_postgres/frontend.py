@@ -38,7 +38,7 @@ from typing import Any
 
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError, Unavailable
-from jitvault.plugin_api import ProxyContext, ProxyListener, SessionTicket
+from jitvault.plugin_api import ProxyContext, ProxyListener, RenderedStatements, SessionTicket
 from jitvault.plugin_api.scram import (
     DEFAULT_ITERATIONS,
     MECHANISM,
@@ -593,7 +593,7 @@ class _Connection:
 
     # native relay events (see native.NativeSession)
 
-    def native_statements(self, statements: list[tuple[str, bytes]]) -> None:
+    def native_statements(self, statements: RenderedStatements) -> None:
         session = self.session
         assert session is not None
         # the statement has gone to the server already (even when the session is being cut

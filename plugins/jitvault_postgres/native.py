@@ -20,7 +20,7 @@ import logging
 import os
 from typing import Protocol
 
-from jitvault.plugin_api import ProxyContext
+from jitvault.plugin_api import ProxyContext, RenderedStatements
 from jitvault_postgres import protocol as pg
 from jitvault_postgres.protocol import ProtocolViolation
 
@@ -62,7 +62,7 @@ def client_violation(code: int, message_type: int, length: int) -> ProtocolViola
 class NativeSession(Protocol):
     """What the engine's events are delivered to (one client connection)."""
 
-    def native_statements(self, statements: list[tuple[str, bytes]]) -> None: ...
+    def native_statements(self, statements: RenderedStatements) -> None: ...
 
     def native_ended(self, reason: str, violation: ProtocolViolation | None) -> None: ...
 
@@ -117,7 +117,7 @@ class NativeRelays:
                 continue
             if event[0] == "q":
                 recorded = True
-                session.native_statements(event[2])
+                session.native_statements(RenderedStatements(event[2], event[3]))
             elif event[0] == "e":
                 code = event[2]
                 violation = (

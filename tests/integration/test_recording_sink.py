@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from jitvault.domain import Sensitive
+from jitvault.plugin_api import RenderedStatements
 from jitvault.proxy import SessionRegistry
 from jitvault.proxy.recording import RECORDING_LOST, RecordingSink, RecordingUnavailable
 from jitvault.services import Node, keys, sessions
@@ -235,6 +236,43 @@ def test_statements_handed_over_together_are_queued_all_or_none_in_order(
         ("extended", "SELECT $1"),
         *[("simple", "SELECT 'ran'")] * 3,
     ]
+
+
+def _rendered(*statements: tuple[str, str]) -> RenderedStatements:
+    """What a relay in native code hands over (its rendering is tested against json's in
+    tests/unit/test_pg_native_json.py)."""
+    objects = [
+        json.dumps({"kind": kind, "text": text}, ensure_ascii=True, sort_keys=True,
+                   separators=(",", ":"))
+        for kind, text in statements
+    ]  # fmt: skip
+    return RenderedStatements(len(objects), ",".join(objects).encode())
+
+
+def test_rendered_statements_are_read_back_as_query_events_in_order_and_count_one_by_one(
+    booted: Booted,
+) -> None:
+    sid, sink = _session_with_sink(booted, max_events=6)
+    sink.add_statement(sid, "simple", b"SELECT 'before'")
+    sink.add_statements(sid, _rendered(("simple", "SELECT 'caf\u00e9'"), ("extended", "SELECT $1")))
+    sink.add(sid, "note", {"text": "between"})
+    assert len(sink) == 4
+    with pytest.raises(RecordingUnavailable, match="queue is full"):  # 3 do not fit in 2
+        sink.add_statements(sid, _rendered(*[("simple", "SELECT 'no'")] * 3))
+    with pytest.raises(RecordingUnavailable, match="queue is full"):  # they ran: all kept
+        sink.add_statements(sid, _rendered(*[("simple", "SELECT 'ran'")] * 3), forwarded=True)
+    sink.add_statements(sid, RenderedStatements(0, b""))  # nothing: nothing queued
+    assert len(sink) == 7
+    asyncio.run(sink.flush())
+    events = sessions.session_events(booted.node, sid)
+    assert [(e["kind"], e["data"]) for e in events] == [
+        ("query", {"kind": "simple", "text": "SELECT 'before'"}),
+        ("query", {"kind": "simple", "text": "SELECT 'caf\u00e9'"}),
+        ("query", {"kind": "extended", "text": "SELECT $1"}),
+        ("note", {"text": "between"}),
+        *[("query", {"kind": "simple", "text": "SELECT 'ran'"})] * 3,
+    ]
+    assert events[1]["ts"] == events[2]["ts"]  # arrived together: one time
 
 
 def test_statements_handed_over_together_count_one_by_one_in_batches_and_refusals(

@@ -12,6 +12,7 @@ from jitvault.plugin_api.proxy import (
     ProtocolFrontend,
     ProxyContext,
     ProxyListener,
+    RenderedStatements,
     SessionHandle,
     SessionTicket,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ProtocolFrontend",
     "ProxyContext",
     "ProxyListener",
+    "RenderedStatements",
     "SessionHandle",
     "SessionTicket",
     "TargetAccess",

@@ -21,6 +21,19 @@ from jitvault.domain import Sensitive
 from jitvault.plugin_api.contracts import TargetAccess
 
 
+@dataclass(frozen=True, slots=True)
+class RenderedStatements:
+    """Statements of one session that arrived together, already rendered as the core records
+    them (a relay in native code renders off the Python side): ``json`` is ``count`` JSON
+    objects ``{"kind":style,"text":text}``, comma-separated, exactly as
+    ``json.dumps({"kind": style, "text": raw.decode("utf-8", "replace")}, ensure_ascii=True,
+    sort_keys=True, separators=(",", ":"))`` gives them (ASCII, so they cannot break out of
+    the array they are stored in)."""
+
+    count: int
+    json: bytes
+
+
 @dataclass(frozen=True)
 class SessionTicket:
     """A client that is in: its session, grant, account and the credential to use upstream."""
@@ -112,11 +125,16 @@ class ProxyContext(Protocol):
         """
 
     def record_statements(
-        self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
+        self,
+        session_id: int,
+        statements: Sequence[tuple[str, bytes]] | RenderedStatements,
+        *,
+        forwarded: bool = False,
     ) -> None:
         """Record statements the client sent, of one session and arrived together, as
         ``(style, text)`` pairs: each a ``query`` event with ``text`` (these bytes, decoded from
-        UTF-8 by the core, off the relay's path) and ``kind`` = ``style``; one timestamp.
+        UTF-8 by the core, off the relay's path) and ``kind`` = ``style``; one timestamp. Or
+        already rendered (:class:`RenderedStatements`): recorded as they are, the same events.
 
         The relay's per-read call: it only queues the bytes. Same promise and refusals as
         :meth:`record_nowait`: all are queued, or none and the refusal is raised. Except for
@@ -172,6 +190,7 @@ __all__ = [
     "ProtocolFrontend",
     "ProxyContext",
     "ProxyListener",
+    "RenderedStatements",
     "SessionHandle",
     "SessionTicket",
 ]

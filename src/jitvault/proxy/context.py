@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from jitvault.domain import Sensitive
-from jitvault.plugin_api import SessionHandle, SessionTicket, TargetAccess
+from jitvault.plugin_api import RenderedStatements, SessionHandle, SessionTicket, TargetAccess
 from jitvault.proxy.recording import RecordingSink, RecordingUnavailable
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node, sessions
@@ -159,7 +159,11 @@ class NodeProxyContext:
         self.recordings.add(session_id, kind, data)
 
     def record_statements(
-        self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
+        self,
+        session_id: int,
+        statements: Sequence[tuple[str, bytes]] | RenderedStatements,
+        *,
+        forwarded: bool = False,
     ) -> None:
         self.recordings.add_statements(session_id, statements, forwarded=forwarded)
 

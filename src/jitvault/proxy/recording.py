@@ -2,8 +2,9 @@
 
 A relay never waits for the database, and pays as little as it can per statement:
 :meth:`RecordingSink.add_statements` appends one small tuple (session, time, the raw text
-bytes of the statements that arrived together) to an in-memory queue and returns; decoding,
-JSON, encryption and the INSERT all happen in the writer, a batch at a time. A background
+bytes of the statements that arrived together, or their JSON where the relay rendered it in
+native code) to an in-memory queue and returns; decoding, JSON, encryption and the INSERT all
+happen in the writer, a batch at a time. A background
 task writes the queue every ``interval`` seconds, or as soon as ``batch`` events wait, one
 transaction per batch (at most ``batch`` events and about ``batch_bytes`` of texts) holding one
 row per session: a *chunk* of that session's events, one JSON array sealed once (see
@@ -36,6 +37,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from jitvault.errors import Unavailable
+from jitvault.plugin_api import RenderedStatements
 from jitvault.services import Node, sessions
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,10 @@ class RecordingUnavailable(Unavailable):
 
 
 #: what is queued: session id, when, kind, then its data and weight, and how many events it is:
-#: one event's data, or statements that arrived together as ``(style, raw text)`` pairs (one
-#: queued item for all of them: the relay's hand-over costs one append, not one per statement)
-_Queued = tuple[int, datetime, str, dict[str, Any] | list[tuple[str, bytes]], int, int]
+#: one event's data, or statements that arrived together as ``(style, raw text)`` pairs or as
+#: the JSON a relay rendered (one queued item for all of them: the relay's hand-over costs one
+#: append, not one per statement)
+_Queued = tuple[int, datetime, str, dict[str, Any] | list[tuple[str, bytes]] | bytes, int, int]
 
 
 class RecordingSink:
@@ -134,20 +137,30 @@ class RecordingSink:
         self.add_statements(session_id, ((style, text),), forwarded=forwarded)
 
     def add_statements(
-        self, session_id: int, statements: Sequence[tuple[str, bytes]], *, forwarded: bool = False
+        self,
+        session_id: int,
+        statements: Sequence[tuple[str, bytes]] | RenderedStatements,
+        *,
+        forwarded: bool = False,
     ) -> None:
         """:meth:`add_statement` for ``(style, text)`` pairs of one session that arrived
-        together (the native relay's hand-over): one timestamp, one check of the bounds, all
-        queued or none (unless ``forwarded``: then all, and the refusal raised after)."""
-        if not statements:
+        together, or for such statements already rendered (the native relay's hand-over): one
+        timestamp, one check of the bounds, all queued or none (unless ``forwarded``: then
+        all, and the refusal raised after)."""
+        payload: list[tuple[str, bytes]] | bytes
+        if isinstance(statements, RenderedStatements):
+            count, payload = statements.count, statements.json
+            size = _BASE_SIZE * count + len(payload)
+        else:
+            payload = list(statements)
+            count = len(payload)
+            size = _BASE_SIZE * count + sum(len(text) for _, text in payload)
+        if not count:
             return
-        pairs = list(statements)
-        count = len(pairs)
-        size = _BASE_SIZE * count + sum(len(text) for _, text in pairs)
         refusal = self._refusal(size, count)
         if refusal is not None and not forwarded:
             raise RecordingUnavailable(refusal)
-        self._queue.append((session_id, self.node.clock(), "query", pairs, size, count))
+        self._queue.append((session_id, self.node.clock(), "query", payload, size, count))
         self._events += count
         self._bytes += size
         if self._events >= self.batch and self._wake is not None:
@@ -303,7 +316,9 @@ def _write(node: Node, taken: list[_Queued]) -> None:
         if chunk is None:
             chunks[session_id] = chunk = (session_id, at, [])
         offset = (at - chunk[1]) // _MICROSECOND
-        if isinstance(payload, list):  # statements: one offset for all
+        if isinstance(payload, bytes):  # statements a relay rendered
+            chunk[2].append(sessions.statements_entry(offset, payload))
+        elif isinstance(payload, list):  # statements: one offset for all
             entries = chunk[2]
             for style, text in payload:
                 entry = _STATEMENT_ENTRIES.get(style)

@@ -452,6 +452,9 @@ class RecordedEvent:
 #: the ``kind`` of a session_events row holding a chunk: several events of one session, as one
 #: JSON array of ``[microseconds after the row's ts, kind, data]`` entries, sealed once
 CHUNK_KIND = "chunk"
+#: a chunk entry of this kind holds, as its data, a list of ``query`` events' data of one time
+#: (statements that arrived together, rendered by a relay: :func:`statements_entry`)
+STATEMENTS_ENTRY = "queries"
 _MICROSECOND = timedelta(microseconds=1)
 
 #: one chunk to store: session id, its first event's time, its entries each as JSON text (see
@@ -462,6 +465,12 @@ Chunk = tuple[int, datetime, list[str]]
 def chunk_entry(offset_us: int, kind: str, data: dict[str, Any]) -> str:
     """One chunk entry's JSON text: ``[offset_us, kind, data]``."""
     return _EVENT_JSON.encode([offset_us, kind, data])
+
+
+def statements_entry(offset_us: int, rendered: bytes) -> str:
+    """The chunk entry of statements a relay rendered (the comma-separated JSON objects of
+    :class:`~jitvault.plugin_api.RenderedStatements`): read back as one ``query`` event each."""
+    return f'[{offset_us},"{STATEMENTS_ENTRY}",[{rendered.decode("latin-1")}]]'
 
 
 def record_events(node: Node, events: Sequence[RecordedEvent]) -> None:
@@ -519,7 +528,11 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
             out.append({"ts": row.ts, "kind": row.kind, "data": data})
             continue
         for offset, kind, event in data or ():
-            out.append({"ts": row.ts + offset * _MICROSECOND, "kind": kind, "data": event})
+            ts = row.ts + offset * _MICROSECOND
+            if kind == STATEMENTS_ENTRY:
+                out.extend({"ts": ts, "kind": "query", "data": each} for each in event)
+            else:
+                out.append({"ts": ts, "kind": kind, "data": event})
     return out
 
 
@@ -680,6 +693,7 @@ def close_session(
 __all__ = [
     "CANCEL_ID_MAX",
     "CHUNK_KIND",
+    "STATEMENTS_ENTRY",
     "Chunk",
     "ProxyMaterial",
     "RecordedEvent",
@@ -705,5 +719,6 @@ __all__ = [
     "session_asciicast",
     "session_events",
     "show_session",
+    "statements_entry",
     "token_verifier",
 ]
