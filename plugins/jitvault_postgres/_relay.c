@@ -49,7 +49,7 @@
  * delay is a timerfd armed once per hand-over, not an epoll_wait timeout: a short timeout arms
  * a kernel timer on every sleep, twice per query at one client, and that cost the engine a
  * quarter of its CPU (a virtual machine's timer is dear to program; bench/README.md). */
-#define NOTIFY_DELAY_NS 2000000L
+#define NOTIFY_DELAY_NS 10000000L
 #define NOTIFY_BATCH 256
 #define QUEUE_FULL(e) ((e)->ev_bytes > QUEUE_LIMIT_BYTES || (e)->ev_count > QUEUE_LIMIT_EVENTS)
 
