@@ -8,7 +8,8 @@
  *
  *   client -> server: every message's type and length are checked; Query, Parse and Terminate
  *     are held until complete, checked as the server checks them, and their statement text is
- *     queued for the recorder *before* the message is forwarded; everything else streams through.
+ *     rendered as the recorder's JSON (_statements.h) and queued *before* the message is
+ *     forwarded; everything else streams through.
  *   server -> client: cut at message boundaries (an incomplete message under 1 MiB is held), so
  *     that a FATAL message can be put in whenever the session is cut.
  *
@@ -306,6 +307,10 @@ static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
             client_commit(&r->cf, from_data, 0);
             park(e, r, END_NO_MEMORY);
             return;
+        }
+        if (c.json.cap > 65536 && c.json.cap / 2 > c.json.len) { /* a big statement's reserve */
+            uint8_t *fit = realloc(c.json.data, c.json.len);
+            if (fit != NULL) c.json.data = fit;
         }
         ev->kind = 'q';
         ev->sid = r->sid;

@@ -5,9 +5,10 @@ given to it, and moves bytes both ways without the GIL, with the framing rules o
 :class:`~.protocol.FrontendRelay` and :class:`~.frontend.BackendFramer` (statement texts queued
 for the recorder before their message leaves; the client's stream kept at message boundaries).
 This module is the loop-side half: it gives the engine a session's two sockets, and reads the
-engine's queue when its eventfd says something waits: statements (recorded through the core,
-which may refuse: the session is then cut), and sessions that ended by themselves. Closing
-(with a last FATAL message where the client's stream allows it) is asked of the engine too.
+engine's queue when its eventfd says something waits: statements (rendered as the recording's
+JSON by the engine, recorded through the core, which may refuse: the session is then cut), and
+sessions that ended by themselves. Closing (with a last FATAL message where the client's stream
+allows it) is asked of the engine too.
 
 The Python relay stays for TLS sessions (either side), and where the extension is not built or
 ``JITVAULT_PG_NATIVE_RELAY=0`` is set.

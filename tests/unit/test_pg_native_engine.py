@@ -11,6 +11,7 @@ the relay.
 from __future__ import annotations
 
 import asyncio
+import json
 import select
 import socket
 import struct
@@ -262,3 +263,20 @@ def test_statements_come_out_after_the_delay_without_more_traffic(harness: Harne
         assert readable, f"statement {n} was never handed over"
         assert engine.take() == [("q", 1, 1, _rendered(f"SELECT {n} ;"))]
     assert _cpu_while_quiet() < IDLE_CPU
+
+
+def test_a_big_statement_is_handed_over_whole(harness: Harness) -> None:
+    """A statement far above the read size (several reads, its JSON several times the first
+    buffer) comes out whole, its non-ASCII text escaped."""
+    text = "SELECT '" + "é" * 150_000 + "x" * 100_000 + "' ;"
+    message = pg.query(text)
+    harness.client.sendall(message)
+    got = b""
+    while len(got) < len(message):  # bounded: the message's length
+        chunk = harness.backend.recv(1 << 20)
+        assert chunk, "the backend's side closed"
+        got += chunk
+    assert got == message
+    (item,) = [event for event in harness.take("q") if event[0] == "q"]
+    assert item[:3] == ("q", 1, 1)
+    assert json.loads(item[3]) == {"kind": "simple", "text": text}  # type: ignore[arg-type]
