@@ -370,12 +370,13 @@ def test_rows_of_one_event_each_written_before_chunks_are_still_read_in_order(
     ]
 
 
-def test_an_event_cannot_take_the_kind_that_marks_chunks(booted: Booted) -> None:
+@pytest.mark.parametrize("kind", [sessions.CHUNK_KIND, sessions.STATEMENTS_ENTRY])
+def test_an_event_cannot_take_a_kind_the_stored_format_keeps(booted: Booted, kind: str) -> None:
     sid, sink = _session_with_sink(booted)
-    with pytest.raises(ValueError, match="chunk"):
-        sink.add(sid, sessions.CHUNK_KIND, {"text": "a fake chunk"})
-    with pytest.raises(ValueError, match="chunk"):
-        sessions.record_event(booted.node, sid, sessions.CHUNK_KIND, {"text": "a fake chunk"})
+    with pytest.raises(ValueError, match=kind):
+        sink.add(sid, kind, {"text": "a fake chunk"})
+    with pytest.raises(ValueError, match=kind):
+        sessions.record_event(booted.node, sid, kind, {"text": "a fake chunk"})
     assert _rows(booted.node, sid) == []
 
 

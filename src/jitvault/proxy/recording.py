@@ -121,8 +121,7 @@ class RecordingSink:
 
     def add(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         """Queue one event (timestamped now). Raises RecordingUnavailable instead of dropping."""
-        if kind == sessions.CHUNK_KIND:
-            raise ValueError(f"{kind!r} is not a kind an event may have")
+        sessions.check_event_kind(kind)
         self._put(session_id, kind, data, _size(data))
 
     def add_statement(

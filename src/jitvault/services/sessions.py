@@ -469,8 +469,16 @@ def chunk_entry(offset_us: int, kind: str, data: dict[str, Any]) -> str:
 
 def statements_entry(offset_us: int, rendered: bytes) -> str:
     """The chunk entry of statements a relay rendered (the comma-separated JSON objects of
-    :class:`~jitvault.plugin_api.RenderedStatements`): read back as one ``query`` event each."""
+    :class:`~jitvault.plugin_api.RenderedStatements`): read back as one ``query`` event each.
+    (ASCII by contract; read as Latin-1, which cannot fail, so that no batch is ever refused
+    here.)"""
     return f'[{offset_us},"{STATEMENTS_ENTRY}",[{rendered.decode("latin-1")}]]'
+
+
+def check_event_kind(kind: str) -> None:
+    """Refuse an event kind the stored format keeps for itself (ValueError)."""
+    if kind in (CHUNK_KIND, STATEMENTS_ENTRY):
+        raise ValueError(f"{kind!r} is not a kind an event may have")
 
 
 def record_events(node: Node, events: Sequence[RecordedEvent]) -> None:
@@ -478,8 +486,7 @@ def record_events(node: Node, events: Sequence[RecordedEvent]) -> None:
     per session (its events in the order given), as :func:`record_chunks` does."""
     chunks: dict[int, Chunk] = {}
     for e in events:
-        if e.kind == CHUNK_KIND:
-            raise ValueError(f"{CHUNK_KIND!r} is not a kind an event may have")
+        check_event_kind(e.kind)
         chunk = chunks.get(e.session_id)
         if chunk is None:
             chunks[e.session_id] = chunk = (e.session_id, e.at, [])
@@ -702,6 +709,7 @@ __all__ = [
     "add_cancel_key",
     "asciicast_of",
     "cancel_backend",
+    "check_event_kind",
     "check_session_key",
     "chunk_entry",
     "close_session",
