@@ -33,7 +33,8 @@ typedef struct {
     size_t len, cap;
 } Buf;
 
-static int buf_append(Buf *b, const uint8_t *p, size_t n) {
+/* room for n more bytes after the first len (capacity doubled from 256); -1 when out of memory */
+static int buf_reserve(Buf *b, size_t n) {
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n) cap *= 2;
@@ -42,6 +43,11 @@ static int buf_append(Buf *b, const uint8_t *p, size_t n) {
         b->data = d;
         b->cap = cap;
     }
+    return 0;
+}
+
+static int buf_append(Buf *b, const uint8_t *p, size_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
     memcpy(b->data + b->len, p, n);
     b->len += n;
     return 0;

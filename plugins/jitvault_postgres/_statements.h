@@ -66,16 +66,7 @@ static const char HEX[] = "0123456789abcdef";
 /* the JSON string (quotes included) of p[0..n) decoded as above; -1 when out of memory */
 static int json_text(Buf *out, const uint8_t *p, size_t n) {
     /* at most 6 bytes per input byte: \uXXXX for one byte, a surrogate pair for four */
-    if (n > (SIZE_MAX - 2 - out->len) / 6) return -1;
-    size_t want = out->len + n * 6 + 2;
-    if (want > out->cap) {
-        size_t cap = out->cap ? out->cap : 256;
-        while (cap < want) cap *= 2;
-        uint8_t *d = realloc(out->data, cap);
-        if (d == NULL) return -1;
-        out->data = d;
-        out->cap = cap;
-    }
+    if (n > (SIZE_MAX - 2 - out->len) / 6 || buf_reserve(out, n * 6 + 2) < 0) return -1;
     uint8_t *w = out->data + out->len;
     *w++ = '"';
     size_t i = 0;
