@@ -9,6 +9,7 @@ import gc
 import logging
 import resource
 import sys
+import threading
 
 import uvicorn
 
@@ -93,7 +94,23 @@ def serve(node: Node) -> None:
             raise
     worker = Worker(node)
     worker.start()
-    app = create_app(node)
+    stopped = threading.Event()
+
+    def stop() -> None:
+        """Cut the proxies' sessions (their clients told why, their ends and recordings
+        written), stop the worker, close the store; once."""
+        if stopped.is_set():
+            return
+        stopped.set()
+        if proxies is not None:
+            proxies.stop()
+        worker.stop()
+        node.close()
+
+    # on SIGTERM or SIGINT uvicorn shuts the API down, runs the app's shutdown, then raises the
+    # signal again, which ends the process: the node stops in the app's shutdown, not after
+    # uvicorn.run returns
+    app = create_app(node, on_shutdown=stop)
     tune_garbage_collector()
     try:
         uvicorn.run(
@@ -105,10 +122,7 @@ def serve(node: Node) -> None:
             server_header=False,
         )
     finally:
-        if proxies is not None:
-            proxies.stop()
-        worker.stop()
-        node.close()
+        stop()
 
 
 __all__ = [

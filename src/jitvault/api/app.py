@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
 from fastapi import FastAPI
 
 from jitvault import __version__
@@ -19,11 +23,21 @@ from jitvault.api.routers import (
 from jitvault.services import Node
 
 
-def create_app(node: Node) -> FastAPI:
+def create_app(node: Node, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+    """The API of ``node``; ``on_shutdown`` runs (in a thread) when the server shuts down,
+    after the last request and before the process exits."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await anyio.to_thread.run_sync(on_shutdown)
+
     app = FastAPI(
         title="jitvault",
         version=__version__,
         description="Just-in-time privileged access: vault, requests, grants, session proxies.",
+        lifespan=lifespan,
     )
     app.state.node = node
     errors.install(app)
