@@ -38,7 +38,13 @@ from typing import Any
 
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError, Unavailable
-from jitvault.plugin_api import ProxyContext, ProxyListener, RenderedStatements, SessionTicket
+from jitvault.plugin_api import (
+    NODE_STOPPING,
+    ProxyContext,
+    ProxyListener,
+    RenderedStatements,
+    SessionTicket,
+)
 from jitvault.plugin_api.scram import (
     DEFAULT_ITERATIONS,
     MECHANISM,
@@ -170,6 +176,8 @@ class _Listener:
 
     def close(self) -> None:
         self._server.close()
+
+    def release(self) -> None:
         self._frontend.stop_native()
 
 
@@ -268,7 +276,11 @@ class _Session:
         if self.cut_reason is not None or self.reported:
             return
         self.cut_reason = reason
-        fatal = pg.grant_expired_error(message=f"terminating connection: {reason}")
+        fatal = pg.grant_expired_error(
+            f"terminating connection: {reason}",
+            # the grant outlives its node: the client may connect again at once
+            pg.CONNECT_AGAIN_HINT if reason == NODE_STOPPING else pg.REQUEST_AGAIN_HINT,
+        )
         if self.native is not None:  # the engine puts it in where the stream allows it
             self.native.close(self.session_id, fatal, pg.terminate(), LINGER_SECONDS)
             backend = self.upstream

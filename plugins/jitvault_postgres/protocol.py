@@ -1508,11 +1508,17 @@ SQLSTATE_INVALID_PASSWORD = "28P01"
 SQLSTATE_PROTOCOL_VIOLATION = "08P01"
 
 
+#: the hints of a cut session's FATAL: its grant ended, or only the node holding it did
+REQUEST_AGAIN_HINT = "Request access again to reconnect."
+CONNECT_AGAIN_HINT = "Connect again: the access grant is unchanged."
+
+
 def grant_expired_error(
     message: str = "terminating connection because the access grant expired",
+    hint: str = REQUEST_AGAIN_HINT,
 ) -> bytes:
     """FATAL 57P01 (admin_shutdown: drivers treat it as the server ending the session)."""
-    return fatal_error(SQLSTATE_ADMIN_SHUTDOWN, message, hint="Request access again to reconnect.")
+    return fatal_error(SQLSTATE_ADMIN_SHUTDOWN, message, hint=hint)
 
 
 def authentication_failed_error(user: str) -> bytes:

@@ -87,6 +87,9 @@ class _Listener:
     def close(self) -> None:
         self._server.close()
 
+    def release(self) -> None:
+        """Nothing is left: each connection ended with its session."""
+
 
 class SshFrontend:
     """The ssh kind's :class:`~jitvault.plugin_api.ProtocolFrontend` (one per process)."""

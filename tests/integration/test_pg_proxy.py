@@ -93,8 +93,9 @@ class Access:
     grant_id: int
 
 
-def _access(world: ProxyWorld, duration: str = "10m") -> Access:
-    """A fresh role with a known password, vaulted as an injected account; alice's live grant."""
+def _access(world: ProxyWorld, duration: str = "10m", end_on_disconnect: bool = False) -> Access:
+    """A fresh role with a known password, vaulted as an injected account; alice's live grant
+    (ended by its last session's end if ``end_on_disconnect``)."""
     cluster = world.cluster
     role = f"px_{secrets.token_hex(4)}"
     password = Sensitive(secrets.token_urlsafe(18))
@@ -112,7 +113,8 @@ def _access(world: ProxyWorld, duration: str = "10m") -> Access:
     assert acc.returncode == 0, acc.stderr
     r = world.cli(
         "request", "create", "--target", TARGET, "--account", role, "--duration", duration,
-        "--reason", "INC-42 proxy test", env=world.user_env,
+        "--reason", "INC-42 proxy test",
+        *(["--end-on-disconnect"] if end_on_disconnect else []), env=world.user_env,
     )  # fmt: skip
     assert r["state"] == "active", r
     return Access(role, password, verifier, r["id"], r["grant_id"])

@@ -77,3 +77,28 @@ def test_a_handle_that_fails_to_close_does_not_stop_the_others(booted: Booted) -
     registry.add(good, ticket.grant.expires_at - timedelta(hours=1))
     assert asyncio.run(registry.sweep_once()) == 2
     assert good.reasons == ["access grant expired"]
+
+
+def test_a_session_no_node_holds_is_ended_as_lost_and_a_held_one_is_not(booted: Booted) -> None:
+    node = booted.node
+    lost_after = timedelta(seconds=node.settings.server.session_lost_seconds)
+    ticket, alice = _open(booted)
+    held = sessions.open_session(
+        node,
+        sessions.issue_session_token(node, alice, ticket.grant.request_id)[0],
+        "postgres",
+    )
+    registry = SessionRegistry(node)
+    registry.add(Handle(held.session_id), held.grant.expires_at)
+    start = node.clock()
+    node.clock = lambda: start + lost_after * 0.9
+    asyncio.run(registry.heartbeat())  # this node holds one of the two
+    assert sessions.end_lost_sessions(node) == 0  # neither is lost yet
+    node.clock = lambda: start + lost_after * 1.5
+    assert sessions.end_lost_sessions(node) == 1  # the unheld one, counted from its start
+    assert sessions.ended_among(node, [ticket.session_id, held.session_id]) == {
+        ticket.session_id: sessions.LOST_REASON
+    }
+    assert sessions.end_lost_sessions(node) == 0  # ended once
+    node.clock = lambda: start + lost_after * 2
+    assert sessions.end_lost_sessions(node) == 1  # the heartbeat stopped too

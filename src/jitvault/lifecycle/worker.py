@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 from jitvault.errors import JitvaultError
-from jitvault.services import Node, grants, jobs, keys, rotation
+from jitvault.services import Node, grants, jobs, keys, rotation, sessions
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Worker:
         steps: tuple[tuple[str, Callable[[], int]], ...] = (
             ("sweep", lambda: grants.sweep(self.node, max_batches=BATCHES_PER_PASS).total),
             ("jobs", lambda: jobs.run_due_jobs(self.node)),
+            ("lost sessions", lambda: sessions.end_lost_sessions(self.node)),
             ("re-encryption", self._reencrypt),
         )
         busy = False

@@ -9,6 +9,7 @@ from jitvault.plugin_api.contracts import (
     Unsupported,
 )
 from jitvault.plugin_api.proxy import (
+    NODE_STOPPING,
     ProtocolFrontend,
     ProxyContext,
     ProxyListener,
@@ -27,6 +28,7 @@ from jitvault.plugin_api.registry import (
 )
 
 __all__ = [
+    "NODE_STOPPING",
     "NOTIFIERS_GROUP",
     "TARGETS_GROUP",
     "AccountTemplate",

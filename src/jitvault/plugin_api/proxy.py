@@ -49,6 +49,11 @@ class SessionTicket:
     allow_forwarding: bool = False
 
 
+#: the reason the core cuts every live session of a node that stops (the grants stay live:
+#: their users may connect again, to another node or after the restart)
+NODE_STOPPING = "the jitvault server is shutting down"
+
+
 class SessionHandle(Protocol):
     """What the core holds to cut a live session."""
 
@@ -171,6 +176,9 @@ class ProxyListener(Protocol):
     def close(self) -> None:
         """Stop accepting new connections (live sessions are cut through their handles)."""
 
+    def release(self) -> None:
+        """The node stops, its live sessions cut: release what is left (threads, sockets)."""
+
 
 class ProtocolFrontend(Protocol):
     """One protocol's server side. The core asks it to listen; it owns its sockets.
@@ -187,6 +195,7 @@ class ProtocolFrontend(Protocol):
 
 
 __all__ = [
+    "NODE_STOPPING",
     "ProtocolFrontend",
     "ProxyContext",
     "ProxyListener",

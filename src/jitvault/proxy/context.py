@@ -179,11 +179,20 @@ class NodeProxyContext:
     async def closed(self, session_id: int, reason: str) -> None:
         self.registry.remove(session_id)
         self._expiry.pop(session_id, None)
-        # the session's events land before its end; if the store refuses them, that is
-        # logged, and they stay queued and are retried
-        with contextlib.suppress(RecordingUnavailable):
-            await self.recordings.flush()
-        await asyncio.to_thread(sessions.close_session, self.node, session_id, reason)
+        try:
+            # the session's events land before its end; if the store refuses them, that is
+            # logged, and they stay queued and are retried
+            with contextlib.suppress(RecordingUnavailable):
+                await self.recordings.flush()
+            # a session the node cut because it stops does not end an --end-on-disconnect
+            # grant: its user did not disconnect, and may connect again (another node, or
+            # this one restarted)
+            ends_grant = not self.registry.stopping
+            await asyncio.to_thread(
+                sessions.close_session, self.node, session_id, reason, ends_grant
+            )
+        finally:
+            self.registry.ended(session_id)
 
 
 __all__ = ["NodeProxyContext"]

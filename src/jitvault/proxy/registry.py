@@ -3,12 +3,18 @@
 A session is cut when its grant's time is up (checked here, without a database round trip) or
 when its row was ended elsewhere: by a revoke, by the sweeper, by the removal of the SSH key it
 logged in with, on any node (checked every ``interval`` seconds). Both happen within 2 seconds.
+
+The watcher is also this node's heartbeat: every quarter of ``server.session_lost_seconds`` it
+tells the store that the sessions here are still held, so that the sessions of a node that
+crashed are ended by the others (:func:`~jitvault.services.sessions.end_lost_sessions`). A node
+stopping cleanly cuts its own (:meth:`SessionRegistry.cut_all`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -25,13 +31,28 @@ class SessionRegistry:
     def __init__(self, node: Node, interval: float = 0.5) -> None:
         self.node = node
         self.interval = interval
+        self.heartbeat_interval = node.settings.server.session_lost_seconds / 4
         self._live: dict[int, tuple[SessionHandle, datetime]] = {}
+        #: sessions registered whose end is not recorded yet (cut or not)
+        self._held: set[int] = set()
+        #: set once the node stops: sessions ending now were ended by the node, not the user
+        self.stopping = False
+        self._drained: asyncio.Event | None = None
 
     def add(self, handle: SessionHandle, expires_at: datetime) -> None:
         self._live[handle.session_id] = (handle, expires_at)
+        self._held.add(handle.session_id)
 
     def remove(self, session_id: int) -> None:
+        """The session is ending: nothing is left to cut."""
         self._live.pop(session_id, None)
+
+    def ended(self, session_id: int) -> None:
+        """The session's end is recorded (or could not be): the node no longer holds it."""
+        self._live.pop(session_id, None)
+        self._held.discard(session_id)
+        if not self._held and self._drained is not None:
+            self._drained.set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -55,6 +76,21 @@ class SessionRegistry:
         for sid in sorted(session_ids):
             await self._cut(sid, reason)
 
+    @property
+    def held(self) -> int:
+        """Sessions registered here whose end has not been recorded yet."""
+        return len(self._held)
+
+    async def cut_all(self, reason: str) -> None:
+        """The node stops: cut every session here, telling each client ``reason``; returns
+        once their ends are recorded (the caller bounds the wait: those left are ended as lost
+        later, by any node)."""
+        self.stopping = True
+        self._drained = asyncio.Event()
+        await self.cut(set(self._live), reason)
+        if self._held:
+            await self._drained.wait()
+
     async def _cut(self, session_id: int, reason: str) -> None:
         entry = self._live.pop(session_id, None)
         if entry is None:
@@ -64,12 +100,23 @@ class SessionRegistry:
         except Exception:  # one session's trouble must not stop the cutting of others
             log.exception("cutting session %s failed", session_id)
 
+    async def heartbeat(self) -> None:
+        """Tell the store that the sessions here are still held."""
+        await asyncio.to_thread(sessions.heartbeat, self.node, sorted(self._held))
+
     async def watch(self) -> None:
+        beat_due = 0.0
         while True:
             try:
                 await self.sweep_once()
             except Exception:
                 log.exception("session watcher pass failed")
+            if time.monotonic() >= beat_due:
+                try:
+                    await self.heartbeat()
+                    beat_due = time.monotonic() + self.heartbeat_interval
+                except Exception as exc:  # retried at the next pass
+                    log.warning("session heartbeat failed (%s)", type(exc).__name__)
             await asyncio.sleep(self.interval)
 
 

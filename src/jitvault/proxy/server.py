@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jitvault.crypto import ensure_self_signed, server_context
 from jitvault.errors import Unavailable
-from jitvault.plugin_api import ProtocolFrontend, ProxyListener
+from jitvault.plugin_api import NODE_STOPPING, ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
 from jitvault.proxy.recording import RecordingSink
 from jitvault.proxy.registry import SessionRegistry
@@ -25,6 +25,8 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 
 #: how long shutdown waits for the queued recordings to be written
 SHUTDOWN_FLUSH_SECONDS = 10.0
+#: how long shutdown waits for the cut sessions' ends to be recorded
+SHUTDOWN_CUT_SECONDS = 5.0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -127,15 +129,28 @@ class ProxyServer:
         async def _close() -> None:
             for listener in self._listeners:
                 listener.close()
+            # every live session here is cut, its client told why, its end recorded
+            try:
+                async with asyncio.timeout(SHUTDOWN_CUT_SECONDS):
+                    await self.registry.cut_all(NODE_STOPPING)
+            except TimeoutError:
+                log.warning(
+                    "%d sessions did not end within %.0f s of the shutdown: they are ended as"
+                    " lost after server.session_lost_seconds (by any node's worker)",
+                    self.registry.held,
+                    SHUTDOWN_CUT_SECONDS,
+                )
             try:
                 await asyncio.wait_for(self.recordings.flush(), SHUTDOWN_FLUSH_SECONDS)
             except Exception:
                 log.exception("queued session recordings could not be written at shutdown")
+            for listener in self._listeners:
+                listener.release()
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(_close(), loop)
         if self._thread is not None:
-            self._thread.join(SHUTDOWN_FLUSH_SECONDS + 5)
+            self._thread.join(SHUTDOWN_CUT_SECONDS + SHUTDOWN_FLUSH_SECONDS + 5)
 
 
 __all__ = ["ProxyServer"]

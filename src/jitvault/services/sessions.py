@@ -613,6 +613,31 @@ def session_asciicast(
     return cast
 
 
+#: the end reason of a live session whose proxy node stopped saying it holds it
+LOST_REASON = "lost: the proxy node holding it stopped (no heartbeat)"
+#: lost sessions ended per worker pass at most
+_LOST_BATCH = 100
+
+
+def heartbeat(node: Node, session_ids: list[int]) -> None:
+    """This node's proxies still hold these sessions (see :func:`end_lost_sessions`)."""
+    if session_ids:
+        with node.write() as tx:
+            session_store.sessions_seen(tx.conn, session_ids, node.clock())
+
+
+def end_lost_sessions(node: Node) -> int:
+    """End the live sessions no node has said it holds for ``server.session_lost_seconds``:
+    their proxy node crashed or was killed (a node stopping cleanly ends its own). Then they
+    no longer count against ``max_connections``, nor show as live. Any node's worker may do
+    it (ending is idempotent: one of them records the end). An ``--end-on-disconnect`` grant
+    is not ended by this: its user did not disconnect. Returns how many were ended."""
+    lost_after = timedelta(seconds=node.settings.server.session_lost_seconds)
+    with node.read() as conn:
+        lost = session_store.lost_sessions(conn, node.clock() - lost_after, _LOST_BATCH)
+    return sum(close_session(node, sid, LOST_REASON, ends_grant=False) for sid in lost)
+
+
 def ended_among(node: Node, session_ids: list[int]) -> dict[int, str]:
     with node.read() as conn:
         return session_store.ended_among(conn, session_ids)
@@ -700,6 +725,7 @@ def close_session(
 __all__ = [
     "CANCEL_ID_MAX",
     "CHUNK_KIND",
+    "LOST_REASON",
     "STATEMENTS_ENTRY",
     "Chunk",
     "ProxyMaterial",
@@ -714,7 +740,9 @@ __all__ = [
     "chunk_entry",
     "close_session",
     "connect_info",
+    "end_lost_sessions",
     "ended_among",
+    "heartbeat",
     "issue_session_token",
     "list_sessions",
     "open_session",

@@ -207,6 +207,22 @@ def session_rows(
     return list(conn.execute(q.order_by(_S.c.id.desc()).limit(limit)).all())
 
 
+def sessions_seen(conn: Connection, session_ids: list[int], at: datetime) -> None:
+    """The heartbeat of the node holding these sessions: each live one was seen ``at``."""
+    if session_ids:
+        conn.execute(
+            update(_S).where(_S.c.id.in_(session_ids), _S.c.ended_at.is_(None)).values(seen_at=at)
+        )
+
+
+def lost_sessions(conn: Connection, before: datetime, limit: int) -> list[int]:
+    """Live sessions whose node has not said it holds them since ``before`` (one never seen
+    counts from its start), oldest first."""
+    last = func.coalesce(_S.c.seen_at, _S.c.started_at)
+    q = select(_S.c.id).where(_S.c.ended_at.is_(None), last < before).order_by(_S.c.id).limit(limit)
+    return [int(r) for r in conn.execute(q).scalars()]
+
+
 def ended_among(conn: Connection, session_ids: list[int]) -> dict[int, str]:
     """Which of these sessions have been ended (by revoke, expiry or elsewhere), and why."""
     if not session_ids:
@@ -228,11 +244,13 @@ __all__ = [
     "events_insert",
     "live_count",
     "live_sessions",
+    "lost_sessions",
     "reserve_event_ids",
     "session_add",
     "session_end",
     "session_grant",
     "session_rows",
+    "sessions_seen",
     "token_add",
     "token_find",
     "token_use",

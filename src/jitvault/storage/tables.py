@@ -391,6 +391,10 @@ sessions = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True), nullable=True, index=True),
     Column("end_reason", Text, nullable=True),
+    # while the session is live: the last time the proxy node holding it said it still does
+    # (its heartbeat; NULL: not yet, started_at counts). A live session not seen for
+    # server.session_lost_seconds is ended by any node's worker: its node stopped or crashed.
+    Column("seen_at", DateTime(timezone=True), nullable=True),
     # while the session is live and its proxy has handed the client a cancel key (PostgreSQL's
     # BackendKeyData): the id the client names in a cancel request, and (sealed) the key it
     # must show and where the real backend is, so that any node's proxy can forward it.

@@ -1,0 +1,147 @@
+"""A node that stops ends its own sessions; the sessions of a node that crashed are ended by
+the next worker pass that finds them unheld. Real ``jitvault server`` processes, real clients,
+the tests' cluster as the target.
+
+1. SIGTERM: every live PostgreSQL session (both relays) is cut with FATAL 57P01 saying the
+   server is shutting down, its row ends with that reason, and an ``--end-on-disconnect``
+   grant stays active: the next server lets the client in at once.
+2. kill -9: nothing ends the sessions the dead node held, so they would hold the grant's
+   ``max_connections`` until it ends; the next start's worker ends them as lost once
+   ``server.session_lost_seconds`` have passed without a heartbeat, and the client gets in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from jitvault.plugin_api import NODE_STOPPING
+from jitvault.services import sessions
+from tests.integration.test_pg_proxy import (
+    RELAYS,
+    TARGET,
+    ProxyWorld,
+    _access,
+    _connect_info,
+    _psycopg,
+    proxy_world,
+)
+from tests.pgcluster import PgCluster
+from tests.support import ServerProcess, cli_env, start_server, wait_port
+
+LOST_SECONDS = 3
+#: how long a lost session may take to be ended: the threshold, a worker pass, a loaded CI
+LOST_BOUND_SECONDS = 30.0
+
+
+@pytest.fixture
+def world(db_kind: str, tmp_path: Path, pg_cluster: PgCluster) -> Iterator[ProxyWorld]:
+    policy = (
+        "rules:\n  - name: node-stop\n"
+        f"    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
+        "    max_connections: 1\n"
+    )
+    with proxy_world(db_kind, tmp_path, pg_cluster, policy) as w:
+        yield w
+
+
+def _restart(world: ProxyWorld) -> ServerProcess:
+    """A new server on the world's config and API port (the old one is gone); short
+    heartbeats and worker passes."""
+    port = int(world.server.addr.rsplit(":", 1)[1])
+    env = cli_env(
+        JITVAULT_SERVER__SESSION_LOST_SECONDS=str(LOST_SECONDS),
+        JITVAULT_SERVER__WORKER_INTERVAL="0.2",
+    )
+    server = start_server(world.config, port, env)
+    wait_port(world.pg_port)
+    return server
+
+
+def _session_rows(world: ProxyWorld, grant_id: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = world.cli("session", "list", env=world.admin_env)
+    return [r for r in rows if r["grant_id"] == grant_id]
+
+
+def _refused(info: dict[str, Any]) -> str | None:
+    """Why a new connection is refused, or None if it is taken (then closed at once)."""
+    try:
+        _psycopg(info, sslmode="disable").close()
+    except psycopg.OperationalError as exc:
+        return str(exc)
+    return None
+
+
+@RELAYS
+def test_a_stopping_server_tells_each_client_why_and_ends_its_sessions(
+    world: ProxyWorld, sslmode: str
+) -> None:
+    access = _access(world, end_on_disconnect=True)
+    info = _connect_info(world, access)
+    conn = _psycopg(info, sslmode=sslmode)
+    assert conn.execute("SELECT current_user").fetchone() == (access.role,)
+    world.server.stop()  # SIGTERM
+    with pytest.raises(psycopg.OperationalError) as caught:
+        conn.execute("SELECT 1")
+    conn.close()
+    diag = caught.value.diag
+    assert diag.sqlstate == "57P01", str(caught.value)
+    assert diag.message_primary == f"terminating connection: {NODE_STOPPING}"
+    assert diag.message_hint == "Connect again: the access grant is unchanged."
+    server = _restart(world)
+    try:
+        [row] = _session_rows(world, access.grant_id)
+        assert row["ended_at"] is not None
+        assert row["end_reason"] == NODE_STOPPING
+        # the grant is not ended by its user's last disconnect: its user did not disconnect
+        assert world.grant(access.grant_id)["state"] == "active"
+        with _psycopg(info, sslmode=sslmode) as again:  # its one connection is free at once
+            assert again.execute("SELECT current_user").fetchone() == (access.role,)
+    finally:
+        server.stop()
+
+
+def test_the_sessions_of_a_crashed_server_are_ended_as_lost_and_free_their_places(
+    world: ProxyWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    conns = [_psycopg(info, sslmode="disable")]
+    try:
+        assert conns[0].execute("SELECT current_user").fetchone() == (access.role,)
+        world.server.kill9()
+        server = _restart(world)
+        try:
+            [row] = _session_rows(world, access.grant_id)
+            assert row["ended_at"] is None  # nobody told the store: the node died
+            deadline = time.monotonic() + LOST_BOUND_SECONDS
+            while (refused := _refused(info)) is not None:
+                assert "too many connections for this access grant" in refused
+                assert time.monotonic() < deadline, "the lost session still holds its place"
+                time.sleep(0.2)
+            conns.append(_psycopg(info, sslmode="disable"))
+            assert conns[-1].execute("SELECT current_user").fetchone() == (access.role,)
+            rows = {r["id"]: r for r in _session_rows(world, access.grant_id)}
+            assert rows[row["id"]]["end_reason"] == sessions.LOST_REASON
+            assert [r["id"] for r in rows.values() if r["ended_at"] is None] == [max(rows)]
+            # a session the live node holds is never taken for lost: its heartbeat goes on
+            time.sleep(LOST_SECONDS * 2.5)
+            assert conns[-1].execute("SELECT 1").fetchone() == (1,)
+            assert _session_rows(world, access.grant_id)[0]["ended_at"] is None
+            events = world.cli("audit", "list", "--limit", "1000", env=world.admin_env)
+            lost = [
+                e
+                for e in events
+                if e["action"] == "session.ended" and e["subject"] == f"session:{row['id']}"
+            ]
+            assert [e["details"]["reason"] for e in lost] == [sessions.LOST_REASON]
+        finally:
+            server.stop()
+    finally:
+        for c in conns:
+            c.close()
