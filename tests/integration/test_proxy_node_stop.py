@@ -1,10 +1,11 @@
 """A node that stops ends its own sessions; the sessions of a node that crashed are ended by
 the next worker pass that finds them unheld. Real ``jitvault server`` processes, real clients,
-the tests' cluster as the target.
+the tests' cluster and sshd as the targets.
 
 1. SIGTERM: every live PostgreSQL session (both relays) is cut with FATAL 57P01 saying the
    server is shutting down, its row ends with that reason, and an ``--end-on-disconnect``
-   grant stays active: the next server lets the client in at once.
+   grant stays active: the next server lets the client in at once. An SSH session is told
+   on its stderr, and its command ends on the target.
 2. kill -9: nothing ends the sessions the dead node held, so they would hold the grant's
    ``max_connections`` until it ends; the next start's worker ends them as lost once
    ``server.session_lost_seconds`` have passed without a heartbeat, and the client gets in.
@@ -31,8 +32,14 @@ from tests.integration.test_pg_proxy import (
     _psycopg,
     proxy_world,
 )
+from tests.integration.test_ssh_proxy import SshWorld, _register, _sessions_of, _wait_no_process
+from tests.integration.test_ssh_proxy import _access as _ssh_access
+from tests.integration.test_ssh_proxy import _connect_info as _ssh_connect_info
 from tests.pgcluster import PgCluster
+from tests.ssh_clients import streaming_client
+from tests.sshd import SshdServer
 from tests.support import ServerProcess, cli_env, start_server, wait_port
+from tests.world import server_world
 
 LOST_SECONDS = 3
 #: how long a lost session may take to be ended: the threshold, a worker pass, a loaded CI
@@ -145,3 +152,25 @@ def test_the_sessions_of_a_crashed_server_are_ended_as_lost_and_free_their_place
     finally:
         for c in conns:
             c.close()
+
+
+def test_a_stopping_server_tells_an_ssh_client_why_and_ends_its_command(
+    db_kind: str, tmp_path: Path, sshd_server: SshdServer
+) -> None:
+    with server_world(SshWorld, db_kind, tmp_path, "alice", sshd=sshd_server) as world:
+        _register(world.admin_env, "web1", sshd_server)
+        world.policy("rules:\n  - name: s\n    match: {targets: [web1]}\n    auto_approve: true\n")
+        wait_port(world.ssh_port, what="the SSH proxy")
+        access = _ssh_access(world)
+        th, out = streaming_client(_ssh_connect_info(world, access))
+        world.server.stop()  # SIGTERM
+        th.join(20)
+        assert not th.is_alive()
+        assert f"jitvault: {NODE_STOPPING}".encode() in out["stderr"], out
+        _wait_no_process(access.account)
+        server = start_server(world.config, int(world.server.addr.rsplit(":", 1)[1]))
+        try:
+            [row] = _sessions_of(world, access.grant_id)
+            assert row["end_reason"] == NODE_STOPPING
+        finally:
+            server.stop()
