@@ -1,5 +1,9 @@
 """The recording sink: session events queued by the relays and written in batches.
 
+The writer has a thread of its own (not the loop's shared executor): no amount of work the
+clients cause there (logins, cancel requests, a flood of them against a slow store) can hold
+recordings back, and with them every session (backpressure).
+
 A relay never waits for the database, and pays as little as it can per statement:
 :meth:`RecordingSink.add_statements` appends one small tuple (session, time, the raw text
 bytes of the statements that arrived together, or their JSON where the relay rendered it in
@@ -31,6 +35,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 from json.encoder import encode_basestring_ascii
@@ -90,6 +95,11 @@ class RecordingSink:
         self.high_events, self.high_bytes = max(1, max_events // 4), max(1, max_bytes // 4)
         self._backlog: asyncio.Future[None] | None = None
         self._inflight: set[asyncio.Future[None]] = set()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jitvault-recorder")
+
+    def close(self) -> None:
+        """Let the writer's thread go (after the last flush)."""
+        self._thread.shutdown(wait=False)
 
     def __len__(self) -> int:
         """Events waiting in the queue (not those being written now)."""
@@ -203,7 +213,9 @@ class RecordingSink:
             left = len(self._queue)
             while left > 0:
                 taken, weight = self._take(left)
-                write = asyncio.ensure_future(asyncio.to_thread(_write, self.node, taken))
+                write = asyncio.get_running_loop().run_in_executor(
+                    self._thread, _write, self.node, taken
+                )
                 self._inflight.add(write)
                 write.add_done_callback(self._inflight.discard)
                 try:

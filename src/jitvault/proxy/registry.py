@@ -2,7 +2,9 @@
 
 A session is cut when its grant's time is up (checked here, without a database round trip) or
 when its row was ended elsewhere: by a revoke, by the sweeper, by the removal of the SSH key it
-logged in with, on any node (checked every ``interval`` seconds). Both happen within 2 seconds.
+logged in with, on any node (checked every ``interval`` seconds, in a thread of the watcher's
+own: work the clients cause in the loop's shared executor cannot delay it). Both happen within
+2 seconds.
 
 The watcher is also this node's heartbeat: every quarter of ``server.session_lost_seconds`` it
 tells the store that the sessions here are still held, so that the sessions of a node that
@@ -16,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from jitvault.plugin_api import SessionHandle
@@ -38,6 +41,11 @@ class SessionRegistry:
         #: set once the node stops: sessions ending now were ended by the node, not the user
         self.stopping = False
         self._drained: asyncio.Event | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jitvault-watcher")
+
+    def close(self) -> None:
+        """Let the watcher's thread go (the node stops)."""
+        self._thread.shutdown(wait=False)
 
     def add(self, handle: SessionHandle, expires_at: datetime) -> None:
         self._live[handle.session_id] = (handle, expires_at)
@@ -65,7 +73,9 @@ class SessionRegistry:
         }
         rest = [sid for sid in self._live if sid not in due]
         if rest:
-            ended = await asyncio.to_thread(sessions.ended_among, self.node, rest)
+            ended = await asyncio.get_running_loop().run_in_executor(
+                self._thread, sessions.ended_among, self.node, rest
+            )
             due.update({sid: _reason(why) for sid, why in ended.items()})
         for sid, why in due.items():
             await self._cut(sid, why)
@@ -102,7 +112,9 @@ class SessionRegistry:
 
     async def heartbeat(self) -> None:
         """Tell the store that the sessions here are still held."""
-        await asyncio.to_thread(sessions.heartbeat, self.node, sorted(self._held))
+        await asyncio.get_running_loop().run_in_executor(
+            self._thread, sessions.heartbeat, self.node, sorted(self._held)
+        )
 
     async def watch(self) -> None:
         beat_due = 0.0

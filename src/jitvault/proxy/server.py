@@ -146,6 +146,8 @@ class ProxyServer:
                 log.exception("queued session recordings could not be written at shutdown")
             for listener in self._listeners:
                 listener.release()
+            self.recordings.close()
+            self.registry.close()
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(_close(), loop)
