@@ -491,26 +491,36 @@ def _by_round(rows: list[PgbenchResult], workload: str, endpoint: str) -> dict[i
     return {r.round: r for r in rows if r.workload == workload and r.endpoint == endpoint}
 
 
-def _ratio(rows: list[PgbenchResult], workload: str, endpoint: str, anchor: str) -> float:
-    """Median over rounds of (endpoint tps / anchor tps), each pair measured back to back."""
+def _ratios(rows: list[PgbenchResult], workload: str, endpoint: str, anchor: str) -> list[float]:
+    """(endpoint tps / anchor tps) of each round, each pair measured back to back."""
     mine, theirs = _by_round(rows, workload, endpoint), _by_round(rows, workload, anchor)
-    return _median([mine[k].tps / theirs[k].tps for k in mine if k in theirs])
+    return [mine[k].tps / theirs[k].tps for k in sorted(mine) if k in theirs]
+
+
+def _ratio(rows: list[PgbenchResult], workload: str, endpoint: str, anchor: str) -> float:
+    """Median over rounds of (endpoint tps / anchor tps)."""
+    return _median(_ratios(rows, workload, endpoint, anchor))
+
+
+def _spread(values: list[float]) -> str:
+    """The rounds' lowest and highest value: how far one round's ratio can be trusted."""
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
 
 
 def print_tps(rows: list[PgbenchResult]) -> None:
     print(
         f"{'workload':<12} {'endpoint':<14} {'median tps':>11} {'latency ms':>11}"
-        f" {'x direct':>9} {'x PgBouncer':>12}"
+        f" {'x direct':>9} {'x PgBouncer':>12} {'rounds x PgB':>13}"
     )
     for workload in dict.fromkeys(r.workload for r in rows):
         names = list(dict.fromkeys(r.endpoint for r in rows if r.workload == workload))
         for name in names:
             mine = list(_by_round(rows, workload, name).values())
-            vs_b = (
-                f"{_ratio(rows, workload, name, 'PgBouncer'):>12.2f}"
-                if "PgBouncer" in names
-                else f"{'-':>12}"
-            )
+            if "PgBouncer" in names:
+                vs = _ratios(rows, workload, name, "PgBouncer")
+                vs_b = f"{_median(vs):>12.2f} {_spread(vs):>13}"
+            else:
+                vs_b = f"{'-':>12} {'-':>13}"
             failed = sum(r.failed for r in mine)
             print(
                 f"{workload:<12} {name:<14} {_median([r.tps for r in mine]):>11.0f}"
@@ -525,19 +535,27 @@ def print_latency(rows: list[PgbenchResult]) -> None:
     names = list(dict.fromkeys(r.endpoint for r in rows))
     direct = _by_round(rows, "select-only", "direct")
 
-    def added(name: str) -> float:
+    def added_by_round(name: str) -> dict[int, float]:
         mine = _by_round(rows, "select-only", name)
-        return _median(
-            [(mine[k].latency_ms - direct[k].latency_ms) * 1000 for k in mine if k in direct]
-        )
+        return {k: (mine[k].latency_ms - direct[k].latency_ms) * 1000 for k in mine if k in direct}
+
+    def added(name: str) -> float:
+        return _median(list(added_by_round(name).values()))
 
     b_added = added("PgBouncer") if "PgBouncer" in names else None
-    print(f"{'endpoint':<14} {'latency us':>11} {'added us':>9} {'added x PgBouncer':>18}")
+    b_rounds = added_by_round("PgBouncer") if "PgBouncer" in names else {}
+    print(
+        f"{'endpoint':<14} {'latency us':>11} {'added us':>9} {'added x PgBouncer':>18}"
+        f" {'rounds x PgB':>13}"
+    )
     for name in names:
         lat = _median([r.latency_ms for r in _by_round(rows, "select-only", name).values()])
         plus = added(name)
         vs = f"{plus / b_added:>18.2f}" if b_added and name != "direct" else f"{'-':>18}"
-        print(f"{name:<14} {lat * 1000:>11.1f} {plus:>+9.1f} {vs}")
+        mine = added_by_round(name)
+        per_round = [mine[k] / b_rounds[k] for k in sorted(mine) if b_rounds.get(k, 0) > 0]
+        spread = _spread(per_round) if name != "direct" else "-"
+        print(f"{name:<14} {lat * 1000:>11.1f} {plus:>+9.1f} {vs} {spread:>13}")
 
 
 # --- memory --------------------------------------------------------------------------------------
