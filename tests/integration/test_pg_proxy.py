@@ -641,6 +641,27 @@ def test_max_connections_of_the_grant_is_enforced_with_53300(world: ProxyWorld) 
             time.sleep(0.1)
 
 
+@RELAYS
+def test_a_place_a_client_just_gave_up_is_free_for_its_next_connection_at_once(
+    world: ProxyWorld, sslmode: str
+) -> None:
+    """A pool or GUI closes a connection and opens another straight away: the proxy records
+    the old session's end after the client's close returns, and a login that meets the grant's
+    limit meanwhile waits for that end instead of being refused."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    conns = [_psycopg(info, sslmode=sslmode) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for _ in range(15):
+            conns.pop().close()
+            conns.append(_psycopg(info, sslmode=sslmode))  # no retry: it gets in first time
+            assert conns[-1].execute("SELECT current_user").fetchone() == (access.role,)
+        assert "too many connections for this access grant" in str(_refusal(info))
+    finally:
+        for c in conns:
+            c.close()
+
+
 # ----------------------------------------------------------------------------- recording
 
 

@@ -75,13 +75,14 @@ def _session_rows(world: ProxyWorld, grant_id: int) -> list[dict[str, Any]]:
     return [r for r in rows if r["grant_id"] == grant_id]
 
 
-def _refused(info: dict[str, Any]) -> str | None:
-    """Why a new connection is refused, or None if it is taken (then closed at once)."""
+def _connect_or_why(info: dict[str, Any]) -> psycopg.Connection[Any] | str:
+    """A new connection, or why it is refused. A connection taken is kept, not closed at once
+    to try again: its session's end is recorded after the close returns, so with
+    ``max_connections: 1`` the next attempt could still find the place held."""
     try:
-        _psycopg(info, sslmode="disable").close()
+        return _psycopg(info, sslmode="disable")
     except psycopg.OperationalError as exc:
         return str(exc)
-    return None
 
 
 @RELAYS
@@ -121,17 +122,17 @@ def test_the_sessions_of_a_crashed_server_are_ended_as_lost_and_free_their_place
     conns = [_psycopg(info, sslmode="disable")]
     try:
         assert conns[0].execute("SELECT current_user").fetchone() == (access.role,)
-        world.server.kill9()
+        [row] = _session_rows(world, access.grant_id)
+        assert row["ended_at"] is None
+        world.server.kill9()  # nobody tells the store: its end reason shows who ended it
         server = _restart(world)
         try:
-            [row] = _session_rows(world, access.grant_id)
-            assert row["ended_at"] is None  # nobody told the store: the node died
             deadline = time.monotonic() + LOST_BOUND_SECONDS
-            while (refused := _refused(info)) is not None:
-                assert "too many connections for this access grant" in refused
+            while isinstance(taken := _connect_or_why(info), str):
+                assert "too many connections for this access grant" in taken
                 assert time.monotonic() < deadline, "the lost session still holds its place"
                 time.sleep(0.2)
-            conns.append(_psycopg(info, sslmode="disable"))
+            conns.append(taken)
             assert conns[-1].execute("SELECT current_user").fetchone() == (access.role,)
             rows = {r["id"]: r for r in _session_rows(world, access.grant_id)}
             assert rows[row["id"]]["end_reason"] == sessions.LOST_REASON

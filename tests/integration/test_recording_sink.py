@@ -101,7 +101,7 @@ def test_a_store_that_refuses_a_batch_cuts_the_waiting_sessions_and_keeps_their_
     sid = ticket.session_id
     registry = SessionRegistry(booted.node)
     handle = Handle(sid)
-    registry.add(handle, ticket.grant.expires_at)
+    registry.add(handle, ticket.grant.expires_at, ticket.grant.id)
     sink = RecordingSink(booted.node, on_failure=registry.cut)
 
     async def scenario() -> None:

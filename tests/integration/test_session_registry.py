@@ -43,7 +43,7 @@ def test_a_revoked_grant_cuts_its_session_on_the_next_pass(booted: Booted) -> No
     ticket, _ = _open(booted)
     registry = SessionRegistry(booted.node)
     handle = Handle(ticket.session_id)
-    registry.add(handle, ticket.grant.expires_at)
+    registry.add(handle, ticket.grant.expires_at, ticket.grant.id)
     assert asyncio.run(registry.sweep_once()) == 0
     assert handle.reasons == []
     grants.revoke_grant(booted.node, booted.admin, ticket.grant.id, "incident over")
@@ -58,7 +58,7 @@ def test_an_expiring_grant_cuts_its_session_without_waiting_for_the_sweeper(
     ticket, _ = _open(booted)
     registry = SessionRegistry(booted.node)
     handle = Handle(ticket.session_id)
-    registry.add(handle, ticket.grant.expires_at)
+    registry.add(handle, ticket.grant.expires_at, ticket.grant.id)
     later = ticket.grant.expires_at + timedelta(seconds=1)
     assert asyncio.run(registry.sweep_once(now=lambda: later)) == 1
     assert handle.reasons == ["access grant expired"]
@@ -73,10 +73,36 @@ def test_a_handle_that_fails_to_close_does_not_stop_the_others(booted: Booted) -
 
     registry = SessionRegistry(booted.node)
     good = Handle(ticket.session_id)
-    registry.add(Broken(10_000_001), ticket.grant.expires_at - timedelta(hours=1))
-    registry.add(good, ticket.grant.expires_at - timedelta(hours=1))
+    registry.add(Broken(10_000_001), ticket.grant.expires_at - timedelta(hours=1), 1)
+    registry.add(good, ticket.grant.expires_at - timedelta(hours=1), ticket.grant.id)
     assert asyncio.run(registry.sweep_once()) == 2
     assert good.reasons == ["access grant expired"]
+
+
+def test_a_login_waits_only_for_the_end_of_a_session_of_its_own_grant(booted: Booted) -> None:
+    ticket, _ = _open(booted)
+    grant = ticket.grant
+
+    async def scenario() -> None:
+        registry = SessionRegistry(booted.node)
+        assert not await registry.an_end_recorded(grant.id, since=0)  # nothing held: no wait
+        registry.add(Handle(1), grant.expires_at, grant.id)
+        registry.add(Handle(2), grant.expires_at, grant.id + 1)
+        registry.add(Handle(3), grant.expires_at, grant.id)
+        registry.ended(3)
+        # an end recorded after the login looked, before it waited: no wait either
+        assert await registry.an_end_recorded(grant.id, since=0)
+        waiting = asyncio.ensure_future(registry.an_end_recorded(grant.id, since=1))
+        await asyncio.sleep(0.05)
+        registry.remove(1)  # the client closed; the end is being recorded
+        registry.ended(2)  # another grant's session: not what the login waits for
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        registry.ended(1)
+        assert await asyncio.wait_for(waiting, 1.0)
+        assert registry.held == 0
+
+    asyncio.run(scenario())
 
 
 def test_a_session_no_node_holds_is_ended_as_lost_and_a_held_one_is_not(booted: Booted) -> None:
@@ -89,7 +115,7 @@ def test_a_session_no_node_holds_is_ended_as_lost_and_a_held_one_is_not(booted: 
         "postgres",
     )
     registry = SessionRegistry(node)
-    registry.add(Handle(held.session_id), held.grant.expires_at)
+    registry.add(Handle(held.session_id), held.grant.expires_at, held.grant.id)
     start = node.clock()
     node.clock = lambda: start + lost_after * 0.9
     asyncio.run(registry.heartbeat())  # this node holds one of the two

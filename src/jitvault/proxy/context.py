@@ -8,6 +8,7 @@ import functools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from jitvault.domain import Sensitive
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 #: the end reason of a session whose login was given up while the store opened it
 ABANDONED = "login abandoned"
+#: how long a login that meets its grant's max_connections waits for the end of one of the
+#: grant's sessions on this node whose client has just closed (see
+#: :meth:`SessionRegistry.an_end_recorded`); a grant that is really full is refused this late
+ENDING_WAIT_SECONDS = 1.0
 
 
 class NodeProxyContext:
@@ -38,7 +43,8 @@ class NodeProxyContext:
         self.recordings = recordings
         self.protocol = protocol
         self.ssl_context = ssl_context
-        self._expiry: dict[int, Any] = {}
+        #: sessions opened and not registered yet: their deadlines and grants
+        self._opened: dict[int, tuple[datetime, int]] = {}
         #: ends of abandoned logins' sessions, in flight (a reference keeps each task alive)
         self._closing: set[asyncio.Future[bool]] = set()
         self.state_dir = node.settings.data_dir / "proxy" / protocol
@@ -87,6 +93,23 @@ class NodeProxyContext:
         )
 
     async def _open(self, open_session: Callable[[], sessions.SessionTicket]) -> SessionTicket:
+        """Open a session; when the grant's places are all taken but one of its sessions here
+        is ending, once more after that end is recorded."""
+        ends_before = self.registry.ends_recorded
+        try:
+            return await self._open_once(open_session)
+        except sessions.TooManySessions as exc:
+            full = exc
+        try:
+            async with asyncio.timeout(ENDING_WAIT_SECONDS):
+                ended = await self.registry.an_end_recorded(full.grant_id, since=ends_before)
+        except TimeoutError:
+            ended = False
+        if not ended:
+            raise full
+        return await self._open_once(open_session)
+
+    async def _open_once(self, open_session: Callable[[], sessions.SessionTicket]) -> SessionTicket:
         """Open a session in the store (in a thread) and hand out its ticket. A login given up
         meanwhile (its timeout, the client gone) cannot stop the thread: the session it opens
         is then ended as soon as it is open, so no live session is left that nobody holds
@@ -133,7 +156,7 @@ class NodeProxyContext:
             )
             raise
         grant = opened.grant
-        self._expiry[opened.session_id] = grant.expires_at
+        self._opened[opened.session_id] = (grant.expires_at, grant.id)
         return SessionTicket(
             session_id=opened.session_id,
             grant_id=grant.id,
@@ -146,8 +169,8 @@ class NodeProxyContext:
         )
 
     def register(self, handle: SessionHandle) -> None:
-        expires = self._expiry.pop(handle.session_id)
-        self.registry.add(handle, expires)
+        expires, grant_id = self._opened.pop(handle.session_id)
+        self.registry.add(handle, expires, grant_id)
 
     async def add_cancel_key(self, session_id: int, key: bytes, backend: Sensitive[bytes]) -> int:
         return await asyncio.to_thread(sessions.add_cancel_key, self.node, session_id, key, backend)
@@ -178,7 +201,7 @@ class NodeProxyContext:
 
     async def closed(self, session_id: int, reason: str) -> None:
         self.registry.remove(session_id)
-        self._expiry.pop(session_id, None)
+        self._opened.pop(session_id, None)
         try:
             # the session's events land before its end; if the store refuses them, that is
             # logged, and they stay queued and are retried

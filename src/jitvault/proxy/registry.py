@@ -36,8 +36,12 @@ class SessionRegistry:
         self.interval = interval
         self.heartbeat_interval = node.settings.server.session_lost_seconds / 4
         self._live: dict[int, tuple[SessionHandle, datetime]] = {}
-        #: sessions registered whose end is not recorded yet (cut or not)
-        self._held: set[int] = set()
+        #: sessions registered whose end is not recorded yet (cut or not), to their grants
+        self._held: dict[int, int] = {}
+        #: logins waiting for a session's end to be recorded (see :meth:`an_end_recorded`)
+        self._end_waiters: list[asyncio.Future[None]] = []
+        #: how many sessions' ends this registry has seen recorded
+        self.ends_recorded = 0
         #: set once the node stops: sessions ending now were ended by the node, not the user
         self.stopping = False
         self._drained: asyncio.Event | None = None
@@ -47,9 +51,9 @@ class SessionRegistry:
         """Let the watcher's thread go (the node stops)."""
         self._thread.shutdown(wait=False)
 
-    def add(self, handle: SessionHandle, expires_at: datetime) -> None:
+    def add(self, handle: SessionHandle, expires_at: datetime, grant_id: int) -> None:
         self._live[handle.session_id] = (handle, expires_at)
-        self._held.add(handle.session_id)
+        self._held[handle.session_id] = grant_id
 
     def remove(self, session_id: int) -> None:
         """The session is ending: nothing is left to cut."""
@@ -58,9 +62,33 @@ class SessionRegistry:
     def ended(self, session_id: int) -> None:
         """The session's end is recorded (or could not be): the node no longer holds it."""
         self._live.pop(session_id, None)
-        self._held.discard(session_id)
+        self._held.pop(session_id, None)
+        self.ends_recorded += 1
+        waiters, self._end_waiters = self._end_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         if not self._held and self._drained is not None:
             self._drained.set()
+
+    async def an_end_recorded(self, grant_id: int, since: int) -> bool:
+        """True at once if an end was recorded since :attr:`ends_recorded` was ``since``; else
+        wait until the end of one of this grant's sessions held here is recorded; False at
+        once if none is held here (the caller bounds the wait).
+
+        A client that closes a connection and opens another at once (a pool, a GUI) would
+        otherwise meet the grant's ``max_connections`` before the proxy, which learns of the
+        close after the client, has recorded the end."""
+        if self.ends_recorded != since:
+            return True
+        mine = {sid for sid, grant in self._held.items() if grant == grant_id}
+        if not mine:
+            return False
+        while mine <= self._held.keys():
+            waiter = asyncio.get_running_loop().create_future()
+            self._end_waiters.append(waiter)
+            await waiter
+        return True
 
     def __len__(self) -> int:
         return len(self._live)

@@ -69,6 +69,10 @@ class TooManySessions(Conflict):
 
     code = "too_many_sessions"
 
+    def __init__(self, grant_id: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.grant_id = grant_id
+
 
 @dataclass(frozen=True)
 class SessionTicket:
@@ -239,6 +243,7 @@ def _check_room(conn: Connection, grant: Grant) -> None:
         session_store.live_count(conn, grant.id) >= grant.max_connections
     ):
         raise TooManySessions(
+            grant.id,
             f"this grant allows {grant.max_connections} concurrent connections",
             hint="close one first",
         )
