@@ -39,7 +39,7 @@ from typing import Any
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError, Unavailable
 from jitvault.plugin_api import (
-    NODE_STOPPING,
+    Cut,
     ProxyContext,
     ProxyListener,
     RenderedStatements,
@@ -267,20 +267,17 @@ class _Session:
         #: the native relay, once it relays this session
         self.native: native.NativeRelays | None = None
 
-    async def close(self, reason: str) -> None:
+    async def close(self, cut: Cut) -> None:
         """The core cuts the session (SessionHandle): see :meth:`cut`."""
-        self.cut(reason)
+        # a grant that outlives the cut (its node stops): the client may connect again at once
+        self.cut(cut.reason, pg.CONNECT_AGAIN_HINT if cut.grant_lives else pg.REQUEST_AGAIN_HINT)
 
-    def cut(self, reason: str) -> None:
+    def cut(self, reason: str, hint: str = pg.REQUEST_AGAIN_HINT) -> None:
         """Tell the client why, cancel what the backend runs, close both sides. Idempotent."""
         if self.cut_reason is not None or self.reported:
             return
         self.cut_reason = reason
-        fatal = pg.grant_expired_error(
-            f"terminating connection: {reason}",
-            # the grant outlives its node: the client may connect again at once
-            pg.CONNECT_AGAIN_HINT if reason == NODE_STOPPING else pg.REQUEST_AGAIN_HINT,
-        )
+        fatal = pg.grant_expired_error(f"terminating connection: {reason}", hint)
         if self.native is not None:  # the engine puts it in where the stream allows it
             self.native.close(self.session_id, fatal, pg.terminate(), LINGER_SECONDS)
             backend = self.upstream

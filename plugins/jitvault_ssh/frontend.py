@@ -35,7 +35,7 @@ import asyncssh
 
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError
-from jitvault.plugin_api import ProxyContext, ProxyListener, SessionTicket
+from jitvault.plugin_api import Cut, ProxyContext, ProxyListener, SessionTicket
 from jitvault_ssh import aead, relay
 from jitvault_ssh import connect as upstream_login
 
@@ -153,7 +153,7 @@ class _Session:
                 self.session_id,
                 type(exc).__name__,
             )
-            self.frontend.spawn(self.close(RECORDING_REFUSED))
+            self.frontend.spawn(self.cut(RECORDING_REFUSED))
             return False
         return True
 
@@ -161,7 +161,11 @@ class _Session:
         self._next_channel += 1
         return self._next_channel
 
-    async def close(self, reason: str) -> None:
+    async def close(self, cut: Cut) -> None:
+        """The core cuts the session (SessionHandle): see :meth:`cut`."""
+        await self.cut(cut.reason)
+
+    async def cut(self, reason: str) -> None:
         """Tell the client why on every channel's stderr, then close everything. Idempotent."""
         if self.cut_reason is not None or self.finished:
             return
@@ -460,7 +464,7 @@ class _TargetConnection(asyncssh.SSHClient):
     def connection_lost(self, exc: Exception | None) -> None:
         session = self.session
         if session.upstream is not None and not session.finished and session.cut_reason is None:
-            session.frontend.spawn(session.close("the target closed the connection"))
+            session.frontend.spawn(session.cut("the target closed the connection"))
 
 
 class _UpstreamChannel(asyncssh.SSHClientSession[bytes]):

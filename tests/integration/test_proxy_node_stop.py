@@ -99,13 +99,13 @@ def test_a_stopping_server_tells_each_client_why_and_ends_its_sessions(
     conn.close()
     diag = caught.value.diag
     assert diag.sqlstate == "57P01", str(caught.value)
-    assert diag.message_primary == f"terminating connection: {NODE_STOPPING}"
+    assert diag.message_primary == f"terminating connection: {NODE_STOPPING.reason}"
     assert diag.message_hint == "Connect again: the access grant is unchanged."
     server = _restart(world)
     try:
         [row] = _session_rows(world, access.grant_id)
         assert row["ended_at"] is not None
-        assert row["end_reason"] == NODE_STOPPING
+        assert row["end_reason"] == NODE_STOPPING.reason
         # the grant is not ended by its user's last disconnect: its user did not disconnect
         assert world.grant(access.grant_id)["state"] == "active"
         with _psycopg(info, sslmode=sslmode) as again:  # its one connection is free at once
@@ -167,11 +167,11 @@ def test_a_stopping_server_tells_an_ssh_client_why_and_ends_its_command(
         world.server.stop()  # SIGTERM
         th.join(20)
         assert not th.is_alive()
-        assert f"jitvault: {NODE_STOPPING}".encode() in out["stderr"], out
+        assert f"jitvault: {NODE_STOPPING.reason}".encode() in out["stderr"], out
         _wait_no_process(access.account)
         server = start_server(world.config, int(world.server.addr.rsplit(":", 1)[1]))
         try:
             [row] = _sessions_of(world, access.grant_id)
-            assert row["end_reason"] == NODE_STOPPING
+            assert row["end_reason"] == NODE_STOPPING.reason
         finally:
             server.stop()

@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 from jitvault.domain import AccessKind, AccountMode, Principal, Role, Sensitive
+from jitvault.plugin_api import NODE_STOPPING, Cut
 from jitvault.proxy import SessionRegistry
 from jitvault.services import grants, policies, requests, sessions, targets, users
 from jitvault.services.requests import NewRequest
@@ -19,8 +20,8 @@ class Handle:
         self.session_id = session_id
         self.reasons: list[str] = []
 
-    async def close(self, reason: str) -> None:
-        self.reasons.append(reason)
+    async def close(self, cut: Cut) -> None:
+        self.reasons.append(cut.reason)
 
 
 def _open(booted: Booted, minutes: int = 30) -> tuple[sessions.SessionTicket, Principal]:
@@ -68,7 +69,7 @@ def test_a_handle_that_fails_to_close_does_not_stop_the_others(booted: Booted) -
     ticket, _ = _open(booted)
 
     class Broken(Handle):
-        async def close(self, reason: str) -> None:
+        async def close(self, cut: Cut) -> None:
             raise RuntimeError("socket already gone")
 
     registry = SessionRegistry(booted.node)
@@ -101,6 +102,39 @@ def test_a_login_waits_only_for_the_end_of_a_session_of_its_own_grant(booted: Bo
         registry.ended(1)
         assert await asyncio.wait_for(waiting, 1.0)
         assert registry.held == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_stopping_node_cuts_a_session_registered_after_the_rest_and_its_grant_lives(
+    booted: Booted,
+) -> None:
+    """A login that finishes while the node stops is cut like the sessions already there, not
+    left running until the process goes (then ended as lost, with no word to its client)."""
+    ticket, _ = _open(booted)
+    grant = ticket.grant
+
+    async def scenario() -> None:
+        registry = SessionRegistry(booted.node)
+        early, late = Handle(1), Handle(2)
+        registry.add(early, grant.expires_at, grant.id)
+        registry.add(Handle(3), grant.expires_at, grant.id)
+        registry.remove(3)  # its client is closing it: its end is being recorded
+        stopping = asyncio.ensure_future(registry.cut_all(NODE_STOPPING))
+        await asyncio.sleep(0.05)
+        assert early.reasons == [NODE_STOPPING.reason]
+        registry.add(late, grant.expires_at, grant.id)
+        await asyncio.sleep(0.05)
+        assert late.reasons == [NODE_STOPPING.reason]
+        # their ends do not end an --end-on-disconnect grant; a session ending on its own does
+        assert registry.grant_lives(1)
+        assert registry.grant_lives(2)
+        assert not registry.grant_lives(3)
+        registry.ended(1)
+        registry.ended(3)
+        assert not stopping.done()  # the late one's end is not recorded yet
+        registry.ended(2)
+        await asyncio.wait_for(stopping, 1.0)
 
     asyncio.run(scenario())
 

@@ -10,6 +10,7 @@ from jitvault.plugin_api.contracts import (
 )
 from jitvault.plugin_api.proxy import (
     NODE_STOPPING,
+    Cut,
     ProtocolFrontend,
     ProxyContext,
     ProxyListener,
@@ -32,6 +33,7 @@ __all__ = [
     "NOTIFIERS_GROUP",
     "TARGETS_GROUP",
     "AccountTemplate",
+    "Cut",
     "NotifierPlugin",
     "NotifierRegistry",
     "PluginRegistry",

@@ -49,9 +49,19 @@ class SessionTicket:
     allow_forwarding: bool = False
 
 
-#: the reason the core cuts every live session of a node that stops (the grants stay live:
-#: their users may connect again, to another node or after the restart)
-NODE_STOPPING = "the jitvault server is shutting down"
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """Why the core cuts a live session: what its client is told, and whether the grant
+    outlives the cut (then the client may connect again at once; else it must request access
+    again)."""
+
+    reason: str
+    grant_lives: bool = False
+
+
+#: the cut of every live session of a node that stops (the grants stay live: their users may
+#: connect again, to another node or after the restart)
+NODE_STOPPING = Cut("the jitvault server is shutting down", grant_lives=True)
 
 
 class SessionHandle(Protocol):
@@ -59,8 +69,9 @@ class SessionHandle(Protocol):
 
     session_id: int
 
-    async def close(self, reason: str) -> None:
-        """Tell the client why (e.g. a FATAL error), close both sides. Idempotent."""
+    async def close(self, cut: Cut) -> None:
+        """Tell the client why (e.g. a FATAL error, with a hint that follows from
+        ``cut.grant_lives``), close both sides. Idempotent."""
 
 
 class ProxyContext(Protocol):
@@ -196,6 +207,7 @@ class ProtocolFrontend(Protocol):
 
 __all__ = [
     "NODE_STOPPING",
+    "Cut",
     "ProtocolFrontend",
     "ProxyContext",
     "ProxyListener",

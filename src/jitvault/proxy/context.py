@@ -210,7 +210,7 @@ class NodeProxyContext:
             # a session the node cut because it stops does not end an --end-on-disconnect
             # grant: its user did not disconnect, and may connect again (another node, or
             # this one restarted)
-            ends_grant = not self.registry.stopping
+            ends_grant = not self.registry.grant_lives(session_id)
             await asyncio.to_thread(
                 sessions.close_session, self.node, session_id, reason, ends_grant
             )

@@ -42,7 +42,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from jitvault.errors import Unavailable
-from jitvault.plugin_api import RenderedStatements
+from jitvault.plugin_api import Cut, RenderedStatements
 from jitvault.services import Node, sessions
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class RecordingSink:
         batch_bytes: int = 4 << 20,
         max_events: int = 50_000,
         max_bytes: int = 64 << 20,
-        on_failure: Callable[[set[int], str], Awaitable[None]] | None = None,
+        on_failure: Callable[[set[int], Cut], Awaitable[None]] | None = None,
     ) -> None:
         self.node = node
         self.interval = interval
@@ -277,7 +277,7 @@ class RecordingSink:
             log.error("session recordings cannot be stored (%s): cutting sessions", exc)
         waiting = {queued[0] for queued in self._queue}
         if self.on_failure is not None and waiting:
-            await self.on_failure(waiting, RECORDING_LOST)
+            await self.on_failure(waiting, Cut(RECORDING_LOST))
 
     async def run(self) -> None:
         """Write the queue every ``interval`` seconds or every ``batch`` events, forever."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from jitvault.plugin_api import SessionHandle
+from jitvault.plugin_api import Cut, SessionHandle
 from jitvault.services import Node, sessions
 from jitvault.services.ssh_keys import KEY_REMOVED_REASON
 
@@ -42,8 +42,12 @@ class SessionRegistry:
         self._end_waiters: list[asyncio.Future[None]] = []
         #: how many sessions' ends this registry has seen recorded
         self.ends_recorded = 0
-        #: set once the node stops: sessions ending now were ended by the node, not the user
-        self.stopping = False
+        #: the cuts this registry made of sessions whose ends are not recorded yet
+        self._cuts: dict[int, Cut] = {}
+        #: the cut of every session here once the node stops (:meth:`cut_all`)
+        self._stopping: Cut | None = None
+        #: cuts of sessions registered while the node stops (a reference keeps each alive)
+        self._late_cuts: set[asyncio.Future[None]] = set()
         self._drained: asyncio.Event | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jitvault-watcher")
 
@@ -54,6 +58,10 @@ class SessionRegistry:
     def add(self, handle: SessionHandle, expires_at: datetime, grant_id: int) -> None:
         self._live[handle.session_id] = (handle, expires_at)
         self._held[handle.session_id] = grant_id
+        if self._stopping is not None:  # a login that finished after the cut of the rest
+            cutting = asyncio.ensure_future(self._cut(handle.session_id, self._stopping))
+            self._late_cuts.add(cutting)
+            cutting.add_done_callback(self._late_cuts.discard)
 
     def remove(self, session_id: int) -> None:
         """The session is ending: nothing is left to cut."""
@@ -63,6 +71,7 @@ class SessionRegistry:
         """The session's end is recorded (or could not be): the node no longer holds it."""
         self._live.pop(session_id, None)
         self._held.pop(session_id, None)
+        self._cuts.pop(session_id, None)
         self.ends_recorded += 1
         waiters, self._end_waiters = self._end_waiters, []
         for waiter in waiters:
@@ -96,45 +105,52 @@ class SessionRegistry:
     async def sweep_once(self, now: Callable[[], datetime] | None = None) -> int:
         """Cut what is due; returns how many sessions were cut."""
         at = (now or self.node.clock)()
-        due: dict[int, str] = {
-            sid: EXPIRED for sid, (_, expires) in self._live.items() if expires <= at
+        due: dict[int, Cut] = {
+            sid: Cut(EXPIRED) for sid, (_, expires) in self._live.items() if expires <= at
         }
         rest = [sid for sid in self._live if sid not in due]
         if rest:
             ended = await asyncio.get_running_loop().run_in_executor(
                 self._thread, sessions.ended_among, self.node, rest
             )
-            due.update({sid: _reason(why) for sid, why in ended.items()})
-        for sid, why in due.items():
-            await self._cut(sid, why)
+            due.update({sid: Cut(_reason(why)) for sid, why in ended.items()})
+        for sid, cut in due.items():
+            await self._cut(sid, cut)
         return len(due)
 
-    async def cut(self, session_ids: set[int], reason: str) -> None:
+    async def cut(self, session_ids: set[int], cut: Cut) -> None:
         """Cut these sessions (those that live on this node), telling their clients why."""
         for sid in sorted(session_ids):
-            await self._cut(sid, reason)
+            await self._cut(sid, cut)
+
+    def grant_lives(self, session_id: int) -> bool:
+        """Whether this registry cut the session with a cut its grant outlives: its end then
+        does not end an ``--end-on-disconnect`` grant (its user did not disconnect)."""
+        cut = self._cuts.get(session_id)
+        return cut is not None and cut.grant_lives
 
     @property
     def held(self) -> int:
         """Sessions registered here whose end has not been recorded yet."""
         return len(self._held)
 
-    async def cut_all(self, reason: str) -> None:
-        """The node stops: cut every session here, telling each client ``reason``; returns
-        once their ends are recorded (the caller bounds the wait: those left are ended as lost
-        later, by any node)."""
-        self.stopping = True
+    async def cut_all(self, cut: Cut) -> None:
+        """The node stops: cut every session here, and every one registered from now on,
+        telling each client why; returns once their ends are recorded (the caller bounds the
+        wait: those left are ended as lost later, by any node)."""
+        self._stopping = cut
         self._drained = asyncio.Event()
-        await self.cut(set(self._live), reason)
+        await self.cut(set(self._live), cut)
         if self._held:
             await self._drained.wait()
 
-    async def _cut(self, session_id: int, reason: str) -> None:
+    async def _cut(self, session_id: int, cut: Cut) -> None:
         entry = self._live.pop(session_id, None)
         if entry is None:
             return
+        self._cuts[session_id] = cut
         try:
-            await entry[0].close(reason)
+            await entry[0].close(cut)
         except Exception:  # one session's trouble must not stop the cutting of others
             log.exception("cutting session %s failed", session_id)
 
