@@ -390,7 +390,7 @@ class _Connection:
                     await self.send(pg.encryption_refused())
                     self.codec.resume_startup()
                 case pg.CancelRequest(pid=pid, secret_key=key):
-                    backend = await self.ctx.cancel_backend(pid, key)
+                    backend = await self.ctx.cancel_backend(pid, key, self.source)
                     if backend is not None:
                         target = _CancelTarget.unsealed(backend)
                         await up.send_cancel(target.endpoint, target.pid, target.secret_key)
@@ -414,7 +414,7 @@ class _Connection:
         if not isinstance(first, pg.SASLInitialResponse) or first.mechanism != MECHANISM:
             await self._refuse(user)
             return None
-        verifier = await self.ctx.token_verifier(token_id) if well_formed else None
+        verifier = await self.ctx.token_verifier(token_id, self.source) if well_formed else None
         known: ScramVerifier | None = None
         if verifier is not None:
             with contextlib.suppress(JitvaultError):

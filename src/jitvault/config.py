@@ -66,6 +66,10 @@ class ServerSettings(BaseModel):
     #: a live session whose proxy node has not said it holds it for this long (a heartbeat
     #: every quarter of it) is ended by any node: that node crashed or was killed
     session_lost_seconds: float = Field(default=60.0, ge=1.0)
+    #: store lookups in flight at once, per client address, for logins and cancel requests
+    #: that have proven nothing yet (a flood from one address cannot hold back the others'
+    #: logins); clients behind one NAT or load balancer share an address
+    proxy_preauth_per_source: int = Field(default=2, ge=1)
 
 
 class AuthSettings(BaseModel):

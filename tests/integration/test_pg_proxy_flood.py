@@ -1,10 +1,14 @@
-"""Work that clients cause before they log in cannot hold back the cuts and the recordings.
+"""Work that clients cause before they log in cannot hold back the cuts, the recordings, or
+the logins of other addresses.
 
 Each login attempt (and each cancel request) looks its token up in the store, in the proxy
-loop's shared thread pool. A flood of them against a slow store (here: the token table locked,
-so every lookup waits) fills that pool. The session watcher and the recording writer have
-threads of their own: meanwhile a live session's statements are still written, and a revoke
-still cuts it within the bound.
+loop's shared thread pool. Against a slow store (here: the token table locked, so every lookup
+waits), a flood of them from one address takes at most ``server.proxy_preauth_per_source``
+threads of that pool, so a login from elsewhere still gets its lookup to the store. A flood
+from many addresses fills the pool; the session watcher and the recording writer have threads
+of their own: meanwhile a live session's statements are still written, and a revoke still
+cuts it within the bound. The floods are logins of our own client, each from its own loopback
+address (127.0.0.0/8), stopped where the proxy looks the token up.
 
 Always on PostgreSQL (a table lock that readers wait for), whatever ``--db`` says.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import socket
 import threading
 import time
 import tomllib
@@ -23,6 +28,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from jitvault.config import ServerSettings
+from jitvault.domain import Sensitive
+from jitvault.plugin_api.scram import MECHANISM, ScramClient
+from jitvault_postgres import protocol as pg
 from tests.integration.test_pg_proxy import (
     CUT_BOUND_SECONDS,
     TARGET,
@@ -37,6 +46,7 @@ from tests.pgcluster import PgCluster
 
 #: login attempts waiting on the store at once (the shared pool has min(32, CPUs + 4) threads)
 FLOOD = 40
+PER_SOURCE = ServerSettings.model_fields["proxy_preauth_per_source"].default
 
 
 @pytest.fixture
@@ -74,6 +84,34 @@ def _waiting_lookups(store: str) -> int:
     return int(row[0])
 
 
+@contextlib.contextmanager
+def _unproven_logins(port: int, role: str, sources: list[str]) -> Iterator[None]:
+    """One login from each of ``sources`` (an address may repeat) with a made-up token id,
+    left where the proxy looks the token up: SCRAM's first message sent. Closed on exit."""
+    socks: list[socket.socket] = []
+    try:
+        for source in sources:
+            s = socket.socket()
+            socks.append(s)
+            s.settimeout(10)
+            s.bind((source, 0))
+            s.connect(("127.0.0.1", port))
+            user = f"{role}.{secrets.token_hex(8)}"
+            s.sendall(pg.startup_message({"user": user, "database": "postgres"}))
+            reader = pg.BackendReader()
+            got: list[pg.Message] = []
+            while not any(isinstance(m, pg.AuthenticationSASL) for m in got):
+                data = s.recv(4096)
+                assert data, "the proxy closed a login before asking for SCRAM"
+                got += reader.feed(data)
+            first = ScramClient(Sensitive("jvs_x_y")).first_message()
+            s.sendall(pg.sasl_initial_response(MECHANISM, first))
+        yield
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_a_login_flood_on_a_slow_store_holds_back_neither_recordings_nor_a_revoke(
     world: ProxyWorld,
 ) -> None:
@@ -98,24 +136,15 @@ def test_a_login_flood_on_a_slow_store_holds_back_neither_recordings_nor_a_revok
         except psycopg.Error as exc:
             queries["error"], queries["at"] = str(exc), time.monotonic()
 
-    def attempt() -> None:  # an unknown token: its lookup waits for the lock, then fails
-        with contextlib.suppress(psycopg.OperationalError):
-            _psycopg(
-                info,
-                sslmode="disable",
-                user=f"{access.role}.{secrets.token_hex(8)}",
-                password="jvs_x_y",
-                connect_timeout=30,
-            ).close()
-
     locker = psycopg.connect(store)
-    flood = [threading.Thread(target=attempt, daemon=True) for _ in range(FLOOD)]
     querying = threading.Thread(target=run_queries, daemon=True)
+    flooding = contextlib.ExitStack()
     try:
         querying.start()
         locker.execute("LOCK TABLE session_tokens IN ACCESS EXCLUSIVE MODE")
-        for th in flood:
-            th.start()
+        # an unknown token from each of FLOOD addresses: each lookup waits for the lock
+        sources = [f"127.0.0.{10 + i}" for i in range(FLOOD)]
+        flooding.enter_context(_unproven_logins(info["port"], access.role, sources))
         deadline = time.monotonic() + 20
         while _waiting_lookups(store) < 4:  # the shared pool is busy waiting
             assert time.monotonic() < deadline, "the flood's lookups never reached the store"
@@ -142,8 +171,48 @@ def test_a_login_flood_on_a_slow_store_holds_back_neither_recordings_nor_a_revok
         stop.set()
         locker.rollback()
         locker.close()
-        for th in flood:
-            th.join(40)
+        flooding.close()
         querying.join(10)
         conn.close()
-    assert not any(th.is_alive() for th in [querying, *flood])
+    assert not querying.is_alive()
+
+
+def test_a_login_flood_from_one_address_holds_back_no_other_address_login(
+    world: ProxyWorld,
+) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    store = _store(world)
+    outcome: dict[str, Any] = {}
+
+    def log_in() -> None:
+        try:
+            with _psycopg(info, sslmode="disable", connect_timeout=30) as conn:
+                outcome["user"] = conn.execute("SELECT current_user").fetchone()
+        except psycopg.Error as exc:
+            outcome["error"] = str(exc)
+
+    locker = psycopg.connect(store)
+    other = threading.Thread(target=log_in, daemon=True)
+    try:
+        locker.execute("LOCK TABLE session_tokens IN ACCESS EXCLUSIVE MODE")
+        with _unproven_logins(info["port"], access.role, ["127.0.0.2"] * FLOOD):
+            deadline = time.monotonic() + 20
+            while _waiting_lookups(store) < PER_SOURCE:
+                assert time.monotonic() < deadline, "the flood's lookups never reached the store"
+                time.sleep(0.1)
+            time.sleep(1.0)  # time for the flood to take more threads, if it could
+            assert _waiting_lookups(store) == PER_SOURCE
+            other.start()  # from 127.0.0.1: its lookup reaches the store beside the flood's
+            deadline = time.monotonic() + 20
+            while _waiting_lookups(store) < PER_SOURCE + 1:
+                assert time.monotonic() < deadline, "the login waits behind the flood"
+                time.sleep(0.1)
+            locker.rollback()
+            other.join(30)
+            assert outcome == {"user": (access.role,)}
+    finally:
+        locker.rollback()
+        locker.close()
+        if other.ident is not None:
+            other.join(30)

@@ -86,8 +86,11 @@ class ProxyContext(Protocol):
     #: the node share the port); False unless the operator opted in
     reuse_port: bool
 
-    async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
+    async def token_verifier(self, token_id: str, source: str) -> Sensitive[str] | None:
         """The SCRAM-SHA-256 verifier of a session token, or None if there is no such token.
+        ``source``: the client's address (the core bounds the lookups in flight per source
+        for clients that have proven nothing yet; so it does for ``open_with_token``,
+        ``check_key`` and ``cancel_backend``).
 
         A front end that authenticates with SCRAM uses it before the client proves anything;
         for an unknown id it must still run the exchange with a dummy verifier and fail it,
@@ -127,7 +130,9 @@ class ProxyContext(Protocol):
         unique among live sessions) and ``key`` gives ``backend`` back, on any node. The core
         seals ``backend`` (the front end's own description of the real backend) at rest."""
 
-    async def cancel_backend(self, cancel_id: int, key: bytes) -> Sensitive[bytes] | None:
+    async def cancel_backend(
+        self, cancel_id: int, key: bytes, source: str
+    ) -> Sensitive[bytes] | None:
         """The backend a live session published under ``cancel_id``, if ``key`` is its key;
         else None (no such session, or a wrong key: not told apart)."""
 

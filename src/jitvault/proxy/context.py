@@ -13,6 +13,7 @@ from typing import Any
 
 from jitvault.domain import Sensitive
 from jitvault.plugin_api import RenderedStatements, SessionHandle, SessionTicket, TargetAccess
+from jitvault.proxy.preauth import PreAuthLimit
 from jitvault.proxy.recording import RecordingSink, RecordingUnavailable
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node, sessions
@@ -37,10 +38,13 @@ class NodeProxyContext:
         recordings: RecordingSink,
         protocol: str,
         ssl_context: ssl.SSLContext | None,
+        preauth: PreAuthLimit,
     ) -> None:
         self.node = node
         self.registry = registry
         self.recordings = recordings
+        #: the node's bound on lookups for clients that have proven nothing yet
+        self.preauth = preauth
         self.protocol = protocol
         self.ssl_context = ssl_context
         #: sessions opened and not registered yet: their deadlines and grants
@@ -51,8 +55,8 @@ class NodeProxyContext:
         self.reuse_port = node.settings.server.proxy_reuse_port
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    async def token_verifier(self, token_id: str) -> Sensitive[str] | None:
-        return await asyncio.to_thread(sessions.token_verifier, self.node, token_id)
+    async def token_verifier(self, token_id: str, source: str) -> Sensitive[str] | None:
+        return await self.preauth.run(source, sessions.token_verifier, self.node, token_id)
 
     async def open_verified(self, token_id: str, source: str) -> SessionTicket:
         return await self._open(
@@ -63,11 +67,13 @@ class NodeProxyContext:
 
     async def open_with_token(self, token: Sensitive[str], source: str) -> SessionTicket:
         return await self._open(
-            functools.partial(sessions.open_session, self.node, token, self.protocol, source)
+            functools.partial(sessions.open_session, self.node, token, self.protocol, source),
+            unproven=source,  # this very lookup checks the token
         )
 
     async def check_key(self, account: str, grant_id: int, public_key: bytes, source: str) -> None:
-        await asyncio.to_thread(
+        await self.preauth.run(
+            source,
             sessions.check_session_key,
             self.node,
             account,
@@ -92,12 +98,16 @@ class NodeProxyContext:
             )
         )
 
-    async def _open(self, open_session: Callable[[], sessions.SessionTicket]) -> SessionTicket:
+    async def _open(
+        self, open_session: Callable[[], sessions.SessionTicket], unproven: str | None = None
+    ) -> SessionTicket:
         """Open a session; when the grant's places are all taken but one of its sessions here
-        is ending, once more after that end is recorded."""
+        is ending, once more after that end is recorded. ``unproven``: the source address of
+        a client that has proven nothing yet (the open checks its token), whose lookups are
+        bounded per source."""
         ends_before = self.registry.ends_recorded
         try:
-            return await self._open_once(open_session)
+            return await self._open_once(open_session, unproven)
         except sessions.TooManySessions as exc:
             full = exc
         try:
@@ -107,19 +117,23 @@ class NodeProxyContext:
             ended = False
         if not ended:
             raise full
-        return await self._open_once(open_session)
+        return await self._open_once(open_session, unproven)
 
-    async def _open_once(self, open_session: Callable[[], sessions.SessionTicket]) -> SessionTicket:
+    async def _open_once(
+        self, open_session: Callable[[], sessions.SessionTicket], unproven: str | None
+    ) -> SessionTicket:
         """Open a session in the store (in a thread) and hand out its ticket. A login given up
         meanwhile (its timeout, the client gone) cannot stop the thread: the session it opens
         is then ended as soon as it is open, so no live session is left that nobody holds
         (it would count against ``max_connections`` until the grant ends)."""
-        opening = asyncio.ensure_future(asyncio.to_thread(open_session))
-        try:
-            opened = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            opening.add_done_callback(self._end_abandoned)
-            raise
+        async with self.preauth.place(unproven) as place:
+            opening = asyncio.ensure_future(asyncio.to_thread(open_session))
+            place.hold_until(opening)
+            try:
+                opened = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                opening.add_done_callback(self._end_abandoned)
+                raise
         return await self._ticket(opened)
 
     def _end_abandoned(self, opening: asyncio.Future[sessions.SessionTicket]) -> None:
@@ -175,8 +189,10 @@ class NodeProxyContext:
     async def add_cancel_key(self, session_id: int, key: bytes, backend: Sensitive[bytes]) -> int:
         return await asyncio.to_thread(sessions.add_cancel_key, self.node, session_id, key, backend)
 
-    async def cancel_backend(self, cancel_id: int, key: bytes) -> Sensitive[bytes] | None:
-        return await asyncio.to_thread(sessions.cancel_backend, self.node, cancel_id, key)
+    async def cancel_backend(
+        self, cancel_id: int, key: bytes, source: str
+    ) -> Sensitive[bytes] | None:
+        return await self.preauth.run(source, sessions.cancel_backend, self.node, cancel_id, key)
 
     def record_nowait(self, session_id: int, kind: str, data: dict[str, Any]) -> None:
         self.recordings.add(session_id, kind, data)

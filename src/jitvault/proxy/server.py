@@ -14,6 +14,7 @@ from jitvault.crypto import ensure_self_signed, server_context
 from jitvault.errors import Unavailable
 from jitvault.plugin_api import NODE_STOPPING, ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
+from jitvault.proxy.preauth import PreAuthLimit
 from jitvault.proxy.recording import RecordingSink
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node
@@ -48,6 +49,7 @@ class ProxyServer:
         self.node = node
         self.registry = SessionRegistry(node)
         self.recordings = RecordingSink(node, on_failure=self.registry.cut)
+        self.preauth = PreAuthLimit(node.settings.server.proxy_preauth_per_source)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -74,7 +76,7 @@ class ProxyServer:
             if frontend is None or kind not in ports:
                 continue
             ctx = NodeProxyContext(
-                self.node, self.registry, self.recordings, frontend.protocol, tls
+                self.node, self.registry, self.recordings, frontend.protocol, tls, self.preauth
             )
             listener = await frontend.listen(self.node.settings.server.listen, ports[kind], ctx)
             self._listeners.append(listener)
