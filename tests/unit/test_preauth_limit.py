@@ -8,17 +8,24 @@ import threading
 from jitvault.proxy.preauth import PreAuthLimit
 
 
+class Lookups:
+    """A lookup that notes that it started, then waits until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started: list[str] = []
+
+    def __call__(self, name: str) -> str:
+        self.started.append(name)
+        self.gate.wait(5)
+        return name
+
+
 def test_a_source_has_at_most_its_places_and_other_sources_are_not_held_back() -> None:
     async def scenario() -> None:
         limit = PreAuthLimit(2)
-        gate = threading.Event()
-        started: list[str] = []
-
-        def lookup(name: str) -> str:
-            started.append(name)
-            gate.wait(5)
-            return name
-
+        lookup = Lookups()
+        started, gate = lookup.started, lookup.gate
         flood = [asyncio.ensure_future(limit.run("10.0.0.1", lookup, f"f{i}")) for i in range(6)]
         other = asyncio.ensure_future(limit.run("10.0.0.2", lookup, "other"))
         for _ in range(100):
@@ -38,14 +45,8 @@ def test_a_source_has_at_most_its_places_and_other_sources_are_not_held_back() -
 def test_a_caller_that_gives_up_waiting_starts_nothing_and_one_running_keeps_its_place() -> None:
     async def scenario() -> None:
         limit = PreAuthLimit(1)
-        gate = threading.Event()
-        started: list[str] = []
-
-        def lookup(name: str) -> str:
-            started.append(name)
-            gate.wait(5)
-            return name
-
+        lookup = Lookups()
+        started, gate = lookup.started, lookup.gate
         running = asyncio.ensure_future(limit.run("s", lookup, "running"))
         waiting = asyncio.ensure_future(limit.run("s", lookup, "waiting"))
         await asyncio.sleep(0.05)
