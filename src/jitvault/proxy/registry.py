@@ -21,8 +21,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+from jitvault.domain import RequestState
 from jitvault.plugin_api import Cut, SessionHandle
-from jitvault.services import Node, sessions
+from jitvault.services import Node, grants, sessions
 from jitvault.services.ssh_keys import KEY_REMOVED_REASON
 
 log = logging.getLogger(__name__)
@@ -177,11 +178,13 @@ class SessionRegistry:
 
 
 def _reason(end_reason: str) -> str:
+    """What the client of a session ended elsewhere is told, from the session's end reason."""
     if end_reason == KEY_REMOVED_REASON:
         return "the SSH key of this session was removed"
-    if "revoked" in end_reason:
+    grant_end = grants.grant_end_of(end_reason)
+    if grant_end is RequestState.REVOKED:
         return "access grant revoked"
-    if "ended" in end_reason or "expired" in end_reason:
+    if grant_end is not None:  # its time was up, or its last session closed
         return EXPIRED
     return "session ended"
 

@@ -54,6 +54,24 @@ def get_grant(node: Node, actor: Principal, grant_id: int) -> Grant:
     return g
 
 
+def session_end_reason(state: RequestState, reason: str) -> str:
+    """Why a live session ended with its grant: ``grant <state>: <the grant's reason>``."""
+    return f"grant {state.value}: {reason}"
+
+
+def grant_end_of(end_reason: str) -> RequestState | None:
+    """The state a session's grant ended in, if that is why the session ended (its end reason
+    is :func:`session_end_reason`'s); else None. The grant's reason, which may be anyone's
+    words, is not looked at."""
+    head, sep, _ = end_reason.partition(": ")
+    if not sep or not head.startswith("grant "):
+        return None
+    try:
+        return RequestState(head.removeprefix("grant "))
+    except ValueError:
+        return None
+
+
 def _finish(
     node: Node,
     tx: Tx,
@@ -71,7 +89,7 @@ def _finish(
     workflow.request_update(tx.conn, request_id, state=new)
     workflow.grant_update(tx.conn, grant.id, ended_at=at, end_reason=reason)
     # live sessions end with their grant, in the same transaction; their proxies cut them
-    cut = session_store.end_sessions(tx.conn, grant.id, at, f"grant {new.value}: {reason}")
+    cut = session_store.end_sessions(tx.conn, grant.id, at, session_end_reason(new, reason))
     started = r.state == RequestState.ACTIVE
     if started:
         # only a grant that was in use has something to clean up; its shared account is
@@ -256,8 +274,10 @@ __all__ = [
     "SweepResult",
     "end_on_last_disconnect",
     "get_grant",
+    "grant_end_of",
     "list_grants",
     "revoke_grant",
+    "session_end_reason",
     "sweep",
     "withdraw_user_access",
 ]
