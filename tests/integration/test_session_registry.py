@@ -90,9 +90,11 @@ def test_a_login_waits_only_for_the_end_of_a_session_of_its_own_grant(booted: Bo
         registry.add(Handle(1), grant.expires_at, grant.id)
         registry.add(Handle(2), grant.expires_at, grant.id + 1)
         registry.add(Handle(3), grant.expires_at, grant.id)
+        registry.add(Handle(4), grant.expires_at, grant.id + 2)
         registry.ended(3)
         # an end recorded after the login looked, before it waited: no wait either
         assert await registry.an_end_recorded(grant.id, since=0)
+        registry.ended(4)  # another grant's end since: it frees no place of this grant
         waiting = asyncio.ensure_future(registry.an_end_recorded(grant.id, since=1))
         await asyncio.sleep(0.05)
         registry.remove(1)  # the client closed; the end is being recorded

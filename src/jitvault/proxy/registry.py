@@ -29,6 +29,8 @@ from jitvault.services.ssh_keys import KEY_REMOVED_REASON
 log = logging.getLogger(__name__)
 
 EXPIRED = "access grant expired"
+#: how many of the latest ends the registry remembers the grants of (see an_end_recorded)
+_RECENT_ENDS = 10_000
 
 
 class SessionRegistry:
@@ -41,8 +43,10 @@ class SessionRegistry:
         self._held: dict[int, int] = {}
         #: logins waiting for a session's end to be recorded (see :meth:`an_end_recorded`)
         self._end_waiters: list[asyncio.Future[None]] = []
-        #: how many sessions' ends this registry has seen recorded
+        #: how many sessions' ends this registry has seen recorded, and for each grant (the
+        #: latest _RECENT_ENDS of them) that count when its last end was recorded
         self.ends_recorded = 0
+        self._last_end_of: dict[int, int] = {}
         #: the cuts this registry made of sessions whose ends are not recorded yet
         self._cuts: dict[int, Cut] = {}
         #: the cut of every session here once the node stops (:meth:`cut_all`)
@@ -71,9 +75,14 @@ class SessionRegistry:
     def ended(self, session_id: int) -> None:
         """The session's end is recorded (or could not be): the node no longer holds it."""
         self._live.pop(session_id, None)
-        self._held.pop(session_id, None)
+        grant_id = self._held.pop(session_id, None)
         self._cuts.pop(session_id, None)
         self.ends_recorded += 1
+        if grant_id is not None:
+            self._last_end_of[grant_id] = self.ends_recorded
+            if len(self._last_end_of) > 2 * _RECENT_ENDS:  # logins look back a moment only
+                oldest = self.ends_recorded - _RECENT_ENDS
+                self._last_end_of = {g: n for g, n in self._last_end_of.items() if n > oldest}
         waiters, self._end_waiters = self._end_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -82,14 +91,14 @@ class SessionRegistry:
             self._drained.set()
 
     async def an_end_recorded(self, grant_id: int, since: int) -> bool:
-        """True at once if an end was recorded since :attr:`ends_recorded` was ``since``; else
-        wait until the end of one of this grant's sessions held here is recorded; False at
-        once if none is held here (the caller bounds the wait).
+        """True at once if an end of one of this grant's sessions was recorded since
+        :attr:`ends_recorded` was ``since``; else wait until the end of one of its sessions
+        held here is recorded; False at once if none is held here (the caller bounds the wait).
 
         A client that closes a connection and opens another at once (a pool, a GUI) would
         otherwise meet the grant's ``max_connections`` before the proxy, which learns of the
         close after the client, has recorded the end."""
-        if self.ends_recorded != since:
+        if self._last_end_of.get(grant_id, since) > since:
             return True
         mine = {sid for sid, grant in self._held.items() if grant == grant_id}
         if not mine:
