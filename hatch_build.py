@@ -28,7 +28,7 @@ class NativeRelayBuild(BuildHookInterface):  # type: ignore[type-arg]
             # rebuilt when the framing header changes too, not only the .c file
             depends=[
                 str(root / "plugins" / "jitvault_postgres" / name)
-                for name in ("_framing.h", "_statements.h")
+                for name in ("_framing.h", "_statements.h", "_cycles.h")
             ],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         )

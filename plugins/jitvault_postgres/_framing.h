@@ -177,9 +177,14 @@ static size_t client_scan(ClientFramer *f, const uint8_t *v, size_t size, emit_f
                 return pos;
             }
             f->terminated = type == 'X';
-        } else if (end > size) {
-            f->through = end - size;
-            end = size;
+        } else {
+            /* Sync and FunctionCall each end a cycle the server answers with one
+             * ReadyForQuery (a Query does too: its text is surfaced above) */
+            if (type == 'S' || type == 'F') emit(ctx, (char)type, NULL, 0);
+            if (end > size) {
+                f->through = end - size;
+                end = size;
+            }
         }
         pos = end;
     }
@@ -227,6 +232,7 @@ typedef struct {
     Buf held;
     uint64_t through;
     int violation;
+    uint32_t readies; /* ReadyForQuery messages seen (the relay takes and zeroes the count) */
 } ServerFramer;
 
 static size_t server_scan(ServerFramer *f, const uint8_t *v, size_t size) {
@@ -249,6 +255,7 @@ static size_t server_scan(ServerFramer *f, const uint8_t *v, size_t size) {
             }
             break;
         }
+        if (v[pos] == 'Z') f->readies++;
         pos = end;
     }
     return pos;

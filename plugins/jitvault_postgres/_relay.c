@@ -56,6 +56,7 @@
 
 #include "_framing.h"
 #include "_statements.h"
+#include "_cycles.h"
 
 /* ---- the engine --------------------------------------------------------------------------- */
 
@@ -82,6 +83,7 @@ typedef struct Relay {
     uint32_t cmask, smask;    /* what epoll watches now */
     int gated;                /* client reading stopped by the gate */
     double deadline;          /* ST_LINGER: when to close anyway */
+    Cycles cycles;            /* the client's cycles the server has not answered yet */
     struct Relay *prev, *next;
 } Relay;
 
@@ -192,11 +194,19 @@ static void hand_over(Engine *e) {
 }
 
 /* the statements of one client read, rendered (JSON) before they are queued */
+static int64_t monotonic_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 typedef struct {
     Buf json;
     size_t count;
     int terminated;
     int failed;
+    Cycles *cycles;
+    int64_t now_us; /* the read's time, once a cycle needed it (0: not yet) */
 } Collect;
 
 static void collect_statement(void *ctx, char style, const uint8_t *text, size_t len) {
@@ -205,7 +215,10 @@ static void collect_statement(void *ctx, char style, const uint8_t *text, size_t
         c->terminated = 1;
         return;
     }
-    if (c->failed) return;
+    int statement = style == 'Q' || style == 'P';
+    if (statement && c->now_us == 0) c->now_us = monotonic_us();
+    cycles_message(c->cycles, style, c->now_us);
+    if (!statement || c->failed) return;
     if (json_statement(&c->json, style, text, len) < 0) c->failed = 1;
     else c->count++;
 }
@@ -287,8 +300,60 @@ static int flush_out(int fd, Buf *out) {
     return 0;
 }
 
+/* queue rendered recording objects of a session for Python (json is the event's from now on,
+ * or freed on failure); -1: out of memory */
+static int queue_rendered(Engine *e, Relay *r, Buf *json, size_t count) {
+    Event *ev = calloc(1, sizeof(Event));
+    if (ev == NULL) {
+        buf_free(json);
+        return -1;
+    }
+    if (json->cap > 65536 && json->cap / 2 > json->len) { /* a big statement's reserve */
+        uint8_t *fit = realloc(json->data, json->len);
+        if (fit != NULL) json->data = fit;
+    }
+    ev->kind = 'q';
+    ev->sid = r->sid;
+    ev->text = json->data;
+    ev->len = json->len;
+    ev->count = count;
+    pthread_mutex_lock(&e->lock);
+    e->ev_bytes += ev->len + sizeof(Event);
+    e->ev_count += ev->count;
+    if (e->ev_tail) e->ev_tail->next = ev;
+    else e->ev_head = ev;
+    e->ev_tail = ev;
+    if (e->ev_count >= NOTIFY_BATCH) notify_python(e);
+    pthread_mutex_unlock(&e->lock);
+    if (!e->statements_waiting) arm_hand_over(e);
+    return 0;
+}
+
+/* ReadyForQuery messages came: the cycles they end, as {"done":[statements,microseconds]}
+ * objects in the session's recording (read back as its statements' durations) */
+static int record_readies(Engine *e, Relay *r) {
+    uint32_t readies = r->sf.readies;
+    r->sf.readies = 0;
+    int64_t now = monotonic_us(), duration = 0;
+    Buf json = {0};
+    size_t count = 0;
+    char one[64];
+    while (readies--) {
+        uint32_t n = cycles_ready(&r->cycles, now, &duration);
+        if (n == 0) continue;
+        int w = snprintf(one, sizeof one, "%s{\"done\":[%u,%lld]}", count ? "," : "", n,
+                         (long long)(duration > 0 ? duration : 0));
+        if (buf_append(&json, (const uint8_t *)one, (size_t)w) < 0) {
+            buf_free(&json);
+            return -1;
+        }
+        count++;
+    }
+    return count ? queue_rendered(e, r, &json, count) : 0;
+}
+
 static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
-    Collect c = {.count = 0};
+    Collect c = {.count = 0, .cycles = &r->cycles};
     const uint8_t *out;
     size_t out_len;
     int from_data = client_feed(&r->cf, data, n, &out, &out_len, collect_statement, &c);
@@ -300,32 +365,10 @@ static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
         return;
     }
     /* the statements are queued before their messages leave */
-    if (c.count) {
-        Event *ev = calloc(1, sizeof(Event));
-        if (ev == NULL) {
-            buf_free(&c.json);
-            client_commit(&r->cf, from_data, 0);
-            park(e, r, END_NO_MEMORY);
-            return;
-        }
-        if (c.json.cap > 65536 && c.json.cap / 2 > c.json.len) { /* a big statement's reserve */
-            uint8_t *fit = realloc(c.json.data, c.json.len);
-            if (fit != NULL) c.json.data = fit;
-        }
-        ev->kind = 'q';
-        ev->sid = r->sid;
-        ev->text = c.json.data; /* the event's now */
-        ev->len = c.json.len;
-        ev->count = c.count;
-        pthread_mutex_lock(&e->lock);
-        e->ev_bytes += ev->len + sizeof(Event);
-        e->ev_count += ev->count;
-        if (e->ev_tail) e->ev_tail->next = ev;
-        else e->ev_head = ev;
-        e->ev_tail = ev;
-        if (e->ev_count >= NOTIFY_BATCH) notify_python(e);
-        pthread_mutex_unlock(&e->lock);
-        if (!e->statements_waiting) arm_hand_over(e);
+    if (c.count && queue_rendered(e, r, &c.json, c.count) < 0) {
+        client_commit(&r->cf, from_data, 0);
+        park(e, r, END_NO_MEMORY);
+        return;
     }
     int broken = send_or_queue(r->sfd, &r->to_server, out, out_len) < 0;
     client_commit(&r->cf, from_data, out_len);
@@ -338,6 +381,11 @@ static void from_server(Engine *e, Relay *r, const uint8_t *data, size_t n) {
     size_t out_len;
     int from_data = server_feed(&r->sf, data, n, &out, &out_len);
     if (from_data < 0) {
+        park(e, r, END_NO_MEMORY);
+        return;
+    }
+    if (r->sf.readies && record_readies(e, r) < 0) {
+        server_commit(&r->sf, from_data, 0);
         park(e, r, END_NO_MEMORY);
         return;
     }
@@ -963,7 +1011,10 @@ static PyObject *ServerFramer_feed(PyServerFramer *self, PyObject *arg) {
     if (from_data >= 0) server_commit(&self->f, from_data, out_len);
     PyBuffer_Release(&view);
     if (forward == NULL) return from_data < 0 ? PyErr_NoMemory() : NULL;
-    return Py_BuildValue("(NiO)", forward, self->f.violation, self->f.through == 0 ? Py_True : Py_False);
+    unsigned int readies = self->f.readies;
+    self->f.readies = 0;
+    return Py_BuildValue("(NiOI)", forward, self->f.violation,
+                         self->f.through == 0 ? Py_True : Py_False, readies);
 }
 
 static void ServerFramer_dealloc(PyServerFramer *self) {
@@ -972,7 +1023,7 @@ static void ServerFramer_dealloc(PyServerFramer *self) {
 }
 
 static PyMethodDef ServerFramer_methods[] = {
-    {"feed", (PyCFunction)ServerFramer_feed, METH_O, "feed(data) -> (forward, violation, at_boundary)"},
+    {"feed", (PyCFunction)ServerFramer_feed, METH_O, "feed(data) -> (forward, violation, at_boundary, readies)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -984,6 +1035,58 @@ static PyTypeObject ServerFramerType = {
     .tp_dealloc = (destructor)ServerFramer_dealloc,
     .tp_methods = ServerFramer_methods,
     .tp_doc = "The native relay's server-side framing, sans-IO.",
+};
+
+/* ---- Cycles: the statements' cycles alone, for tests ------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    Cycles c;
+} PyCycles;
+
+static PyObject *Cycles_sent(PyCycles *self, PyObject *args) {
+    const char *types;
+    Py_ssize_t n;
+    long long now;
+    if (!PyArg_ParseTuple(args, "y#L", &types, &n, &now)) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) cycles_message(&self->c, types[i], now);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Cycles_ready(PyCycles *self, PyObject *args) {
+    unsigned int readies;
+    long long now;
+    if (!PyArg_ParseTuple(args, "IL", &readies, &now)) return NULL;
+    PyObject *done = PyList_New(0);
+    if (done == NULL) return NULL;
+    while (readies--) {
+        int64_t duration = 0;
+        uint32_t statements = cycles_ready(&self->c, now, &duration);
+        if (statements == 0) continue;
+        PyObject *item = Py_BuildValue("(IL)", statements, (long long)(duration > 0 ? duration : 0));
+        if (item == NULL || PyList_Append(done, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(done);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return done;
+}
+
+static PyMethodDef Cycles_methods[] = {
+    {"sent", (PyCFunction)Cycles_sent, METH_VARARGS, "sent(types, now_us): client messages relayed"},
+    {"ready", (PyCFunction)Cycles_ready, METH_VARARGS, "ready(readies, now_us) -> [(statements, microseconds)]"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject CyclesType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "jitvault_postgres._relay.Cycles",
+    .tp_basicsize = sizeof(PyCycles),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = Cycles_methods,
+    .tp_doc = "The native relay's statement cycles (_cycles.h), sans-IO.",
 };
 
 /* statement_json(simple, text): one statement's JSON as the engine renders it (for tests) */
@@ -1013,19 +1116,22 @@ static struct PyModuleDef relay_module = {
 
 PyMODINIT_FUNC PyInit__relay(void) {
     if (PyType_Ready(&EngineType) < 0 || PyType_Ready(&ClientFramerType) < 0 ||
-        PyType_Ready(&ServerFramerType) < 0)
+        PyType_Ready(&ServerFramerType) < 0 || PyType_Ready(&CyclesType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&relay_module);
     if (m == NULL) return NULL;
     Py_INCREF(&EngineType);
     Py_INCREF(&ClientFramerType);
     Py_INCREF(&ServerFramerType);
+    Py_INCREF(&CyclesType);
     if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0 ||
         PyModule_AddObject(m, "ClientFramer", (PyObject *)&ClientFramerType) < 0 ||
-        PyModule_AddObject(m, "ServerFramer", (PyObject *)&ServerFramerType) < 0) {
+        PyModule_AddObject(m, "ServerFramer", (PyObject *)&ServerFramerType) < 0 ||
+        PyModule_AddObject(m, "Cycles", (PyObject *)&CyclesType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
     PyModule_AddIntConstant(m, "MAX_MESSAGE_LENGTH", MAX_MESSAGE_LENGTH);
+    PyModule_AddIntConstant(m, "CYCLES_MAX", CYCLES_MAX);
     return m;
 }

@@ -32,6 +32,7 @@ import json
 import logging
 import secrets
 import struct
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ from jitvault.plugin_api import (
     ProxyListener,
     RenderedStatements,
     SessionTicket,
+    statements_done,
 )
 from jitvault.plugin_api.scram import (
     DEFAULT_ITERATIONS,
@@ -77,6 +79,13 @@ UPSTREAM_REFUSED_MESSAGE = (
 )
 
 
+_READY = ord("Z")
+
+
+def _now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
 class BackendFramer:
     """Cuts the server's byte stream at message boundaries, without parsing any body.
 
@@ -85,15 +94,17 @@ class BackendFramer:
     back until it is complete, so that between two writes the client's stream is at a message
     boundary and a FATAL error can be put in at any time; a message longer than
     ``hold_limit`` is streamed through instead of being held (:attr:`at_boundary` is False
-    while it passes).
+    while it passes). :attr:`readies` counts the ReadyForQuery messages returned (the relay
+    takes and zeroes it: :class:`~.protocol.StatementCycles`).
     """
 
-    __slots__ = ("_held", "_through", "hold_limit")
+    __slots__ = ("_held", "_through", "hold_limit", "readies")
 
     def __init__(self, hold_limit: int = 1 << 20) -> None:
         self.hold_limit = hold_limit
         self._held = bytearray()
         self._through = 0
+        self.readies = 0
 
     @property
     def at_boundary(self) -> bool:
@@ -123,6 +134,8 @@ class BackendFramer:
                     self._through = end - size
                     pos = size
                 break
+            if data[pos] == _READY:
+                self.readies += 1
             pos = end
         if pos < size:
             self._held += data[pos:]
@@ -320,6 +333,7 @@ class _Connection:
         self.session: _Session | None = None
         self.end_reason = "client closed"
         self.relay: pg.FrontendRelay | None = None
+        self.cycles = pg.StatementCycles()
         self._ending = False
         #: native relay: the client's last message, and when the engine has closed the sockets
         self._native_last = b""
@@ -605,8 +619,11 @@ class _Connection:
     def native_statements(self, statements: RenderedStatements) -> None:
         session = self.session
         assert session is not None
+        self._record_forwarded(session, statements)
+
+    def _record_forwarded(self, session: _Session, statements: RenderedStatements) -> None:
         # the statement has gone to the server already (even when the session is being cut
-        # or is ending now): the core keeps it whatever happens
+        # or is ending now), or its duration is known: the core keeps it whatever happens
         try:
             self.ctx.record_statements(session.session_id, statements, forwarded=True)
         except JitvaultError as exc:  # fail closed: the session ends at once
@@ -650,8 +667,9 @@ class _Connection:
                     statements.append(("simple", text))
                 elif message_type == b"P":
                     statements.append(("extended", text))
-                else:
+                elif message_type == b"X":
                     terminated = True
+            self.cycles.sent(surfaced, _now_us())
             try:
                 self.ctx.record_statements(session.session_id, statements)
             except JitvaultError as exc:
@@ -677,11 +695,17 @@ class _Connection:
         assert session is not None
         if self._ending or session.cut_reason is not None:
             return
+        framer = session.framer
         try:
-            chunk = session.framer.feed(data)
+            chunk = framer.feed(data)
         except pg.ProtocolViolation:
             self._end("upstream protocol violation")
             return
+        if framer.readies:
+            done = self.cycles.ready(framer.readies, _now_us())
+            framer.readies = 0
+            if done:
+                self._record_forwarded(session, statements_done(done))
         if chunk:
             self.wire.write(chunk)
 

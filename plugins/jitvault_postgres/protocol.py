@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -1165,8 +1166,77 @@ class BackendReader(_Reader):
 
 
 #: what a relay must look at in the client's stream: (message type, the statement's raw text)
-#: for a simple Query (``b"Q"``) or a Parse (``b"P"``); ``(b"X", b"")`` for Terminate
+#: for a simple Query (``b"Q"``) or a Parse (``b"P"``); ``(b"X", b"")`` for Terminate, and
+#: ``(b"S", b"")`` / ``(b"F", b"")`` for a Sync or a FunctionCall (each ends a cycle the server
+#: answers with one ReadyForQuery: :class:`StatementCycles`)
 Surfaced = tuple[bytes, bytes]
+_CYCLE_ENDS = frozenset((b"S", b"F"))
+_STATEMENTS = frozenset((b"Q", b"P"))
+
+#: cycles in flight a relay keeps apart (past this, a new one joins the newest: _cycles.h)
+CYCLES_MAX = 32
+
+
+class StatementCycles:
+    """How long each recorded statement ran: the client's cycles, each answered by one
+    ReadyForQuery. A Query is a cycle of its own; the Parse messages before a Sync are one cycle;
+    a FunctionCall, or a Sync with no Parse, is a cycle with no statement. The server answers the
+    cycles in order, so the oldest one still waiting ends at each ReadyForQuery, and its
+    statements ran from the first of them being sent to that answer.
+
+    Bounded: past :data:`CYCLES_MAX` cycles in flight, a new cycle joins the newest one (whose
+    duration then covers both). The native relay's twin is ``_cycles.h``."""
+
+    __slots__ = ("_open", "_open_start", "_ring")
+
+    def __init__(self) -> None:
+        #: [statements, readies that end it, start (us)] per cycle sent and not answered
+        self._ring: deque[list[int]] = deque()
+        self._open = 0
+        self._open_start = 0
+
+    def sent(self, surfaced: list[Surfaced], now_us: int) -> None:
+        """The client's messages just relayed (what :meth:`FrontendRelay.feed` surfaced)."""
+        for message_type, _ in surfaced:
+            if message_type in _CYCLE_ENDS:
+                self._end()
+                continue
+            if message_type not in _STATEMENTS:
+                continue  # Terminate
+            if not self._open:
+                self._open_start = now_us
+            self._open += 1
+            if message_type == b"Q":
+                self._end()
+
+    def _end(self) -> None:
+        ring = self._ring
+        if len(ring) == CYCLES_MAX:
+            tail = ring[-1]
+            if not tail[0]:
+                tail[2] = self._open_start
+            tail[0] += self._open
+            tail[1] += 1
+        else:
+            ring.append([self._open, 1, self._open_start])
+        self._open = 0
+
+    def ready(self, readies: int, now_us: int) -> list[tuple[int, int]]:
+        """``readies`` ReadyForQuery messages came: the ``(statements, microseconds)`` of each
+        cycle they end that had statements."""
+        done: list[tuple[int, int]] = []
+        ring = self._ring
+        for _ in range(readies):
+            if not ring:
+                break  # not an answer to a cycle of this relay's
+            head = ring[0]
+            head[1] -= 1
+            if head[1]:
+                continue
+            ring.popleft()
+            if head[0]:
+                done.append((head[0], max(0, now_us - head[2])))
+        return done
 
 
 class FrontendRelay:
@@ -1253,9 +1323,12 @@ class FrontendRelay:
                     break
                 surfaced.append(_surface(message_type, view, pos + 5, end))
                 self._terminated = message_type == b"X"
-            elif end > size:
-                self._through = end - size
-                end = size
+            else:
+                if message_type in _CYCLE_ENDS:
+                    surfaced.append((message_type, b""))
+                if end > size:
+                    self._through = end - size
+                    end = size
             pos = end
         return pos, surfaced
 

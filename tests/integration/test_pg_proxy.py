@@ -703,8 +703,10 @@ def test_query_texts_are_recorded_encrypted_but_parameter_values_are_not(
             if len(queries) >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert {"text": f"SELECT 'simple-{marker}'", "kind": "simple"} in queries
-        assert {"text": f"SELECT $1::text AS extended_{marker}", "kind": "extended"} in queries
+        texts = [(q["kind"], q["text"]) for q in queries]
+        assert ("simple", f"SELECT 'simple-{marker}'") in texts
+        assert ("extended", f"SELECT $1::text AS extended_{marker}") in texts
+        assert all(set(q) <= {"kind", "text", "duration_ms"} for q in queries), queries
         assert secret_param not in json.dumps(events, default=str)
         with node.read() as conn:
             raw = [
@@ -762,6 +764,48 @@ def test_every_statement_of_a_2000_statement_session_is_recorded_in_order_once_i
         assert texts == [f"SELECT {i}" for i in range(2_000)]
     finally:
         node.close()
+
+
+@RELAYS
+def test_session_show_prints_how_long_each_recorded_statement_ran(
+    world: ProxyWorld,
+    sslmode: str,
+) -> None:
+    """Each statement's recording gets its duration once the server has answered it: a simple
+    query, an extended one, and two pipelined ones (timed from when each was sent to its
+    answer, not from the one before). Durations are at least what the server slept; nothing
+    here bounds them from above (a loaded machine is slow)."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    with _psycopg(info, sslmode=sslmode) as conn:
+        psycopg.ClientCursor(conn).execute("SELECT pg_sleep(0.25) AS simple_slept")
+        conn.execute("SELECT pg_sleep(0.3) AS extended_slept")
+        conn.execute("SELECT 1 AS quick")
+        with conn.pipeline():
+            conn.execute("SELECT pg_sleep(0.2) AS piped_slept")
+            conn.execute("SELECT 2 AS piped_after")
+    node = world.node()
+    try:
+        (sid,) = _session_ids(node, info["token_id"])
+        _wait_session_ended(node, sid)
+    finally:
+        node.close()
+    shown = world.cli("session", "show", str(sid), env=world.admin_env)
+    took = {
+        e["data"]["text"].rsplit(" AS ", 1)[-1]: e["data"].get("duration_ms")
+        for e in shown["events"]
+        if e["kind"] == "query" and " AS " in e["data"]["text"]
+    }
+    assert set(took) == {"simple_slept", "extended_slept", "quick", "piped_slept", "piped_after"}
+    assert all(isinstance(ms, float) and ms >= 0 for ms in took.values()), took
+    assert took["simple_slept"] >= 250
+    assert took["extended_slept"] >= 300
+    assert took["piped_slept"] >= 200
+    assert took["piped_after"] >= 190, took  # sent with the sleep, answered after it
+    printed = run_cli("session", "show", str(sid), env=world.admin_env)
+    assert printed.returncode == 0, printed.stderr
+    (line,) = [x for x in printed.stdout.splitlines() if "extended_slept" in x]
+    assert line.endswith(f"({took['extended_slept']:.3f} ms)"), line
 
 
 def _query_until_refused(conn: psycopg.Connection[Any], query: str, bound: float) -> None:

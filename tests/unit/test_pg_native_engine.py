@@ -280,3 +280,65 @@ def test_a_big_statement_is_handed_over_whole(harness: Harness) -> None:
     (item,) = [event for event in harness.take("q") if event[0] == "q"]
     assert item[:3] == ("q", 1, 1)
     assert json.loads(item[3]) == {"kind": "simple", "text": text}  # type: ignore[arg-type]
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    got = b""
+    while len(got) < size:  # bounded: the size expected
+        chunk = sock.recv(size - len(got))
+        assert chunk, "the other side closed"
+        got += chunk
+    return got
+
+
+def _handed_over(h: Harness, objects: int, timeout: float = 5.0) -> list[dict[str, object]]:
+    """The session's recording objects (statements and durations) once ``objects`` came."""
+    deadline = time.monotonic() + timeout
+    found: list[dict[str, object]] = []
+    while len(found) < objects:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {found} handed over"
+        select.select([h.engine.fileno()], [], [], left)
+        for event in h.engine.take():
+            if event[0] == "q":
+                found += json.loads(b"[" + event[3] + b"]")  # type: ignore[operator]
+    return found
+
+
+def test_each_cycle_answered_hands_over_how_long_its_statements_ran(harness: Harness) -> None:
+    """A Query, then an extended-protocol statement up to its Sync, then a Sync alone (a
+    prepared statement run again: no statement of its own); the server answers each after a
+    pause. The durations come out in order, after their statements, one per cycle that had
+    statements, and each at least as long as the server took."""
+    body = b"\0SELECT 2\0\0\0"
+    parse = b"P" + struct.pack("!i", len(body) + 4) + body
+    sent = pg.query("SELECT 1") + parse + pg.sync() + pg.sync()
+    harness.client.sendall(sent)
+    assert _recv_exactly(harness.backend, len(sent)) == sent
+    for _ in range(3):
+        time.sleep(0.05)
+        harness.backend.sendall(pg.ready_for_query())
+    assert _recv_exactly(harness.client, 18) == pg.ready_for_query() * 3
+    found = _handed_over(harness, 4)
+    assert found[:2] == [
+        {"kind": "simple", "text": "SELECT 1"},
+        {"kind": "extended", "text": "SELECT 2"},
+    ]
+    done: list[list[int]] = [each["done"] for each in found[2:]]  # type: ignore[misc]
+    assert [statements for statements, _ in done] == [1, 1]  # the lone Sync has none
+    assert done[0][1] >= 50_000
+    assert done[1][1] >= 100_000
+
+
+def test_cycles_pipelined_past_the_bound_join_the_newest(harness: Harness) -> None:
+    """40 queries sent at once, answered at once: the engine keeps 32 cycles apart and joins
+    the rest to the newest, so every statement still gets a duration, in order (as
+    protocol.StatementCycles does)."""
+    sent = b"".join(pg.query(f"SELECT {n}") for n in range(40))
+    harness.client.sendall(sent)
+    assert _recv_exactly(harness.backend, len(sent)) == sent
+    harness.backend.sendall(pg.ready_for_query() * 40)
+    found = _handed_over(harness, 40 + 32)
+    done = [each["done"][0] for each in found if "done" in each]  # type: ignore[index]
+    assert done == [1] * 31 + [9]
+    assert [each["text"] for each in found if "text" in each] == [f"SELECT {n}" for n in range(40)]

@@ -81,6 +81,7 @@ _VALID = [
     _typed(b"B", b"\0\0\0\0\0\x01\0\0\0\x07hunter2\0\0"),
     _typed(b"E", b"\0\0\0\0\0"),
     pg.sync(),
+    _typed(b"F", b"\0\0\x04\xd2" + b"\0" * 6 + b"f" * 9000),
     _typed(b"d", b"x" * 9000),
     _typed(b"c", b""),
     pg.query("SELECT '" + "y" * 5000 + "'"),
@@ -113,7 +114,7 @@ _MALFORMED = [
             st.binary(max_size=12),
             st.builds(
                 _typed,
-                st.sampled_from([b"Q", b"P", b"X", b"d", b"B", b"\x00", b"\xff"]),
+                st.sampled_from([b"Q", b"P", b"X", b"d", b"B", b"S", b"F", b"\x00", b"\xff"]),
                 st.binary(max_size=24),
             ),
         ),
@@ -141,14 +142,15 @@ def test_the_native_framing_refuses_everything_after_a_violation() -> None:
 
 # -- the server side --------------------------------------------------------------------------
 
-ServerOutcome = tuple[list[tuple[bytes, bool]], bool]
+#: per read: what was forwarded, at a boundary, ReadyForQuery messages in it; then violated
+ServerOutcome = tuple[list[tuple[bytes, bool, int]], bool]
 #: larger than the hold limit (1 MiB): streamed through, not held
 _HUGE = _typed(b"D", b"h" * ((1 << 20) + 10))
 
 
 def _server_python(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
     framer = BackendFramer()
-    reads, pos = list[tuple[bytes, bool]](), 0
+    reads, pos = list[tuple[bytes, bool, int]](), 0
     for end in [*sorted(set(cuts)), len(stream)]:
         if end <= pos:
             continue
@@ -156,7 +158,8 @@ def _server_python(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
             out = framer.feed(stream[pos:end])
         except pg.ProtocolViolation:
             return reads, True
-        reads.append((out, framer.at_boundary))
+        reads.append((out, framer.at_boundary, framer.readies))
+        framer.readies = 0
         pos = end
     return reads, False
 
@@ -164,15 +167,15 @@ def _server_python(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
 def _server_native(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
     assert _relay is not None
     framer = _relay.ServerFramer()
-    reads, pos = list[tuple[bytes, bool]](), 0
+    reads, pos = list[tuple[bytes, bool, int]](), 0
     for end in [*sorted(set(cuts)), len(stream)]:
         if end <= pos:
             continue
-        out, violation, at_boundary = framer.feed(stream[pos:end])
+        out, violation, at_boundary, readies = framer.feed(stream[pos:end])
         if violation:
             assert out == b""  # nothing of a failed read goes on
             return reads, True
-        reads.append((out, at_boundary))
+        reads.append((out, at_boundary, readies))
         pos = end
     return reads, False
 
@@ -224,10 +227,10 @@ def test_the_native_server_framing_streams_a_huge_message_and_holds_a_partial_on
     assert _relay is not None
     framer = _relay.ServerFramer()
     ready = _typed(b"Z", b"I")
-    assert framer.feed(ready + _SERVER_VALID[5][:7]) == (ready, 0, True)
-    assert framer.feed(_SERVER_VALID[5][7:]) == (_SERVER_VALID[5], 0, True)
+    assert framer.feed(ready + _SERVER_VALID[5][:7]) == (ready, 0, True, 1)
+    assert framer.feed(_SERVER_VALID[5][7:]) == (_SERVER_VALID[5], 0, True, 0)
     head = _HUGE[: (1 << 20) + 5]
-    assert framer.feed(head) == (head, 0, False)
-    assert framer.feed(_HUGE[len(head) :] + ready) == (_HUGE[len(head) :] + ready, 0, True)
+    assert framer.feed(head) == (head, 0, False, 0)
+    assert framer.feed(_HUGE[len(head) :] + ready) == (_HUGE[len(head) :] + ready, 0, True, 1)
     assert framer.feed(b"D" + struct.pack("!i", 2) + ready)[:2] == (b"", 1)
     assert framer.feed(ready)[:2] == (b"", 1)

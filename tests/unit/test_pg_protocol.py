@@ -1045,6 +1045,7 @@ def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_howeve
     assert surfaced == [
         (b"Q", b"SELECT 1"),
         (b"P", b"SELECT $1::text"),
+        (b"S", b""),
         (b"Q", b"SELECT '" + b"y" * 5000 + b"'"),
         (b"X", b""),
     ]

@@ -27,7 +27,8 @@ def list_(
 
 @session_app.command("show")
 def show_(session_id: int, as_json: bool = JsonOpt) -> None:
-    """One session and its recorded events (query texts), in order."""
+    """One session and its recorded events (query texts, with how long each ran where the
+    server's answer was recorded), in order."""
     data = ApiClient().request("GET", f"/v1/sessions/{session_id}")
     if as_json:
         show(data, True)
@@ -35,7 +36,10 @@ def show_(session_id: int, as_json: bool = JsonOpt) -> None:
     events = data.pop("events")
     show(data, False)
     for e in events:
-        typer.echo(f"{e['ts']}  {e['kind']}: {(e['data'] or {}).get('text', e['data'])}")
+        event = e["data"] or {}
+        took = event.get("duration_ms")
+        took_text = f"  ({took:.3f} ms)" if isinstance(took, int | float) else ""
+        typer.echo(f"{e['ts']}  {e['kind']}: {event.get('text', e['data'])}{took_text}")
 
 
 #: a pause longer than this in a recording is shortened to it when playing

@@ -17,6 +17,7 @@ from jitvault.plugin_api.proxy import (
     RenderedStatements,
     SessionHandle,
     SessionTicket,
+    statements_done,
 )
 from jitvault.plugin_api.registry import (
     NOTIFIERS_GROUP,
@@ -50,4 +51,5 @@ __all__ = [
     "Unsupported",
     "discover_notifiers",
     "discover_targets",
+    "statements_done",
 ]

@@ -28,10 +28,22 @@ class RenderedStatements:
     objects ``{"kind":style,"text":text}``, comma-separated, exactly as
     ``json.dumps({"kind": style, "text": raw.decode("utf-8", "replace")}, ensure_ascii=True,
     sort_keys=True, separators=(",", ":"))`` gives them (ASCII, so they cannot break out of
-    the array they are stored in)."""
+    the array they are stored in). Among them may be the durations of statements recorded
+    before, as :func:`statements_done` renders them (each counts in ``count``)."""
 
     count: int
     json: bytes
+
+
+def statements_done(done: Sequence[tuple[int, int]]) -> RenderedStatements:
+    """How long recorded statements ran, for :meth:`ProxyContext.record_statements`: for each
+    ``(statements, microseconds)`` in order, the oldest ``statements`` of the session's recorded
+    statements that have no duration yet ran for ``microseconds`` (from the first of them being
+    sent to the server's answer). Rendered as ``{"done":[statements,microseconds]}`` objects,
+    the form a relay in native code writes too."""
+    return RenderedStatements(
+        len(done), ",".join(f'{{"done":[{int(n)},{int(us)}]}}' for n, us in done).encode()
+    )
 
 
 @dataclass(frozen=True)
@@ -219,4 +231,5 @@ __all__ = [
     "RenderedStatements",
     "SessionHandle",
     "SessionTicket",
+    "statements_done",
 ]

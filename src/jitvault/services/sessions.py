@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -524,9 +525,11 @@ def record_chunks(node: Node, chunks: Sequence[Chunk]) -> None:
 def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
     """A session's recorded events, decrypted, in order (for ``jitvault session show``): chunk
     rows are expanded into their events; rows of one event each (written before chunks were)
-    are read as they are."""
+    are read as they are. A statement whose duration was recorded has it in its data, as
+    ``duration_ms``."""
     keyring = node.vault.keyring
     out: list[dict[str, Any]] = []
+    waiting: deque[dict[str, Any]] = deque()  # statements whose duration has not come yet
     with node.read() as conn:
         rows = session_store.events(conn, session_id)
     for row in rows:
@@ -542,10 +545,32 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
         for offset, kind, event in data or ():
             ts = row.ts + offset * _MICROSECOND
             if kind == STATEMENTS_ENTRY:
-                out.extend({"ts": ts, "kind": "query", "data": each} for each in event)
+                for each in event:
+                    if STATEMENTS_DONE in each:
+                        _statements_done(waiting, each[STATEMENTS_DONE])
+                    else:
+                        out.append({"ts": ts, "kind": "query", "data": each})
+                        waiting.append(each)
             else:
                 out.append({"ts": ts, "kind": kind, "data": event})
+                if kind == "query" and isinstance(event, dict):
+                    waiting.append(event)
     return out
+
+
+#: in a STATEMENTS_ENTRY, an object ``{"done": [n, microseconds]}``: the oldest ``n`` of the
+#: session's statements without a duration ran that long (plugin_api.statements_done)
+STATEMENTS_DONE = "done"
+
+
+def _statements_done(waiting: deque[dict[str, Any]], done: Any) -> None:
+    """Give the oldest statements still ``waiting`` the duration ``done`` reports (shown as
+    ``duration_ms``)."""
+    if not (isinstance(done, list) and len(done) == 2 and all(type(x) is int for x in done)):
+        return  # not a form this code writes: no duration rather than a wrong one
+    count, microseconds = done
+    for _ in range(min(count, len(waiting))):
+        waiting.popleft()["duration_ms"] = microseconds / 1000
 
 
 def _view(row: Any) -> dict[str, Any]:
