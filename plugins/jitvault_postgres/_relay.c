@@ -84,6 +84,10 @@ typedef struct Relay {
     int gated;                /* client reading stopped by the gate */
     double deadline;          /* ST_LINGER: when to close anyway */
     Cycles cycles;            /* the client's cycles the server has not answered yet */
+    /* its newest 'q' event, while Python has not taken it (take_gen unchanged): durations
+     * are added to it rather than queued as events of their own */
+    struct Event *last_q;
+    uint64_t last_q_gen;
     struct Relay *prev, *next;
 } Relay;
 
@@ -95,7 +99,7 @@ typedef struct Event {
     uint8_t vtype;
     int64_t vlength;
     uint8_t *text; /* 'q': the statements of one client read, as JSON objects (_statements.h) */
-    size_t len;
+    size_t len, cap;
     size_t count; /* 'q': how many */
     struct Event *next;
 } Event;
@@ -122,6 +126,7 @@ typedef struct {
     /* under lock */
     Event *ev_head, *ev_tail;
     size_t ev_bytes, ev_count;
+    uint64_t take_gen; /* how many takes so far: an event of an older one is Python's */
     int notified;
     Command *cmd_head, *cmd_tail;
     int gate_open; /* Python's gate */
@@ -316,8 +321,11 @@ static int queue_rendered(Engine *e, Relay *r, Buf *json, size_t count) {
     ev->sid = r->sid;
     ev->text = json->data;
     ev->len = json->len;
+    ev->cap = json->cap < json->len ? json->len : json->cap;
     ev->count = count;
     pthread_mutex_lock(&e->lock);
+    r->last_q = ev;
+    r->last_q_gen = e->take_gen;
     e->ev_bytes += ev->len + sizeof(Event);
     e->ev_count += ev->count;
     if (e->ev_tail) e->ev_tail->next = ev;
@@ -329,27 +337,83 @@ static int queue_rendered(Engine *e, Relay *r, Buf *json, size_t count) {
     return 0;
 }
 
-/* ReadyForQuery messages came: the cycles they end, as {"done":[statements,microseconds]}
- * objects in the session's recording (read back as its statements' durations) */
+static size_t format_u64(char *out, uint64_t v) {
+    char digits[20];
+    size_t k = 0;
+    do {
+        digits[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < k; i++) out[i] = digits[k - 1 - i];
+    return k;
+}
+
+/* ReadyForQuery messages came: the cycles they end, as ,{"done":[statements,microseconds]}
+ * objects in the session's recording (read back as its statements' durations), added to its
+ * newest 'q' event while Python has not taken it (the common case: a statement and its answer
+ * within one hand-over), else queued as an event */
 static int record_readies(Engine *e, Relay *r) {
     uint32_t readies = r->sf.readies;
     r->sf.readies = 0;
     int64_t now = monotonic_us(), duration = 0;
+    uint8_t stack[512];
     Buf json = {0};
-    size_t count = 0;
-    char one[64];
+    size_t used = 0, count = 0;
     while (readies--) {
         uint32_t n = cycles_ready(&r->cycles, now, &duration);
         if (n == 0) continue;
-        int w = snprintf(one, sizeof one, "%s{\"done\":[%u,%lld]}", count ? "," : "", n,
-                         (long long)(duration > 0 ? duration : 0));
-        if (buf_append(&json, (const uint8_t *)one, (size_t)w) < 0) {
-            buf_free(&json);
-            return -1;
+        char one[64];
+        size_t w = 0;
+        memcpy(one, ",{\"done\":[", 10);
+        w = 10;
+        w += format_u64(one + w, n);
+        one[w++] = ',';
+        w += format_u64(one + w, (uint64_t)(duration > 0 ? duration : 0));
+        one[w++] = ']';
+        one[w++] = '}';
+        if (json.data == NULL && used + w <= sizeof stack) {
+            memcpy(stack + used, one, w);
+        } else {
+            if (json.data == NULL && buf_append(&json, stack, used) < 0) return -1;
+            if (buf_append(&json, (const uint8_t *)one, w) < 0) {
+                buf_free(&json);
+                return -1;
+            }
         }
+        used += w;
         count++;
     }
-    return count ? queue_rendered(e, r, &json, count) : 0;
+    if (count == 0) return 0;
+    const uint8_t *objects = json.data ? json.data : stack;
+    pthread_mutex_lock(&e->lock);
+    Event *last = r->last_q != NULL && r->last_q_gen == e->take_gen ? r->last_q : NULL;
+    if (last != NULL && last->len + used > last->cap) {
+        size_t cap = last->cap * 2 > last->len + used ? last->cap * 2 : last->len + used;
+        uint8_t *grown = realloc(last->text, cap);
+        if (grown == NULL) {
+            last = NULL;
+        } else {
+            last->text = grown;
+            last->cap = cap;
+        }
+    }
+    if (last != NULL) {
+        memcpy(last->text + last->len, objects, used);
+        last->len += used;
+        last->count += count;
+        e->ev_bytes += used;
+        e->ev_count += count;
+        if (e->ev_count >= NOTIFY_BATCH) notify_python(e);
+        pthread_mutex_unlock(&e->lock);
+        buf_free(&json);
+        return 0;
+    }
+    pthread_mutex_unlock(&e->lock);
+    Buf own = {0}; /* the objects without their leading comma */
+    int failed = buf_append(&own, objects + 1, used - 1) < 0;
+    buf_free(&json);
+    if (failed) return -1;
+    return queue_rendered(e, r, &own, count);
 }
 
 static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
@@ -806,6 +870,7 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
     int was_full = QUEUE_FULL(self);
     self->ev_head = self->ev_tail = NULL;
     self->ev_bytes = self->ev_count = 0;
+    self->take_gen++;
     self->notified = 0;
     pthread_mutex_unlock(&self->lock);
     if (was_full && self->running) {
