@@ -283,7 +283,7 @@ class _Session:
     async def close(self, cut: Cut) -> None:
         """The core cuts the session (SessionHandle): see :meth:`cut`."""
         # a grant that outlives the cut (its node stops): the client may connect again at once
-        self.cut(cut.reason, pg.CONNECT_AGAIN_HINT if cut.grant_lives else pg.REQUEST_AGAIN_HINT)
+        self.cut(cut.reason, cut.hint or pg.REQUEST_AGAIN_HINT)
 
     def cut(self, reason: str, hint: str = pg.REQUEST_AGAIN_HINT) -> None:
         """Tell the client why, cancel what the backend runs, close both sides. Idempotent."""

@@ -1583,7 +1583,6 @@ SQLSTATE_PROTOCOL_VIOLATION = "08P01"
 
 #: the hints of a cut session's FATAL: its grant ended, or only the node holding it did
 REQUEST_AGAIN_HINT = "Request access again to reconnect."
-CONNECT_AGAIN_HINT = "Connect again: the access grant is unchanged."
 
 
 def grant_expired_error(

@@ -163,16 +163,17 @@ class _Session:
 
     async def close(self, cut: Cut) -> None:
         """The core cuts the session (SessionHandle): see :meth:`cut`."""
-        await self.cut(cut.reason)
+        await self.cut(cut.reason, cut.hint)
 
-    async def cut(self, reason: str) -> None:
-        """Tell the client why on every channel's stderr, then close everything. Idempotent."""
+    async def cut(self, reason: str, hint: str | None = None) -> None:
+        """Tell the client why (and what it may do now) on every channel's stderr, then close
+        everything. Idempotent."""
         if self.cut_reason is not None or self.finished:
             return
         self.cut_reason = reason
         log.info("ssh proxy: session %s cut (%s)", self.session_id, reason)
         for channel in list(self.channels):
-            channel.cut(reason)
+            channel.cut(reason, hint)
         if self.upstream is not None:
             self.upstream.close()
         client = self.client
@@ -784,9 +785,10 @@ class _ClientChannel(asyncssh.SSHServerSession[bytes]):
         if self.terminal is not None:
             self._record_terminal(self.terminal.flush(final=True))
 
-    def cut(self, reason: str) -> None:
-        """The core cut the session: say why on stderr and close this channel."""
-        self._end_with_message(f"jitvault: {reason}", _EXIT_CUT)
+    def cut(self, reason: str, hint: str | None = None) -> None:
+        """The core cut the session: say why (and the hint) on stderr, close this channel."""
+        told = f"jitvault: {reason}" + (f"\r\njitvault: {hint}" if hint else "")
+        self._end_with_message(told, _EXIT_CUT)
 
     def _end_with_message(self, message: str, status: int) -> None:
         chan = self.chan

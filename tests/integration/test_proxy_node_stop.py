@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jitvault.plugin_api import NODE_STOPPING
+from jitvault.plugin_api import CONNECT_AGAIN_HINT, NODE_STOPPING
 from jitvault.services import sessions
 from tests.integration.test_pg_proxy import (
     RELAYS,
@@ -100,7 +100,7 @@ def test_a_stopping_server_tells_each_client_why_and_ends_its_sessions(
     diag = caught.value.diag
     assert diag.sqlstate == "57P01", str(caught.value)
     assert diag.message_primary == f"terminating connection: {NODE_STOPPING.reason}"
-    assert diag.message_hint == "Connect again: the access grant is unchanged."
+    assert diag.message_hint == CONNECT_AGAIN_HINT
     server = _restart(world)
     try:
         [row] = _session_rows(world, access.grant_id)
@@ -167,7 +167,8 @@ def test_a_stopping_server_tells_an_ssh_client_why_and_ends_its_command(
         world.server.stop()  # SIGTERM
         th.join(20)
         assert not th.is_alive()
-        assert f"jitvault: {NODE_STOPPING.reason}".encode() in out["stderr"], out
+        said = f"jitvault: {NODE_STOPPING.reason}\r\njitvault: {CONNECT_AGAIN_HINT}"
+        assert said.encode() in out["stderr"], out
         _wait_no_process(access.account)
         server = start_server(world.config, int(world.server.addr.rsplit(":", 1)[1]))
         try:

@@ -9,6 +9,7 @@ from jitvault.plugin_api.contracts import (
     Unsupported,
 )
 from jitvault.plugin_api.proxy import (
+    CONNECT_AGAIN_HINT,
     NODE_STOPPING,
     Cut,
     ProtocolFrontend,
@@ -30,6 +31,7 @@ from jitvault.plugin_api.registry import (
 )
 
 __all__ = [
+    "CONNECT_AGAIN_HINT",
     "NODE_STOPPING",
     "NOTIFIERS_GROUP",
     "TARGETS_GROUP",

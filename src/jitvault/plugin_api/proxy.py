@@ -70,7 +70,14 @@ class Cut:
     reason: str
     grant_lives: bool = False
 
+    @property
+    def hint(self) -> str | None:
+        """What the client may do now, where the cut itself says it (the grant lives on)."""
+        return CONNECT_AGAIN_HINT if self.grant_lives else None
 
+
+#: what a client whose session was cut while its grant lives on is told it may do
+CONNECT_AGAIN_HINT = "Connect again: the access grant is unchanged."
 #: the cut of every live session of a node that stops (the grants stay live: their users may
 #: connect again, to another node or after the restart)
 NODE_STOPPING = Cut("the jitvault server is shutting down", grant_lives=True)
@@ -223,6 +230,7 @@ class ProtocolFrontend(Protocol):
 
 
 __all__ = [
+    "CONNECT_AGAIN_HINT",
     "NODE_STOPPING",
     "Cut",
     "ProtocolFrontend",
