@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from jitvault.domain import Sensitive
-from jitvault.plugin_api import RenderedStatements
+from jitvault.plugin_api import RenderedStatements, statements_done
 from jitvault.proxy import SessionRegistry
 from jitvault.proxy.recording import RECORDING_LOST, RecordingSink, RecordingUnavailable
 from jitvault.services import Node, keys, sessions
@@ -273,6 +273,32 @@ def test_rendered_statements_are_read_back_as_query_events_in_order_and_count_on
         *[("query", {"kind": "simple", "text": "SELECT 'ran'"})] * 3,
     ]
     assert events[1]["ts"] == events[2]["ts"]  # arrived together: one time
+
+
+def test_durations_go_to_the_oldest_statements_without_one_across_writes_and_forms(
+    booted: Booted,
+) -> None:
+    """Durations (plugin_api.statements_done) are read back onto the statements they follow:
+    the oldest ones still without one, whichever form the statements were queued in (pairs or
+    rendered), across separate writes (chunk rows); a statement never answered (its session
+    cut) has none, and a duration whose form is not one this code writes is ignored."""
+    sid, sink = _session_with_sink(booted)
+    sink.add_statements(sid, [("simple", b"SELECT 1"), ("extended", b"SELECT $1")])
+    sink.add_statements(sid, _rendered(("simple", "SELECT 2"), ("simple", "SELECT 3")))
+    sink.add_statements(sid, statements_done([(1, 1500)]))
+    asyncio.run(sink.flush())  # one row: SELECT 1 has its duration, the others wait
+    sink.add_statements(sid, statements_done([(2, 250_000), (1, 7)]))
+    sink.add_statements(sid, RenderedStatements(2, b'{"done":[1,"x"]},{"done":[true,5]}'))
+    sink.add_statement(sid, "simple", b"SELECT 'cut'")
+    asyncio.run(sink.flush())
+    events = sessions.session_events(booted.node, sid)
+    assert [(e["data"]["text"], e["data"].get("duration_ms")) for e in events] == [
+        ("SELECT 1", 1.5),
+        ("SELECT $1", 250.0),
+        ("SELECT 2", 250.0),
+        ("SELECT 3", 0.007),
+        ("SELECT 'cut'", None),
+    ]
 
 
 def test_statements_handed_over_together_count_one_by_one_in_batches_and_refusals(
