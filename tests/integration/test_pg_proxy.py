@@ -745,6 +745,18 @@ def _wait_session_ended(node: Node, session_id: int, timeout: float = 10.0) -> N
     raise AssertionError(f"session {session_id} did not end")
 
 
+def _ended_session(world: ProxyWorld, token_id: str) -> int:
+    """The one session opened with the token, once it has ended (its events are all written
+    by then)."""
+    node = world.node()
+    try:
+        (sid,) = _session_ids(node, token_id)
+        _wait_session_ended(node, sid)
+    finally:
+        node.close()
+    return sid
+
+
 @RELAYS
 def test_every_statement_of_a_2000_statement_session_is_recorded_in_order_once_it_ends(
     world: ProxyWorld,
@@ -755,10 +767,9 @@ def test_every_statement_of_a_2000_statement_session_is_recorded_in_order_once_i
     with _psycopg(info, sslmode=sslmode) as conn:
         for i in range(2_000):
             conn.execute(f"SELECT {i}")
+    sid = _ended_session(world, info["token_id"])
     node = world.node()
     try:
-        (sid,) = _session_ids(node, info["token_id"])
-        _wait_session_ended(node, sid)
         # the session's end is written after its events: complete as soon as it has ended
         texts = [e["data"]["text"] for e in sessions.session_events(node, sid)]
         assert texts == [f"SELECT {i}" for i in range(2_000)]
@@ -784,12 +795,7 @@ def test_session_show_prints_how_long_each_recorded_statement_ran(
         with conn.pipeline():
             conn.execute("SELECT pg_sleep(0.2) AS piped_slept")
             conn.execute("SELECT 2 AS piped_after")
-    node = world.node()
-    try:
-        (sid,) = _session_ids(node, info["token_id"])
-        _wait_session_ended(node, sid)
-    finally:
-        node.close()
+    sid = _ended_session(world, info["token_id"])
     shown = world.cli("session", "show", str(sid), env=world.admin_env)
     took = {
         e["data"]["text"].rsplit(" AS ", 1)[-1]: e["data"].get("duration_ms")
@@ -1090,12 +1096,7 @@ def test_a_malformed_message_after_login_gets_08P01_from_the_native_relay_and_is
     ]
     # as the Python relay: nothing of the read that held the violation reaches the server
     assert not any(isinstance(m, pg.DataRow) for m in got)
-    node = world.node()
-    try:
-        (sid,) = _session_ids(node, info["token_id"])
-        _wait_session_ended(node, sid)
-    finally:
-        node.close()
+    sid = _ended_session(world, info["token_id"])
     log = world.server.log.read_text(errors="replace")
     assert f"session {sid} relayed natively" in log
     assert "Traceback" not in log
