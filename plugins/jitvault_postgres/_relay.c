@@ -198,13 +198,13 @@ static void hand_over(Engine *e) {
     pthread_mutex_unlock(&e->lock);
 }
 
-/* the statements of one client read, rendered (JSON) before they are queued */
 static int64_t monotonic_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* the statements of one client read, rendered (JSON) before they are queued */
 typedef struct {
     Buf json;
     size_t count;
@@ -315,13 +315,16 @@ static int queue_rendered(Engine *e, Relay *r, Buf *json, size_t count) {
     }
     if (json->cap > 65536 && json->cap / 2 > json->len) { /* a big statement's reserve */
         uint8_t *fit = realloc(json->data, json->len);
-        if (fit != NULL) json->data = fit;
+        if (fit != NULL) {
+            json->data = fit;
+            json->cap = json->len; /* what a duration added later must grow it from */
+        }
     }
     ev->kind = 'q';
     ev->sid = r->sid;
     ev->text = json->data;
     ev->len = json->len;
-    ev->cap = json->cap < json->len ? json->len : json->cap;
+    ev->cap = json->cap;
     ev->count = count;
     pthread_mutex_lock(&e->lock);
     r->last_q = ev;

@@ -344,3 +344,19 @@ def test_cycles_pipelined_past_the_bound_join_the_newest(harness: Harness) -> No
     done = [each["done"][0] for each in found if "done" in each]  # type: ignore[index]
     assert done == [1] * 31 + [9]
     assert [each["text"] for each in found if "text" in each] == [f"SELECT {n}" for n in range(40)]
+
+
+def test_a_big_statement_answered_before_it_is_taken_gets_its_duration_in_its_event(
+    harness: Harness,
+) -> None:
+    """A big statement's event is trimmed to its size when queued; its duration, answered
+    before Python takes it, is added to that event (growing it), and both come out whole."""
+    text = "SELECT '" + "é" * 50_000 + "' ;"
+    message = pg.query(text)
+    harness.client.sendall(message)
+    assert _recv_exactly(harness.backend, len(message)) == message
+    harness.backend.sendall(pg.ready_for_query())
+    assert _recv_exactly(harness.client, 6) == pg.ready_for_query()
+    found = _handed_over(harness, 2)
+    assert found[0] == {"kind": "simple", "text": text}
+    assert found[1]["done"][0] == 1  # type: ignore[index]

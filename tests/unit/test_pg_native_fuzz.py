@@ -9,8 +9,11 @@ bytes of the stream, nothing after a violation). Bounded: a fixed count, and a t
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,59 @@ def test_the_native_framing_survives_random_streams_under_the_sanitizers(
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.strip() == f"{STREAMS} streams framed both ways"
+
+
+ENGINE_TESTS = [
+    ROOT / "tests" / "unit" / "test_pg_native_engine.py",
+    ROOT / "tests" / "unit" / "test_pg_statement_cycles.py",
+]
+
+
+def test_the_engine_tests_pass_with_the_engine_built_under_address_sanitizer(
+    tmp_path: Path,
+) -> None:
+    """The whole engine (its thread, its queue, the durations added to queued events) built
+    with -fsanitize=address and loaded into a Python of its own, which runs the engine's tests:
+    an out-of-bounds write that the normal build survives silently fails here."""
+    gcc = shutil.which("gcc")
+    assert gcc is not None, "gcc is needed to build the native relay (apt-get install gcc)"
+    package = tmp_path / "jitvault_postgres"
+    shutil.copytree(FRAMING, package, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    includes = subprocess.run(
+        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    subprocess.run(
+        [
+            gcc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-shared",
+            "-fPIC", "-Wall", "-Wextra", "-Wno-unused-parameter", f"-I{includes}",
+            str(package / "_relay.c"), "-o", str(package / f"_relay{suffix}"),
+        ],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+    libasan = subprocess.run(
+        [gcc, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    reports = tmp_path / "asan"
+    env = {
+        **os.environ,
+        "LD_PRELOAD": libasan,
+        "ASAN_OPTIONS": f"detect_leaks=0:log_path={reports}",
+        "PYTHONPATH": str(tmp_path),
+    }
+    which = subprocess.run(
+        [sys.executable, "-c", "from jitvault_postgres import _relay; print(_relay.__file__)"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert which.stdout.strip() == str(package / f"_relay{suffix}"), which.stderr[-2000:]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+         *map(str, ENGINE_TESTS)],
+        capture_output=True, text=True, env=env, timeout=300, check=False, cwd=ROOT,
+    )  # fmt: skip
+    found = sorted(tmp_path.glob("asan*"))
+    assert not found, found[0].read_text()[-4000:]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert " passed" in done.stdout
