@@ -1,8 +1,9 @@
 /*
  * How long each recorded statement ran: the client's cycles, each answered by one
- * ReadyForQuery. A Query is a cycle of its own; the Parse messages before a Sync are one cycle
- * (the extended protocol's statements of one Sync); a FunctionCall, or a Sync with no Parse
- * (a prepared statement run again), is a cycle with no statement. The server answers the cycles
+ * ReadyForQuery. A Query is a cycle of its own; the Parse messages (and Binds of named
+ * statements) before a Sync are one cycle (the extended protocol's statements of one Sync); a
+ * FunctionCall, or a Sync with neither (the unnamed statement bound again), is a cycle with no
+ * statement. The server answers the cycles
  * in order, so the oldest cycle still waiting ends at each ReadyForQuery, and its statements'
  * duration is the time from the first of them to that answer.
  *
@@ -50,12 +51,13 @@ static void cycles_end(Cycles *c) {
     c->open = 0;
 }
 
-/* a client message the framer surfaced went to the server: 'Q' or 'P' (a statement, sent at
- * now_us), 'S' or 'F' (a cycle's end); anything else ('X') changes nothing */
+/* a client message the framer surfaced went to the server: 'Q', 'P' or 'B' (a statement, or
+ * a named one run again, sent at now_us), 'S' or 'F' (a cycle's end); anything else ('X', 'N')
+ * changes nothing */
 static void cycles_message(Cycles *c, char type, int64_t now_us) {
     if (type == 'S' || type == 'F') {
         cycles_end(c);
-    } else if (type == 'Q' || type == 'P') {
+    } else if (type == 'Q' || type == 'P' || type == 'B') {
         cycles_statement(c, now_us);
         if (type == 'Q') cycles_end(c);
     }

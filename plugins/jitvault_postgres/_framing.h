@@ -13,6 +13,8 @@
 
 #define MAX_MESSAGE_LENGTH (1u << 30)
 #define SERVER_HOLD_LIMIT (1u << 20)
+/* a Bind's portal and statement names must end within its first BIND_HEAD_MAX bytes of body */
+#define BIND_HEAD_MAX 1024
 
 /* ---- violations (Python words them: protocol.relay_violation, same numbers) ----------- */
 enum {
@@ -26,6 +28,7 @@ enum {
     V_TRAILING = 7,
     V_TRUNCATED = 8,
     V_NEGATIVE_COUNT = 9,
+    V_NAMES_TOO_LONG = 10,
 };
 
 typedef struct {
@@ -83,7 +86,7 @@ typedef void (*emit_fn)(void *ctx, char style, const uint8_t *text, size_t len);
 
 typedef struct {
     Buf held;          /* a partial header, or an inspected message being completed */
-    size_t need;       /* the held inspected message's full size, once its header is known */
+    size_t need;       /* the bytes the held message needs before it is scanned again */
     uint64_t through;  /* bytes of a streamed message still to come */
     int terminated;
     int violation;
@@ -105,7 +108,8 @@ static const uint8_t *find_nul(const uint8_t *p, const uint8_t *end) {
     return memchr(p, 0, (size_t)(end - p));
 }
 
-/* check a complete Q/P/X message (body = v[body..end)); emit its text; 0 or a violation */
+/* check a complete Q/P/X message (body = v[body..end)); emit its text (a Parse's name first,
+ * as 'N', when it has one); 0 or a violation */
 static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_fn emit,
                    void *ctx) {
     if (type == 'X') {
@@ -113,9 +117,12 @@ static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_f
         emit(ctx, 'X', NULL, 0);
         return V_NONE;
     }
+    const uint8_t *name = body;
+    size_t name_len = 0;
     if (type == 'P') {
         const uint8_t *name_end = find_nul(body, end);
         if (name_end == NULL) return V_NOT_NUL_TERMINATED;
+        name_len = (size_t)(name_end - body);
         body = name_end + 1;
     }
     const uint8_t *nul = find_nul(body, end);
@@ -130,8 +137,30 @@ static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_f
         if (rest - 2 != 4 * (ptrdiff_t)count)
             return rest - 2 < 4 * (ptrdiff_t)count ? V_TRUNCATED : V_TRAILING;
     }
+    if (name_len) emit(ctx, 'N', name, name_len);
     emit(ctx, (char)type, body, (size_t)(nul - body));
     return V_NONE;
+}
+
+/* a Bind at v[pos..) with size - pos bytes of it in hand (its body: length - 4 bytes): 1 once
+ * its names are read (and a named statement's name emitted as 'B'), 0 when more must come
+ * (held, and looked at again with each read: its names may end in any), or -violation */
+static int bind_names(const uint8_t *v, size_t pos, size_t size, int64_t length, emit_fn emit,
+                      void *ctx) {
+    size_t body_len = (size_t)length - 4;
+    size_t head = body_len < BIND_HEAD_MAX ? body_len : BIND_HEAD_MAX;
+    size_t have = size - pos - 5;
+    if (have > head) have = head;
+    const uint8_t *b = v + pos + 5;
+    const uint8_t *portal_end = find_nul(b, b + have);
+    const uint8_t *name_end = portal_end ? find_nul(portal_end + 1, b + have) : NULL;
+    if (name_end == NULL) {
+        if (have < head) return 0;
+        return head == body_len ? -V_NOT_NUL_TERMINATED : -V_NAMES_TOO_LONG;
+    }
+    if (name_end > portal_end + 1)
+        emit(ctx, 'B', portal_end + 1, (size_t)(name_end - portal_end - 1));
+    return 1;
 }
 
 /* scan v[0..size): how many bytes may be forwarded; sets f->need, f->violation */
@@ -178,6 +207,14 @@ static size_t client_scan(ClientFramer *f, const uint8_t *v, size_t size, emit_f
             }
             f->terminated = type == 'X';
         } else {
+            if (type == 'B') { /* a named statement run again is recorded by its name */
+                int got = bind_names(v, pos, size, length, emit, ctx);
+                if (got < 0) {
+                    f->violation = -got;
+                    return pos;
+                }
+                if (got == 0) break;
+            }
             /* Sync and FunctionCall each end a cycle the server answers with one
              * ReadyForQuery (a Query does too: its text is surfaced above) */
             if (type == 'S' || type == 'F') emit(ctx, (char)type, NULL, 0);

@@ -212,6 +212,8 @@ typedef struct {
     int failed;
     Cycles *cycles;
     int64_t now_us; /* the read's time, once a cycle needed it (0: not yet) */
+    const uint8_t *name; /* a named Parse's name, surfaced just before its text */
+    size_t name_len;
 } Collect;
 
 static void collect_statement(void *ctx, char style, const uint8_t *text, size_t len) {
@@ -220,11 +222,20 @@ static void collect_statement(void *ctx, char style, const uint8_t *text, size_t
         c->terminated = 1;
         return;
     }
-    int statement = style == 'Q' || style == 'P';
+    if (style == 'N') { /* the name of the Parse surfaced next (same scan: still in hand) */
+        c->name = text;
+        c->name_len = len;
+        return;
+    }
+    int statement = style == 'Q' || style == 'P' || style == 'B';
     if (statement && c->now_us == 0) c->now_us = monotonic_us();
     cycles_message(c->cycles, style, c->now_us);
     if (!statement || c->failed) return;
-    if (json_statement(&c->json, style, text, len) < 0) c->failed = 1;
+    int rendered = style == 'B' ? json_statement(&c->json, style, text, len, NULL, 0)
+                                : json_statement(&c->json, style, c->name, c->name_len, text, len);
+    c->name = NULL;
+    c->name_len = 0;
+    if (rendered < 0) c->failed = 1;
     else c->count++;
 }
 
@@ -1157,14 +1168,20 @@ static PyTypeObject CyclesType = {
     .tp_doc = "The native relay's statement cycles (_cycles.h), sans-IO.",
 };
 
-/* statement_json(simple, text): one statement's JSON as the engine renders it (for tests) */
+/* statement_json(style, name, text): one statement's JSON as the engine renders it (for
+ * tests): style b"Q", b"P" or b"B" */
 static PyObject *statement_json(PyObject *module, PyObject *args) {
-    int simple;
-    const char *text;
-    Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "py#", &simple, &text, &n)) return NULL;
+    char style;
+    const char *name, *text;
+    Py_ssize_t name_len, n;
+    if (!PyArg_ParseTuple(args, "cy#y#", &style, &name, &name_len, &text, &n)) return NULL;
+    if (style != 'Q' && style != 'P' && style != 'B') {
+        PyErr_SetString(PyExc_ValueError, "style must be b'Q', b'P' or b'B'");
+        return NULL;
+    }
     Buf out = {0};
-    if (json_statement(&out, simple ? 'Q' : 'P', (const uint8_t *)text, (size_t)n) < 0) {
+    if (json_statement(&out, style, (const uint8_t *)name, (size_t)name_len,
+                       (const uint8_t *)text, (size_t)n) < 0) {
         buf_free(&out);
         return PyErr_NoMemory();
     }
@@ -1174,7 +1191,7 @@ static PyObject *statement_json(PyObject *module, PyObject *args) {
 }
 
 static PyMethodDef relay_functions[] = {
-    {"statement_json", statement_json, METH_VARARGS, "statement_json(simple, text) -> the JSON object the engine hands over for a statement."},
+    {"statement_json", statement_json, METH_VARARGS, "statement_json(style, name, text) -> the JSON object the engine hands over for a statement."},
     {NULL, NULL, 0, NULL},
 };
 

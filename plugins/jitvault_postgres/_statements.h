@@ -1,8 +1,8 @@
 /*
- * A statement's recording entry rendered in C, off the Python side: the JSON object
- * {"kind":"simple"|"extended","text":"..."} of a recorded query event, byte for byte what
- * Python makes of it (json.dumps(..., ensure_ascii=True, sort_keys=True, separators=(",", ":"))
- * of the text decoded with bytes.decode("utf-8", "replace")). tests/unit/test_pg_native_json.py
+ * A statement's recording entry rendered in C, off the Python side: the JSON object of a
+ * recorded query event (json_statement), byte for byte what plugin_api.render_statement makes
+ * of it (json.dumps(..., ensure_ascii=True, sort_keys=True, separators=(",", ":")) of the
+ * name and text decoded with bytes.decode("utf-8", "replace")). tests/unit/test_pg_native_json.py
  * holds the two against each other on arbitrary bytes.
  *
  * The decoding replaces each maximal ill-formed subsequence with one U+FFFD, as CPython's UTF-8
@@ -117,15 +117,31 @@ static int json_text(Buf *out, const uint8_t *p, size_t n) {
     return 0;
 }
 
-/* one recorded statement's JSON object, appended to out (a comma first unless out is empty) */
-static int json_statement(Buf *out, char style, const uint8_t *text, size_t len) {
-    static const char simple[] = "{\"kind\":\"simple\",\"text\":";
-    static const char extended[] = "{\"kind\":\"extended\",\"text\":";
+/* one recorded statement's JSON object, appended to out (a comma first unless out is empty):
+ * style 'Q' {"kind":"simple","text":...}; 'P' {"kind":"extended","text":...}, with "name"
+ * between them when name_len > 0; 'B' (a named statement run again) {"kind":"execute",
+ * "name":...}, text unused */
+static int json_statement(Buf *out, char style, const uint8_t *name, size_t name_len,
+                          const uint8_t *text, size_t len) {
+    static const char simple[] = "{\"kind\":\"simple\"";
+    static const char extended[] = "{\"kind\":\"extended\"";
+    static const char execute[] = "{\"kind\":\"execute\"";
+    static const char name_key[] = ",\"name\":";
+    static const char text_key[] = ",\"text\":";
     if (out->len && buf_append(out, (const uint8_t *)",", 1) < 0) return -1;
-    const char *head = style == 'Q' ? simple : extended;
-    size_t head_len = style == 'Q' ? sizeof simple - 1 : sizeof extended - 1;
+    const char *head = style == 'Q' ? simple : style == 'P' ? extended : execute;
+    size_t head_len = style == 'Q'   ? sizeof simple - 1
+                      : style == 'P' ? sizeof extended - 1
+                                     : sizeof execute - 1;
     if (buf_append(out, (const uint8_t *)head, head_len) < 0) return -1;
-    if (json_text(out, text, len) < 0) return -1;
+    if (style != 'Q' && name_len) {
+        if (buf_append(out, (const uint8_t *)name_key, sizeof name_key - 1) < 0) return -1;
+        if (json_text(out, name, name_len) < 0) return -1;
+    }
+    if (style != 'B') {
+        if (buf_append(out, (const uint8_t *)text_key, sizeof text_key - 1) < 0) return -1;
+        if (json_text(out, text, len) < 0) return -1;
+    }
     return buf_append(out, (const uint8_t *)"}", 1);
 }
 

@@ -45,6 +45,7 @@ from jitvault.plugin_api import (
     ProxyListener,
     RenderedStatements,
     SessionTicket,
+    render_statement,
     statements_done,
 )
 from jitvault.plugin_api.scram import (
@@ -84,6 +85,33 @@ _READY = ord("Z")
 
 def _now_us() -> int:
     return time.monotonic_ns() // 1000
+
+
+_STYLES = {b"Q": "simple", b"P": "extended"}
+_NAMES = frozenset((b"N", b"B"))
+
+
+def recorded_statements(
+    surfaced: list[pg.Surfaced],
+) -> list[tuple[str, bytes]] | RenderedStatements:
+    """What the client's messages a feed surfaced record, in order: ``(style, text)`` pairs
+    (decoded off the event loop, by the recorder), or, when a prepared statement is named
+    among them, each statement rendered here (:func:`render_statement`): a named Parse with
+    its name, and each Bind of a named statement as its ``execute`` by name, as the native
+    relay renders them."""
+    if not any(message_type in _NAMES for message_type, _ in surfaced):
+        return [(_STYLES[t], text) for t, text in surfaced if t in _STYLES]
+    rendered: list[bytes] = []
+    name = b""
+    for message_type, raw in surfaced:
+        if message_type == b"N":
+            name = raw
+        elif message_type == b"B":
+            rendered.append(render_statement("execute", None, raw))
+        elif message_type in _STYLES:
+            rendered.append(render_statement(_STYLES[message_type], raw, name))
+            name = b""
+    return RenderedStatements(len(rendered), b",".join(rendered))
 
 
 class BackendFramer:
@@ -661,17 +689,10 @@ class _Connection:
             return
         terminated = False
         if surfaced:
-            statements = []
-            for message_type, text in surfaced:
-                if message_type == b"Q":
-                    statements.append(("simple", text))
-                elif message_type == b"P":
-                    statements.append(("extended", text))
-                elif message_type == b"X":
-                    terminated = True
+            terminated = surfaced[-1][0] == b"X"  # nothing may follow it
             self.cycles.sent(surfaced, _now_us())
             try:
-                self.ctx.record_statements(session.session_id, statements)
+                self.ctx.record_statements(session.session_id, recorded_statements(surfaced))
             except JitvaultError as exc:
                 # fail closed: what cannot be recorded is not run
                 log.warning(

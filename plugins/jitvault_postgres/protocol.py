@@ -1166,12 +1166,17 @@ class BackendReader(_Reader):
 
 
 #: what a relay must look at in the client's stream: (message type, the statement's raw text)
-#: for a simple Query (``b"Q"``) or a Parse (``b"P"``); ``(b"X", b"")`` for Terminate, and
-#: ``(b"S", b"")`` / ``(b"F", b"")`` for a Sync or a FunctionCall (each ends a cycle the server
-#: answers with one ReadyForQuery: :class:`StatementCycles`)
+#: for a simple Query (``b"Q"``) or a Parse (``b"P"``), a named Parse's name just before it as
+#: ``(b"N", name)``; ``(b"B", name)`` for a Bind of a named prepared statement (a run of a
+#: statement parsed before: a Bind of the unnamed one is not surfaced); ``(b"X", b"")`` for
+#: Terminate, and ``(b"S", b"")`` / ``(b"F", b"")`` for a Sync or a FunctionCall (each ends a
+#: cycle the server answers with one ReadyForQuery: :class:`StatementCycles`)
 Surfaced = tuple[bytes, bytes]
 _CYCLE_ENDS = frozenset((b"S", b"F"))
-_STATEMENTS = frozenset((b"Q", b"P"))
+_STATEMENTS = frozenset((b"Q", b"P", b"B"))
+
+#: a Bind's portal and statement names must end within this many bytes of its body
+BIND_HEAD_MAX = 1024
 
 #: cycles in flight a relay keeps apart (past this, a new one joins the newest: _cycles.h)
 CYCLES_MAX = 32
@@ -1179,8 +1184,9 @@ CYCLES_MAX = 32
 
 class StatementCycles:
     """How long each recorded statement ran: the client's cycles, each answered by one
-    ReadyForQuery. A Query is a cycle of its own; the Parse messages before a Sync are one cycle;
-    a FunctionCall, or a Sync with no Parse, is a cycle with no statement. The server answers the
+    ReadyForQuery. A Query is a cycle of its own; the Parse messages (and Binds of named
+    statements) before a Sync are one cycle; a FunctionCall, or a Sync with neither, is a cycle
+    with no statement. The server answers the
     cycles in order, so the oldest one still waiting ends at each ReadyForQuery, and its
     statements ran from the first of them being sent to that answer.
 
@@ -1202,7 +1208,7 @@ class StatementCycles:
                 self._end()
                 continue
             if message_type not in _STATEMENTS:
-                continue  # Terminate
+                continue  # Terminate, a Parse's name
             if not self._open:
                 self._open_start = now_us
             self._open += 1
@@ -1246,10 +1252,12 @@ class FrontendRelay:
     byte: the chunk itself when it ends at a safe point) and what a relay must look at, as
     :data:`Surfaced` pairs: the statement text of each Query and Parse, as raw bytes cut out
     of the message exactly where the server reads it (decoding is left to whoever records it,
-    off the relay's path), and Terminate. Only those messages are held until complete, and
-    their structure is checked as the server checks it; every other message (COPY data, Bind
-    with its parameter values, ...) streams through as it comes, with only its type and length
-    checked, so a huge COPY takes no more memory than the chunk in hand. No message object is
+    off the relay's path), a named Parse's name, a Bind's statement name, and Terminate. Only
+    Query, Parse and Terminate are held until complete, and their structure is checked as the
+    server checks it; a Bind is held only until its names are in (they must end within its
+    first :data:`BIND_HEAD_MAX` bytes); every other message, and the rest of a Bind (its
+    parameter values), streams through as it comes, with only its type and length checked, so
+    a huge COPY takes no more memory than the chunk in hand. No message object is
     made on this path. Nothing may follow Terminate. Malformed input raises
     :class:`ProtocolViolation`, after which every feed does.
     """
@@ -1321,9 +1329,16 @@ class FrontendRelay:
                 if end > size:
                     self._need = end - pos
                     break
-                surfaced.append(_surface(message_type, view, pos + 5, end))
+                _surface(message_type, view, pos + 5, end, surfaced)
                 self._terminated = message_type == b"X"
             else:
+                if message_type == b"B":  # a named statement run again: recorded by its name
+                    head = min(length - 4, BIND_HEAD_MAX)
+                    name = _bind_name(view, pos + 5, min(size, pos + 5 + head), head, length)
+                    if name is None:  # held, and looked at again with the next feed
+                        break
+                    if name:
+                        surfaced.append((b"B", name))
                 if message_type in _CYCLE_ENDS:
                     surfaced.append((message_type, b""))
                 if end > size:
@@ -1336,13 +1351,13 @@ class FrontendRelay:
 # The relay's violations, by code: the native relay (_framing.h, enum of the same numbers)
 # reports a code, and both relays word it here.
 AFTER_END, UNKNOWN_TYPE, BAD_LENGTH, TOO_LONG, TERMINATE_TRAILING = 1, 2, 3, 4, 5
-NOT_NUL_TERMINATED, TRAILING, TRUNCATED, NEGATIVE_COUNT = 6, 7, 8, 9
+NOT_NUL_TERMINATED, TRAILING, TRUNCATED, NEGATIVE_COUNT, NAMES_TOO_LONG = 6, 7, 8, 9, 10
 
 
 def relay_violation(code: int, message_type: bytes = b"", length: int = 0) -> ProtocolViolation:
     """The violation ``code`` of a client message of ``message_type`` (and ``length``), worded
     for the client's ``08P01`` error and the log."""
-    what = "Query" if message_type == b"Q" else "Parse"
+    what = {b"Q": "Query", b"B": "Bind"}.get(message_type, "Parse")
     if code == AFTER_END:
         reason = "data after the end of the conversation"
     elif code == UNKNOWN_TYPE:
@@ -1361,18 +1376,41 @@ def relay_violation(code: int, message_type: bytes = b"", length: int = 0) -> Pr
         reason = f"malformed {what}: truncated"
     elif code == NEGATIVE_COUNT:
         reason = f"malformed {what}: negative count"
+    elif code == NAMES_TOO_LONG:
+        reason = f"Bind's portal and statement names longer than {BIND_HEAD_MAX} bytes"
     else:
         reason = "malformed message"
     return ProtocolViolation(reason)
 
 
-def _surface(message_type: bytes, view: bytes | bytearray, body: int, end: int) -> Surfaced:
-    """The text of a complete Query or Parse whose body is ``view[body:end]`` (checked as
-    :func:`parse_frontend_message` checks it), or Terminate's pair."""
+def _bind_name(
+    view: bytes | bytearray, body: int, end: int, head: int, length: int
+) -> bytes | None:
+    """The statement name of a Bind whose body starts at ``view[body]``, of which
+    ``view[body:end]`` is in hand (at most ``head`` bytes: where its names must end); None when
+    more must come first."""
+    portal_end = view.find(b"\x00", body, end)
+    name_end = -1 if portal_end < 0 else view.find(b"\x00", portal_end + 1, end)
+    if name_end < 0:
+        if end - body < head:
+            return None
+        code = NOT_NUL_TERMINATED if head == length - 4 else NAMES_TOO_LONG
+        raise relay_violation(code, b"B")
+    return bytes(view[portal_end + 1 : name_end])
+
+
+def _surface(
+    message_type: bytes, view: bytes | bytearray, body: int, end: int, out: list[Surfaced]
+) -> None:
+    """Add to ``out`` the text of a complete Query or Parse whose body is ``view[body:end]``
+    (checked as :func:`parse_frontend_message` checks it), a named Parse's name before it, or
+    Terminate's pair."""
     if message_type == b"X":
         if body != end:
             raise relay_violation(TERMINATE_TRAILING, message_type)
-        return b"X", b""
+        out.append((b"X", b""))
+        return
+    name = body
     if message_type == b"P":  # the statement's name comes first
         body = view.find(b"\x00", body, end) + 1
         if body == 0:
@@ -1392,7 +1430,9 @@ def _surface(message_type: bytes, view: bytes | bytearray, body: int, end: int) 
         if end - nul - 3 != 4 * count:
             short = end - nul - 3 < 4 * count
             raise relay_violation(TRUNCATED if short else TRAILING, message_type)
-    return message_type, bytes(view[body:nul])
+        if body - 1 > name:
+            out.append((b"N", bytes(view[name : body - 1])))
+    out.append((message_type, bytes(view[body:nul])))
 
 
 # -- builders ----------------------------------------------------------------------------------

@@ -814,6 +814,69 @@ def test_session_show_prints_how_long_each_recorded_statement_ran(
     assert line.endswith(f"({took['extended_slept']:.3f} ms)"), line
 
 
+@RELAYS
+def test_each_run_of_a_prepared_statement_is_recorded_with_its_text_but_not_its_values(
+    world: ProxyWorld,
+    sslmode: str,
+) -> None:
+    """psycopg (``prepare=True``) and asyncpg (its statement cache) prepare a named statement
+    once and then only bind it: each run is recorded, by name, and ``session show`` prints it
+    with the text it was prepared with. Parameter values are never recorded."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    marker = secrets.token_hex(6)
+    secrets_sent = [f"param-{secrets.token_hex(8)}" for _ in range(6)]
+    with _psycopg(info, sslmode=sslmode) as conn:
+        for value in secrets_sent[:3]:
+            query = f"SELECT %s::text AS psycopg_{marker}"
+            assert conn.execute(query, [value], prepare=True).fetchone() == (value,)
+
+    async def with_asyncpg() -> None:
+        conn = await asyncpg.connect(
+            host="127.0.0.1",
+            port=info["port"],
+            user=info["user"],
+            password=info["password"],
+            database=info["dbname"],
+            ssl=sslmode,
+            timeout=10,
+        )
+        try:
+            for value in secrets_sent[3:]:
+                assert await conn.fetchval(f"SELECT $1::text AS asyncpg_{marker}", value) == value
+        finally:
+            await conn.close()
+
+    asyncio.run(with_asyncpg())
+    node = world.node()
+    try:
+        sids = _session_ids(node, info["token_id"])
+        assert len(sids) == 2
+        for sid in sids:
+            _wait_session_ended(node, sid)
+    finally:
+        node.close()
+    for sid, client in zip(sorted(sids), ["psycopg", "asyncpg"], strict=True):
+        shown = world.cli("session", "show", str(sid), env=world.admin_env)
+        assert not any(value in json.dumps(shown) for value in secrets_sent)
+        text = f"SELECT $1::text AS {client}_{marker}"
+        ours = [e["data"] for e in shown["events"] if text in e["data"].get("text", "")]
+        prepared = [q for q in ours if q["kind"] == "extended" and q.get("name")]
+        runs = [q for q in ours if q["kind"] == "execute"]
+        assert len(prepared) == 1, ours  # prepared once, by name
+        (name,) = {q["name"] for q in prepared}
+        # the first run binds it right after preparing it; every one is recorded by name
+        assert len(runs) == 3, ours
+        assert {q["name"] for q in runs} == {name}
+        assert all(q["text"] == text for q in runs)
+        assert all(isinstance(q.get("duration_ms"), float) for q in runs), runs
+        printed = run_cli("session", "show", str(sid), env=world.admin_env)
+        assert printed.returncode == 0, printed.stderr
+        again = [x for x in printed.stdout.splitlines() if f'{name}" run again]' in x]
+        assert len(again) == 3, printed.stdout
+        assert all(text in x for x in again)
+
+
 def _query_until_refused(conn: psycopg.Connection[Any], query: str, bound: float) -> None:
     started = time.monotonic()
     while time.monotonic() - started < bound:

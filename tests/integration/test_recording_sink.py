@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from jitvault.domain import Sensitive
-from jitvault.plugin_api import RenderedStatements, statements_done
+from jitvault.plugin_api import RenderedStatements, render_statement, statements_done
 from jitvault.proxy import SessionRegistry
 from jitvault.proxy.recording import RECORDING_LOST, RecordingSink, RecordingUnavailable
 from jitvault.services import Node, keys, sessions
@@ -298,6 +298,41 @@ def test_durations_go_to_the_oldest_statements_without_one_across_writes_and_for
         ("SELECT 2", 250.0),
         ("SELECT 3", 0.007),
         ("SELECT 'cut'", None),
+    ]
+
+
+def test_a_run_of_a_prepared_statement_is_read_back_with_the_text_it_was_prepared_with(
+    booted: Booted,
+) -> None:
+    """A run (``execute``, by name) gets the text of its name's latest preparation in the
+    session, across rows; a name prepared again (after a Close) gives later runs the new text;
+    a run whose preparation was not recorded has no text."""
+    sid, sink = _session_with_sink(booted)
+    parts = [
+        render_statement("extended", b"SELECT $1", b"s1"),
+        render_statement("execute", None, b"s1"),
+        render_statement("execute", None, b"s2"),
+    ]
+    sink.add_statements(sid, RenderedStatements(3, b",".join(parts)))
+    asyncio.run(sink.flush())
+    parts = [
+        render_statement("execute", None, b"s1"),
+        render_statement("extended", b"SELECT 2", b"s1"),
+        render_statement("extended", b"SELECT 'unnamed'", b""),
+        render_statement("execute", None, b"s1"),
+    ]
+    sink.add_statements(sid, RenderedStatements(4, b",".join(parts)))
+    sink.add_statements(sid, statements_done([(7, 40)]))
+    asyncio.run(sink.flush())
+    events = sessions.session_events(booted.node, sid)
+    assert [e["data"] for e in events] == [
+        {"kind": "extended", "name": "s1", "text": "SELECT $1", "duration_ms": 0.04},
+        {"kind": "execute", "name": "s1", "text": "SELECT $1", "duration_ms": 0.04},
+        {"kind": "execute", "name": "s2", "duration_ms": 0.04},
+        {"kind": "execute", "name": "s1", "text": "SELECT $1", "duration_ms": 0.04},
+        {"kind": "extended", "name": "s1", "text": "SELECT 2", "duration_ms": 0.04},
+        {"kind": "extended", "text": "SELECT 'unnamed'", "duration_ms": 0.04},
+        {"kind": "execute", "name": "s1", "text": "SELECT 2", "duration_ms": 0.04},
     ]
 
 

@@ -79,6 +79,9 @@ _VALID = [
     pg.query("SELECT 1"),
     _typed(b"P", b"s1\0SELECT $1::text\0\0\x01\0\0\0\x19"),
     _typed(b"B", b"\0\0\0\0\0\x01\0\0\0\x07hunter2\0\0"),
+    _typed(b"B", b"\0s1\0\0\0\0\x01\0\0\0\x07hunter2\0\0"),
+    _typed(b"B", b"p" * 600 + b"\0" + b"s" * 422 + b"\0" + b"v" * 9000),
+    _typed(b"B", b'portal\0\xe2\x82 "stmt"\0' + b"\0" * 4000),
     _typed(b"E", b"\0\0\0\0\0"),
     pg.sync(),
     _typed(b"F", b"\0\0\x04\xd2" + b"\0" * 6 + b"f" * 9000),
@@ -102,6 +105,11 @@ _MALFORMED = [
     _typed(b"P", b"s1\0SELECT $1\0\0\x01\0\0\0"),
     _typed(b"P", b"s1\0SELECT $1\0\0\x00\0"),
     _typed(b"X", b"\0"),
+    _typed(b"B", b""),
+    _typed(b"B", b"portal"),
+    _typed(b"B", b"portal\0stmt"),
+    _typed(b"B", b"p" * 600 + b"\0" + b"s" * 423 + b"\0" + b"v" * 9000),
+    _typed(b"B", b"p" * 2000),
 ]
 
 

@@ -1,7 +1,7 @@
 """The native relay renders each statement's recording entry in C (``_statements.h``): it must
-be, byte for byte, what Python's json makes of the text decoded with ``"replace"``, for any
-bytes a client may send: a difference would store a different text than the one that ran, or
-JSON that breaks out of its string."""
+be, byte for byte, what Python's json makes of the text (and a prepared statement's name)
+decoded with ``"replace"``, for any bytes a client may send: a difference would store a
+different text than the one that ran, or JSON that breaks out of its string."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import json
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+
+from jitvault.plugin_api import render_statement
 
 try:
     from jitvault_postgres import _relay
@@ -22,6 +24,10 @@ pytestmark = pytest.mark.skipif(_relay is None, reason="the native relay is not 
 def _python(simple: bool, text: bytes) -> bytes:
     data = {"kind": "simple" if simple else "extended", "text": text.decode("utf-8", "replace")}
     return json.dumps(data, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _native(simple: bool, text: bytes) -> bytes:
+    return _relay.statement_json(b"Q" if simple else b"P", b"", text)
 
 
 #: ill-formed and edge UTF-8: truncated sequences, overlongs, surrogates, above U+10FFFF,
@@ -54,21 +60,21 @@ EDGES = [
 @pytest.mark.parametrize("text", EDGES)
 def test_edges_render_as_python_renders_them(text: bytes) -> None:
     for simple in (True, False):
-        assert _relay.statement_json(simple, text) == _python(simple, text)
+        assert _native(simple, text) == _python(simple, text)
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.booleans(), st.binary(max_size=64))
 @example(True, b"\xe2\x82")
 def test_any_bytes_render_as_python_renders_them(simple: bool, text: bytes) -> None:
-    assert _relay.statement_json(simple, text) == _python(simple, text)
+    assert _native(simple, text) == _python(simple, text)
 
 
 @settings(max_examples=1000, deadline=None)
 @given(st.booleans(), st.text(max_size=32))
 def test_any_text_round_trips(simple: bool, text: str) -> None:
     raw = text.encode("utf-8", "surrogatepass")
-    rendered = _relay.statement_json(simple, raw)
+    rendered = _native(simple, raw)
     assert rendered.isascii()
     assert json.loads(rendered)["text"] == raw.decode("utf-8", "replace")
 
@@ -77,4 +83,28 @@ def test_any_text_round_trips(simple: bool, text: str) -> None:
 @given(st.lists(st.sampled_from(EDGES) | st.binary(max_size=8), max_size=20))
 def test_mixed_runs_render_as_python_renders_them(parts: list[bytes]) -> None:
     text = b"".join(parts)
-    assert _relay.statement_json(True, text) == _python(True, text)
+    assert _native(True, text) == _python(True, text)
+
+
+def test_the_plain_forms_are_the_plugin_contracts() -> None:
+    assert render_statement("simple", b"SELECT 1") == _python(True, b"SELECT 1")
+    assert render_statement("extended", b"SELECT $1") == _python(False, b"SELECT $1")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(EDGES) | st.binary(max_size=24), st.sampled_from(EDGES) | st.binary())
+def test_named_statements_and_their_runs_render_as_python_renders_them(
+    name: bytes, text: bytes
+) -> None:
+    """A Parse of a named statement carries its name; a Bind of one (a run of it) carries only
+    the name: keys sorted, no "name" when it is empty."""
+    assert _relay.statement_json(b"P", name, text) == render_statement("extended", text, name)
+    assert _relay.statement_json(b"B", name, text) == render_statement("execute", None, name)
+    assert _relay.statement_json(b"Q", name, text) == render_statement("simple", text)
+    parsed = json.loads(_relay.statement_json(b"P", name, text))
+    assert list(parsed) == (["kind", "name", "text"] if name else ["kind", "text"])
+
+
+def test_the_style_must_be_one_the_engine_renders() -> None:
+    with pytest.raises(ValueError, match="style"):
+        _relay.statement_json(b"X", b"", b"")

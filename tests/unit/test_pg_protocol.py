@@ -1002,9 +1002,9 @@ def _parse_message(statement: str, query: str) -> bytes:
     return _typed(b"P", statement.encode() + b"\0" + query.encode() + b"\0" + b"\0\0")
 
 
-def _bind_with_secret(value: bytes) -> bytes:
-    body = b"\0\0" + b"\0\0" + b"\0\x01" + struct.pack("!i", len(value)) + value + b"\0\0"
-    return _typed(b"B", body)
+def _bind_with_secret(value: bytes, statement: bytes = b"") -> bytes:
+    params = b"\0\0" + b"\0\x01" + struct.pack("!i", len(value)) + value + b"\0\0"
+    return _typed(b"B", b"\0" + statement + b"\0" + params)
 
 
 def _relay_all(
@@ -1035,6 +1035,9 @@ def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_howeve
             _bind_with_secret(b"hunter2-secret"),
             _typed(b"E", b"\0\0\0\0\0"),
             pg.sync(),
+            _bind_with_secret(b"hunter2-secret" * 1000, statement=b"s1"),
+            _typed(b"E", b"\0\0\0\0\0"),
+            pg.sync(),
             _typed(b"d", b"x" * 9000),
             pg.query("SELECT '" + "y" * 5000 + "'"),
             pg.terminate(),
@@ -1044,12 +1047,63 @@ def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_howeve
     assert forwarded == stream
     assert surfaced == [
         (b"Q", b"SELECT 1"),
+        (b"N", b"s1"),
         (b"P", b"SELECT $1::text"),
+        (b"S", b""),
+        (b"B", b"s1"),
         (b"S", b""),
         (b"Q", b"SELECT '" + b"y" * 5000 + b"'"),
         (b"X", b""),
     ]
     assert "hunter2" not in repr(surfaced)
+
+
+def test_the_relay_holds_only_a_binds_names_and_streams_its_values() -> None:
+    """A Bind with a huge value (a bytea upload) is held only until its names are in: the
+    statement's name is surfaced, and its values stream through as they come."""
+    value_size = 8 << 20
+    head = b"B" + struct.pack("!i", 4 + 1 + 3 + 2 + 2 + 4 + value_size + 2)
+    relay = pg.FrontendRelay()
+    out, messages = relay.feed(head + b"\0s")  # the statement's name is not complete yet
+    assert (out, messages) == (b"", [])
+    out, messages = relay.feed(b"1\0" + b"\0\0\0\x01" + struct.pack("!i", value_size))
+    assert messages == [(b"B", b"s1")]
+    assert relay.buffered == 0
+    chunk = b"v" * 65536
+    for _ in range(value_size // len(chunk)):
+        out, messages = relay.feed(chunk)
+        assert (out, messages) == (chunk, [])
+        assert relay.buffered == 0
+    out, messages = relay.feed(b"\0\0" + pg.sync())
+    assert messages == [(b"S", b"")]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"portal", "malformed Bind: string is not NUL-terminated"),
+        (b"portal\0stmt", "malformed Bind: string is not NUL-terminated"),
+        (b"p" * 1024, "malformed Bind: string is not NUL-terminated"),
+        (b"p" * 1025, "names longer than 1024 bytes"),
+        (b"p" * 600 + b"\0" + b"s" * 423 + b"\0\0\0\0\0\0\0", "names longer than 1024 bytes"),
+    ],
+)
+def test_a_bind_whose_names_do_not_end_is_refused_however_it_arrives(
+    body: bytes, reason: str
+) -> None:
+    raw = _typed(b"B", body)
+    for cut in (len(raw), 5, 700):
+        with pytest.raises(pg.ProtocolViolation, match=reason):
+            _feed_in_two(raw, cut)
+    # names that end within the first 1024 bytes are taken, however the Bind arrives
+    raw = _typed(b"B", b"p" * 600 + b"\0" + b"s" * 422 + b"\0\0\0\0\0\0\0")
+    for cut in (len(raw), 5, 700):
+        assert _feed_in_two(raw, cut) == [(b"B", b"s" * 422)]
+
+
+def _feed_in_two(raw: bytes, cut: int) -> list[pg.Surfaced]:
+    relay = pg.FrontendRelay()
+    return relay.feed(raw[:cut])[1] + relay.feed(raw[cut:])[1]
 
 
 def test_the_relay_streams_a_huge_copy_message_without_holding_it() -> None:
@@ -1103,12 +1157,14 @@ def test_the_relay_accepts_and_refuses_query_and_parse_exactly_as_the_full_parse
         return
     out, surfaced = relay.feed(raw)
     assert out == raw
-    ((kind, text),) = surfaced
+    *named, (kind, text) = surfaced
     assert kind == message_type
     if isinstance(parsed, pg.Query):
         assert text.decode("utf-8", "replace") == parsed.sql
     elif isinstance(parsed, pg.Parse):
         assert text.decode("utf-8", "replace") == parsed.query
+        # a named statement's name comes just before its text
+        assert named == ([(b"N", parsed.statement.encode())] if parsed.statement else [])
     else:
         assert isinstance(parsed, pg.Terminate)
         assert text == b""

@@ -18,6 +18,7 @@ from jitvault.plugin_api.proxy import (
     RenderedStatements,
     SessionHandle,
     SessionTicket,
+    render_statement,
     statements_done,
 )
 from jitvault.plugin_api.registry import (
@@ -53,5 +54,6 @@ __all__ = [
     "Unsupported",
     "discover_notifiers",
     "discover_targets",
+    "render_statement",
     "statements_done",
 ]

@@ -10,6 +10,7 @@ through its :class:`SessionHandle` when the grant ends or is revoked, on whichev
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -25,14 +26,27 @@ from jitvault.plugin_api.contracts import TargetAccess
 class RenderedStatements:
     """Statements of one session that arrived together, already rendered as the core records
     them (a relay in native code renders off the Python side): ``json`` is ``count`` JSON
-    objects ``{"kind":style,"text":text}``, comma-separated, exactly as
-    ``json.dumps({"kind": style, "text": raw.decode("utf-8", "replace")}, ensure_ascii=True,
-    sort_keys=True, separators=(",", ":"))`` gives them (ASCII, so they cannot break out of
-    the array they are stored in). Among them may be the durations of statements recorded
-    before, as :func:`statements_done` renders them (each counts in ``count``)."""
+    objects, comma-separated, each exactly as :func:`render_statement` gives it (ASCII, so
+    they cannot break out of the array they are stored in). Among them may be the durations of
+    statements recorded before, as :func:`statements_done` renders them (each counts in
+    ``count``)."""
 
     count: int
     json: bytes
+
+
+def render_statement(kind: str, text: bytes | None, name: bytes = b"") -> bytes:
+    """One recorded statement's JSON object: ``{"kind":kind,"text":text}``, with ``"name"``
+    between them when the statement has one (a prepared statement's), and no ``"text"`` when
+    ``text`` is None (kind ``execute``: a prepared statement run again, by its name). Both are
+    decoded from UTF-8 with ``"replace"``; keys sorted, ASCII, no spaces: the form a relay in
+    native code writes too."""
+    data = {"kind": kind}
+    if name:
+        data["name"] = name.decode("utf-8", "replace")
+    if text is not None:
+        data["text"] = text.decode("utf-8", "replace")
+    return json.dumps(data, ensure_ascii=True, sort_keys=True, separators=(",", ":")).encode()
 
 
 def statements_done(done: Sequence[tuple[int, int]]) -> RenderedStatements:

@@ -526,10 +526,12 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
     """A session's recorded events, decrypted, in order (for ``jitvault session show``): chunk
     rows are expanded into their events; rows of one event each (written before chunks were)
     are read as they are. A statement whose duration was recorded has it in its data, as
-    ``duration_ms``."""
+    ``duration_ms``. A run of a prepared statement (kind ``execute``, by its ``name``) is given
+    the ``text`` that statement was last prepared with in the session, when it was recorded."""
     keyring = node.vault.keyring
     out: list[dict[str, Any]] = []
     waiting: deque[dict[str, Any]] = deque()  # statements whose duration has not come yet
+    prepared: dict[str, str] = {}  # the session's prepared statements: name -> text
     with node.read() as conn:
         rows = session_store.events(conn, session_id)
     for row in rows:
@@ -549,6 +551,7 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
                     if STATEMENTS_DONE in each:
                         _statements_done(waiting, each[STATEMENTS_DONE])
                     else:
+                        _prepared(prepared, each)
                         out.append({"ts": ts, "kind": "query", "data": each})
                         waiting.append(each)
             else:
@@ -561,6 +564,21 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
 #: in a STATEMENTS_ENTRY, an object ``{"done": [n, microseconds]}``: the oldest ``n`` of the
 #: session's statements without a duration ran that long (plugin_api.statements_done)
 STATEMENTS_DONE = "done"
+
+
+def _prepared(prepared: dict[str, str], statement: Any) -> None:
+    """Keep a named statement's text as it is prepared; give a run of one (``execute``) the
+    text it was prepared with."""
+    if not isinstance(statement, dict):
+        return
+    name = statement.get("name")
+    if not isinstance(name, str):
+        return
+    if statement.get("kind") == "execute":
+        if name in prepared:
+            statement["text"] = prepared[name]
+    elif isinstance(statement.get("text"), str):
+        prepared[name] = statement["text"]
 
 
 def _statements_done(waiting: deque[dict[str, Any]], done: Any) -> None:
