@@ -366,39 +366,31 @@ static size_t format_u64(char *out, uint64_t v) {
  * objects in the session's recording (read back as its statements' durations), added to its
  * newest 'q' event while Python has not taken it (the common case: a statement and its answer
  * within one hand-over), else queued as an event */
+/* a ,{"done":[n,us]} object: 10 + 20 + 1 + 20 + 2 bytes at most */
+#define DONE_MAX 53
+
 static int record_readies(Engine *e, Relay *r) {
     uint32_t readies = r->sf.readies;
     r->sf.readies = 0;
     int64_t now = monotonic_us(), duration = 0;
-    uint8_t stack[512];
-    Buf json = {0};
+    /* each object ends a cycle taken off the ring, which holds at most CYCLES_MAX */
+    uint8_t objects[CYCLES_MAX * DONE_MAX];
     size_t used = 0, count = 0;
-    while (readies--) {
+    while (readies-- && used + DONE_MAX <= sizeof objects) {
         uint32_t n = cycles_ready(&r->cycles, now, &duration);
         if (n == 0) continue;
-        char one[64];
-        size_t w = 0;
-        memcpy(one, ",{\"done\":[", 10);
-        w = 10;
-        w += format_u64(one + w, n);
-        one[w++] = ',';
-        w += format_u64(one + w, (uint64_t)(duration > 0 ? duration : 0));
-        one[w++] = ']';
-        one[w++] = '}';
-        if (json.data == NULL && used + w <= sizeof stack) {
-            memcpy(stack + used, one, w);
-        } else {
-            if (json.data == NULL && buf_append(&json, stack, used) < 0) return -1;
-            if (buf_append(&json, (const uint8_t *)one, w) < 0) {
-                buf_free(&json);
-                return -1;
-            }
-        }
-        used += w;
+        char *w = (char *)objects + used;
+        memcpy(w, ",{\"done\":[", 10);
+        w += 10;
+        w += format_u64(w, n);
+        *w++ = ',';
+        w += format_u64(w, (uint64_t)(duration > 0 ? duration : 0));
+        *w++ = ']';
+        *w++ = '}';
+        used = (size_t)((uint8_t *)w - objects);
         count++;
     }
     if (count == 0) return 0;
-    const uint8_t *objects = json.data ? json.data : stack;
     pthread_mutex_lock(&e->lock);
     Event *last = r->last_q != NULL && r->last_q_gen == e->take_gen ? r->last_q : NULL;
     if (last != NULL && last->len + used > last->cap) {
@@ -419,14 +411,11 @@ static int record_readies(Engine *e, Relay *r) {
         e->ev_count += count;
         if (e->ev_count >= NOTIFY_BATCH) notify_python(e);
         pthread_mutex_unlock(&e->lock);
-        buf_free(&json);
         return 0;
     }
     pthread_mutex_unlock(&e->lock);
     Buf own = {0}; /* the objects without their leading comma */
-    int failed = buf_append(&own, objects + 1, used - 1) < 0;
-    buf_free(&json);
-    if (failed) return -1;
+    if (buf_append(&own, objects + 1, used - 1) < 0) return -1;
     return queue_rendered(e, r, &own, count);
 }
 
