@@ -872,7 +872,7 @@ def test_each_run_of_a_prepared_statement_is_recorded_with_its_text_but_not_its_
         assert all(isinstance(q.get("duration_ms"), float) for q in runs), runs
         printed = run_cli("session", "show", str(sid), env=world.admin_env)
         assert printed.returncode == 0, printed.stderr
-        again = [x for x in printed.stdout.splitlines() if f'{name}" run again]' in x]
+        again = [x for x in printed.stdout.splitlines() if f'statement "{name}"]' in x]
         assert len(again) == 3, printed.stdout
         assert all(text in x for x in again)
 

@@ -28,8 +28,8 @@ def list_(
 @session_app.command("show")
 def show_(session_id: int, as_json: bool = JsonOpt) -> None:
     """One session and its recorded events (query texts, with how long each ran where the
-    server's answer was recorded), in order. A prepared statement shows its name; each later
-    run of it is shown again, with the text it was prepared with."""
+    server's answer was recorded), in order. A prepared statement shows its name, and each run of it
+    the text it was prepared with."""
     data = ApiClient().request("GET", f"/v1/sessions/{session_id}")
     if as_json:
         show(data, True)
@@ -43,7 +43,7 @@ def show_(session_id: int, as_json: bool = JsonOpt) -> None:
         name = event.get("name") if e["kind"] == "query" else None
         if name is not None and event.get("kind") == "execute":
             text = event.get("text", "(its preparation was not recorded)")
-            name_text = f"  [prepared statement {json.dumps(name)} run again]"
+            name_text = f"  [run of prepared statement {json.dumps(name)}]"
         else:
             text = event.get("text", e["data"])
             name_text = f"  [prepared as {json.dumps(name)}]" if name else ""
