@@ -152,6 +152,19 @@ def _psycopg(info: dict[str, Any], **overrides: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(**params)
 
 
+async def _asyncpg(info: dict[str, Any], sslmode: str) -> asyncpg.Connection:
+    """An asyncpg connection through the proxy with the token, as ``connect`` prints it."""
+    return await asyncpg.connect(
+        host="127.0.0.1",
+        port=info["port"],
+        user=info["user"],
+        password=info["password"],
+        database=info["dbname"],
+        ssl=sslmode,
+        timeout=10,
+    )
+
+
 def _refusal(info: dict[str, Any], **overrides: Any) -> psycopg.OperationalError:
     with pytest.raises(psycopg.OperationalError) as caught:
         _psycopg(info, **overrides).close()
@@ -272,15 +285,7 @@ def test_psql_psycopg_and_asyncpg_log_in_with_the_token_as_the_account_and_never
 
     # asyncpg over TLS
     async def with_asyncpg() -> str:
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=info["port"],
-            user=info["user"],
-            password=info["password"],
-            database=info["dbname"],
-            ssl="require",
-            timeout=10,
-        )
+        conn = await _asyncpg(info, "require")
         try:
             value = await conn.fetchval("SELECT current_user")
             await conn.execute("SELECT 1")
@@ -832,15 +837,7 @@ def test_each_run_of_a_prepared_statement_is_recorded_with_its_text_but_not_its_
             assert conn.execute(query, [value], prepare=True).fetchone() == (value,)
 
     async def with_asyncpg() -> None:
-        conn = await asyncpg.connect(
-            host="127.0.0.1",
-            port=info["port"],
-            user=info["user"],
-            password=info["password"],
-            database=info["dbname"],
-            ssl=sslmode,
-            timeout=10,
-        )
+        conn = await _asyncpg(info, sslmode)
         try:
             for value in secrets_sent[3:]:
                 assert await conn.fetchval(f"SELECT $1::text AS asyncpg_{marker}", value) == value
