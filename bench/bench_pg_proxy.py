@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pg_proxy.py          # 3 rounds of 10 s rows, 1,000 idle conns
     .venv/bin/python bench/bench_pg_proxy.py --quick  # 2 rounds of 5 s rows, 100 idle conns
+    .venv/bin/python bench/bench_pg_proxy.py --quick --pgbench-only --query-mode prepared
 
 Everything runs on this machine, started here and stopped by pid:
 
@@ -455,9 +456,10 @@ def pgbench(
     threads: int,
     seconds: int,
     round_no: int = 0,
+    query_mode: str = "simple",
 ) -> PgbenchResult:
     args = [str(bin_dir / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
-    args += ["-T", str(seconds)]
+    args += ["-T", str(seconds), "-M", query_mode]
     if workload == "select-only":
         args.append("-S")
     done = subprocess.run(
@@ -855,6 +857,13 @@ def main() -> int:
         "--pgbench-only", action="store_true", help="skip the TLS, ephemeral and memory rows"
     )
     p.add_argument(
+        "--query-mode",
+        choices=("simple", "extended", "prepared"),
+        default="simple",
+        help="pgbench's -M for every pgbench row: simple (default, as the issue's anchors),"
+        " extended, or prepared (each run then a Bind of a named statement, recorded by name)",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -862,6 +871,7 @@ def main() -> int:
         " PostgreSQL store (JITVAULT_TEST_PG); default 1, on SQLite; more needs --pgbench-only",
     )
     args = p.parse_args()
+    mode = args.query_mode
     seconds = args.seconds or (5 if args.quick else 10)
     rounds = args.rounds or (2 if args.quick else 3)
     idle = args.idle or (100 if args.quick else 1000)
@@ -879,7 +889,8 @@ def main() -> int:
         f" {os.cpu_count()} CPUs, {load()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     )
     print(
-        f"pgbench -s {SCALE}, {seconds} s per row, {CLIENTS} clients / {THREADS} threads;"
+        f"pgbench -s {SCALE} -M {mode}, {seconds} s per row, {CLIENTS} clients / {THREADS}"
+        " threads;"
         f" {rounds} interleaved rounds (medians); {idle} idle connections for the memory rows;"
         f" {ephemeral} ephemeral roles per side per round"
     )
@@ -926,17 +937,21 @@ def main() -> int:
                 endpoints += [other.plain]
             print(f"ready ({load()}); warming up every endpoint")
             for ep in endpoints:
-                pgbench(cluster.bin_dir, ep, "select-only", 1, 1, 2)
+                pgbench(cluster.bin_dir, ep, "select-only", 1, 1, 2, query_mode=mode)
             # anchors and jitvault alternate, in a new order each round, so that a change of
             # the machine's load (other jobs) hits every endpoint alike; ratios are per round
             for r in range(rounds):
                 for workload in ("select-only", "tpcb-like"):
                     for ep in rotated(endpoints, r):
                         tps_rows.append(
-                            pgbench(cluster.bin_dir, ep, workload, CLIENTS, THREADS, seconds, r)
+                            pgbench(
+                                cluster.bin_dir, ep, workload, CLIENTS, THREADS, seconds, r, mode
+                            )
                         )
                 for ep in rotated(endpoints, r):
-                    lat_rows.append(pgbench(cluster.bin_dir, ep, "select-only", 1, 1, seconds, r))
+                    lat_rows.append(
+                        pgbench(cluster.bin_dir, ep, "select-only", 1, 1, seconds, r, mode)
+                    )
                 print(f"round {r + 1}/{rounds} done ({load()})")
             after_pgbench = load()
             if args.pgbench_only:
