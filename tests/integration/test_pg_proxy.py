@@ -831,10 +831,15 @@ def test_each_run_of_a_prepared_statement_is_recorded_with_its_text_but_not_its_
     info = _connect_info(world, access)
     marker = secrets.token_hex(6)
     secrets_sent = [f"param-{secrets.token_hex(8)}" for _ in range(6)]
+    # a text made to deceive whoever reads the recording: it rewrites the terminal's line and
+    # forges an event of its own on the next
+    forged = "1999-01-01T00:00:00  query: SELECT 'innocent'"
+    hostile = f"SELECT 1 AS hostile_{marker} /* \x1b[1A\x1b[2K\r\u202e\n{forged} */"
     with _psycopg(info, sslmode=sslmode) as conn:
         for value in secrets_sent[:3]:
             query = f"SELECT %s::text AS psycopg_{marker}"
             assert conn.execute(query, [value], prepare=True).fetchone() == (value,)
+        conn.execute(hostile.encode())
 
     async def with_asyncpg() -> None:
         conn = await _asyncpg(info, sslmode)
@@ -853,6 +858,7 @@ def test_each_run_of_a_prepared_statement_is_recorded_with_its_text_but_not_its_
             _wait_session_ended(node, sid)
     finally:
         node.close()
+    printed_first = ""
     for sid, client in zip(sorted(sids), ["psycopg", "asyncpg"], strict=True):
         shown = world.cli("session", "show", str(sid), env=world.admin_env)
         assert not any(value in json.dumps(shown) for value in secrets_sent)
@@ -869,9 +875,13 @@ def test_each_run_of_a_prepared_statement_is_recorded_with_its_text_but_not_its_
         assert all(isinstance(q.get("duration_ms"), float) for q in runs), runs
         printed = run_cli("session", "show", str(sid), env=world.admin_env)
         assert printed.returncode == 0, printed.stderr
+        printed_first = printed_first or printed.stdout
         again = [x for x in printed.stdout.splitlines() if f'statement "{name}"]' in x]
         assert len(again) == 3, printed.stdout
         assert all(text in x for x in again)
+        assert not any(c in printed.stdout for c in "\x1b\r\u202e")
+        assert not any(line.startswith(forged) for line in printed.stdout.splitlines())
+    assert f"hostile_{marker} /* \\x1b[1A\\x1b[2K\\r\\u202e" in printed_first
 
 
 def _query_until_refused(conn: psycopg.Connection[Any], query: str, bound: float) -> None:

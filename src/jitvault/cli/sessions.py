@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 
@@ -28,8 +29,9 @@ def list_(
 @session_app.command("show")
 def show_(session_id: int, as_json: bool = JsonOpt) -> None:
     """One session and its recorded events (query texts, with how long each ran where the
-    server's answer was recorded), in order. A prepared statement shows its name, and each run of it
-    the text it was prepared with."""
+    server's answer was recorded), in order. A prepared statement shows its name, and each run
+    of it the text it was prepared with. Control characters in recorded texts are shown
+    escaped, and a text's later lines indented, so that no text can pass for another event."""
     data = ApiClient().request("GET", f"/v1/sessions/{session_id}")
     if as_json:
         show(data, True)
@@ -47,7 +49,21 @@ def show_(session_id: int, as_json: bool = JsonOpt) -> None:
         else:
             text = event.get("text", e["data"])
             name_text = f"  [prepared as {json.dumps(name)}]" if name else ""
-        typer.echo(f"{e['ts']}  {e['kind']}: {text}{name_text}{took_text}")
+        typer.echo(f"{e['ts']}  {e['kind']}: {shown(str(text))}{name_text}{took_text}")
+
+
+#: what a recorded text may not send to the auditor's terminal as it is: C0 and C1 controls
+#: but tab and line feed (ESC sequences, CR, backspace move the cursor and rewrite lines) and
+#: the bidirectional overrides and isolates (they reorder what is shown)
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    """A recorded text (a statement a user sent, perhaps to deceive whoever reads it) as
+    ``session show`` prints it: controls escaped (``\\x1b``, ``\\u202e``), and each line
+    after the first indented, so that no text can look like an event of its own."""
+    escaped = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return escaped.replace("\n", "\n    ")
 
 
 #: a pause longer than this in a recording is shortened to it when playing
