@@ -465,6 +465,26 @@ def test_every_data_command_prints_valid_json_with_the_json_flag(dev: DevServer)
     assert "new-pw-123" not in set_secret.stdout
 
 
+def test_text_someone_else_typed_is_printed_as_text_not_markup_or_terminal_controls(
+    dev: DevServer,
+) -> None:
+    """A token's description is its owner's text, shown to admins in tables and records: rich
+    markup in it is printed as it is (a stray closing tag used to crash every listing), and
+    terminal controls escaped (an ESC sequence or a CR rewrites what the reader sees)."""
+    env = dev.env()
+    cli_json("user", "add", "mallory", "--role", "requester", env=env)
+    hostile = "[/x][b]ok[/b]\x1b[2K\r\u202e"
+    created = cli_json("token", "create", "mallory", "--description", hostile, env=env)
+    assert isinstance(created, dict)
+    listed = cli("token", "list", "mallory", env={**env, "COLUMNS": "200"}).stdout
+    assert "[/x][b]ok[/b]" in listed, listed
+    assert "\\x1b[2K\\r\\u202e" in listed, listed
+    assert not any(c in listed for c in "\x1b\r\u202e"), listed
+    as_json = cli_json("token", "list", "mallory", env=env)
+    assert isinstance(as_json, list)
+    assert [t["description"] for t in as_json] == [hostile]  # --json: as it was typed
+
+
 def _commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     """Every leaf command of the click tree (typer ships its own click: duck-typed)."""
     sub = getattr(cmd, "commands", None)

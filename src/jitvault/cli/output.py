@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 # soft_wrap: an error stays one line on stderr whatever the terminal width
@@ -28,8 +30,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | N
     t = Table(title=title)
     for col in columns:
         t.add_column(col)
-    for row in rows:
-        t.add_row(*[_cell(row.get(col)) for col in columns])
+    for row in rows:  # as Text: a value is never read as rich markup ("[/x]" would raise)
+        t.add_row(*[Text(_cell(row.get(col))) for col in columns])
     console.print(t)
 
 
@@ -43,10 +45,25 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value) or "-"
+        return printable(", ".join(str(v) for v in value)) or "-"
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
-    return str(value)
+    return printable(str(value))
+
+
+#: what a value may not send to the reader's terminal as it is: C0 and C1 controls but tab and
+#: line feed (ESC sequences, CR and backspace move the cursor and rewrite lines) and the
+#: bidirectional overrides and isolates (they reorder what is shown)
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """A value someone else typed (a request's reason, a recorded statement: perhaps made to
+    deceive whoever reads it) as the CLI prints it: controls escaped (``\\x1b``,
+    ``\\u202e``), and each line after the first indented, so that it can neither rewrite what
+    the terminal shows nor pass for a line of its own."""
+    escaped = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return escaped.replace("\n", "\n    ")
 
 
 def show(data: Any, as_json: bool, columns: Sequence[str] | None = None) -> None:
@@ -59,4 +76,13 @@ def show(data: Any, as_json: bool, columns: Sequence[str] | None = None) -> None
         record(data)
 
 
-__all__ = ["JsonOpt", "console", "emit_json", "err_console", "record", "show", "table"]
+__all__ = [
+    "JsonOpt",
+    "console",
+    "emit_json",
+    "err_console",
+    "printable",
+    "record",
+    "show",
+    "table",
+]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 
 import typer
 
 from jitvault.cli.client import ApiClient
-from jitvault.cli.output import JsonOpt, show
+from jitvault.cli.output import JsonOpt, printable, show
 
 session_app = typer.Typer(help="Proxy sessions and their recordings.", no_args_is_help=True)
 
@@ -49,21 +48,7 @@ def show_(session_id: int, as_json: bool = JsonOpt) -> None:
         else:
             text = event.get("text", e["data"])
             name_text = f"  [prepared as {json.dumps(name)}]" if name else ""
-        typer.echo(f"{e['ts']}  {e['kind']}: {shown(str(text))}{name_text}{took_text}")
-
-
-#: what a recorded text may not send to the auditor's terminal as it is: C0 and C1 controls
-#: but tab and line feed (ESC sequences, CR, backspace move the cursor and rewrite lines) and
-#: the bidirectional overrides and isolates (they reorder what is shown)
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def shown(text: str) -> str:
-    """A recorded text (a statement a user sent, perhaps to deceive whoever reads it) as
-    ``session show`` prints it: controls escaped (``\\x1b``, ``\\u202e``), and each line
-    after the first indented, so that no text can look like an event of its own."""
-    escaped = _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-    return escaped.replace("\n", "\n    ")
+        typer.echo(f"{e['ts']}  {e['kind']}: {printable(str(text))}{name_text}{took_text}")
 
 
 #: a pause longer than this in a recording is shortened to it when playing
