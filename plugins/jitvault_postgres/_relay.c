@@ -231,11 +231,12 @@ static void collect_statement(void *ctx, char style, const uint8_t *text, size_t
     if (statement && c->now_us == 0) c->now_us = monotonic_us();
     cycles_message(c->cycles, style, c->now_us);
     if (!statement || c->failed) return;
-    int rendered = style == 'B' ? json_statement(&c->json, style, text, len, NULL, 0)
-                                : json_statement(&c->json, style, c->name, c->name_len, text, len);
+    int named_run = style == 'B'; /* a run carries its statement's name, and no text */
+    const uint8_t *name = named_run ? text : c->name;
+    size_t name_len = named_run ? len : c->name_len;
     c->name = NULL;
     c->name_len = 0;
-    if (rendered < 0) c->failed = 1;
+    if (json_statement(&c->json, style, name, name_len, text, len) < 0) c->failed = 1;
     else c->count++;
 }
 
