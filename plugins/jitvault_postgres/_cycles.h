@@ -1,8 +1,9 @@
 /*
  * How long each recorded statement ran: the client's cycles, each answered by one
- * ReadyForQuery. A Query is a cycle of its own; the Parse messages (and Binds of named
- * statements) before a Sync are one cycle (the extended protocol's statements of one Sync); a
- * FunctionCall, or a Sync with neither (the unnamed statement bound again), is a cycle with no
+ * ReadyForQuery. A Query is a cycle of its own; the Parse messages (and the Binds recorded as
+ * runs again) before a Sync are one cycle (the extended protocol's statements of one Sync); a
+ * FunctionCall, or a Sync with neither (a Describe alone, or the first Bind after the unnamed
+ * statement's Parse of an earlier cycle: its run is that Parse's record), is a cycle with no
  * statement. The server answers the cycles
  * in order, so the oldest cycle still waiting ends at each ReadyForQuery, and its statements'
  * duration is the time from the first of them to that answer.
@@ -52,7 +53,7 @@ static void cycles_end(Cycles *c) {
 }
 
 /* a client message the framer surfaced went to the server: 'Q', 'P' or 'B' (a statement, or
- * a named one run again, sent at now_us), 'S' or 'F' (a cycle's end); anything else ('X', 'N')
+ * one run again, sent at now_us), 'S' or 'F' (a cycle's end); anything else ('X', 'N')
  * changes nothing */
 static void cycles_message(Cycles *c, char type, int64_t now_us) {
     if (type == 'S' || type == 'F') {

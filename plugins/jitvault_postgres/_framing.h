@@ -89,6 +89,8 @@ typedef struct {
     size_t need;       /* the bytes the held message needs before it is scanned again */
     uint64_t through;  /* bytes of a streamed message still to come */
     int terminated;
+    int unnamed_parsed; /* the unnamed statement was parsed and not yet bound: its first Bind
+                         * is the run its Parse records, and every later one a run again */
     int violation;
     uint8_t vtype;
     int64_t vlength;
@@ -143,10 +145,11 @@ static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_f
 }
 
 /* a Bind at v[pos..) with size - pos bytes of it in hand (its body: length - 4 bytes): 1 once
- * its names are read (and a named statement's name emitted as 'B'), 0 when more must come
- * (held, and looked at again with each read: its names may end in any), or -violation */
-static int bind_names(const uint8_t *v, size_t pos, size_t size, int64_t length, emit_fn emit,
-                      void *ctx) {
+ * its names are read (and a run again emitted as 'B' with its statement's name: every Bind of
+ * a named statement, and of the unnamed one but the first after its Parse), 0 when more must
+ * come (held, and looked at again with each read: its names may end in any), or -violation */
+static int bind_names(ClientFramer *f, const uint8_t *v, size_t pos, size_t size,
+                      int64_t length, emit_fn emit, void *ctx) {
     size_t body_len = (size_t)length - 4;
     size_t head = body_len < BIND_HEAD_MAX ? body_len : BIND_HEAD_MAX;
     size_t have = size - pos - 5;
@@ -158,8 +161,9 @@ static int bind_names(const uint8_t *v, size_t pos, size_t size, int64_t length,
         if (have < head) return 0;
         return head == body_len ? -V_NOT_NUL_TERMINATED : -V_NAMES_TOO_LONG;
     }
-    if (name_end > portal_end + 1)
-        emit(ctx, 'B', portal_end + 1, (size_t)(name_end - portal_end - 1));
+    size_t name_len = (size_t)(name_end - portal_end - 1);
+    if (name_len == 0 && f->unnamed_parsed) f->unnamed_parsed = 0;
+    else emit(ctx, 'B', portal_end + 1, name_len);
     return 1;
 }
 
@@ -206,9 +210,10 @@ static size_t client_scan(ClientFramer *f, const uint8_t *v, size_t size, emit_f
                 return pos;
             }
             f->terminated = type == 'X';
+            if (type == 'P' && v[pos + 5] == 0) f->unnamed_parsed = 1;
         } else {
-            if (type == 'B') { /* a named statement run again is recorded by its name */
-                int got = bind_names(v, pos, size, length, emit, ctx);
+            if (type == 'B') { /* a statement run again is recorded by its name */
+                int got = bind_names(f, v, pos, size, length, emit, ctx);
                 if (got < 0) {
                     f->violation = -got;
                     return pos;

@@ -119,8 +119,8 @@ static int json_text(Buf *out, const uint8_t *p, size_t n) {
 
 /* one recorded statement's JSON object, appended to out (a comma first unless out is empty):
  * style 'Q' {"kind":"simple","text":...}; 'P' {"kind":"extended","text":...}, with "name"
- * between them when name_len > 0; 'B' (a named statement run again) {"kind":"execute",
- * "name":...}, text unused */
+ * between them when name_len > 0; 'B' (a statement run again) {"kind":"execute",
+ * "name":...}, "" for the unnamed statement, text unused */
 static int json_statement(Buf *out, char style, const uint8_t *name, size_t name_len,
                           const uint8_t *text, size_t len) {
     static const char simple[] = "{\"kind\":\"simple\"";
@@ -134,7 +134,7 @@ static int json_statement(Buf *out, char style, const uint8_t *name, size_t name
                       : style == 'P' ? sizeof extended - 1
                                      : sizeof execute - 1;
     if (buf_append(out, (const uint8_t *)head, head_len) < 0) return -1;
-    if (style != 'Q' && name_len) {
+    if (style == 'B' || (style == 'P' && name_len)) {
         if (buf_append(out, (const uint8_t *)name_key, sizeof name_key - 1) < 0) return -1;
         if (json_text(out, name, name_len) < 0) return -1;
     }

@@ -97,8 +97,8 @@ def recorded_statements(
     """What the client's messages a feed surfaced record, in order: ``(style, text)`` pairs
     (decoded off the event loop, by the recorder), or, when a prepared statement is named
     among them, each statement rendered here (:func:`render_statement`): a named Parse with
-    its name, and each Bind of a named statement as its ``execute`` by name, as the native
-    relay renders them."""
+    its name, and each Bind that runs a statement again as its ``execute`` by name (empty for
+    the unnamed statement), as the native relay renders them."""
     if not any(message_type in _NAMES for message_type, _ in surfaced):
         return [(_STYLES[t], text) for t, text in surfaced if t in _STYLES]
     rendered: list[bytes] = []

@@ -1167,8 +1167,9 @@ class BackendReader(_Reader):
 
 #: what a relay must look at in the client's stream: (message type, the statement's raw text)
 #: for a simple Query (``b"Q"``) or a Parse (``b"P"``), a named Parse's name just before it as
-#: ``(b"N", name)``; ``(b"B", name)`` for a Bind of a named prepared statement (a run of a
-#: statement parsed before: a Bind of the unnamed one is not surfaced); ``(b"X", b"")`` for
+#: ``(b"N", name)``; ``(b"B", name)`` for a Bind that runs a statement parsed before: every
+#: Bind of a named one, and every Bind of the unnamed one (``name`` empty) but the first after
+#: its Parse (that run is the Parse's record); ``(b"X", b"")`` for
 #: Terminate, and ``(b"S", b"")`` / ``(b"F", b"")`` for a Sync or a FunctionCall (each ends a
 #: cycle the server answers with one ReadyForQuery: :class:`StatementCycles`)
 Surfaced = tuple[bytes, bytes]
@@ -1184,8 +1185,8 @@ CYCLES_MAX = 32
 
 class StatementCycles:
     """How long each recorded statement ran: the client's cycles, each answered by one
-    ReadyForQuery. A Query is a cycle of its own; the Parse messages (and Binds of named
-    statements) before a Sync are one cycle; a FunctionCall, or a Sync with neither, is a cycle
+    ReadyForQuery. A Query is a cycle of its own; the Parse messages (and the Binds recorded as
+    runs again) before a Sync are one cycle; a FunctionCall, or a Sync with neither, is a cycle
     with no statement. The server answers the
     cycles in order, so the oldest one still waiting ends at each ReadyForQuery, and its
     statements ran from the first of them being sent to that answer.
@@ -1264,7 +1265,15 @@ class FrontendRelay:
 
     INSPECTED: ClassVar[frozenset[bytes]] = frozenset((b"Q", b"P", b"X"))
 
-    __slots__ = ("_failed", "_held", "_need", "_terminated", "_through", "max_message_length")
+    __slots__ = (
+        "_failed",
+        "_held",
+        "_need",
+        "_terminated",
+        "_through",
+        "_unnamed_parsed",
+        "max_message_length",
+    )
 
     def __init__(self, max_message_length: int = DEFAULT_MAX_MESSAGE_LENGTH) -> None:
         self.max_message_length = max_message_length
@@ -1272,6 +1281,9 @@ class FrontendRelay:
         self._need = 0  # the held inspected message's full size, once its header is known
         self._through = 0  # bytes of a streamed message still to come
         self._terminated = False
+        # the unnamed statement was parsed and not yet bound: its first Bind is the run its
+        # Parse records, and every later one a run again
+        self._unnamed_parsed = False
         self._failed: str | None = None
 
     @property
@@ -1331,14 +1343,18 @@ class FrontendRelay:
                     break
                 _surface(message_type, view, pos + 5, end, surfaced)
                 self._terminated = message_type == b"X"
+                if message_type == b"P" and view[pos + 5] == 0:
+                    self._unnamed_parsed = True
             else:
-                if message_type == b"B":  # a named statement run again: recorded by its name
+                if message_type == b"B":  # a statement run again: recorded by its name
                     head = min(length - 4, BIND_HEAD_MAX)
                     name = _bind_name(view, pos + 5, min(size, pos + 5 + head), head, length)
                     if name is None:  # held, and looked at again with the next feed
                         break
-                    if name:
+                    if name or not self._unnamed_parsed:
                         surfaced.append((b"B", name))
+                    else:
+                        self._unnamed_parsed = False
                 if message_type in _CYCLE_ENDS:
                     surfaced.append((message_type, b""))
                 if end > size:

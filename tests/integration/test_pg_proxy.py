@@ -884,6 +884,55 @@ def test_each_run_of_a_prepared_statement_is_recorded_with_its_text_but_not_its_
     assert f"hostile_{marker} /* \\x1b[1A\\x1b[2K\\r\\u202e" in printed_first
 
 
+def _message(message_type: bytes, body: bytes) -> bytes:
+    return message_type + struct.pack("!i", len(body) + 4) + body
+
+
+def test_each_run_of_the_unnamed_statement_bound_again_is_recorded(world: ProxyWorld) -> None:
+    """A client may parse the unnamed statement once and bind it again and again (no driver's
+    default, but nothing forbids it): each run after the first is recorded as a run of the
+    unnamed statement, with the text it was parsed with, so that runs cannot hide behind one
+    Parse. Its parameter values are not recorded."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    marker = secrets.token_hex(6)
+    text = f"SELECT $1::text AS unnamed_{marker}"
+    values = [f"param-{secrets.token_hex(8)}" for _ in range(3)]
+
+    def run(value: str) -> bytes:
+        v = value.encode()
+        bind = _message(
+            b"B", b"\0\0" + b"\0\0" + b"\0\x01" + struct.pack("!i", len(v)) + v + b"\0\0"
+        )
+        return bind + _message(b"E", b"\0\0\0\0\0") + pg.sync()
+
+    parse = _message(b"P", b"\0" + text.encode() + b"\0\0\0")
+    with _raw_session(info["port"], info["user"], info["password"]) as s:
+        reader = pg.BackendReader()
+        s.settimeout(10)
+        for n, value in enumerate(values):
+            s.sendall((parse if n == 0 else b"") + run(value))
+            got = _read_until_ready(s, reader)
+            assert [m for m in got if isinstance(m, pg.ErrorResponse)] == []
+            assert [m.tag for m in got if isinstance(m, pg.CommandComplete)] == ["SELECT 1"]
+        s.sendall(pg.terminate())
+    sid = _ended_session(world, info["token_id"])
+    shown = world.cli("session", "show", str(sid), env=world.admin_env)
+    assert not any(value in json.dumps(shown) for value in values)
+    ours = [e["data"] for e in shown["events"] if text in e["data"].get("text", "")]
+    assert [(q["kind"], q.get("name")) for q in ours] == [
+        ("extended", None),
+        ("execute", ""),
+        ("execute", ""),
+    ], ours
+    assert all(isinstance(q.get("duration_ms"), float) for q in ours), ours
+    printed = run_cli("session", "show", str(sid), env=world.admin_env)
+    assert printed.returncode == 0, printed.stderr
+    again = [x for x in printed.stdout.splitlines() if "[run of the unnamed statement]" in x]
+    assert len(again) == 2, printed.stdout
+    assert all(text in x for x in again)
+
+
 def _query_until_refused(conn: psycopg.Connection[Any], query: str, bound: float) -> None:
     started = time.monotonic()
     while time.monotonic() - started < bound:

@@ -306,7 +306,8 @@ def test_a_run_of_a_prepared_statement_is_read_back_with_the_text_it_was_prepare
 ) -> None:
     """A run (``execute``, by name) gets the text of its name's latest preparation in the
     session, across rows; a name prepared again (after a Close) gives later runs the new text;
-    a run whose preparation was not recorded has no text."""
+    a run whose preparation was not recorded has no text. The unnamed statement's runs (name
+    ``""``) get its latest Parse's text, until a simple query drops it, as the server does."""
     sid, sink = _session_with_sink(booted)
     parts = [
         render_statement("extended", b"SELECT $1", b"s1"),
@@ -320,9 +321,12 @@ def test_a_run_of_a_prepared_statement_is_read_back_with_the_text_it_was_prepare
         render_statement("extended", b"SELECT 2", b"s1"),
         render_statement("extended", b"SELECT 'unnamed'", b""),
         render_statement("execute", None, b"s1"),
+        render_statement("execute", None, b""),
+        render_statement("simple", b"SELECT 3"),
+        render_statement("execute", None, b""),
     ]
-    sink.add_statements(sid, RenderedStatements(4, b",".join(parts)))
-    sink.add_statements(sid, statements_done([(7, 40)]))
+    sink.add_statements(sid, RenderedStatements(7, b",".join(parts)))
+    sink.add_statements(sid, statements_done([(10, 40)]))
     asyncio.run(sink.flush())
     events = sessions.session_events(booted.node, sid)
     assert [e["data"] for e in events] == [
@@ -333,6 +337,9 @@ def test_a_run_of_a_prepared_statement_is_read_back_with_the_text_it_was_prepare
         {"kind": "extended", "name": "s1", "text": "SELECT 2", "duration_ms": 0.04},
         {"kind": "extended", "text": "SELECT 'unnamed'", "duration_ms": 0.04},
         {"kind": "execute", "name": "s1", "text": "SELECT 2", "duration_ms": 0.04},
+        {"kind": "execute", "name": "", "text": "SELECT 'unnamed'", "duration_ms": 0.04},
+        {"kind": "simple", "text": "SELECT 3", "duration_ms": 0.04},
+        {"kind": "execute", "name": "", "duration_ms": 0.04},
     ]
 
 
@@ -477,6 +484,9 @@ def test_statement_texts_of_any_bytes_are_stored_as_the_json_encoder_would_store
         )
         + "]"
     )
+    # the same object, byte for byte, as a relay that renders its statements itself records
+    for e, text in zip(entries, texts, strict=True):
+        assert f'[{e[0]},"query",{render_statement("simple", text).decode()}]' in raw.decode()
     assert [e["data"]["text"] for e in sessions.session_events(booted.node, sid)] == [
         text.decode("utf-8", "replace") for text in texts
     ]

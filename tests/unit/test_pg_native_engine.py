@@ -334,30 +334,48 @@ def test_each_cycle_answered_hands_over_how_long_its_statements_ran(harness: Har
 def test_a_named_statement_is_handed_over_with_its_name_and_each_run_by_name(
     harness: Harness,
 ) -> None:
-    """A Parse of a named statement (its name beside its text), then two Binds of it, each
-    run in a cycle of its own, and a Bind of the unnamed statement (the run of a Parse already
-    recorded: nothing of its own). The Bind's value is never handed over; each run gets its
+    """A Parse of a named statement (its name beside its text) and one of the unnamed
+    statement, then two Binds of the named one, each run in a cycle of its own, and two Binds of
+    the unnamed one: the first is the run its Parse records (nothing of its own), the second a
+    run again, by its empty name. The Bind's value is never handed over; each run gets its
     cycle's duration."""
-    body = b's"1\0SELECT $1\0\0\0'
-    parse = b"P" + struct.pack("!i", len(body) + 4) + body
     secret = b"hunter2-in-a-bind"
+
+    def parse(statement: bytes, text: bytes) -> bytes:
+        body = statement + b"\0" + text + b"\0\0\0"
+        return b"P" + struct.pack("!i", len(body) + 4) + body
 
     def bind(statement: bytes) -> bytes:
         params = b"\0\0\0\x01" + struct.pack("!i", len(secret)) + secret + b"\0\0"
         raw = b"\0" + statement + b"\0" + params
         return b"B" + struct.pack("!i", len(raw) + 4) + raw
 
-    sent = parse + pg.sync() + bind(b's"1') + pg.sync() + bind(b's"1') + bind(b"") + pg.sync()
+    sent = b"".join(
+        [
+            parse(b's"1', b"SELECT $1"),
+            parse(b"", b"SELECT 2"),
+            pg.sync(),
+            bind(b's"1'),
+            pg.sync(),
+            bind(b's"1'),
+            bind(b""),
+            pg.sync(),
+            bind(b""),
+            pg.sync(),
+        ]
+    )
     harness.client.sendall(sent)
     assert _recv_exactly(harness.backend, len(sent)) == sent
-    harness.backend.sendall(pg.ready_for_query() * 3)
-    found = _handed_over(harness, 3 + 3)
+    harness.backend.sendall(pg.ready_for_query() * 4)
+    found = _handed_over(harness, 5 + 4)
     assert [each for each in found if "done" not in each] == [
         {"kind": "extended", "name": 's"1', "text": "SELECT $1"},
+        {"kind": "extended", "text": "SELECT 2"},
         {"kind": "execute", "name": 's"1'},
         {"kind": "execute", "name": 's"1'},
+        {"kind": "execute", "name": ""},
     ]
-    assert [each["done"][0] for each in found if "done" in each] == [1, 1, 1]
+    assert [each["done"][0] for each in found if "done" in each] == [2, 1, 1, 1]
     assert secret.decode() not in json.dumps(found)
 
 

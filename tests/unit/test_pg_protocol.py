@@ -8,6 +8,7 @@ by byte, and the readers must give the same messages each time.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,9 @@ from hypothesis import strategies as st
 
 from jitvault.domain import Sensitive
 from jitvault.errors import ValidationError
+from jitvault.plugin_api import RenderedStatements
 from jitvault_postgres import protocol as pg
+from jitvault_postgres.frontend import recorded_statements
 from jitvault_postgres.protocol import (
     AuthPhase,
     BackendReader,
@@ -1031,11 +1034,15 @@ def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_howeve
     stream = b"".join(
         [
             pg.query("SELECT 1"),
-            _parse_message("s1", "SELECT $1::text"),
+            _parse_message("", "SELECT $1::int"),
             _bind_with_secret(b"hunter2-secret"),
             _typed(b"E", b"\0\0\0\0\0"),
             pg.sync(),
+            _parse_message("s1", "SELECT $1::text"),
             _bind_with_secret(b"hunter2-secret" * 1000, statement=b"s1"),
+            _typed(b"E", b"\0\0\0\0\0"),
+            pg.sync(),
+            _bind_with_secret(b"hunter2-secret"),
             _typed(b"E", b"\0\0\0\0\0"),
             pg.sync(),
             _typed(b"d", b"x" * 9000),
@@ -1047,15 +1054,75 @@ def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_howeve
     assert forwarded == stream
     assert surfaced == [
         (b"Q", b"SELECT 1"),
+        (b"P", b"SELECT $1::int"),
+        (b"S", b""),
         (b"N", b"s1"),
         (b"P", b"SELECT $1::text"),
-        (b"S", b""),
         (b"B", b"s1"),
+        (b"S", b""),
+        (b"B", b""),
         (b"S", b""),
         (b"Q", b"SELECT '" + b"y" * 5000 + b"'"),
         (b"X", b""),
     ]
     assert "hunter2" not in repr(surfaced)
+
+
+def test_each_bind_of_the_unnamed_statement_but_the_first_after_its_parse_is_a_run_again() -> None:
+    """The unnamed statement's Parse records its first run; each later Bind of it (without a new
+    Parse) is a run again, surfaced with its empty name, so that parsing it once and binding it
+    many times cannot hide the runs. A named Parse leaves the unnamed statement as it was."""
+    unnamed = _bind_with_secret(b"v")
+    stream = b"".join(
+        [
+            _parse_message("", "DELETE FROM t WHERE id = $1"),
+            unnamed,
+            unnamed,
+            _parse_message("s1", "SELECT 1"),
+            unnamed,
+            pg.sync(),
+            _parse_message("", "SELECT $1::text"),
+            _parse_message("", "SELECT $1::int"),
+            unnamed,
+            _parse_message("", "SELECT 2"),
+            _parse_message("s2", "SELECT 3"),
+            unnamed,
+            unnamed,
+            pg.sync(),
+        ]
+    )
+    expected = [
+        (b"P", b"DELETE FROM t WHERE id = $1"),
+        (b"B", b""),
+        (b"N", b"s1"),
+        (b"P", b"SELECT 1"),
+        (b"B", b""),
+        (b"S", b""),
+        (b"P", b"SELECT $1::text"),
+        (b"P", b"SELECT $1::int"),
+        (b"P", b"SELECT 2"),
+        (b"N", b"s2"),
+        (b"P", b"SELECT 3"),
+        (b"B", b""),
+        (b"S", b""),
+    ]
+    for cut in range(len(stream)):
+        assert _feed_in_two(stream, cut) == expected
+
+
+def test_the_python_relay_records_a_run_of_the_unnamed_statement_by_its_empty_name() -> None:
+    """What the Python relay records of the runs above: the native relay's form (its engine
+    test), each run an ``execute`` whose name is empty."""
+    unnamed = _bind_with_secret(b"hunter2")
+    stream = _parse_message("", "SELECT $1::text") + unnamed + unnamed + pg.sync()
+    surfaced = pg.FrontendRelay().feed(stream)[1]
+    rendered = recorded_statements(surfaced)
+    assert isinstance(rendered, RenderedStatements)
+    assert rendered.count == 2
+    assert json.loads(b"[" + rendered.json + b"]") == [
+        {"kind": "extended", "text": "SELECT $1::text"},
+        {"kind": "execute", "name": ""},
+    ]
 
 
 def test_the_relay_holds_only_a_binds_names_and_streams_its_values() -> None:

@@ -44,7 +44,8 @@ def show_(session_id: int, as_json: bool = JsonOpt) -> None:
         name = event.get("name") if e["kind"] == "query" else None
         if name is not None and event.get("kind") == "execute":
             text = event.get("text", "(its preparation was not recorded)")
-            name_text = f"  [run of prepared statement {json.dumps(name)}]"
+            of = f"prepared statement {json.dumps(name)}" if name else "the unnamed statement"
+            name_text = f"  [run of {of}]"
         else:
             text = event.get("text", e["data"])
             name_text = f"  [prepared as {json.dumps(name)}]" if name else ""

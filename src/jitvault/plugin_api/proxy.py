@@ -38,11 +38,12 @@ class RenderedStatements:
 def render_statement(kind: str, text: bytes | None, name: bytes = b"") -> bytes:
     """One recorded statement's JSON object: ``{"kind":kind,"text":text}``, with ``"name"``
     between them when the statement has one (a prepared statement's), and no ``"text"`` when
-    ``text`` is None (kind ``execute``: a prepared statement run again, by its name). Both are
+    ``text`` is None (kind ``execute``: a prepared statement run again, by its name, which is
+    empty for the unnamed statement). Both are
     decoded from UTF-8 with ``"replace"``; keys sorted, ASCII, no spaces: the form a relay in
     native code writes too."""
     data = {"kind": kind}
-    if name:
+    if name or text is None:
         data["name"] = name.decode("utf-8", "replace")
     if text is not None:
         data["text"] = text.decode("utf-8", "replace")

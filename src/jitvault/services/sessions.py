@@ -567,14 +567,19 @@ STATEMENTS_DONE = "done"
 
 
 def _prepared(prepared: dict[str, str], statement: Any) -> None:
-    """Keep a named statement's text as it is prepared; give a run of one (``execute``) the
+    """Keep a prepared statement's text as it is parsed (the unnamed statement's under ``""``,
+    until a simple query drops it, as the server does); give a run of one (``execute``) the
     text it was prepared with."""
     if not isinstance(statement, dict):
         return
-    name = statement.get("name")
+    kind = statement.get("kind")
+    if kind == "simple":
+        prepared.pop("", None)
+        return
+    name = statement.get("name", "" if kind == "extended" else None)
     if not isinstance(name, str):
         return
-    if statement.get("kind") == "execute":
+    if kind == "execute":
         if name in prepared:
             statement["text"] = prepared[name]
     elif isinstance(statement.get("text"), str):
