@@ -485,6 +485,19 @@ def test_text_someone_else_typed_is_printed_as_text_not_markup_or_terminal_contr
     assert [t["description"] for t in as_json] == [hostile]  # --json: as it was typed
 
 
+def test_a_message_on_stderr_shows_a_path_as_it_is_not_as_markup(
+    dev: DevServer, tmp_path: Path
+) -> None:
+    """What a command reports on stderr goes through the same rule: a file name with brackets
+    is shown as it is (rich used to read "[b]" as bold and drop it from the name it showed),
+    and a control in it escaped."""
+    output = tmp_path / "audit-[b]2026\x1b[2K.jsonl"
+    res = cli("audit", "export", "--output", str(output), env=dev.env())
+    assert output.read_text().strip()
+    assert res.stderr.endswith(f"to {tmp_path}/audit-[b]2026\\x1b[2K.jsonl\n"), res.stderr
+    assert "\x1b" not in res.stderr
+
+
 def _commands(cmd: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
     """Every leaf command of the click tree (typer ships its own click: duck-typed)."""
     sub = getattr(cmd, "commands", None)

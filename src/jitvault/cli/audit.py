@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from jitvault.cli.client import EXIT_ERROR, ApiClient, fail
-from jitvault.cli.output import JsonOpt, err_console, show
+from jitvault.cli.output import JsonOpt, note, show
 
 audit_app = typer.Typer(help="Read and check the audit log (admin, auditor).", no_args_is_help=True)
 
@@ -59,7 +59,7 @@ def export(
         for line in lines:
             fh.write(line + "\n")
             count += 1
-    err_console.print(f"wrote {count} events to {output}")
+    note(f"wrote {count} events to {output}")
 
 
 __all__ = ["audit_app"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import typer
 
 from jitvault.cli.client import EXIT_CONFLICT, EXIT_INVALID, EXIT_UNAVAILABLE, fail
-from jitvault.cli.output import err_console
+from jitvault.cli.output import err_console, note
 from jitvault.errors import JitvaultError
 
 if TYPE_CHECKING:
@@ -111,9 +111,9 @@ def init(
     if port is not None:
         settings.server.api_port = port
     path = system.write_config(settings)
-    err_console.print(f"wrote {path}")
+    note(f"wrote {path}")
     if provider == "shamir":
-        err_console.print(
+        note(
             "next: 'jitvault server --config "
             f"{path}', then 'jitvault operator init --shares 5 --threshold 3'"
         )
@@ -124,9 +124,9 @@ def init(
         result = system.initialize(node, admin)
     finally:
         node.close()
-    err_console.print(f"initialized: {provider} key provider, admin {result.admin_name!r}")
+    note(f"initialized: {provider} key provider, admin {result.admin_name!r}")
     if provider == "file":
-        err_console.print(f"root key: {settings.effective_key_file} (back it up, mode 0600)")
+        note(f"root key: {settings.effective_key_file} (back it up, mode 0600)")
     _print_exports(settings, result.admin_token.reveal())
 
 
@@ -178,7 +178,7 @@ def dev(
     node = Node.open(settings)
     if not node.vault.is_initialized():
         token = system.initialize(node, token_description=system.DEV_TOKEN).admin_token
-        err_console.print(f"initialized {settings.data_dir}")
+        note(f"initialized {settings.data_dir}")
     else:
         try:
             node.vault.auto_unseal()
@@ -227,9 +227,7 @@ def reencrypt(
             moved = keys.reencrypt_all(
                 node, lambda done, tot: progress.update(task, completed=done, total=max(tot, 1))
             )
-        err_console.print(
-            f"done: {moved} values now under key term {node.vault.keyring.active_term}"
-        )
+        note(f"done: {moved} values now under key term {node.vault.keyring.active_term}")
     except JitvaultError as exc:
         fail(str(exc))
     finally:

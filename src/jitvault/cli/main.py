@@ -13,7 +13,7 @@ from jitvault.cli import client, local
 from jitvault.cli.audit import audit_app
 from jitvault.cli.client import CliError
 from jitvault.cli.operator import operator_app
-from jitvault.cli.output import err_console
+from jitvault.cli.output import note
 from jitvault.cli.sessions import session_app
 from jitvault.cli.targets import account_app, rotate, target_app
 from jitvault.cli.templates import template_app
@@ -74,11 +74,11 @@ def main() -> None:
     try:
         app()
     except CliError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        note(f"error: {exc}")
         sys.exit(exc.exit_code)
     except JitvaultError as exc:
         # local commands (init, dev, server, reencrypt) raise these: same exit codes as the API
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        note(f"error: {exc}")
         sys.exit(_EXIT_BY_CODE.get(exc.code, client.EXIT_ERROR))
 
 

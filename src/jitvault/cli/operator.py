@@ -9,7 +9,7 @@ from rich.progress import Progress
 
 from jitvault.cli import local
 from jitvault.cli.client import ApiClient, read_secret_stdin
-from jitvault.cli.output import JsonOpt, err_console, show
+from jitvault.cli.output import JsonOpt, err_console, note, show
 
 operator_app = typer.Typer(help="Operate the vault: seal, unseal, keys.", no_args_is_help=True)
 
@@ -42,7 +42,7 @@ def operator_init(
     for i, share in enumerate(data["shares"], 1):
         typer.echo(f"unseal share {i}: {share}")
     typer.echo(f"export JITVAULT_TOKEN={data['admin_token']}")
-    err_console.print("shown once: give each share to a different person, store the token")
+    note("shown once: give each share to a different person, store the token")
 
 
 @operator_app.command("unseal")

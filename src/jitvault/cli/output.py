@@ -23,9 +23,16 @@ def emit_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def note(text: str) -> None:
+    """One message for the person at the terminal, on stderr (an error, a hint, what was
+    done): as :func:`printable` shows it, never read as rich markup, since it may quote
+    something someone else typed (a name in a server's error, a path)."""
+    err_console.print(printable(text), markup=False, highlight=False)
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
     if not rows:
-        err_console.print("(none)")
+        note("(none)")
         return
     t = Table(title=title)
     for col in columns:
@@ -81,6 +88,7 @@ __all__ = [
     "console",
     "emit_json",
     "err_console",
+    "note",
     "printable",
     "record",
     "show",

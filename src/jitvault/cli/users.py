@@ -9,7 +9,7 @@ from urllib.parse import quote
 import typer
 
 from jitvault.cli.client import EXIT_INVALID, ApiClient, fail, read_secret_stdin
-from jitvault.cli.output import JsonOpt, err_console, show
+from jitvault.cli.output import JsonOpt, note, show
 from jitvault.crypto import parse_public_key
 from jitvault.errors import ValidationError
 
@@ -135,7 +135,7 @@ def key_list(user: str | None = UserOpt, as_json: bool = JsonOpt) -> None:
         show(keys, True)
         return
     if not keys:
-        err_console.print("(none)")
+        note("(none)")
     for k in keys:  # whole lines, not a table: a fingerprint must copy in one piece
         typer.echo("  ".join(str(k[c] or "-") for c in KEY_COLUMNS))
 
@@ -151,7 +151,7 @@ def key_remove(
     api.request(
         "DELETE", f"/v1/users/{quote(name, safe='')}/ssh-keys/{quote(fingerprint, safe='')}"
     )
-    err_console.print(f"removed {fingerprint}", markup=False, highlight=False)
+    note(f"removed {fingerprint}")
 
 
 @token_app.command("create")
@@ -169,7 +169,7 @@ def token_create(
         show(data, True)
     else:
         typer.echo(data["token"])
-        err_console.print("shown once: store it now")
+        note("shown once: store it now")
 
 
 @token_app.command("list")
@@ -183,7 +183,7 @@ def token_list(name: str, as_json: bool = JsonOpt) -> None:
 def token_revoke(token_id: str) -> None:
     """Revoke a token by its id."""
     ApiClient().request("DELETE", f"/v1/tokens/{token_id}")
-    err_console.print(f"revoked {token_id}")
+    note(f"revoked {token_id}")
 
 
 def whoami(as_json: bool = JsonOpt) -> None:

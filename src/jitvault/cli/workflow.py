@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from jitvault.cli.client import EXIT_INVALID, ApiClient, fail
-from jitvault.cli.output import JsonOpt, err_console, show
+from jitvault.cli.output import JsonOpt, note, show
 
 request_app = typer.Typer(help="Ask for access, and decide on requests.", no_args_is_help=True)
 grant_app = typer.Typer(help="Live grants: list, show, revoke.", no_args_is_help=True)
@@ -194,17 +194,15 @@ def connect(
             f'psql "host={info["host"]} port={info["port"]} dbname={info["dbname"]} '
             f'user={info["user"]} password={info["password"]} sslmode=require"'
         )
-    err_console.print(
+    note(
         f"token valid until {info['expires_at']}"
         + (" for one connection" if info["single_use"] else "")
         + "; the password is your session token, not the account's"
     )
     if info["protocol"] == "ssh":
-        err_console.print(
+        note(
             f"or, with an SSH key you registered ('jitvault user key add'): ssh -i KEY"
             f" -p {info['port']} {info['user']}@{info['host']} (no token needed)",
-            markup=False,
-            highlight=False,
         )
 
 
@@ -270,9 +268,9 @@ def policy_show(as_json: bool = JsonOpt) -> None:
     if as_json:
         show(data, True)
     elif data["version"] is None:
-        err_console.print("no policy applied: every request is denied")
+        note("no policy applied: every request is denied")
     else:
-        err_console.print(f"# version {data['version']} sha256 {data['sha256']}")
+        note(f"# version {data['version']} sha256 {data['sha256']}")
         typer.echo(data["document"], nl=False)
 
 
