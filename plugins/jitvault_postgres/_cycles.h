@@ -53,7 +53,7 @@ static void cycles_end(Cycles *c) {
 }
 
 /* a client message the framer surfaced went to the server: 'Q', 'P' or 'B' (a statement, or
- * one run again, sent at now_us), 'S' or 'F' (a cycle's end); anything else ('X', 'N')
+ * one run again, sent at now_us), 'S' or 'F' (a cycle's end); anything else ('X')
  * changes nothing */
 static void cycles_message(Cycles *c, char type, int64_t now_us) {
     if (type == 'S' || type == 'F') {

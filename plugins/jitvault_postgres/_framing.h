@@ -82,7 +82,10 @@ static inline uint32_t be32(const uint8_t *p) {
 
 /* ---- the client framer -------------------------------------------------------------------- */
 
-typedef void (*emit_fn)(void *ctx, char style, const uint8_t *text, size_t len);
+/* what the framer surfaces: a message's type, the statement name it carries (a Parse's, or a
+ * Bind's run again: name_len 0 otherwise) and its text (a Query's or Parse's statement) */
+typedef void (*emit_fn)(void *ctx, char style, const uint8_t *name, size_t name_len,
+                        const uint8_t *text, size_t len);
 
 typedef struct {
     Buf held;          /* a partial header, or an inspected message being completed */
@@ -110,13 +113,13 @@ static const uint8_t *find_nul(const uint8_t *p, const uint8_t *end) {
     return memchr(p, 0, (size_t)(end - p));
 }
 
-/* check a complete Q/P/X message (body = v[body..end)); emit its text (a Parse's name first,
- * as 'N', when it has one); 0 or a violation */
+/* check a complete Q/P/X message (body = v[body..end)); emit it with its text (and a Parse
+ * with its statement's name); 0 or a violation */
 static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_fn emit,
                    void *ctx) {
     if (type == 'X') {
         if (body != end) return V_TERMINATE_TRAILING;
-        emit(ctx, 'X', NULL, 0);
+        emit(ctx, 'X', NULL, 0, NULL, 0);
         return V_NONE;
     }
     const uint8_t *name = body;
@@ -139,8 +142,7 @@ static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_f
         if (rest - 2 != 4 * (ptrdiff_t)count)
             return rest - 2 < 4 * (ptrdiff_t)count ? V_TRUNCATED : V_TRAILING;
     }
-    if (name_len) emit(ctx, 'N', name, name_len);
-    emit(ctx, (char)type, body, (size_t)(nul - body));
+    emit(ctx, (char)type, name, name_len, body, (size_t)(nul - body));
     return V_NONE;
 }
 
@@ -163,7 +165,7 @@ static int bind_names(ClientFramer *f, const uint8_t *v, size_t pos, size_t size
     }
     size_t name_len = (size_t)(name_end - portal_end - 1);
     if (name_len == 0 && f->unnamed_parsed) f->unnamed_parsed = 0;
-    else emit(ctx, 'B', portal_end + 1, name_len);
+    else emit(ctx, 'B', portal_end + 1, name_len, NULL, 0);
     return 1;
 }
 
@@ -222,7 +224,7 @@ static size_t client_scan(ClientFramer *f, const uint8_t *v, size_t size, emit_f
             }
             /* Sync and FunctionCall each end a cycle the server answers with one
              * ReadyForQuery (a Query does too: its text is surfaced above) */
-            if (type == 'S' || type == 'F') emit(ctx, (char)type, NULL, 0);
+            if (type == 'S' || type == 'F') emit(ctx, (char)type, NULL, 0, NULL, 0);
             if (end > size) {
                 f->through = end - size;
                 end = size;

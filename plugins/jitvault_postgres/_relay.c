@@ -212,30 +212,19 @@ typedef struct {
     int failed;
     Cycles *cycles;
     int64_t now_us; /* the read's time, once a cycle needed it (0: not yet) */
-    const uint8_t *name; /* a named Parse's name, surfaced just before its text */
-    size_t name_len;
 } Collect;
 
-static void collect_statement(void *ctx, char style, const uint8_t *text, size_t len) {
+static void collect_statement(void *ctx, char style, const uint8_t *name, size_t name_len,
+                              const uint8_t *text, size_t len) {
     Collect *c = ctx;
     if (style == 'X') {
         c->terminated = 1;
-        return;
-    }
-    if (style == 'N') { /* the name of the Parse surfaced next (same scan: still in hand) */
-        c->name = text;
-        c->name_len = len;
         return;
     }
     int statement = style == 'Q' || style == 'P' || style == 'B';
     if (statement && c->now_us == 0) c->now_us = monotonic_us();
     cycles_message(c->cycles, style, c->now_us);
     if (!statement || c->failed) return;
-    int named_run = style == 'B'; /* a run carries its statement's name, and no text */
-    const uint8_t *name = named_run ? text : c->name;
-    size_t name_len = named_run ? len : c->name_len;
-    c->name = NULL;
-    c->name_len = 0;
     if (json_statement(&c->json, style, name, name_len, text, len) < 0) c->failed = 1;
     else c->count++;
 }
@@ -1004,10 +993,12 @@ typedef struct {
     ClientFramer f;
 } PyClientFramer;
 
-static void emit_to_list(void *ctx, char style, const uint8_t *text, size_t len) {
+static void emit_to_list(void *ctx, char style, const uint8_t *name, size_t name_len,
+                         const uint8_t *text, size_t len) {
     PyObject *list = ctx;
-    PyObject *item = Py_BuildValue("(y#y#)", &style, (Py_ssize_t)1, text ? (const char *)text : "",
-                                   (Py_ssize_t)len);
+    PyObject *item = Py_BuildValue("(y#y#y#)", &style, (Py_ssize_t)1,
+                                   name ? (const char *)name : "", (Py_ssize_t)name_len,
+                                   text ? (const char *)text : "", (Py_ssize_t)len);
     if (item != NULL) {
         PyList_Append(list, item);
         Py_DECREF(item);

@@ -87,8 +87,8 @@ def _now_us() -> int:
     return time.monotonic_ns() // 1000
 
 
-_STYLES = {b"Q": "simple", b"P": "extended"}
-_NAMES = frozenset((b"N", b"B"))
+#: the recorded kind of each surfaced statement ("execute": a statement run again, by its name)
+_KINDS = {b"Q": "simple", b"P": "extended", b"B": "execute"}
 
 
 def recorded_statements(
@@ -99,18 +99,13 @@ def recorded_statements(
     among them, each statement rendered here (:func:`render_statement`): a named Parse with
     its name, and each Bind that runs a statement again as its ``execute`` by name (empty for
     the unnamed statement), as the native relay renders them."""
-    if not any(message_type in _NAMES for message_type, _ in surfaced):
-        return [(_STYLES[t], text) for t, text in surfaced if t in _STYLES]
-    rendered: list[bytes] = []
-    name = b""
-    for message_type, raw in surfaced:
-        if message_type == b"N":
-            name = raw
-        elif message_type == b"B":
-            rendered.append(render_statement("execute", None, raw))
-        elif message_type in _STYLES:
-            rendered.append(render_statement(_STYLES[message_type], raw, name))
-            name = b""
+    if not any(name or t == b"B" for t, name, _ in surfaced):
+        return [(_KINDS[t], text) for t, _, text in surfaced if t in _KINDS]
+    rendered = [
+        render_statement(_KINDS[t], None if t == b"B" else text, name)
+        for t, name, text in surfaced
+        if t in _KINDS
+    ]
     return RenderedStatements(len(rendered), b",".join(rendered))
 
 

@@ -1165,14 +1165,14 @@ class BackendReader(_Reader):
         return parse_backend_message(message_type, raw), end
 
 
-#: what a relay must look at in the client's stream: (message type, the statement's raw text)
-#: for a simple Query (``b"Q"``) or a Parse (``b"P"``), a named Parse's name just before it as
-#: ``(b"N", name)``; ``(b"B", name)`` for a Bind that runs a statement parsed before: every
-#: Bind of a named one, and every Bind of the unnamed one (``name`` empty) but the first after
-#: its Parse (that run is the Parse's record); ``(b"X", b"")`` for
-#: Terminate, and ``(b"S", b"")`` / ``(b"F", b"")`` for a Sync or a FunctionCall (each ends a
-#: cycle the server answers with one ReadyForQuery: :class:`StatementCycles`)
-Surfaced = tuple[bytes, bytes]
+#: what a relay must look at in the client's stream, as (message type, statement name, raw
+#: text): ``(b"Q", b"", text)`` for a simple Query and ``(b"P", name, text)`` for a Parse (its
+#: name empty for the unnamed statement); ``(b"B", name, b"")`` for a Bind that runs a
+#: statement parsed before: every Bind of a named one, and every Bind of the unnamed one but
+#: the first after its Parse (that run is the Parse's record); ``(b"X", b"", b"")`` for
+#: Terminate, and ``(b"S", b"", b"")`` / ``(b"F", b"", b"")`` for a Sync or a FunctionCall
+#: (each ends a cycle the server answers with one ReadyForQuery: :class:`StatementCycles`)
+Surfaced = tuple[bytes, bytes, bytes]
 _CYCLE_ENDS = frozenset((b"S", b"F"))
 _STATEMENTS = frozenset((b"Q", b"P", b"B"))
 
@@ -1204,12 +1204,12 @@ class StatementCycles:
 
     def sent(self, surfaced: list[Surfaced], now_us: int) -> None:
         """The client's messages just relayed (what :meth:`FrontendRelay.feed` surfaced)."""
-        for message_type, _ in surfaced:
+        for message_type, _, _ in surfaced:
             if message_type in _CYCLE_ENDS:
                 self._end()
                 continue
             if message_type not in _STATEMENTS:
-                continue  # Terminate, a Parse's name
+                continue  # Terminate
             if not self._open:
                 self._open_start = now_us
             self._open += 1
@@ -1251,9 +1251,9 @@ class FrontendRelay:
 
     :meth:`feed` returns the bytes to forward now (a prefix of what was fed so far, byte for
     byte: the chunk itself when it ends at a safe point) and what a relay must look at, as
-    :data:`Surfaced` pairs: the statement text of each Query and Parse, as raw bytes cut out
+    :data:`Surfaced` triples: the statement text of each Query and Parse, as raw bytes cut out
     of the message exactly where the server reads it (decoding is left to whoever records it,
-    off the relay's path), a named Parse's name, a Bind's statement name, and Terminate. Only
+    off the relay's path), with a Parse's statement name; a Bind's statement name; Terminate. Only
     Query, Parse and Terminate are held until complete, and their structure is checked as the
     server checks it; a Bind is held only until its names are in (they must end within its
     first :data:`BIND_HEAD_MAX` bytes); every other message, and the rest of a Bind (its
@@ -1352,11 +1352,11 @@ class FrontendRelay:
                     if name is None:  # held, and looked at again with the next feed
                         break
                     if name or not self._unnamed_parsed:
-                        surfaced.append((b"B", name))
+                        surfaced.append((b"B", name, b""))
                     else:
                         self._unnamed_parsed = False
                 if message_type in _CYCLE_ENDS:
-                    surfaced.append((message_type, b""))
+                    surfaced.append((message_type, b"", b""))
                 if end > size:
                     self._through = end - size
                     end = size
@@ -1418,13 +1418,13 @@ def _bind_name(
 def _surface(
     message_type: bytes, view: bytes | bytearray, body: int, end: int, out: list[Surfaced]
 ) -> None:
-    """Add to ``out`` the text of a complete Query or Parse whose body is ``view[body:end]``
-    (checked as :func:`parse_frontend_message` checks it), a named Parse's name before it, or
-    Terminate's pair."""
+    """Add to ``out`` a complete Query or Parse whose body is ``view[body:end]`` (checked as
+    :func:`parse_frontend_message` checks it) with its text (and a Parse's statement name), or
+    Terminate."""
     if message_type == b"X":
         if body != end:
             raise relay_violation(TERMINATE_TRAILING, message_type)
-        out.append((b"X", b""))
+        out.append((b"X", b"", b""))
         return
     name = body
     if message_type == b"P":  # the statement's name comes first
@@ -1446,9 +1446,9 @@ def _surface(
         if end - nul - 3 != 4 * count:
             short = end - nul - 3 < 4 * count
             raise relay_violation(TRUNCATED if short else TRAILING, message_type)
-        if body - 1 > name:
-            out.append((b"N", bytes(view[name : body - 1])))
-    out.append((message_type, bytes(view[body:nul])))
+        out.append((message_type, bytes(view[name : body - 1]), bytes(view[body:nul])))
+        return
+    out.append((message_type, b"", bytes(view[body:nul])))
 
 
 # -- builders ----------------------------------------------------------------------------------

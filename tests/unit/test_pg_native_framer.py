@@ -35,7 +35,7 @@ def _typed(message_type: bytes, body: bytes) -> bytes:
 
 def _python(stream: bytes, cuts: Sequence[int]) -> Outcome:
     relay = pg.FrontendRelay()
-    forwarded, surfaced, pos = bytearray(), list[tuple[bytes, bytes]](), 0
+    forwarded, surfaced, pos = bytearray(), list[tuple[bytes, bytes, bytes]](), 0
     for end in [*sorted(set(cuts)), len(stream)]:
         if end <= pos:
             continue
@@ -52,7 +52,7 @@ def _python(stream: bytes, cuts: Sequence[int]) -> Outcome:
 def _native(stream: bytes, cuts: Sequence[int]) -> Outcome:
     assert _relay is not None
     framer = _relay.ClientFramer()
-    forwarded, surfaced, pos = bytearray(), list[tuple[bytes, bytes]](), 0
+    forwarded, surfaced, pos = bytearray(), list[tuple[bytes, bytes, bytes]](), 0
     for end in [*sorted(set(cuts)), len(stream)]:
         if end <= pos:
             continue

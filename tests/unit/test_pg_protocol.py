@@ -1053,17 +1053,16 @@ def test_the_relay_forwards_every_byte_unchanged_and_surfaces_query_texts_howeve
     forwarded, surfaced, _ = _relay_all(pg.FrontendRelay(), stream, cuts)
     assert forwarded == stream
     assert surfaced == [
-        (b"Q", b"SELECT 1"),
-        (b"P", b"SELECT $1::int"),
-        (b"S", b""),
-        (b"N", b"s1"),
-        (b"P", b"SELECT $1::text"),
-        (b"B", b"s1"),
-        (b"S", b""),
-        (b"B", b""),
-        (b"S", b""),
-        (b"Q", b"SELECT '" + b"y" * 5000 + b"'"),
-        (b"X", b""),
+        (b"Q", b"", b"SELECT 1"),
+        (b"P", b"", b"SELECT $1::int"),
+        (b"S", b"", b""),
+        (b"P", b"s1", b"SELECT $1::text"),
+        (b"B", b"s1", b""),
+        (b"S", b"", b""),
+        (b"B", b"", b""),
+        (b"S", b"", b""),
+        (b"Q", b"", b"SELECT '" + b"y" * 5000 + b"'"),
+        (b"X", b"", b""),
     ]
     assert "hunter2" not in repr(surfaced)
 
@@ -1092,19 +1091,17 @@ def test_each_bind_of_the_unnamed_statement_but_the_first_after_its_parse_is_a_r
         ]
     )
     expected = [
-        (b"P", b"DELETE FROM t WHERE id = $1"),
-        (b"B", b""),
-        (b"N", b"s1"),
-        (b"P", b"SELECT 1"),
-        (b"B", b""),
-        (b"S", b""),
-        (b"P", b"SELECT $1::text"),
-        (b"P", b"SELECT $1::int"),
-        (b"P", b"SELECT 2"),
-        (b"N", b"s2"),
-        (b"P", b"SELECT 3"),
-        (b"B", b""),
-        (b"S", b""),
+        (b"P", b"", b"DELETE FROM t WHERE id = $1"),
+        (b"B", b"", b""),
+        (b"P", b"s1", b"SELECT 1"),
+        (b"B", b"", b""),
+        (b"S", b"", b""),
+        (b"P", b"", b"SELECT $1::text"),
+        (b"P", b"", b"SELECT $1::int"),
+        (b"P", b"", b"SELECT 2"),
+        (b"P", b"s2", b"SELECT 3"),
+        (b"B", b"", b""),
+        (b"S", b"", b""),
     ]
     for cut in range(len(stream)):
         assert _feed_in_two(stream, cut) == expected
@@ -1134,7 +1131,7 @@ def test_the_relay_holds_only_a_binds_names_and_streams_its_values() -> None:
     out, messages = relay.feed(head + b"\0s")  # the statement's name is not complete yet
     assert (out, messages) == (b"", [])
     out, messages = relay.feed(b"1\0" + b"\0\0\0\x01" + struct.pack("!i", value_size))
-    assert messages == [(b"B", b"s1")]
+    assert messages == [(b"B", b"s1", b"")]
     assert relay.buffered == 0
     chunk = b"v" * 65536
     for _ in range(value_size // len(chunk)):
@@ -1142,7 +1139,7 @@ def test_the_relay_holds_only_a_binds_names_and_streams_its_values() -> None:
         assert (out, messages) == (chunk, [])
         assert relay.buffered == 0
     out, messages = relay.feed(b"\0\0" + pg.sync())
-    assert messages == [(b"S", b"")]
+    assert messages == [(b"S", b"", b"")]
 
 
 @pytest.mark.parametrize(
@@ -1165,7 +1162,7 @@ def test_a_bind_whose_names_do_not_end_is_refused_however_it_arrives(
     # names that end within the first 1024 bytes are taken, however the Bind arrives
     raw = _typed(b"B", b"p" * 600 + b"\0" + b"s" * 422 + b"\0\0\0\0\0\0\0")
     for cut in (len(raw), 5, 700):
-        assert _feed_in_two(raw, cut) == [(b"B", b"s" * 422)]
+        assert _feed_in_two(raw, cut) == [(b"B", b"s" * 422, b"")]
 
 
 def _feed_in_two(raw: bytes, cut: int) -> list[pg.Surfaced]:
@@ -1184,7 +1181,7 @@ def test_the_relay_streams_a_huge_copy_message_without_holding_it() -> None:
         assert out is chunk  # no copy
         assert relay.buffered == 0
     out, messages = relay.feed(pg.query("SELECT 2"))
-    assert messages == [(b"Q", b"SELECT 2")]
+    assert messages == [(b"Q", b"", b"SELECT 2")]
 
 
 _SURFACED_BODIES = [
@@ -1224,17 +1221,16 @@ def test_the_relay_accepts_and_refuses_query_and_parse_exactly_as_the_full_parse
         return
     out, surfaced = relay.feed(raw)
     assert out == raw
-    *named, (kind, text) = surfaced
+    ((kind, name, text),) = surfaced
     assert kind == message_type
     if isinstance(parsed, pg.Query):
-        assert text.decode("utf-8", "replace") == parsed.sql
+        assert (name, text.decode("utf-8", "replace")) == (b"", parsed.sql)
     elif isinstance(parsed, pg.Parse):
         assert text.decode("utf-8", "replace") == parsed.query
-        # a named statement's name comes just before its text
-        assert named == ([(b"N", parsed.statement.encode())] if parsed.statement else [])
+        assert name == parsed.statement.encode()  # a named statement's name beside its text
     else:
         assert isinstance(parsed, pg.Terminate)
-        assert text == b""
+        assert (name, text) == (b"", b"")
 
 
 @pytest.mark.parametrize(

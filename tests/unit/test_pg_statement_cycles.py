@@ -16,7 +16,7 @@ except ImportError:  # test_pg_native_framer says so
 
 
 def _sent(cycles: pg.StatementCycles, types: bytes, now_us: int) -> None:
-    cycles.sent([(bytes([t]), b"") for t in types], now_us)
+    cycles.sent([(bytes([t]), b"", b"") for t in types], now_us)
 
 
 def test_a_query_is_a_cycle_and_the_parses_before_a_sync_are_one() -> None:
