@@ -114,12 +114,14 @@ static const uint8_t *find_nul(const uint8_t *p, const uint8_t *end) {
 }
 
 /* check a complete Q/P/X message (body = v[body..end)); emit it with its text (and a Parse
- * with its statement's name); 0 or a violation */
-static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_fn emit,
-                   void *ctx) {
+ * with its statement's name), and note what it tells f (the end, an unnamed Parse); 0 or a
+ * violation */
+static int surface(ClientFramer *f, uint8_t type, const uint8_t *body, const uint8_t *end,
+                   emit_fn emit, void *ctx) {
     if (type == 'X') {
         if (body != end) return V_TERMINATE_TRAILING;
         emit(ctx, 'X', NULL, 0, NULL, 0);
+        f->terminated = 1;
         return V_NONE;
     }
     const uint8_t *name = body;
@@ -143,6 +145,7 @@ static int surface(uint8_t type, const uint8_t *body, const uint8_t *end, emit_f
             return rest - 2 < 4 * (ptrdiff_t)count ? V_TRUNCATED : V_TRAILING;
     }
     emit(ctx, (char)type, name, name_len, body, (size_t)(nul - body));
+    if (type == 'P' && name_len == 0) f->unnamed_parsed = 1;
     return V_NONE;
 }
 
@@ -206,13 +209,11 @@ static size_t client_scan(ClientFramer *f, const uint8_t *v, size_t size, emit_f
                 f->need = end - pos;
                 break;
             }
-            int v_ = surface(type, v + pos + 5, v + end, emit, ctx);
+            int v_ = surface(f, type, v + pos + 5, v + end, emit, ctx);
             if (v_ != V_NONE) {
                 f->violation = v_;
                 return pos;
             }
-            f->terminated = type == 'X';
-            if (type == 'P' && v[pos + 5] == 0) f->unnamed_parsed = 1;
         } else {
             if (type == 'B') { /* a statement run again is recorded by its name */
                 int got = bind_names(f, v, pos, size, length, emit, ctx);

@@ -1343,7 +1343,7 @@ class FrontendRelay:
                     break
                 _surface(message_type, view, pos + 5, end, surfaced)
                 self._terminated = message_type == b"X"
-                if message_type == b"P" and view[pos + 5] == 0:
+                if message_type == b"P" and not surfaced[-1][1]:  # the unnamed statement's
                     self._unnamed_parsed = True
             else:
                 if message_type == b"B":  # a statement run again: recorded by its name
