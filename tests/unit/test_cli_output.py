@@ -29,3 +29,15 @@ def test_an_error_quoting_hostile_text_is_printed_as_text_on_one_line_of_its_own
     assert not any(c in err for c in "\x1b\r\u202e"), err
     # the message's next line cannot pass for an error line of its own
     assert [line for line in err.splitlines() if line.startswith("error:")] == [err.splitlines()[0]]
+
+
+def test_a_result_line_quoting_server_text_escapes_its_controls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A line on stdout that quotes the server (here a request's explanation) obeys the same
+    rule: its controls are shown escaped, and its next line cannot pass for a line of its own."""
+    from jitvault.cli.workflow import _request_line
+
+    _request_line({"id": 7, "state": "denied", "explanation": HOSTILE})
+    out = capsys.readouterr().out
+    assert out == "request 7: denied: name [/x][b]bold[/b]\\x1b[2K\\r\\u202e\n    error: forged\n"

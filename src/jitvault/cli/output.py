@@ -30,6 +30,12 @@ def note(text: str) -> None:
     err_console.print(printable(text), markup=False, highlight=False)
 
 
+def line(text: str) -> None:
+    """One line of a result on stdout, as :func:`printable` shows it: it quotes what the
+    server sent (names, a policy's explanation), which the reader's terminal must not obey."""
+    typer.echo(printable(text))
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
     if not rows:
         note("(none)")
@@ -88,6 +94,7 @@ __all__ = [
     "console",
     "emit_json",
     "err_console",
+    "line",
     "note",
     "printable",
     "record",

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from jitvault.cli.client import EXIT_INVALID, ApiClient, fail, read_secret_stdin
-from jitvault.cli.output import JsonOpt, show
+from jitvault.cli.output import JsonOpt, line, show
 
 target_app = typer.Typer(
     help="Manage targets (systems access is brokered to).", no_args_is_help=True
@@ -225,7 +225,7 @@ def account_verify(
     if as_json:
         show(data, True)
     else:
-        typer.echo(f"{data['account']}: {'ok' if data['ok'] else 'FAILED: does not log in'}")
+        line(f"{data['account']}: {'ok' if data['ok'] else 'FAILED: does not log in'}")
     if not data["ok"]:
         raise typer.Exit(1)
 
@@ -240,7 +240,7 @@ def rotate(
     if as_json:
         show(data, True)
     elif data["rotated"]:
-        typer.echo(f"{data['account']}: rotated")
+        line(f"{data['account']}: rotated")
     else:
         fail(f"{data['account']}: not rotated ({data['reconciled']})")
 

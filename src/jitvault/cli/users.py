@@ -9,7 +9,7 @@ from urllib.parse import quote
 import typer
 
 from jitvault.cli.client import EXIT_INVALID, ApiClient, fail, read_secret_stdin
-from jitvault.cli.output import JsonOpt, note, show
+from jitvault.cli.output import JsonOpt, line, note, show
 from jitvault.crypto import parse_public_key
 from jitvault.errors import ValidationError
 
@@ -137,7 +137,7 @@ def key_list(user: str | None = UserOpt, as_json: bool = JsonOpt) -> None:
     if not keys:
         note("(none)")
     for k in keys:  # whole lines, not a table: a fingerprint must copy in one piece
-        typer.echo("  ".join(str(k[c] or "-") for c in KEY_COLUMNS))
+        line("  ".join(str(k[c] or "-") for c in KEY_COLUMNS))
 
 
 @key_app.command("remove")

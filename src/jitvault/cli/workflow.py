@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from jitvault.cli.client import EXIT_INVALID, ApiClient, fail
-from jitvault.cli.output import JsonOpt, note, show
+from jitvault.cli.output import JsonOpt, line, note, show
 
 request_app = typer.Typer(help="Ask for access, and decide on requests.", no_args_is_help=True)
 grant_app = typer.Typer(help="Live grants: list, show, revoke.", no_args_is_help=True)
@@ -68,7 +68,7 @@ def _request_line(r: dict[str, Any]) -> None:
         extra = f" ({len(r['approvals'])}/{r['required_approvals']} approvals)"
     elif r.get("grant_id"):
         extra = f" (grant {r['grant_id']})"
-    typer.echo(f"request {r['id']}: {state}{extra}: {r['explanation']}")
+    line(f"request {r['id']}: {state}{extra}: {r['explanation']}")
 
 
 @request_app.command("create")
@@ -172,7 +172,7 @@ def review(
     if as_json:
         show(r, True)
     else:
-        typer.echo(f"request {r['id']}: reviewed by {r['reviewed_by']}")
+        line(f"request {r['id']}: reviewed by {r['reviewed_by']}")
 
 
 def connect(
@@ -239,7 +239,7 @@ def grant_revoke(
     if as_json:
         show(g, True)
     else:
-        typer.echo(f"grant {g['id']}: {g['state']}")
+        line(f"grant {g['id']}: {g['state']}")
 
 
 def _read(path: Path) -> str:
@@ -307,8 +307,8 @@ def policy_test(
     if as_json:
         show(d, True)
     else:
-        typer.echo(f"{d['outcome']}: {d['explanation']}")
-        typer.echo(f"rule: {d['rule'] or '(none: deny by default)'}")
+        line(f"{d['outcome']}: {d['explanation']}")
+        line(f"rule: {d['rule'] or '(none: deny by default)'}")
 
 
 __all__ = ["connect", "grant_app", "policy_app", "request_app"]
