@@ -343,6 +343,28 @@ def test_a_run_of_a_prepared_statement_is_read_back_with_the_text_it_was_prepare
     ]
 
 
+def test_a_run_gets_the_text_of_a_preparation_queued_as_a_plain_statement(
+    booted: Booted,
+) -> None:
+    """The Python relay queues a feed's statements as ``(style, text)`` pairs unless a run or a
+    name is among them: a Parse of the unnamed statement alone in its feed is such a pair, and
+    a run of it in a later feed still gets its text (and a simple query queued as a pair still
+    drops it)."""
+    sid, sink = _session_with_sink(booted)
+    sink.add_statements(sid, [("extended", b"SELECT 'alone'")])
+    sink.add_statements(sid, RenderedStatements(1, render_statement("execute", None, b"")))
+    sink.add_statements(sid, [("simple", b"SELECT 4")])
+    sink.add_statements(sid, RenderedStatements(1, render_statement("execute", None, b"")))
+    asyncio.run(sink.flush())
+    events = sessions.session_events(booted.node, sid)
+    assert [e["data"] for e in events] == [
+        {"kind": "extended", "text": "SELECT 'alone'"},
+        {"kind": "execute", "name": "", "text": "SELECT 'alone'"},
+        {"kind": "simple", "text": "SELECT 4"},
+        {"kind": "execute", "name": ""},
+    ]
+
+
 def test_statements_handed_over_together_count_one_by_one_in_batches_and_refusals(
     booted: Booted,
 ) -> None:

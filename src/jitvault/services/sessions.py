@@ -557,6 +557,7 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
             else:
                 out.append({"ts": ts, "kind": kind, "data": event})
                 if kind == "query" and isinstance(event, dict):
+                    _prepared(prepared, event)
                     waiting.append(event)
     return out
 
