@@ -2,9 +2,9 @@
  * How long each recorded statement ran: the client's cycles, each answered by one
  * ReadyForQuery. A Query is a cycle of its own; the Parse messages (and the Binds recorded as
  * runs again) before a Sync are one cycle (the extended protocol's statements of one Sync); a
- * FunctionCall, or a Sync with neither (a Describe alone, or the first Bind after the unnamed
- * statement's Parse of an earlier cycle: its run is that Parse's record), is a cycle with no
- * statement. The server answers the cycles
+ * FunctionCall, or a Sync with neither (a Describe alone, say), is a cycle with no statement
+ * (the first Bind of the unnamed statement after its Parse's cycle ended is recorded as a run
+ * again: _framing.h). The server answers the cycles
  * in order, so the oldest cycle still waiting ends at each ReadyForQuery, and its statements'
  * duration is the time from the first of them to that answer.
  *

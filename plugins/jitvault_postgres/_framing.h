@@ -92,8 +92,9 @@ typedef struct {
     size_t need;       /* the bytes the held message needs before it is scanned again */
     uint64_t through;  /* bytes of a streamed message still to come */
     int terminated;
-    int unnamed_parsed; /* the unnamed statement was parsed and not yet bound: its first Bind
-                         * is the run its Parse records, and every later one a run again */
+    int unnamed_parsed; /* the unnamed statement was parsed in this cycle and not yet bound:
+                         * its first Bind is the run its Parse records, and every later one
+                         * (or one after the cycle's end) a run again */
     int violation;
     uint8_t vtype;
     int64_t vlength;
@@ -151,8 +152,9 @@ static int surface(ClientFramer *f, uint8_t type, const uint8_t *body, const uin
 
 /* a Bind at v[pos..) with size - pos bytes of it in hand (its body: length - 4 bytes): 1 once
  * its names are read (and a run again emitted as 'B' with its statement's name: every Bind of
- * a named statement, and of the unnamed one but the first after its Parse), 0 when more must
- * come (held, and looked at again with each read: its names may end in any), or -violation */
+ * a named statement, and of the unnamed one but the first after its Parse in its cycle), 0
+ * when more must come (held, and looked at again with each read: its names may end in any),
+ * or -violation */
 static int bind_names(ClientFramer *f, const uint8_t *v, size_t pos, size_t size,
                       int64_t length, emit_fn emit, void *ctx) {
     size_t body_len = (size_t)length - 4;
@@ -224,8 +226,13 @@ static size_t client_scan(ClientFramer *f, const uint8_t *v, size_t size, emit_f
                 if (got == 0) break;
             }
             /* Sync and FunctionCall each end a cycle the server answers with one
-             * ReadyForQuery (a Query does too: its text is surfaced above) */
-            if (type == 'S' || type == 'F') emit(ctx, (char)type, NULL, 0, NULL, 0);
+             * ReadyForQuery (a Query does too: its text is surfaced above); an unnamed
+             * Parse not bound in its own cycle (a Describe first) was a preparation, not a
+             * run: its first Bind in a later cycle is a run again, with its own duration */
+            if (type == 'S' || type == 'F') {
+                emit(ctx, (char)type, NULL, 0, NULL, 0);
+                f->unnamed_parsed = 0;
+            }
             if (end > size) {
                 f->through = end - size;
                 end = size;

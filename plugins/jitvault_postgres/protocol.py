@@ -1169,7 +1169,8 @@ class BackendReader(_Reader):
 #: text): ``(b"Q", b"", text)`` for a simple Query and ``(b"P", name, text)`` for a Parse (its
 #: name empty for the unnamed statement); ``(b"B", name, b"")`` for a Bind that runs a
 #: statement parsed before: every Bind of a named one, and every Bind of the unnamed one but
-#: the first after its Parse (that run is the Parse's record); ``(b"X", b"", b"")`` for
+#: the first after its Parse in the Parse's own cycle (that run is the Parse's record; a
+#: Parse whose cycle ended unbound, after a Describe, was a preparation); ``(b"X", b"", b"")`` for
 #: Terminate, and ``(b"S", b"", b"")`` / ``(b"F", b"", b"")`` for a Sync or a FunctionCall
 #: (each ends a cycle the server answers with one ReadyForQuery: :class:`StatementCycles`)
 Surfaced = tuple[bytes, bytes, bytes]
@@ -1281,8 +1282,8 @@ class FrontendRelay:
         self._need = 0  # the held inspected message's full size, once its header is known
         self._through = 0  # bytes of a streamed message still to come
         self._terminated = False
-        # the unnamed statement was parsed and not yet bound: its first Bind is the run its
-        # Parse records, and every later one a run again
+        # the unnamed statement was parsed in this cycle and not yet bound: its first Bind is
+        # the run its Parse records, and every later one (or one after the cycle) a run again
         self._unnamed_parsed = False
         self._failed: str | None = None
 
@@ -1355,8 +1356,9 @@ class FrontendRelay:
                         surfaced.append((b"B", name, b""))
                     else:
                         self._unnamed_parsed = False
-                if message_type in _CYCLE_ENDS:
-                    surfaced.append((message_type, b"", b""))
+                if message_type in _CYCLE_ENDS:  # an unnamed Parse not bound before it was
+                    surfaced.append((message_type, b"", b""))  # a preparation: see _framing.h
+                    self._unnamed_parsed = False
                 if end > size:
                     self._through = end - size
                     end = size

@@ -152,7 +152,7 @@ def _psycopg(info: dict[str, Any], **overrides: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(**params)
 
 
-async def _asyncpg(info: dict[str, Any], sslmode: str) -> asyncpg.Connection:
+async def _asyncpg(info: dict[str, Any], sslmode: str, **options: Any) -> asyncpg.Connection:
     """An asyncpg connection through the proxy with the token, as ``connect`` prints it."""
     return await asyncpg.connect(
         host="127.0.0.1",
@@ -162,6 +162,7 @@ async def _asyncpg(info: dict[str, Any], sslmode: str) -> asyncpg.Connection:
         database=info["dbname"],
         ssl=sslmode,
         timeout=10,
+        **options,
     )
 
 
@@ -931,6 +932,42 @@ def test_each_run_of_the_unnamed_statement_bound_again_is_recorded(world: ProxyW
     again = [x for x in printed.stdout.splitlines() if "[run of the unnamed statement]" in x]
     assert len(again) == 2, printed.stdout
     assert all(text in x for x in again)
+
+
+@RELAYS
+def test_a_statement_prepared_in_a_cycle_of_its_own_has_each_run_recorded_with_its_duration(
+    world: ProxyWorld, sslmode: str
+) -> None:
+    """libpq's ``PQprepare`` of the unnamed statement, then ``PQexecPrepared`` of it (PHP's
+    ``pg_prepare($c, "", ...)`` and ``pg_execute``; pgx's describe-exec mode alike): the Parse
+    has a cycle of its own, and each run comes in a later one. The Parse is recorded with its
+    preparation's duration, and each run as a run of the unnamed statement with its own. The
+    first run used to be hidden behind the Parse, which showed a few milliseconds for a query
+    that ran for longer."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    marker = f"prepared_{secrets.token_hex(6)}"
+    text = f"SELECT pg_sleep($1::float8), $2::text AS {marker}"
+    values = [f"value-{secrets.token_hex(8)}" for _ in range(2)]
+    with _psycopg(info, sslmode=sslmode, autocommit=True) as conn:
+        raw = conn.pgconn
+        assert raw.prepare(b"", text.encode()).status == psycopg.pq.ExecStatus.COMMAND_OK
+        for value in values:
+            result = raw.exec_prepared(b"", [b"0.3", value.encode()])
+            assert result.status == psycopg.pq.ExecStatus.TUPLES_OK, result.error_message
+            assert result.get_value(0, 1) == value.encode()
+    sid = _ended_session(world, info["token_id"])
+    shown = world.cli("session", "show", str(sid), env=world.admin_env)
+    assert not any(value in json.dumps(shown) for value in values)
+    ours = [e["data"] for e in shown["events"] if marker in e["data"].get("text", "")]
+    assert [(q["kind"], q.get("name")) for q in ours] == [
+        ("extended", None),
+        ("execute", ""),
+        ("execute", ""),
+    ], ours
+    durations = [q.get("duration_ms") for q in ours]
+    assert all(isinstance(ms, float) for ms in durations), ours
+    assert durations[0] < 300 <= min(durations[1:]), ours
 
 
 def _query_until_refused(conn: psycopg.Connection[Any], query: str, bound: float) -> None:

@@ -336,9 +336,9 @@ def test_a_named_statement_is_handed_over_with_its_name_and_each_run_by_name(
 ) -> None:
     """A Parse of a named statement (its name beside its text) and one of the unnamed
     statement, then two Binds of the named one, each run in a cycle of its own, and two Binds of
-    the unnamed one: the first is the run its Parse records (nothing of its own), the second a
-    run again, by its empty name. The Bind's value is never handed over; each run gets its
-    cycle's duration."""
+    the unnamed one after its Parse's cycle ended: its Parse was a preparation, so each is a
+    run, by its empty name. The Bind's value is never handed over; each run gets its cycle's
+    duration."""
     secret = b"hunter2-in-a-bind"
 
     def parse(statement: bytes, text: bytes) -> bytes:
@@ -367,15 +367,16 @@ def test_a_named_statement_is_handed_over_with_its_name_and_each_run_by_name(
     harness.client.sendall(sent)
     assert _recv_exactly(harness.backend, len(sent)) == sent
     harness.backend.sendall(pg.ready_for_query() * 4)
-    found = _handed_over(harness, 5 + 4)
+    found = _handed_over(harness, 6 + 4)
     assert [each for each in found if "done" not in each] == [
         {"kind": "extended", "name": 's"1', "text": "SELECT $1"},
         {"kind": "extended", "text": "SELECT 2"},
         {"kind": "execute", "name": 's"1'},
         {"kind": "execute", "name": 's"1'},
         {"kind": "execute", "name": ""},
+        {"kind": "execute", "name": ""},
     ]
-    assert [each["done"][0] for each in found if "done" in each] == [2, 1, 1, 1]
+    assert [each["done"][0] for each in found if "done" in each] == [2, 1, 2, 1]
     assert secret.decode() not in json.dumps(found)
 
 

@@ -78,6 +78,8 @@ def test_the_native_relay_is_built() -> None:
 _VALID = [
     pg.query("SELECT 1"),
     _typed(b"P", b"s1\0SELECT $1::text\0\0\x01\0\0\0\x19"),
+    _typed(b"P", b"\0SELECT $1::int\0\0\0"),  # the unnamed statement: its runs
+    _typed(b"D", b"S\0"),
     _typed(b"B", b"\0\0\0\0\0\x01\0\0\0\x07hunter2\0\0"),
     _typed(b"B", b"\0s1\0\0\0\0\x01\0\0\0\x07hunter2\0\0"),
     _typed(b"B", b"p" * 600 + b"\0" + b"s" * 422 + b"\0" + b"v" * 9000),

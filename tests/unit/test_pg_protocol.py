@@ -1107,6 +1107,49 @@ def test_each_bind_of_the_unnamed_statement_but_the_first_after_its_parse_is_a_r
         assert _feed_in_two(stream, cut) == expected
 
 
+def test_an_unnamed_parse_whose_cycle_ends_unbound_was_a_preparation_its_next_bind_a_run() -> None:
+    """asyncpg without a statement cache and pgx's describe-exec mode send Parse, Describe and
+    Sync, then Bind, Execute and Sync. The Parse's cycle ended with no run, so the first Bind in
+    a later cycle is a run again, in a cycle (and with a duration) of its own; a Parse bound in
+    its own cycle is still its first run, whatever comes between (a FunctionCall ends a cycle
+    too)."""
+    describe, execute = _typed(b"D", b"S\0"), _typed(b"E", b"\0\0\0\0\0")
+    unnamed = _bind_with_secret(b"v")
+    stream = b"".join(
+        [
+            _parse_message("", "SELECT pg_sleep($1)"),
+            describe,
+            pg.sync(),
+            unnamed,
+            execute,
+            pg.sync(),
+            _parse_message("", "SELECT $1::int"),
+            describe,
+            unnamed,
+            execute,
+            pg.sync(),
+            _parse_message("", "SELECT $1::text"),
+            _typed(b"F", b"\0\0\x04\xd2\0\0\0\0\0\0"),
+            unnamed,
+            pg.sync(),
+        ]
+    )
+    expected = [
+        (b"P", b"", b"SELECT pg_sleep($1)"),
+        (b"S", b"", b""),
+        (b"B", b"", b""),
+        (b"S", b"", b""),
+        (b"P", b"", b"SELECT $1::int"),
+        (b"S", b"", b""),
+        (b"P", b"", b"SELECT $1::text"),
+        (b"F", b"", b""),
+        (b"B", b"", b""),
+        (b"S", b"", b""),
+    ]
+    for cut in range(len(stream)):
+        assert _feed_in_two(stream, cut) == expected
+
+
 def test_the_python_relay_records_a_run_of_the_unnamed_statement_by_its_empty_name() -> None:
     """What the Python relay records of the runs above: the native relay's form (its engine
     test), each run an ``execute`` whose name is empty."""
