@@ -1170,9 +1170,10 @@ class BackendReader(_Reader):
 #: name empty for the unnamed statement); ``(b"B", name, b"")`` for a Bind that runs a
 #: statement parsed before: every Bind of a named one, and every Bind of the unnamed one but
 #: the first after its Parse in the Parse's own cycle (that run is the Parse's record; a
-#: Parse whose cycle ended unbound, after a Describe, was a preparation); ``(b"X", b"", b"")`` for
-#: Terminate, and ``(b"S", b"", b"")`` / ``(b"F", b"", b"")`` for a Sync or a FunctionCall
-#: (each ends a cycle the server answers with one ReadyForQuery: :class:`StatementCycles`)
+#: Parse whose cycle ended unbound, after a Describe, was a preparation);
+#: ``(b"X", b"", b"")`` for Terminate, and ``(b"S", b"", b"")`` / ``(b"F", b"", b"")`` for a
+#: Sync or a FunctionCall (each ends a cycle the server answers with one ReadyForQuery:
+#: :class:`StatementCycles`)
 Surfaced = tuple[bytes, bytes, bytes]
 _CYCLE_ENDS = frozenset((b"S", b"F"))
 _STATEMENTS = frozenset((b"Q", b"P", b"B"))
@@ -1356,8 +1357,10 @@ class FrontendRelay:
                         surfaced.append((b"B", name, b""))
                     else:
                         self._unnamed_parsed = False
-                if message_type in _CYCLE_ENDS:  # an unnamed Parse not bound before it was
-                    surfaced.append((message_type, b"", b""))  # a preparation: see _framing.h
+                if message_type in _CYCLE_ENDS:
+                    surfaced.append((message_type, b"", b""))
+                    # an unnamed Parse not bound in its cycle (a Describe first) was a
+                    # preparation: its first Bind in a later cycle is a run again
                     self._unnamed_parsed = False
                 if end > size:
                     self._through = end - size
