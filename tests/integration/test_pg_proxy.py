@@ -152,7 +152,7 @@ def _psycopg(info: dict[str, Any], **overrides: Any) -> psycopg.Connection[Any]:
     return psycopg.connect(**params)
 
 
-async def _asyncpg(info: dict[str, Any], sslmode: str, **options: Any) -> asyncpg.Connection:
+async def _asyncpg(info: dict[str, Any], sslmode: str) -> asyncpg.Connection:
     """An asyncpg connection through the proxy with the token, as ``connect`` prints it."""
     return await asyncpg.connect(
         host="127.0.0.1",
@@ -162,7 +162,6 @@ async def _asyncpg(info: dict[str, Any], sslmode: str, **options: Any) -> asyncp
         database=info["dbname"],
         ssl=sslmode,
         timeout=10,
-        **options,
     )
 
 

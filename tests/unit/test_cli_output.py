@@ -1,4 +1,5 @@
-"""What the CLI prints on stderr: messages that may quote someone else's text."""
+"""What the CLI prints on stderr and in result lines on stdout: text that may quote someone
+else's."""
 
 from __future__ import annotations
 

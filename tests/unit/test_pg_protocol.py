@@ -1108,8 +1108,8 @@ def test_each_bind_of_the_unnamed_statement_but_the_first_after_its_parse_is_a_r
 
 
 def test_an_unnamed_parse_whose_cycle_ends_unbound_was_a_preparation_its_next_bind_a_run() -> None:
-    """asyncpg without a statement cache and pgx's describe-exec mode send Parse, Describe and
-    Sync, then Bind, Execute and Sync. The Parse's cycle ended with no run, so the first Bind in
+    """libpq's PQprepare then PQexecPrepared (and pgx's describe-exec mode) send Parse, Describe
+    and Sync, then Bind, Execute and Sync. The Parse's cycle ended with no run, so the first Bind in
     a later cycle is a run again, in a cycle (and with a duration) of its own; a Parse bound in
     its own cycle is still its first run, whatever comes between (a FunctionCall ends a cycle
     too)."""
