@@ -101,6 +101,7 @@ typedef struct Event {
     uint8_t *text; /* 'q': the statements of one client read, as JSON objects (_statements.h) */
     size_t len, cap;
     size_t count; /* 'q': how many */
+    int64_t at;   /* 'q': when its statements were read (monotonic us; 0: durations only) */
     struct Event *next;
 } Event;
 
@@ -307,8 +308,9 @@ static int flush_out(int fd, Buf *out) {
 }
 
 /* queue rendered recording objects of a session for Python (json is the event's from now on,
- * or freed on failure); -1: out of memory */
-static int queue_rendered(Engine *e, Relay *r, Buf *json, size_t count) {
+ * or freed on failure), read at monotonic time ``at`` (0: durations, which need no time);
+ * -1: out of memory */
+static int queue_rendered(Engine *e, Relay *r, Buf *json, size_t count, int64_t at) {
     Event *ev = calloc(1, sizeof(Event));
     if (ev == NULL) {
         buf_free(json);
@@ -327,6 +329,7 @@ static int queue_rendered(Engine *e, Relay *r, Buf *json, size_t count) {
     ev->len = json->len;
     ev->cap = json->cap;
     ev->count = count;
+    ev->at = at;
     pthread_mutex_lock(&e->lock);
     r->last_q = ev;
     r->last_q_gen = e->take_gen;
@@ -406,7 +409,7 @@ static int record_readies(Engine *e, Relay *r) {
     pthread_mutex_unlock(&e->lock);
     Buf own = {0}; /* the objects without their leading comma */
     if (buf_append(&own, objects + 1, used - 1) < 0) return -1;
-    return queue_rendered(e, r, &own, count);
+    return queue_rendered(e, r, &own, count, 0);
 }
 
 static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
@@ -422,7 +425,7 @@ static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
         return;
     }
     /* the statements are queued before their messages leave */
-    if (c.count && queue_rendered(e, r, &c.json, c.count) < 0) {
+    if (c.count && queue_rendered(e, r, &c.json, c.count, c.now_us) < 0) {
         client_commit(&r->cf, from_data, 0);
         park(e, r, END_NO_MEMORY);
         return;
@@ -850,15 +853,21 @@ typedef struct {
     Py_ssize_t pos; /* its place in the list */
 } Run;
 
+/* a {"ago":us}, object: 7 + 20 + 2 bytes at most */
+#define AGO_MAX 29
+
 /* everything queued, in order: ("q", sid, count, statements) for a session's statements (one
  * item per session and take, in the order they were sent; statements: their JSON objects,
- * comma-separated ASCII bytes, see _statements.h), ("e", sid, code, violation, type, length)
+ * comma-separated ASCII bytes, see _statements.h, each client read's led by an {"ago":us}
+ * object, not counted: how many microseconds before this take it was read, the time its
+ * statements are read back with), ("e", sid, code, violation, type, length)
  * when a session stopped by itself, ("c", sid) when its sockets are closed */
 static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
     uint64_t v;
     ssize_t rd = read(self->notifyfd, &v, sizeof v);
     (void)rd;
     pthread_mutex_lock(&self->lock);
+    int64_t now = monotonic_us();
     Event *ev = self->ev_head;
     int was_full = QUEUE_FULL(self);
     self->ev_head = self->ev_tail = NULL;
@@ -916,7 +925,17 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
                 run = &runs[PyLong_AsSize_t(index)];
             }
             Py_DECREF(key);
+            /* the statements' time: how long before this take they were read */
+            char ago[AGO_MAX];
+            size_t ago_len = 0;
+            if (e->at > 0) {
+                memcpy(ago, "{\"ago\":", 7);
+                ago_len = 7 + format_u64(ago + 7, (uint64_t)(now > e->at ? now - e->at : 0));
+                memcpy(ago + ago_len, "},", 2);
+                ago_len += 2;
+            }
             if ((run->json.len && buf_append(&run->json, (const uint8_t *)",", 1) < 0) ||
+                buf_append(&run->json, (const uint8_t *)ago, ago_len) < 0 ||
                 buf_append(&run->json, e->text, e->len) < 0) {
                 PyErr_NoMemory();
                 goto fail;

@@ -301,6 +301,40 @@ def test_durations_go_to_the_oldest_statements_without_one_across_writes_and_for
     ]
 
 
+def test_statements_handed_over_late_are_read_back_at_the_time_they_were_sent(
+    booted: Booted,
+) -> None:
+    """A relay that hands statements over late (the native one) leads each client read's with
+    ``{"ago": microseconds}``: its statements are read back that long before the batch's time,
+    and those after a later mark by that one; a mark of a form this code does not write gives
+    the batch's own time. Marks are not statements (not counted, not shown)."""
+    sid, sink = _session_with_sink(booted)
+    batch = b",".join(
+        [
+            b'{"ago":300000}',
+            render_statement("simple", b"SELECT 1"),
+            render_statement("simple", b"SELECT 2"),
+            b'{"ago":120000}',
+            render_statement("simple", b"SELECT 3"),
+            b'{"done":[3,5]}',
+            b'{"ago":-4}',
+            render_statement("simple", b"SELECT 4"),
+            b'{"ago":"x"}',
+            render_statement("simple", b"SELECT 5"),
+        ]
+    )
+    sink.add_statements(sid, RenderedStatements(6, batch))
+    assert len(sink) == 6
+    asyncio.run(sink.flush())
+    events = sessions.session_events(booted.node, sid)
+    assert [e["data"]["text"] for e in events] == [f"SELECT {n}" for n in range(1, 6)]
+    at = [e["ts"] for e in events]
+    assert at[0] == at[1] == at[3] - timedelta(microseconds=300_000)
+    assert at[2] == at[3] - timedelta(microseconds=120_000)
+    assert at[3] == at[4]  # the batch's time
+    assert [e["data"].get("duration_ms") for e in events] == [0.005] * 3 + [None] * 2
+
+
 def test_a_run_of_a_prepared_statement_is_read_back_with_the_text_it_was_prepared_with(
     booted: Booted,
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import select
 import socket
 import struct
@@ -88,6 +89,17 @@ def harness() -> Iterator[Harness]:
     h = Harness()
     yield h
     h.close()
+
+
+def _unmarked(events: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """The engine's events without the ``{"ago":us}`` marks that lead each client read's
+    statements (test_a_read_is_handed_over_with_how_long_ago_it_was_read checks them)."""
+    return [
+        (*event[:3], re.sub(rb'\{"ago":\d+\},', b"", event[3]))  # type: ignore[arg-type]
+        if event[0] == "q"
+        else event
+        for event in events
+    ]
 
 
 def _rendered(*texts: str) -> bytes:
@@ -241,7 +253,7 @@ def test_interleaved_sessions_hand_over_one_item_each_in_order() -> None:
                 time.sleep(0.05)  # all six queued before the first take
             select.select([engine.fileno()], [], [], 0.5)
             events += engine.take()
-        assert events[:2] == [
+        assert _unmarked(events[:2]) == [
             ("q", 1, 3, _rendered(*(f"SELECT 1{n} ;" for n in range(3)))),
             ("q", 2, 3, _rendered(*(f"SELECT 2{n} ;" for n in range(3)))),
         ]
@@ -261,7 +273,7 @@ def test_statements_come_out_after_the_delay_without_more_traffic(harness: Harne
         assert harness.backend.recv(100) == pg.query(f"SELECT {n} ;")
         readable, _, _ = select.select([engine.fileno()], [], [], 5.0)
         assert readable, f"statement {n} was never handed over"
-        assert engine.take() == [("q", 1, 1, _rendered(f"SELECT {n} ;"))]
+        assert _unmarked(engine.take()) == [("q", 1, 1, _rendered(f"SELECT {n} ;"))]
     assert _cpu_while_quiet() < IDLE_CPU
 
 
@@ -277,9 +289,46 @@ def test_a_big_statement_is_handed_over_whole(harness: Harness) -> None:
         assert chunk, "the backend's side closed"
         got += chunk
     assert got == message
-    (item,) = [event for event in harness.take("q") if event[0] == "q"]
+    (item,) = [event for event in _unmarked(harness.take("q")) if event[0] == "q"]
     assert item[:3] == ("q", 1, 1)
     assert json.loads(item[3]) == {"kind": "simple", "text": text}  # type: ignore[arg-type]
+
+
+def test_a_read_is_handed_over_with_how_long_ago_it_was_read(harness: Harness) -> None:
+    """Python takes late (here: two client reads 0.3 s apart, then 0.2 s more): the one item
+    leads each read's statements with ``{"ago": microseconds}`` (not counted), so that each
+    statement is read back at its own time rather than the take's; a duration needs no mark.
+    Each read's time (the take's less its mark, on the same monotonic clock) lies between its
+    send and the backend's receipt of what was read (the engine queues before it forwards)."""
+
+    def now_us() -> int:
+        return time.monotonic_ns() // 1000
+
+    def send_and_receive(message: bytes) -> tuple[int, int]:
+        sent = now_us()
+        harness.client.sendall(message)
+        assert _recv_exactly(harness.backend, len(message)) == message
+        return sent, now_us()
+
+    reads = [send_and_receive(pg.query("SELECT 1") + pg.query("SELECT 2"))]
+    time.sleep(0.3)
+    reads.append(send_and_receive(pg.query("SELECT 3")))
+    time.sleep(0.2)
+    harness.backend.sendall(pg.ready_for_query())
+    assert _recv_exactly(harness.client, 6) == pg.ready_for_query()
+    before = now_us()
+    (item,) = harness.engine.take()
+    after = now_us()
+    assert item[:3] == ("q", 1, 4)
+    found = json.loads(b"[" + item[3] + b"]")  # type: ignore[operator]
+    keys = [["ago"], ["kind", "text"], ["kind", "text"], ["ago"], ["kind", "text"], ["done"]]
+    assert [list(each) for each in found] == keys
+    slack = 2  # microseconds: the two clocks' roundings
+    for (sent, received), mark in zip(reads, (found[0], found[3]), strict=True):
+        ago = mark["ago"]
+        assert after - ago >= sent - slack, (reads, found)
+        assert before - ago <= received + slack, (reads, found)
+    assert found[0]["ago"] - found[3]["ago"] >= 300_000 - slack
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -301,7 +350,8 @@ def _handed_over(h: Harness, objects: int, timeout: float = 5.0) -> list[dict[st
         select.select([h.engine.fileno()], [], [], left)
         for event in h.engine.take():
             if event[0] == "q":
-                found += json.loads(b"[" + event[3] + b"]")  # type: ignore[operator]
+                item = json.loads(b"[" + event[3] + b"]")  # type: ignore[operator]
+                found += [each for each in item if "ago" not in each]
     return found
 
 

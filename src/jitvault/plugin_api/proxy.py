@@ -29,7 +29,9 @@ class RenderedStatements:
     objects, comma-separated, each exactly as :func:`render_statement` gives it (ASCII, so
     they cannot break out of the array they are stored in). Among them may be the durations of
     statements recorded before, as :func:`statements_done` renders them (each counts in
-    ``count``)."""
+    ``count``), and ``{"ago":microseconds}`` objects (not counted): the statements after one
+    were sent that long before they are recorded (a relay that hands them over late says when
+    they were sent)."""
 
     count: int
     json: bytes

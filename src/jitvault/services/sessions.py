@@ -526,8 +526,9 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
     """A session's recorded events, decrypted, in order (for ``jitvault session show``): chunk
     rows are expanded into their events; rows of one event each (written before chunks were)
     are read as they are. A statement whose duration was recorded has it in its data, as
-    ``duration_ms``. A run of a prepared statement (kind ``execute``, by its ``name``) is given
-    the ``text`` that statement was last prepared with in the session, when it was recorded."""
+    ``duration_ms``, and the time it was sent (see STATEMENTS_AGO). A run of a prepared
+    statement (kind ``execute``, by its ``name``) is given the ``text`` that statement was last
+    prepared with in the session, when it was recorded."""
     keyring = node.vault.keyring
     out: list[dict[str, Any]] = []
     waiting: deque[dict[str, Any]] = deque()  # statements whose duration has not come yet
@@ -547,9 +548,12 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
         for offset, kind, event in data or ():
             ts = row.ts + offset * _MICROSECOND
             if kind == STATEMENTS_ENTRY:
+                entry_ts = ts
                 for each in event:
                     if STATEMENTS_DONE in each:
                         _statements_done(waiting, each[STATEMENTS_DONE])
+                    elif STATEMENTS_AGO in each:
+                        ts = _sent_at(entry_ts, each[STATEMENTS_AGO])
                     else:
                         _prepared(prepared, each)
                         out.append({"ts": ts, "kind": "query", "data": each})
@@ -565,6 +569,20 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
 #: in a STATEMENTS_ENTRY, an object ``{"done": [n, microseconds]}``: the oldest ``n`` of the
 #: session's statements without a duration ran that long (plugin_api.statements_done)
 STATEMENTS_DONE = "done"
+
+
+#: in a STATEMENTS_ENTRY, an object ``{"ago": microseconds}``: the statements after it (up to
+#: the next one) were sent that long before the entry's time (a relay that hands statements
+#: over late, as the native one does, stamps each client read so)
+STATEMENTS_AGO = "ago"
+
+
+def _sent_at(entry_ts: datetime, ago: Any) -> datetime:
+    """The time of statements sent ``ago`` microseconds before their entry's time (the
+    entry's own time where ``ago`` is not a form this code writes)."""
+    if type(ago) is not int or ago < 0:
+        return entry_ts
+    return entry_ts - ago * _MICROSECOND
 
 
 def _prepared(prepared: dict[str, str], statement: Any) -> None:
