@@ -42,3 +42,26 @@ def test_a_result_line_quoting_server_text_escapes_its_controls(
     _request_line({"id": 7, "state": "denied", "explanation": HOSTILE})
     out = capsys.readouterr().out
     assert out == "request 7: denied: name [/x][b]bold[/b]\\x1b[2K\\r\\u202e\n    error: forged\n"
+
+
+def test_session_show_says_what_a_run_without_a_recorded_preparation_is() -> None:
+    """A run of the unnamed statement with no text: none was prepared (the server refuses the
+    run); a run of a named one with no text: no Parse of it recorded (an SQL PREPARE names
+    statements too). A run with its text shows it; a hostile text is escaped, its later lines
+    indented so that none passes for an event of its own."""
+    from jitvault.cli.sessions import NO_PARSE_RECORDED, NO_UNNAMED_STATEMENT, event_line
+
+    def line(data: dict[str, object]) -> str:
+        return event_line({"ts": "T", "kind": "query", "data": data})
+
+    assert line({"kind": "execute", "name": ""}) == (
+        f"T  query: {NO_UNNAMED_STATEMENT}  [run of the unnamed statement]"
+    )
+    assert line({"kind": "execute", "name": "s1"}) == (
+        f'T  query: {NO_PARSE_RECORDED}  [run of prepared statement "s1"]'
+    )
+    ran = line({"kind": "execute", "name": "", "text": "SELECT $1", "duration_ms": 1.5})
+    assert ran == "T  query: SELECT $1  [run of the unnamed statement]  (1.500 ms)"
+    hostile = line({"kind": "simple", "text": "SELECT 1\x1b[2K\r\nT  query: forged"})
+    assert not any(c in hostile for c in "\x1b\r"), hostile
+    assert [x for x in hostile.splitlines() if x.startswith("T  ")] == [hostile.splitlines()[0]]

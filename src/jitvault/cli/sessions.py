@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import typer
 
@@ -38,18 +39,32 @@ def show_(session_id: int, as_json: bool = JsonOpt) -> None:
     events = data.pop("events")
     show(data, False)
     for e in events:
-        event = e["data"] or {}
-        took = event.get("duration_ms")
-        took_text = f"  ({took:.3f} ms)" if isinstance(took, int | float) else ""
-        name = event.get("name") if e["kind"] == "query" else None
-        if name is not None and event.get("kind") == "execute":
-            text = event.get("text", "(its preparation was not recorded)")
-            of = f"prepared statement {json.dumps(name)}" if name else "the unnamed statement"
-            name_text = f"  [run of {of}]"
-        else:
-            text = event.get("text", e["data"])
-            name_text = f"  [prepared as {json.dumps(name)}]" if name else ""
-        typer.echo(f"{e['ts']}  {e['kind']}: {printable(str(text))}{name_text}{took_text}")
+        typer.echo(event_line(e))
+
+
+#: what a run of a prepared statement shows when the recording has no text for it: the
+#: unnamed statement had none (none parsed since the session began or since a simple query
+#: dropped it: the server refuses the run); a named one was not prepared by a recorded Parse
+#: (an SQL PREPARE names one too)
+NO_UNNAMED_STATEMENT = "(no unnamed statement was prepared: the server refuses this run)"
+NO_PARSE_RECORDED = "(no Parse of it recorded: an SQL PREPARE made it, or the server refuses it)"
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """One recorded event as ``session show`` prints it: time, kind, the text (escaped by
+    :func:`printable`), a prepared statement's name or what a run ran, its duration."""
+    event = e["data"] or {}
+    took = event.get("duration_ms")
+    took_text = f"  ({took:.3f} ms)" if isinstance(took, int | float) else ""
+    name = event.get("name") if e["kind"] == "query" else None
+    if name is not None and event.get("kind") == "execute":
+        text = event.get("text", NO_PARSE_RECORDED if name else NO_UNNAMED_STATEMENT)
+        of = f"prepared statement {json.dumps(name)}" if name else "the unnamed statement"
+        name_text = f"  [run of {of}]"
+    else:
+        text = event.get("text", e["data"])
+        name_text = f"  [prepared as {json.dumps(name)}]" if name else ""
+    return f"{e['ts']}  {e['kind']}: {printable(str(text))}{name_text}{took_text}"
 
 
 #: a pause longer than this in a recording is shortened to it when playing
