@@ -72,7 +72,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
-from bench.bench_ssh_proxy import scratch_postgres  # noqa: E402
 from psycopg import sql  # noqa: E402
 from tests.pgcluster import PgCluster, _as_postgres, _run, _stop, find_pg_bin, start_cluster  # noqa: E402
 from tests.support import (  # noqa: E402
@@ -81,6 +80,7 @@ from tests.support import (  # noqa: E402
     free_port,
     init_data_dir,
     run_cli,
+    scratch_postgres,
     start_server,
     wait_port,
 )
@@ -355,7 +355,7 @@ def start_jitvault(
     data = work / name.replace(" ", "-")
     api_port = free_port()
     store = contextlib.ExitStack()
-    database_url = store.enter_context(scratch_postgres()) if workers > 1 else None
+    database_url = store.enter_context(scratch_postgres("jvbench")) if workers > 1 else None
     token = init_data_dir(data, api_port, database_url)
     config = data / "config.toml"
     if workers > 1:

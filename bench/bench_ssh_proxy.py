@@ -64,12 +64,12 @@ from tests.support import (  # noqa: E402
     free_port,
     init_data_dir,
     run_cli,
+    scratch_postgres,
     start_server,
     use_free_proxy_ports,
 )
 
 TARGET = "bench-ssh"
-PG_HOST_DSN = os.environ.get("JITVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 CIPHER = "aes128-gcm@openssh.com"
 LATENCY_RUNS = 40
 PARALLEL = 4
@@ -235,21 +235,6 @@ def raise_nofile_limit() -> int:
 
 
 @contextlib.contextmanager
-def scratch_postgres() -> Iterator[str]:
-    """A new PostgreSQL database (``JITVAULT_TEST_PG``, as the tests use), dropped after."""
-    import psycopg
-
-    name = f"jvbench_{secrets.token_hex(6)}"
-    with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_HOST_DSN}/{name}"
-    finally:
-        with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
 def bench_world(workers: int = 1, server_env: dict[str, str] | None = None) -> Iterator[World]:
     """Start the sshd, its user, ``jitvault server`` with the target and a grant; stop them.
 
@@ -257,7 +242,7 @@ def bench_world(workers: int = 1, server_env: dict[str, str] | None = None) -> I
     one config, sharing the proxy ports with ``proxy_reuse_port``.
     """
     with contextlib.ExitStack() as stack:
-        database_url = stack.enter_context(scratch_postgres()) if workers > 1 else None
+        database_url = stack.enter_context(scratch_postgres("jvbench")) if workers > 1 else None
         yield stack.enter_context(_world(workers, database_url, server_env or {}))
 
 

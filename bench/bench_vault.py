@@ -38,7 +38,10 @@ from jitvault.services import Node, system
 from jitvault.storage import sealed
 from jitvault.storage import tables as t
 
-PG_HOST_DSN = os.environ.get("JITVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from tests.support import PG_HOST_DSN, scratch_postgres  # noqa: E402
 
 
 @dataclass
@@ -172,16 +175,8 @@ def _database(kind: str, tmp: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'bench.db'}"
         return
-    import psycopg
-
-    name = f"jvbench_{secrets.token_hex(6)}"
-    with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_HOST_DSN}/{name}"
-    finally:
-        with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("jvbench") as url:
+        yield url
 
 
 def print_table(rows: list[Row]) -> None:

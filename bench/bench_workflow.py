@@ -50,7 +50,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from sqlalchemy import event, func, insert, select, text
 
 from jitvault.config import load_settings
@@ -60,7 +59,11 @@ from jitvault.services import Node, grants, policies, requests, targets
 from jitvault.storage import repositories as repo
 from jitvault.storage import tables as t
 
-PG_HOST_DSN = os.environ.get("JITVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from tests.support import scratch_postgres  # noqa: E402
+
 JITVAULT = str(Path(sys.executable).parent / "jitvault")
 TARGET = "bench-pg"
 ACCOUNT = "app_owner"
@@ -165,14 +168,8 @@ def scratch_database(kind: str) -> Iterator[tuple[str | None, str]]:
     if kind == "sqlite":
         yield None, "SQLite (WAL, synchronous=NORMAL, file in a temp dir)"
         return
-    name = f"jvbench_{secrets.token_hex(6)}"
-    with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_HOST_DSN}/{name}", f"PostgreSQL (scratch database {name} on 127.0.0.1)"
-    finally:
-        with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("jvbench") as url:
+        yield url, f"PostgreSQL (scratch database {url.rsplit('/', 1)[-1]} on 127.0.0.1)"
 
 
 # --- 1. request -> grant over HTTP ------------------------------------------------------------

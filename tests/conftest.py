@@ -1,19 +1,18 @@
 """Fixtures: every test that touches state runs on SQLite or PostgreSQL (``--db``).
 
 ``--db sqlite`` (default) uses a file in the test's tmp dir; ``--db postgres`` creates a uniquely
-named database on the local server (127.0.0.1:5432) and drops it afterwards.
+named database on the local server (127.0.0.1:5432, or ``JITVAULT_TEST_PG``) and drops it
+afterwards.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -21,8 +20,7 @@ from jitvault.api import create_app
 from jitvault.config import Settings, load_settings
 from jitvault.domain import Principal, Role
 from jitvault.services import Node, system
-
-PG_HOST_DSN = os.environ.get("JITVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+from tests.support import scratch_postgres
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,14 +43,8 @@ def scratch_database(kind: str, tmp_path: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'jitvault.db'}"
         return
-    name = f"jvtest_{secrets.token_hex(6)}"
-    with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres() as url:
+        yield url
 
 
 @pytest.fixture

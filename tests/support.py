@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import psycopg
 
 from jitvault.services import Node
 
@@ -24,6 +26,23 @@ if TYPE_CHECKING:
 
 VENV_BIN = Path(sys.executable).parent
 JITVAULT = str(VENV_BIN / "jitvault")
+#: the PostgreSQL server the suites and benches make their scratch databases on (the machine's
+#: own, trusting local logins, unless ``JITVAULT_TEST_PG`` names another)
+PG_HOST_DSN = os.environ.get("JITVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+@contextmanager
+def scratch_postgres(prefix: str = "jvtest") -> Iterator[str]:
+    """The URL of a new, empty database on ``PG_HOST_DSN``'s server, named ``prefix`` and a
+    random suffix; dropped afterwards (its connections closed by force)."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_HOST_DSN}/{name}"
+    finally:
+        with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:

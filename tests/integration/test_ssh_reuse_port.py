@@ -20,11 +20,12 @@ import paramiko
 import psycopg
 import pytest
 
-from tests.conftest import PG_HOST_DSN, scratch_database
+from tests.conftest import scratch_database
 from tests.ssh_clients import paramiko_client
 from tests.sshd import SshdServer
 from tests.support import (
     JITVAULT,
+    PG_HOST_DSN,
     ServerProcess,
     add_requester,
     cli_env,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Iterator
 
@@ -32,8 +31,7 @@ from jitvault.plugin_api.scram import (
     salted_password,
     scram_verifier,
 )
-
-PG_HOST_DSN = os.environ.get("JITVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+from tests.support import PG_HOST_DSN
 
 # RFC 7677, section 3
 RFC_PASSWORD = Sensitive("pencil")
