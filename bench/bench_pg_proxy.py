@@ -23,7 +23,11 @@ Measured, each with its anchors:
 
 * pgbench (the cluster's own), select-only (``-S``) and tpcb-like, 8 clients (``-c 8 -j 2``),
   fixed duration, against direct / PgBouncer / jitvault (``sslmode=disable``, as direct) /
-  jitvault with ``sslmode=require``: tps, as a ratio to direct and to PgBouncer;
+  jitvault with ``sslmode=require``: tps, as a ratio to direct and to PgBouncer; and the CPU
+  time the hop's process used per transaction (``/proc/<pid>/stat``; jitvault: the whole
+  server, recorder included; with ``--workers`` above 1, the first process only), PgBouncer's
+  as the anchor: on a machine whose cores the benchmark fills, a hop's CPU is taken from the
+  server and pgbench;
 * 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
 * memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
   growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
@@ -106,6 +110,13 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, in seconds."""
+    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # fields 14 and 15 of proc(5), counted from the state (field 3) on
+    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raise_fd_limit() -> None:
@@ -440,6 +451,15 @@ class PgbenchResult:
     transactions: int
     failed: int = 0
     round: int = 0
+    #: CPU seconds the hop's process used during the run (None: no hop, or none to weigh)
+    hop_cpu_s: float | None = None
+
+    @property
+    def cpu_us_per_tx(self) -> float | None:
+        """The hop's CPU per transaction, in microseconds."""
+        if self.hop_cpu_s is None or not self.transactions:
+            return None
+        return self.hop_cpu_s * 1e6 / self.transactions
 
 
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
@@ -462,9 +482,11 @@ def pgbench(
     args += ["-T", str(seconds), "-M", query_mode]
     if workload == "select-only":
         args.append("-S")
+    cpu_before = cpu_seconds(ep.pid) if ep.pid is not None else None
     done = subprocess.run(
         args, capture_output=True, text=True, env=ep.env(), timeout=seconds + 120, check=False
     )
+    hop_cpu = None if ep.pid is None or cpu_before is None else cpu_seconds(ep.pid) - cpu_before
     out = done.stdout
     tps, lat, tx = _TPS.search(out), _LAT.search(out), _TX.search(out)
     if done.returncode != 0 or tps is None or lat is None or tx is None:
@@ -482,6 +504,7 @@ def pgbench(
         int(tx.group(1)),
         int(failed.group(1)) if failed else 0,
         round_no,
+        hop_cpu,
     )
 
 
@@ -509,10 +532,21 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
 
 
+def _cpu_per_tx(rows: list[PgbenchResult], workload: str, endpoint: str) -> float | None:
+    """Median over rounds of the hop's CPU per transaction (us), where it was weighed."""
+    weighed = [
+        us
+        for r in _by_round(rows, workload, endpoint).values()
+        if (us := r.cpu_us_per_tx) is not None
+    ]
+    return _median(weighed) if weighed else None
+
+
 def print_tps(rows: list[PgbenchResult]) -> None:
     print(
         f"{'workload':<12} {'endpoint':<14} {'median tps':>11} {'latency ms':>11}"
         f" {'x direct':>9} {'x PgBouncer':>12} {'rounds x PgB':>13}"
+        f" {'hop CPU us/tx':>14} {'CPU x PgB':>10}"
     )
     for workload in dict.fromkeys(r.workload for r in rows):
         names = list(dict.fromkeys(r.endpoint for r in rows if r.workload == workload))
@@ -524,10 +558,13 @@ def print_tps(rows: list[PgbenchResult]) -> None:
             else:
                 vs_b = f"{'-':>12} {'-':>13}"
             failed = sum(r.failed for r in mine)
+            cpu, cpu_b = _cpu_per_tx(rows, workload, name), _cpu_per_tx(rows, workload, "PgBouncer")
+            cpu_text = f"{cpu:>14.1f}" if cpu is not None else f"{'-':>14}"
+            cpu_x = f"{cpu / cpu_b:>10.2f}" if cpu is not None and cpu_b else f"{'-':>10}"
             print(
                 f"{workload:<12} {name:<14} {_median([r.tps for r in mine]):>11.0f}"
                 f" {_median([r.latency_ms for r in mine]):>11.3f}"
-                f" {_ratio(rows, workload, name, 'direct'):>9.2f} {vs_b}"
+                f" {_ratio(rows, workload, name, 'direct'):>9.2f} {vs_b} {cpu_text} {cpu_x}"
                 + (f"  ({failed} failed)" if failed else "")
             )
 
@@ -991,7 +1028,8 @@ def main() -> int:
     print()
     print(
         f"-- pgbench, {CLIENTS} clients, {seconds} s per row, median of {rounds} interleaved"
-        " rounds (tps without connection time; jitvault rows: every statement recorded)"
+        " rounds (tps without connection time; jitvault rows: every statement recorded;"
+        " hop CPU: user + system time of the hop's process, every thread, per transaction)"
     )
     print_tps(tps_rows)
     print()
