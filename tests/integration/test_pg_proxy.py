@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from jitvault.domain import Sensitive
 from jitvault.plugin_api.scram import MECHANISM, ScramClient, parse_verifier, scram_verifier
 from jitvault.services import Node, sessions
 from jitvault.storage import tables as t
+from jitvault.storage.repositories import aware
 from jitvault_postgres import protocol as pg
 from jitvault_postgres.frontend import BackendFramer
 from tests.integration.test_recording_sink import recordings_refused
@@ -780,6 +781,39 @@ def test_every_statement_of_a_2000_statement_session_is_recorded_in_order_once_i
         assert texts == [f"SELECT {i}" for i in range(2_000)]
     finally:
         node.close()
+
+
+@RELAYS
+def test_statements_sent_one_after_another_are_recorded_at_times_that_follow_one_another(
+    world: ProxyWorld,
+    sslmode: str,
+) -> None:
+    """Each statement is recorded at the time the proxy read it, not at the time its batch was
+    handed to the recorder: statements sent a few ms apart (several in one of the native relay's
+    10 ms hand-overs) get times in the order they were sent, none the same, none before the
+    first was sent. Each is sent only after the one before was answered, so their reads are
+    that far apart whatever the machine's load."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    with _psycopg(info, sslmode=sslmode) as conn:
+        before = datetime.now(UTC)
+        for i in range(30):
+            conn.execute(f"SELECT {i} AS step")
+            time.sleep(0.002)
+    sid = _ended_session(world, info["token_id"])
+    node = world.node()
+    try:
+        steps = [
+            e
+            for e in sessions.session_events(node, sid)
+            if e["kind"] == "query" and e["data"]["text"].endswith(" AS step")
+        ]
+    finally:
+        node.close()
+    assert [e["data"]["text"] for e in steps] == [f"SELECT {i} AS step" for i in range(30)]
+    times = [aware(e["ts"]) for e in steps]
+    assert times[0] >= before, (times[0], before)
+    assert times == sorted(set(times)), times  # in order, none the same
 
 
 @RELAYS
