@@ -5,12 +5,19 @@ requests and grants (lapse, start, end on time, warn of expiry); run due jobs (g
 notifications); move stored values to the active key term. Each step's errors are logged and
 retried on the next pass; the worker never takes the server down. The first pass runs at start,
 so grants that expired while the server was down end within one interval.
+
+Re-encryption looks for values under older key terms only while there may be some: once a pass
+finds none, values are sealed under the active term alone (a node whose keyring is behind the
+database's is refused: :class:`~jitvault.storage.sealed.StaleKeyring`), so the next look waits
+for a new active term, or for ``REENCRYPT_RECHECK_SECONDS`` (a database restored from a backup
+made before a key rotation). An idle pass then opens no write transaction for it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from jitvault.errors import JitvaultError
@@ -19,6 +26,8 @@ from jitvault.services import Node, grants, jobs, keys, rotation, sessions
 log = logging.getLogger(__name__)
 
 BATCHES_PER_PASS = 5
+#: how long a pass that found nothing under an older key term is trusted, the term unchanged
+REENCRYPT_RECHECK_SECONDS = 60.0
 
 
 class Worker:
@@ -27,6 +36,8 @@ class Worker:
         self.interval = interval if interval is not None else node.settings.server.worker_interval
         self._stop = threading.Event()
         self._reconciled = False
+        #: (active term, monotonic time) of the last pass that found nothing to re-encrypt
+        self._reencrypted: tuple[int, float] | None = None
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> bool:
@@ -65,10 +76,16 @@ class Worker:
         return busy
 
     def _reencrypt(self) -> int:
+        term, now = self.node.vault.keyring.active_term, time.monotonic()
+        done = self._reencrypted
+        if done is not None and done[0] == term and now - done[1] < REENCRYPT_RECHECK_SECONDS:
+            return 0
+        self._reencrypted = None
         moved_total = 0
         for _ in range(BATCHES_PER_PASS):
             moved = keys.reencrypt_step(self.node)
-            if not moved:
+            if not moved:  # none left under an older term (and the unused terms retired)
+                self._reencrypted = (term, now)
                 break
             moved_total += moved
         if moved_total:
