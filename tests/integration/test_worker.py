@@ -1,16 +1,23 @@
-"""The background worker's re-encryption step on a real store: it looks for values under older
-key terms only while there may be some (a new active term, or the recheck interval passed), and
-moves them all when there are."""
+"""The background worker's passes on a real store: an idle pass takes no write transaction (the
+sweep asks first what is due; re-encryption looks for values under older key terms only while
+there may be some: a new active term, or the recheck interval passed), and work that is due is
+still done."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from jitvault.domain import AccountMode, Sensitive
 from jitvault.lifecycle import worker as worker_module
 from jitvault.lifecycle.worker import Worker
-from jitvault.services import keys, targets
+from jitvault.services import Node, grants, keys, targets
 from tests.conftest import Booted
+from tests.integration.test_session_registry import _open
 
 
 def _looks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -62,3 +69,37 @@ def test_an_idle_worker_looks_for_old_key_terms_again_only_on_a_new_term_or_afte
         secret = targets.account_secret(node, targets.get_account(node, admin, "db1", f"a{i}"))
         assert secret is not None
         assert secret.reveal() == "pw-x"
+
+
+def _writes(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per write transaction the node opens from now on."""
+    opened: list[int] = []
+    write: Callable[[], AbstractContextManager[Any]] = node.write
+
+    def counted() -> AbstractContextManager[Any]:
+        opened.append(1)
+        return write()
+
+    monkeypatch.setattr(node, "write", counted)
+    return opened
+
+
+def test_an_idle_sweep_opens_no_write_transaction_and_a_due_one_ends_the_grant(
+    booted: Booted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ticket, _ = _open(booted, minutes=30)  # a live grant, ending in 30 minutes
+    node = booted.node
+    writes = _writes(node, monkeypatch)
+    worker = Worker(node, interval=60)
+    worker.run_once()  # the first pass: reconciles rotations, looks for old key terms
+    writes.clear()
+    assert grants.sweep(node).total == 0
+    worker.run_once()
+    assert writes == []
+
+    later = node.clock() + timedelta(minutes=31)
+    assert grants.sweep(node, at=later).ended == 1
+    assert writes  # what is due is still claimed in a write transaction
+    ended = grants.get_grant(node, booted.admin, ticket.grant.id)
+    assert ended.ended_at is not None
+    assert ended.end_reason == "expired"

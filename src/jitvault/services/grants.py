@@ -204,7 +204,8 @@ def sweep(
 ) -> SweepResult:
     """One pass: lapse stale pending requests, start scheduled grants, end expired ones, and
     warn of those about to expire. Each batch is one transaction; rows other nodes hold are
-    skipped (SKIP LOCKED), so nodes share the sweep without doing anything twice."""
+    skipped (SKIP LOCKED), so nodes share the sweep without doing anything twice. One read asks
+    first which of the four are due: an idle pass takes no write lock."""
     at = at or node.clock()
     out = SweepResult()
     budget = [max_batches if max_batches is not None else -1]
@@ -215,7 +216,9 @@ def sweep(
         return len(ids) == batch and budget[0] != 0
 
     warn = timedelta(seconds=node.settings.workflow.expiry_warning_seconds)
-    while True:
+    with node.read() as conn:
+        lapse_due, start_due, end_due, warning_due = workflow.sweep_due(conn, at, warn)
+    while lapse_due:
         with node.write() as tx:
             ids = workflow.due_pending(tx.conn, at, batch)
             for rid in ids:
@@ -223,7 +226,7 @@ def sweep(
                 out.expired_requests += lapse_if_due(node, tx, r, at)
         if not more(ids):
             break
-    while True:
+    while start_due:
         with node.write() as tx:
             ids = workflow.due_to_start(tx.conn, at, batch)
             for rid in ids:
@@ -234,7 +237,7 @@ def sweep(
                     out.started += 1
         if not more(ids):
             break
-    while True:
+    while end_due:
         with node.write() as tx:
             ids = workflow.due_to_end(tx.conn, at, batch)
             for rid in ids:
@@ -242,6 +245,8 @@ def sweep(
                 out.ended += 1
         if not more(ids):
             break
+    if not warning_due:
+        return _swept(out)
     with node.write() as tx:
         for gid in workflow.due_expiry_warning(tx.conn, at, warn, batch):
             g = workflow.grant_get(tx.conn, gid)
@@ -254,6 +259,10 @@ def sweep(
                 {**summary(r), "grant_id": gid, "expires_at": g.expires_at.isoformat()},
             )
             out.warned += 1
+    return _swept(out)
+
+
+def _swept(out: SweepResult) -> SweepResult:
     if out.total:
         log.info("sweep: %s", out)
     return out

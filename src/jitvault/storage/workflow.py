@@ -12,7 +12,19 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Select,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -392,21 +404,16 @@ def next_queued(conn: Connection, target_id: int, account: str) -> list[int]:
 
 
 # --- sweeps (claimed with SKIP LOCKED) ------------------------------------------------------------
+# Each kind of due row is one query: claimed in batches (FOR UPDATE SKIP LOCKED) by the sweep's
+# write transactions, and asked about all at once, unlocked, by sweep_due (an idle pass).
 
 
-def due_pending(conn: Connection, at: datetime, limit: int) -> list[int]:
-    q = (
-        select(_R.c.id)
-        .where(_R.c.state == RequestState.PENDING.value, _R.c.expires_at <= at)
-        .order_by(_R.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    return [int(r) for r in conn.execute(q).scalars()]
+def _pending_due(at: datetime) -> Select[Any]:
+    return select(_R.c.id).where(_R.c.state == RequestState.PENDING.value, _R.c.expires_at <= at)
 
 
-def due_to_start(conn: Connection, at: datetime, limit: int) -> list[int]:
-    q = (
+def _start_due(at: datetime) -> Select[Any]:
+    return (
         select(_R.c.id)
         .join(_G, _G.c.request_id == _R.c.id)
         # a window that has passed entirely is due_to_end's; selecting it here too would make
@@ -417,15 +424,11 @@ def due_to_start(conn: Connection, at: datetime, limit: int) -> list[int]:
             _G.c.starts_at <= at,
             _G.c.expires_at > at,
         )
-        .order_by(_R.c.id)
-        .limit(limit)
-        .with_for_update(of=_R, skip_locked=True)
     )
-    return [int(r) for r in conn.execute(q).scalars()]
 
 
-def due_to_end(conn: Connection, at: datetime, limit: int) -> list[int]:
-    q = (
+def _end_due(at: datetime) -> Select[Any]:
+    return (
         select(_R.c.id)
         .join(_G, _G.c.request_id == _R.c.id)
         .where(
@@ -433,15 +436,11 @@ def due_to_end(conn: Connection, at: datetime, limit: int) -> list[int]:
             _G.c.queued.is_(False),  # its window is set when it leaves the queue
             _G.c.expires_at <= at,
         )
-        .order_by(_G.c.expires_at)
-        .limit(limit)
-        .with_for_update(of=_R, skip_locked=True)
     )
-    return [int(r) for r in conn.execute(q).scalars()]
 
 
-def due_expiry_warning(conn: Connection, at: datetime, window: timedelta, limit: int) -> list[int]:
-    q = (
+def _warning_due(at: datetime, window: timedelta) -> Select[Any]:
+    return (
         select(_G.c.id)
         .join(_R, _R.c.id == _G.c.request_id)
         .where(
@@ -450,9 +449,40 @@ def due_expiry_warning(conn: Connection, at: datetime, window: timedelta, limit:
             _G.c.expires_at <= at + window,
             _G.c.expires_at > at,
         )
-        .limit(limit)
-        .with_for_update(of=_G, skip_locked=True)
     )
+
+
+def sweep_due(conn: Connection, at: datetime, window: timedelta) -> tuple[bool, bool, bool, bool]:
+    """Is anything due (pending requests to lapse, grants to start, to end, to warn of)? One
+    query, no lock taken: a row another node holds counts, and the claim skips it."""
+    row = conn.execute(
+        select(
+            exists(_pending_due(at)),
+            exists(_start_due(at)),
+            exists(_end_due(at)),
+            exists(_warning_due(at, window)),
+        )
+    ).one()
+    return bool(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
+
+
+def due_pending(conn: Connection, at: datetime, limit: int) -> list[int]:
+    q = _pending_due(at).order_by(_R.c.id).limit(limit).with_for_update(skip_locked=True)
+    return [int(r) for r in conn.execute(q).scalars()]
+
+
+def due_to_start(conn: Connection, at: datetime, limit: int) -> list[int]:
+    q = _start_due(at).order_by(_R.c.id).limit(limit).with_for_update(of=_R, skip_locked=True)
+    return [int(r) for r in conn.execute(q).scalars()]
+
+
+def due_to_end(conn: Connection, at: datetime, limit: int) -> list[int]:
+    q = _end_due(at).order_by(_G.c.expires_at).limit(limit).with_for_update(of=_R, skip_locked=True)
+    return [int(r) for r in conn.execute(q).scalars()]
+
+
+def due_expiry_warning(conn: Connection, at: datetime, window: timedelta, limit: int) -> list[int]:
+    q = _warning_due(at, window).limit(limit).with_for_update(of=_G, skip_locked=True)
     return [int(r) for r in conn.execute(q).scalars()]
 
 
@@ -486,16 +516,26 @@ def job_enqueue(
     return int(pk[0])
 
 
+def _job_due(at: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        _J.c.run_after <= at,
+        (_J.c.state == "queued") | and_(_J.c.state == "running", _J.c.locked_until < at),
+    )
+
+
+def job_due(conn: Connection, at: datetime) -> bool:
+    """Is a job due (what :func:`job_claim` would claim, rows other nodes hold included)? No
+    lock taken."""
+    return bool(conn.execute(select(exists(select(_J.c.id).where(*_job_due(at))))).scalar())
+
+
 def job_claim(
     conn: Connection, worker: str, at: datetime, lease: timedelta, limit: int
 ) -> list[dict[str, Any]]:
     """Claim due jobs: queued ones, and running ones whose claimant's lease ran out (crashed)."""
     q = (
         select(_J.c.id, _J.c.kind, _J.c.payload, _J.c.attempts, _J.c.max_attempts)
-        .where(
-            _J.c.run_after <= at,
-            (_J.c.state == "queued") | and_(_J.c.state == "running", _J.c.locked_until < at),
-        )
+        .where(*_job_due(at))
         # credential cleanup before notifications: a slow webhook must not delay removal
         .order_by(_J.c.kind == "notify", _J.c.run_after, _J.c.id)
         .limit(limit)
@@ -573,6 +613,7 @@ __all__ = [
     "grant_list",
     "grant_update",
     "job_claim",
+    "job_due",
     "job_enqueue",
     "job_finish",
     "job_list",
@@ -588,4 +629,5 @@ __all__ = [
     "request_lock",
     "request_try_lock",
     "request_update",
+    "sweep_due",
 ]
