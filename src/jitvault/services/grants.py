@@ -245,24 +245,19 @@ def sweep(
                 out.ended += 1
         if not more(ids):
             break
-    if not warning_due:
-        return _swept(out)
-    with node.write() as tx:
-        for gid in workflow.due_expiry_warning(tx.conn, at, warn, batch):
-            g = workflow.grant_get(tx.conn, gid)
-            workflow.grant_update(tx.conn, gid, expiry_warned=True)
-            r = workflow.request_get(tx.conn, g.request_id)
-            notify.notify(
-                node,
-                tx,
-                "grant.expiring",
-                {**summary(r), "grant_id": gid, "expires_at": g.expires_at.isoformat()},
-            )
-            out.warned += 1
-    return _swept(out)
-
-
-def _swept(out: SweepResult) -> SweepResult:
+    if warning_due:
+        with node.write() as tx:
+            for gid in workflow.due_expiry_warning(tx.conn, at, warn, batch):
+                g = workflow.grant_get(tx.conn, gid)
+                workflow.grant_update(tx.conn, gid, expiry_warned=True)
+                r = workflow.request_get(tx.conn, g.request_id)
+                notify.notify(
+                    node,
+                    tx,
+                    "grant.expiring",
+                    {**summary(r), "grant_id": gid, "expires_at": g.expires_at.isoformat()},
+                )
+                out.warned += 1
     if out.total:
         log.info("sweep: %s", out)
     return out
