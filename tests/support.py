@@ -45,10 +45,22 @@ def scratch_postgres(prefix: str = "jvtest") -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and not handed out before in this test run.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is
+    closed, so two calls (a server's PostgreSQL and SSH proxy ports) could otherwise collide."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no loopback port left that this test run has not handed out")
 
 
 def wait_http(url: str, timeout: float = 30.0, ok: tuple[int, ...] = (200,)) -> httpx.Response:
