@@ -27,7 +27,8 @@ Measured, each with its anchors:
   time the hop's process used per transaction (``/proc/<pid>/stat``; jitvault: the whole
   server, recorder included; with ``--workers`` above 1, the first process only), PgBouncer's
   as the anchor: on a machine whose cores the benchmark fills, a hop's CPU is taken from the
-  server and pgbench;
+  server and pgbench; and the context switches of the hop's threads per transaction
+  (``voluntary_ctxt_switches`` + ``nonvoluntary_ctxt_switches`` of ``/proc/<pid>/task/*/status``);
 * 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
 * memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
   growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
@@ -117,6 +118,20 @@ def cpu_seconds(pid: int) -> float:
     after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # fields 14 and 15 of proc(5), counted from the state (field 3) on
     return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def context_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of every live thread of a process so far."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended between the listing and the read
+        for line in lines:
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                total += int(line.split()[1])
+    return total
 
 
 def raise_fd_limit() -> None:
@@ -453,6 +468,8 @@ class PgbenchResult:
     round: int = 0
     #: CPU seconds the hop's process used during the run (None: no hop, or none to weigh)
     hop_cpu_s: float | None = None
+    #: context switches of the hop's threads during the run (None: no hop)
+    hop_switches: int | None = None
 
     @property
     def cpu_us_per_tx(self) -> float | None:
@@ -460,6 +477,13 @@ class PgbenchResult:
         if self.hop_cpu_s is None or not self.transactions:
             return None
         return self.hop_cpu_s * 1e6 / self.transactions
+
+    @property
+    def switches_per_tx(self) -> float | None:
+        """The hop's context switches per transaction."""
+        if self.hop_switches is None or not self.transactions:
+            return None
+        return self.hop_switches / self.transactions
 
 
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
@@ -483,10 +507,16 @@ def pgbench(
     if workload == "select-only":
         args.append("-S")
     cpu_before = cpu_seconds(ep.pid) if ep.pid is not None else None
+    switches_before = context_switches(ep.pid) if ep.pid is not None else None
     done = subprocess.run(
         args, capture_output=True, text=True, env=ep.env(), timeout=seconds + 120, check=False
     )
     hop_cpu = None if ep.pid is None or cpu_before is None else cpu_seconds(ep.pid) - cpu_before
+    hop_switches = (
+        None
+        if ep.pid is None or switches_before is None
+        else context_switches(ep.pid) - switches_before
+    )
     out = done.stdout
     tps, lat, tx = _TPS.search(out), _LAT.search(out), _TX.search(out)
     if done.returncode != 0 or tps is None or lat is None or tx is None:
@@ -505,6 +535,7 @@ def pgbench(
         int(failed.group(1)) if failed else 0,
         round_no,
         hop_cpu,
+        hop_switches,
     )
 
 
@@ -542,11 +573,21 @@ def _cpu_per_tx(rows: list[PgbenchResult], workload: str, endpoint: str) -> floa
     return _median(weighed) if weighed else None
 
 
+def _switches_per_tx(rows: list[PgbenchResult], workload: str, endpoint: str) -> float | None:
+    """Median over rounds of the hop's context switches per transaction, where counted."""
+    counted = [
+        n
+        for r in _by_round(rows, workload, endpoint).values()
+        if (n := r.switches_per_tx) is not None
+    ]
+    return _median(counted) if counted else None
+
+
 def print_tps(rows: list[PgbenchResult]) -> None:
     print(
         f"{'workload':<12} {'endpoint':<14} {'median tps':>11} {'latency ms':>11}"
         f" {'x direct':>9} {'x PgBouncer':>12} {'rounds x PgB':>13}"
-        f" {'hop CPU us/tx':>14} {'CPU x PgB':>10}"
+        f" {'hop CPU us/tx':>14} {'CPU x PgB':>10} {'switches/tx':>12}"
     )
     for workload in dict.fromkeys(r.workload for r in rows):
         names = list(dict.fromkeys(r.endpoint for r in rows if r.workload == workload))
@@ -561,11 +602,13 @@ def print_tps(rows: list[PgbenchResult]) -> None:
             cpu, cpu_b = _cpu_per_tx(rows, workload, name), _cpu_per_tx(rows, workload, "PgBouncer")
             cpu_text = f"{cpu:>14.1f}" if cpu is not None else f"{'-':>14}"
             cpu_x = f"{cpu / cpu_b:>10.2f}" if cpu is not None and cpu_b else f"{'-':>10}"
+            cs = _switches_per_tx(rows, workload, name)
+            cs_text = f"{cs:>12.2f}" if cs is not None else f"{'-':>12}"
             print(
                 f"{workload:<12} {name:<14} {_median([r.tps for r in mine]):>11.0f}"
                 f" {_median([r.latency_ms for r in mine]):>11.3f}"
-                f" {_ratio(rows, workload, name, 'direct'):>9.2f} {vs_b} {cpu_text} {cpu_x}"
-                + (f"  ({failed} failed)" if failed else "")
+                f" {_ratio(rows, workload, name, 'direct'):>9.2f} {vs_b}"
+                f" {cpu_text} {cpu_x} {cs_text}" + (f"  ({failed} failed)" if failed else "")
             )
 
 
@@ -1029,7 +1072,8 @@ def main() -> int:
     print(
         f"-- pgbench, {CLIENTS} clients, {seconds} s per row, median of {rounds} interleaved"
         " rounds (tps without connection time; jitvault rows: every statement recorded;"
-        " hop CPU: user + system time of the hop's process, every thread, per transaction)"
+        " hop CPU: user + system time of the hop's process, every thread, per transaction;"
+        " switches: its threads' context switches per transaction)"
     )
     print_tps(tps_rows)
     print()
