@@ -617,6 +617,8 @@ static void run_commands(Engine *e, int *stop) {
 
 static void *engine_main(void *arg) {
     Engine *e = arg;
+    /* an OS-level name, so that top -H, perf and /proc tell the relay from Python's threads */
+    (void)pthread_setname_np(pthread_self(), "jv-pg-relay");
     struct epoll_event events[256];
     int stop = 0;
     while (!stop) {

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from jitvault.errors import JitvaultError
+from jitvault.osthread import name_os_thread
 from jitvault.services import Node, grants, jobs, keys, rotation, sessions
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class Worker:
         return moved_total
 
     def _loop(self) -> None:
+        name_os_thread("jv-worker")
         while not self._stop.is_set():
             busy = False
             try:

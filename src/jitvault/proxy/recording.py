@@ -42,6 +42,7 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from jitvault.errors import Unavailable
+from jitvault.osthread import name_os_thread
 from jitvault.plugin_api import Cut, RenderedStatements
 from jitvault.services import Node, sessions
 
@@ -95,7 +96,12 @@ class RecordingSink:
         self.high_events, self.high_bytes = max(1, max_events // 4), max(1, max_bytes // 4)
         self._backlog: asyncio.Future[None] | None = None
         self._inflight: set[asyncio.Future[None]] = set()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jitvault-recorder")
+        self._thread = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="jitvault-recorder",
+            initializer=name_os_thread,
+            initargs=("jv-recorder",),
+        )
 
     def close(self) -> None:
         """Let the writer's thread go (after the last flush)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jitvault.crypto import ensure_self_signed, server_context
 from jitvault.errors import Unavailable
+from jitvault.osthread import name_os_thread
 from jitvault.plugin_api import NODE_STOPPING, ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
 from jitvault.proxy.preauth import PreAuthLimit
@@ -94,6 +95,7 @@ class ProxyServer:
         ]
 
     def _run(self) -> None:
+        name_os_thread("jv-proxy")
         loop = new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
