@@ -120,6 +120,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of a process's live threads so far, summed by thread name
+    (jitvault names its threads: ``jv-pg-relay``, ``jv-proxy``, ``jv-recorder``, ...)."""
+    by_name: dict[str, float] = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended between the listing and the read
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        after_name = text.rsplit(")", 1)[1].split()
+        used = (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+        by_name[name] = by_name.get(name, 0.0) + used
+    return by_name
+
+
 def context_switches(pid: int) -> int:
     """Context switches (voluntary and not) of every live thread of a process so far."""
     total = 0
@@ -470,6 +486,8 @@ class PgbenchResult:
     hop_cpu_s: float | None = None
     #: context switches of the hop's threads during the run (None: no hop)
     hop_switches: int | None = None
+    #: CPU seconds of the hop's threads during the run, by thread name (None: no hop)
+    hop_cpu_by_thread: dict[str, float] | None = None
 
     @property
     def cpu_us_per_tx(self) -> float | None:
@@ -508,6 +526,7 @@ def pgbench(
         args.append("-S")
     cpu_before = cpu_seconds(ep.pid) if ep.pid is not None else None
     switches_before = context_switches(ep.pid) if ep.pid is not None else None
+    threads_before = cpu_seconds_by_thread(ep.pid) if ep.pid is not None else None
     done = subprocess.run(
         args, capture_output=True, text=True, env=ep.env(), timeout=seconds + 120, check=False
     )
@@ -517,6 +536,10 @@ def pgbench(
         if ep.pid is None or switches_before is None
         else context_switches(ep.pid) - switches_before
     )
+    by_thread = None
+    if ep.pid is not None and threads_before is not None:
+        after = cpu_seconds_by_thread(ep.pid)
+        by_thread = {k: v - threads_before.get(k, 0.0) for k, v in after.items()}
     out = done.stdout
     tps, lat, tx = _TPS.search(out), _LAT.search(out), _TX.search(out)
     if done.returncode != 0 or tps is None or lat is None or tx is None:
@@ -536,6 +559,7 @@ def pgbench(
         round_no,
         hop_cpu,
         hop_switches,
+        by_thread,
     )
 
 
@@ -610,6 +634,27 @@ def print_tps(rows: list[PgbenchResult]) -> None:
                 f" {_ratio(rows, workload, name, 'direct'):>9.2f} {vs_b}"
                 f" {cpu_text} {cpu_x} {cs_text}" + (f"  ({failed} failed)" if failed else "")
             )
+
+
+def print_threads(rows: list[PgbenchResult], endpoint: str = "jitvault") -> None:
+    """Where the hop's CPU goes: each named thread's CPU per transaction (medians over rounds)."""
+    for workload in dict.fromkeys(r.workload for r in rows):
+        mine = [
+            r
+            for r in _by_round(rows, workload, endpoint).values()
+            if r.hop_cpu_by_thread and r.transactions
+        ]
+        if not mine:
+            continue
+        names = sorted({n for r in mine for n in r.hop_cpu_by_thread or {}})
+        per_tx = {
+            n: _median(
+                [(r.hop_cpu_by_thread or {}).get(n, 0.0) * 1e6 / r.transactions for r in mine]
+            )
+            for n in names
+        }
+        shown = "  ".join(f"{n} {us:.1f}" for n, us in sorted(per_tx.items(), key=lambda i: -i[1]))
+        print(f"{workload:<12} {endpoint:<14} {shown}")
 
 
 def print_latency(rows: list[PgbenchResult]) -> None:
@@ -1076,6 +1121,10 @@ def main() -> int:
         " switches: its threads' context switches per transaction)"
     )
     print_tps(tps_rows)
+    print()
+    print("-- where the jitvault hop's CPU goes: us per transaction by thread (medians)")
+    for name in dict.fromkeys(r.endpoint for r in tps_rows if r.endpoint.startswith("jitvault")):
+        print_threads(tps_rows, name)
     print()
     print(f"-- 1-client select-only latency: what each hop adds per query (medians of {rounds})")
     print_latency(lat_rows)
