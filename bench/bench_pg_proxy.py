@@ -65,7 +65,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -113,41 +113,45 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) a process has used so far, in seconds."""
-    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat_cpu_seconds(stat: str) -> float:
+    """User + system time of a ``/proc/.../stat`` text, in seconds."""
+    after_name = stat.rsplit(")", 1)[1].split()
     # fields 14 and 15 of proc(5), counted from the state (field 3) on
     return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, in seconds."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _task_files(pid: int, name: str) -> Iterator[str]:
+    """The text of ``/proc/<pid>/task/*/<name>`` of each live thread."""
+    for path in Path(f"/proc/{pid}/task").glob(f"*/{name}"):
+        try:
+            yield path.read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended between the listing and the read
 
 
 def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
     """CPU time (user + system) of a process's live threads so far, summed by thread name
     (jitvault names its threads: ``jv-pg-relay``, ``jv-proxy``, ``jv-recorder``, ...)."""
     by_name: dict[str, float] = {}
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-        try:
-            text = stat.read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended between the listing and the read
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        after_name = text.rsplit(")", 1)[1].split()
-        used = (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
-        by_name[name] = by_name.get(name, 0.0) + used
+    for stat in _task_files(pid, "stat"):
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        by_name[name] = by_name.get(name, 0.0) + _stat_cpu_seconds(stat)
     return by_name
 
 
 def context_switches(pid: int) -> int:
     """Context switches (voluntary and not) of every live thread of a process so far."""
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        try:
-            lines = status.read_text().splitlines()
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # a thread that ended between the listing and the read
-        for line in lines:
-            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                total += int(line.split()[1])
-    return total
+    return sum(
+        int(line.split()[1])
+        for status in _task_files(pid, "status")
+        for line in status.splitlines()
+        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
+    )
 
 
 def raise_fd_limit() -> None:
@@ -587,24 +591,27 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
 
 
+def _hop_median(
+    rows: list[PgbenchResult],
+    workload: str,
+    endpoint: str,
+    measure: Callable[[PgbenchResult], float | None],
+) -> float | None:
+    """Median over rounds of a per-transaction measure of the hop, where it was taken."""
+    taken = [
+        v for r in _by_round(rows, workload, endpoint).values() if (v := measure(r)) is not None
+    ]
+    return _median(taken) if taken else None
+
+
 def _cpu_per_tx(rows: list[PgbenchResult], workload: str, endpoint: str) -> float | None:
     """Median over rounds of the hop's CPU per transaction (us), where it was weighed."""
-    weighed = [
-        us
-        for r in _by_round(rows, workload, endpoint).values()
-        if (us := r.cpu_us_per_tx) is not None
-    ]
-    return _median(weighed) if weighed else None
+    return _hop_median(rows, workload, endpoint, lambda r: r.cpu_us_per_tx)
 
 
 def _switches_per_tx(rows: list[PgbenchResult], workload: str, endpoint: str) -> float | None:
     """Median over rounds of the hop's context switches per transaction, where counted."""
-    counted = [
-        n
-        for r in _by_round(rows, workload, endpoint).values()
-        if (n := r.switches_per_tx) is not None
-    ]
-    return _median(counted) if counted else None
+    return _hop_median(rows, workload, endpoint, lambda r: r.switches_per_tx)
 
 
 def print_tps(rows: list[PgbenchResult]) -> None:
