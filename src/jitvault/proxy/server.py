@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jitvault.crypto import ensure_self_signed, server_context
@@ -58,6 +59,13 @@ class ProxyServer:
         self.bound: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._failure: str | None = None
+        # the loop's default executor (``asyncio.to_thread``: logins, session opens and ends),
+        # named so that its threads do not inherit the loop thread's name
+        self._io = ThreadPoolExecutor(
+            thread_name_prefix="jitvault-proxy-io",
+            initializer=name_os_thread,
+            initargs=("jv-proxy-io",),
+        )
 
     def _tls(self) -> tuple[Path, Path]:
         cfg, data = self.node.settings.server, self.node.settings.data_dir
@@ -98,6 +106,7 @@ class ProxyServer:
         name_os_thread("jv-proxy")
         loop = new_event_loop()
         self._loop = loop
+        loop.set_default_executor(self._io)
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._start())
@@ -152,6 +161,7 @@ class ProxyServer:
                 listener.release()
             self.recordings.close()
             self.registry.close()
+            self._io.shutdown(wait=False)
             loop.stop()
 
         asyncio.run_coroutine_threadsafe(_close(), loop)
