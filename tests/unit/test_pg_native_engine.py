@@ -331,6 +331,35 @@ def test_a_read_is_handed_over_with_how_long_ago_it_was_read(harness: Harness) -
     assert found[0]["ago"] - found[3]["ago"] >= 300_000 - slack
 
 
+def test_reads_and_answers_between_two_takes_are_one_item_in_their_order(
+    harness: Harness,
+) -> None:
+    """Twenty queries, each answered before the next is sent, all before Python takes: one
+    item for the session, in the order things happened: each read's mark, its statement, its
+    duration; marks no later than the one before."""
+
+    def now_us() -> int:
+        return time.monotonic_ns() // 1000
+
+    first_sent = now_us()
+    for i in range(20):
+        message = pg.query(f"SELECT {i}")
+        harness.client.sendall(message)
+        assert _recv_exactly(harness.backend, len(message)) == message
+        harness.backend.sendall(pg.ready_for_query())
+        assert _recv_exactly(harness.client, 6) == pg.ready_for_query()
+    before = now_us()
+    (item,) = harness.engine.take()
+    assert item[:3] == ("q", 1, 40)
+    found = json.loads(b"[" + item[3] + b"]")  # type: ignore[operator]
+    assert [list(each) for each in found] == [["ago"], ["kind", "text"], ["done"]] * 20
+    assert [each["text"] for each in found[1::3]] == [f"SELECT {i}" for i in range(20)]
+    assert all(each["done"][0] == 1 for each in found[2::3])
+    agos = [each["ago"] for each in found[0::3]]
+    assert agos == sorted(agos, reverse=True), agos
+    assert before - agos[0] >= first_sent - 2, (first_sent, before, agos)
+
+
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     got = b""
     while len(got) < size:  # bounded: the size expected
