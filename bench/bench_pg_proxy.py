@@ -29,6 +29,7 @@ Measured, each with its anchors:
   as the anchor: on a machine whose cores the benchmark fills, a hop's CPU is taken from the
   server and pgbench; and the context switches of the hop's threads per transaction
   (``voluntary_ctxt_switches`` + ``nonvoluntary_ctxt_switches`` of ``/proc/<pid>/task/*/status``);
+  for jitvault, both also by thread name (``jv-pg-relay``, ``jv-proxy``, ``jv-recorder``, ...);
 * 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
 * memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
   growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
@@ -144,14 +145,24 @@ def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
     return by_name
 
 
+def context_switches_by_thread(pid: int) -> dict[str, float]:
+    """Context switches (voluntary and not) of a process's live threads so far, summed by
+    thread name."""
+    by_name: dict[str, float] = {}
+    for status in _task_files(pid, "status"):
+        name, switches = "", 0
+        for line in status.splitlines():
+            if line.startswith("Name:"):
+                name = line[len("Name:") :].strip()
+            elif line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                switches += int(line.split()[1])
+        by_name[name] = by_name.get(name, 0) + switches
+    return by_name
+
+
 def context_switches(pid: int) -> int:
     """Context switches (voluntary and not) of every live thread of a process so far."""
-    return sum(
-        int(line.split()[1])
-        for status in _task_files(pid, "status")
-        for line in status.splitlines()
-        if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"))
-    )
+    return int(sum(context_switches_by_thread(pid).values()))
 
 
 def raise_fd_limit() -> None:
@@ -492,6 +503,8 @@ class PgbenchResult:
     hop_switches: int | None = None
     #: CPU seconds of the hop's threads during the run, by thread name (None: no hop)
     hop_cpu_by_thread: dict[str, float] | None = None
+    #: context switches of the hop's threads during the run, by thread name (None: no hop)
+    hop_switches_by_thread: dict[str, float] | None = None
 
     @property
     def cpu_us_per_tx(self) -> float | None:
@@ -531,6 +544,7 @@ def pgbench(
     cpu_before = cpu_seconds(ep.pid) if ep.pid is not None else None
     switches_before = context_switches(ep.pid) if ep.pid is not None else None
     threads_before = cpu_seconds_by_thread(ep.pid) if ep.pid is not None else None
+    thread_switches_before = context_switches_by_thread(ep.pid) if ep.pid is not None else None
     done = subprocess.run(
         args, capture_output=True, text=True, env=ep.env(), timeout=seconds + 120, check=False
     )
@@ -540,10 +554,10 @@ def pgbench(
         if ep.pid is None or switches_before is None
         else context_switches(ep.pid) - switches_before
     )
-    by_thread = None
-    if ep.pid is not None and threads_before is not None:
-        after = cpu_seconds_by_thread(ep.pid)
-        by_thread = {k: v - threads_before.get(k, 0.0) for k, v in after.items()}
+    by_thread = switches_by_thread = None
+    if ep.pid is not None and threads_before is not None and thread_switches_before is not None:
+        by_thread = _grown(threads_before, cpu_seconds_by_thread(ep.pid))
+        switches_by_thread = _grown(thread_switches_before, context_switches_by_thread(ep.pid))
     out = done.stdout
     tps, lat, tx = _TPS.search(out), _LAT.search(out), _TX.search(out)
     if done.returncode != 0 or tps is None or lat is None or tx is None:
@@ -564,7 +578,13 @@ def pgbench(
         hop_cpu,
         hop_switches,
         by_thread,
+        switches_by_thread,
     )
+
+
+def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What each thread name's count grew by between two readings."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
 def _median(values: list[float]) -> float:
@@ -643,24 +663,29 @@ def print_tps(rows: list[PgbenchResult]) -> None:
             )
 
 
-def print_threads(rows: list[PgbenchResult], endpoint: str = "jitvault") -> None:
-    """Where the hop's CPU goes: each named thread's CPU per transaction (medians over rounds)."""
+def print_threads(
+    rows: list[PgbenchResult],
+    endpoint: str = "jitvault",
+    measure: Callable[[PgbenchResult], dict[str, float] | None] = lambda r: r.hop_cpu_by_thread,
+    scale: float = 1e6,
+    digits: int = 1,
+) -> None:
+    """Where the hop's CPU (or, with another ``measure``, its context switches) goes: each named
+    thread's share per transaction, times ``scale`` (medians over rounds)."""
     for workload in dict.fromkeys(r.workload for r in rows):
         mine = [
-            r
-            for r in _by_round(rows, workload, endpoint).values()
-            if r.hop_cpu_by_thread and r.transactions
+            r for r in _by_round(rows, workload, endpoint).values() if measure(r) and r.transactions
         ]
         if not mine:
             continue
-        names = sorted({n for r in mine for n in r.hop_cpu_by_thread or {}})
+        names = sorted({n for r in mine for n in measure(r) or {}})
         per_tx = {
-            n: _median(
-                [(r.hop_cpu_by_thread or {}).get(n, 0.0) * 1e6 / r.transactions for r in mine]
-            )
+            n: _median([(measure(r) or {}).get(n, 0.0) * scale / r.transactions for r in mine])
             for n in names
         }
-        shown = "  ".join(f"{n} {us:.1f}" for n, us in sorted(per_tx.items(), key=lambda i: -i[1]))
+        shown = "  ".join(
+            f"{n} {v:.{digits}f}" for n, v in sorted(per_tx.items(), key=lambda i: -i[1])
+        )
         print(f"{workload:<12} {endpoint:<14} {shown}")
 
 
@@ -1130,8 +1155,13 @@ def main() -> int:
     print_tps(tps_rows)
     print()
     print("-- where the jitvault hop's CPU goes: us per transaction by thread (medians)")
-    for name in dict.fromkeys(r.endpoint for r in tps_rows if r.endpoint.startswith("jitvault")):
+    hops = list(dict.fromkeys(r.endpoint for r in tps_rows if r.endpoint.startswith("jitvault")))
+    for name in hops:
         print_threads(tps_rows, name)
+    print()
+    print("-- and its context switches: per transaction by thread (medians)")
+    for name in hops:
+        print_threads(tps_rows, name, lambda r: r.hop_switches_by_thread, 1.0, 3)
     print()
     print(f"-- 1-client select-only latency: what each hop adds per query (medians of {rounds})")
     print_latency(lat_rows)
