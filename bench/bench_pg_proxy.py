@@ -160,11 +160,6 @@ def context_switches_by_thread(pid: int) -> dict[str, float]:
     return by_name
 
 
-def context_switches(pid: int) -> int:
-    """Context switches (voluntary and not) of every live thread of a process so far."""
-    return int(sum(context_switches_by_thread(pid).values()))
-
-
 def raise_fd_limit() -> None:
     """Room for the idle connections (inherited by the servers started here)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -542,22 +537,18 @@ def pgbench(
     if workload == "select-only":
         args.append("-S")
     cpu_before = cpu_seconds(ep.pid) if ep.pid is not None else None
-    switches_before = context_switches(ep.pid) if ep.pid is not None else None
     threads_before = cpu_seconds_by_thread(ep.pid) if ep.pid is not None else None
     thread_switches_before = context_switches_by_thread(ep.pid) if ep.pid is not None else None
     done = subprocess.run(
         args, capture_output=True, text=True, env=ep.env(), timeout=seconds + 120, check=False
     )
     hop_cpu = None if ep.pid is None or cpu_before is None else cpu_seconds(ep.pid) - cpu_before
-    hop_switches = (
-        None
-        if ep.pid is None or switches_before is None
-        else context_switches(ep.pid) - switches_before
-    )
     by_thread = switches_by_thread = None
+    hop_switches = None
     if ep.pid is not None and threads_before is not None and thread_switches_before is not None:
         by_thread = _grown(threads_before, cpu_seconds_by_thread(ep.pid))
         switches_by_thread = _grown(thread_switches_before, context_switches_by_thread(ep.pid))
+        hop_switches = int(sum(switches_by_thread.values()))
     out = done.stdout
     tps, lat, tx = _TPS.search(out), _LAT.search(out), _TX.search(out)
     if done.returncode != 0 or tps is None or lat is None or tx is None:
