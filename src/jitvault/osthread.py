@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 #: Linux keeps 15 bytes of a thread's name (and a NUL)
 MAX_NAME_BYTES = 15
@@ -24,4 +25,15 @@ def name_os_thread(name: str) -> None:
         return
 
 
-__all__ = ["MAX_NAME_BYTES", "name_os_thread"]
+def named_thread_pool(role: str, max_workers: int | None = None) -> ThreadPoolExecutor:
+    """A thread pool whose threads are ``jitvault-<role>_N`` in Python and ``jv-<role>`` at the
+    OS level (named once each, when it starts), so no worker inherits its creator's name."""
+    return ThreadPoolExecutor(
+        max_workers=max_workers,
+        thread_name_prefix=f"jitvault-{role}",
+        initializer=name_os_thread,
+        initargs=(f"jv-{role}",),
+    )
+
+
+__all__ = ["MAX_NAME_BYTES", "name_os_thread", "named_thread_pool"]

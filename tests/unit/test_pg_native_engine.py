@@ -37,6 +37,11 @@ IDLE_CPU = 0.2
 ROW = 64 * 1024
 
 
+def now_us() -> int:
+    """The monotonic clock in microseconds, the engine's own unit for a read's mark."""
+    return time.monotonic_ns() // 1000
+
+
 def _pair() -> tuple[socket.socket, socket.socket]:
     """A connected loopback TCP pair (accepted side, connecting side)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -301,9 +306,6 @@ def test_a_read_is_handed_over_with_how_long_ago_it_was_read(harness: Harness) -
     Each read's time (the take's less its mark, on the same monotonic clock) lies between its
     send and the backend's receipt of what was read (the engine queues before it forwards)."""
 
-    def now_us() -> int:
-        return time.monotonic_ns() // 1000
-
     def send_and_receive(message: bytes) -> tuple[int, int]:
         sent = now_us()
         harness.client.sendall(message)
@@ -337,9 +339,6 @@ def test_reads_and_answers_between_two_takes_are_one_item_in_their_order(
     """Twenty queries, each answered before the next is sent, all before Python takes: one
     item for the session, in the order things happened: each read's mark, its statement, its
     duration; marks no later than the one before."""
-
-    def now_us() -> int:
-        return time.monotonic_ns() // 1000
 
     first_sent = now_us()
     for i in range(20):

@@ -35,14 +35,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from jitvault.errors import Unavailable
-from jitvault.osthread import name_os_thread
+from jitvault.osthread import named_thread_pool
 from jitvault.plugin_api import Cut, RenderedStatements
 from jitvault.services import Node, sessions
 
@@ -96,12 +95,7 @@ class RecordingSink:
         self.high_events, self.high_bytes = max(1, max_events // 4), max(1, max_bytes // 4)
         self._backlog: asyncio.Future[None] | None = None
         self._inflight: set[asyncio.Future[None]] = set()
-        self._thread = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="jitvault-recorder",
-            initializer=name_os_thread,
-            initargs=("jv-recorder",),
-        )
+        self._thread = named_thread_pool("recorder", max_workers=1)
 
     def close(self) -> None:
         """Let the writer's thread go (after the last flush)."""

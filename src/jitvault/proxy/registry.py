@@ -18,11 +18,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from jitvault.domain import RequestState
-from jitvault.osthread import name_os_thread
+from jitvault.osthread import named_thread_pool
 from jitvault.plugin_api import Cut, SessionHandle
 from jitvault.services import Node, grants, sessions
 from jitvault.services.ssh_keys import KEY_REMOVED_REASON
@@ -55,12 +54,7 @@ class SessionRegistry:
         #: cuts of sessions registered while the node stops (a reference keeps each alive)
         self._late_cuts: set[asyncio.Future[None]] = set()
         self._drained: asyncio.Event | None = None
-        self._thread = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix="jitvault-watcher",
-            initializer=name_os_thread,
-            initargs=("jv-watcher",),
-        )
+        self._thread = named_thread_pool("watcher", max_workers=1)
 
     def close(self) -> None:
         """Let the watcher's thread go (the node stops)."""

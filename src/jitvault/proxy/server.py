@@ -8,12 +8,11 @@ import asyncio
 import logging
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jitvault.crypto import ensure_self_signed, server_context
 from jitvault.errors import Unavailable
-from jitvault.osthread import name_os_thread
+from jitvault.osthread import name_os_thread, named_thread_pool
 from jitvault.plugin_api import NODE_STOPPING, ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
 from jitvault.proxy.preauth import PreAuthLimit
@@ -61,11 +60,7 @@ class ProxyServer:
         self._failure: str | None = None
         # the loop's default executor (``asyncio.to_thread``: logins, session opens and ends),
         # named so that its threads do not inherit the loop thread's name
-        self._io = ThreadPoolExecutor(
-            thread_name_prefix="jitvault-proxy-io",
-            initializer=name_os_thread,
-            initargs=("jv-proxy-io",),
-        )
+        self._io = named_thread_pool("proxy-io")
 
     def _tls(self) -> tuple[Path, Path]:
         cfg, data = self.node.settings.server, self.node.settings.data_dir
