@@ -1,7 +1,8 @@
-"""Names the calling thread at the operating-system level, so that ``top -H``, ``perf``,
-``py-spy`` and ``/proc/<pid>/task/*/comm`` tell jitvault's threads apart (Python 3.11 names
-threads only inside Python). Linux only; elsewhere, and on any failure, it does nothing: a
-name is a help to operators, never a reason to stop. Imports nothing of jitvault's."""
+"""Names threads (the calling one, or a pool's as each starts) at the operating-system level,
+so that ``top -H``, ``perf``, ``py-spy`` and ``/proc/<pid>/task/*/comm`` tell jitvault's threads
+apart (Python 3.11 names threads only inside Python). Linux only; elsewhere, and on any failure,
+naming does nothing: a name is a help to operators, never a reason to stop. Imports nothing of
+jitvault's."""
 
 from __future__ import annotations
 
