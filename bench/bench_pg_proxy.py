@@ -135,29 +135,41 @@ def _task_files(pid: int, name: str) -> Iterator[str]:
             continue  # a thread that ended between the listing and the read
 
 
-def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
-    """CPU time (user + system) of a process's live threads so far, summed by thread name
-    (jitvault names its threads: ``jv-pg-relay``, ``jv-proxy``, ``jv-recorder``, ...)."""
+def _by_thread_name(
+    pid: int, file: str, read: Callable[[str], tuple[str, float]]
+) -> dict[str, float]:
+    """A count of a process's live threads so far, summed by thread name (jitvault names its
+    threads: ``jv-pg-relay``, ``jv-proxy``, ``jv-recorder``, ...): ``read`` gives a thread's name
+    and count from the text of its ``/proc/<pid>/task/<tid>/<file>``."""
     by_name: dict[str, float] = {}
-    for stat in _task_files(pid, "stat"):
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        by_name[name] = by_name.get(name, 0.0) + _stat_cpu_seconds(stat)
+    for text in _task_files(pid, file):
+        name, count = read(text)
+        by_name[name] = by_name.get(name, 0.0) + count
     return by_name
+
+
+def _stat_name_and_cpu(stat: str) -> tuple[str, float]:
+    return stat[stat.index("(") + 1 : stat.rindex(")")], _stat_cpu_seconds(stat)
+
+
+def _status_name_and_switches(status: str) -> tuple[str, float]:
+    name, switches = "", 0
+    for line in status.splitlines():
+        if line.startswith("Name:"):
+            name = line[len("Name:") :].strip()
+        elif line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+            switches += int(line.split()[1])
+    return name, switches
+
+
+def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of a process's live threads so far, by thread name."""
+    return _by_thread_name(pid, "stat", _stat_name_and_cpu)
 
 
 def context_switches_by_thread(pid: int) -> dict[str, float]:
-    """Context switches (voluntary and not) of a process's live threads so far, summed by
-    thread name."""
-    by_name: dict[str, float] = {}
-    for status in _task_files(pid, "status"):
-        name, switches = "", 0
-        for line in status.splitlines():
-            if line.startswith("Name:"):
-                name = line[len("Name:") :].strip()
-            elif line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
-                switches += int(line.split()[1])
-        by_name[name] = by_name.get(name, 0) + switches
-    return by_name
+    """Context switches (voluntary and not) of a process's live threads so far, by thread name."""
+    return _by_thread_name(pid, "status", _status_name_and_switches)
 
 
 def raise_fd_limit() -> None:
