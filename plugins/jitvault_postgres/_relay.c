@@ -46,12 +46,15 @@
 #define QUEUE_LIMIT_BYTES (4u << 20)
 #define QUEUE_LIMIT_EVENTS 4096
 /* statements wake Python at most this often (their messages are not held meanwhile: only their
- * hand-over to the recorder waits), or as soon as this many wait; ends wake it at once. The
+ * hand-over to the recorder waits), or as soon as this many wait (counted as the queue counts
+ * them: a statement and, once its cycle is answered, its duration, so about half as many
+ * statements; at 256 a loaded 2-core machine was woken three times per 10 ms and the loop's
+ * takes and the writer's flushes cost a third more CPU, bench/README.md); ends wake it at once. The
  * delay is a timerfd armed once per hand-over, not an epoll_wait timeout: a short timeout arms
  * a kernel timer on every sleep, twice per query at one client, and that cost the engine a
  * quarter of its CPU (a virtual machine's timer is dear to program; bench/README.md). */
 #define NOTIFY_DELAY_NS 10000000L
-#define NOTIFY_BATCH 256
+#define NOTIFY_BATCH 1024
 #define QUEUE_FULL(e) ((e)->ev_bytes > QUEUE_LIMIT_BYTES || (e)->ev_count > QUEUE_LIMIT_EVENTS)
 
 #include "_framing.h"

@@ -142,6 +142,17 @@ def test_the_writer_task_flushes_on_its_interval(booted: Booted) -> None:
     assert _texts(booted.node, ticket.session_id) == ["SELECT 1"]
 
 
+def test_the_default_batch_holds_an_interval_of_a_loaded_node_and_comes_before_backpressure(
+    booted: Booted,
+) -> None:
+    """The writer writes on its interval, not per batch, at what one node relays (pgbench
+    select-only through the native relay: about 40,000 statements a second, each with its
+    duration, two events), and a flood is written early before any relay is paused."""
+    sink = RecordingSink(booted.node)
+    an_interval = 40_000 * 2 * sink.interval
+    assert an_interval < sink.batch < sink.high_events
+
+
 def _session_with_sink(booted: Booted, **limits: int) -> tuple[int, RecordingSink]:
     """A live session's id and a sink of its own (with these limits)."""
     ticket, _ = _open(booted)
