@@ -48,8 +48,8 @@
 /* statements wake Python at most this often (their messages are not held meanwhile: only their
  * hand-over to the recorder waits), or as soon as this many wait (counted as the queue counts
  * them: a statement and, once its cycle is answered, its duration, so about half as many
- * statements; at 256 a loaded 2-core machine was woken three times per 10 ms and the loop's
- * takes and the writer's flushes cost a third more CPU, bench/README.md); ends wake it at once. The
+ * statements; at 256, pgbench on a 2-core machine woke the loop about three times per 10 ms,
+ * bench/README.md); ends wake it at once. The
  * delay is a timerfd armed once per hand-over, not an epoll_wait timeout: a short timeout arms
  * a kernel timer on every sleep, twice per query at one client, and that cost the engine a
  * quarter of its CPU (a virtual machine's timer is dear to program; bench/README.md). */
