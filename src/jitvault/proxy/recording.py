@@ -70,8 +70,8 @@ class RecordingSink:
     ``batch`` counts events as the queue does: a statement a relay rendered and its duration
     are two. Its default keeps the writer on its ``interval`` at the rates one node serves
     (a batch of 5,000 wrote about twice as often under pgbench, and the writer's thread used
-    about half again as much CPU; bench/README.md) and stays below the backpressure level (a quarter of
-    ``max_events``), so that a flood is written early before any relay is paused."""
+    about half again as much CPU; bench/README.md) and stays below the backpressure level (a
+    quarter of ``max_events``), so that a flood is written early before any relay is paused."""
 
     def __init__(
         self,
