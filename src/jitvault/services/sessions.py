@@ -542,11 +542,12 @@ def session_events(node: Node, session_id: int) -> list[dict[str, Any]]:
             else keyring.decrypt(row.data, sealed.context_for(SESSION_EVENT_DATA, row.id))
         )
         data = json.loads(raw.reveal()) if raw is not None else None
+        row_ts = aware(row.ts)
         if row.kind != CHUNK_KIND:
-            out.append({"ts": row.ts, "kind": row.kind, "data": data})
+            out.append({"ts": row_ts, "kind": row.kind, "data": data})
             continue
         for offset, kind, event in data or ():
-            ts = row.ts + offset * _MICROSECOND
+            ts = row_ts + offset * _MICROSECOND
             if kind == STATEMENTS_ENTRY:
                 entry_ts = ts
                 for each in event:
