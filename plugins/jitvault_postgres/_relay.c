@@ -49,10 +49,10 @@
  * hand-over to the recorder waits), or as soon as this many wait (counted as the queue counts
  * them: a statement and, once its cycle is answered, its duration, so about half as many
  * statements; at 256, pgbench on a 2-core machine woke the loop about three times per 10 ms,
- * bench/README.md); ends wake it at once. The
- * delay is a timerfd armed once per hand-over, not an epoll_wait timeout: a short timeout arms
- * a kernel timer on every sleep, twice per query at one client, and that cost the engine a
- * quarter of its CPU (a virtual machine's timer is dear to program; bench/README.md). */
+ * bench/README.md); ends wake it at once. The delay is a timerfd armed once per hand-over,
+ * not an epoll_wait timeout: a short timeout arms a kernel timer on every sleep, twice per
+ * query at one client, and that cost the engine a quarter of its CPU (a virtual machine's
+ * timer is dear to program; bench/README.md). */
 #define NOTIFY_DELAY_NS 10000000L
 #define NOTIFY_BATCH 1024
 #define QUEUE_FULL(e) ((e)->ev_bytes > QUEUE_LIMIT_BYTES || (e)->ev_count > QUEUE_LIMIT_EVENTS)

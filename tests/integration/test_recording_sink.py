@@ -21,7 +21,6 @@ from jitvault.proxy.recording import RECORDING_LOST, RecordingSink, RecordingUna
 from jitvault.services import Node, keys, sessions
 from jitvault.storage import sealed, session_store
 from jitvault.storage import tables as t
-from jitvault.storage.repositories import aware
 from jitvault.storage.tables import SESSION_EVENT_DATA
 from tests.conftest import Booted
 from tests.integration.test_session_registry import Handle, _open
@@ -457,7 +456,7 @@ def test_a_batch_of_a_sessions_events_is_one_sealed_chunk_row_read_back_in_order
     events = sessions.session_events(booted.node, sid)
     assert [e["data"]["text"] for e in events] == [f"SELECT 'chunked-{i}'" for i in range(250)]
     assert {e["kind"] for e in events} == {"query"}
-    times = [aware(e["ts"]) for e in events]
+    times = [e["ts"] for e in events]
     assert times == sorted(times)
 
 
