@@ -221,6 +221,8 @@ def summary_line(event: dict[str, Any]) -> str:
         lead = f"grant #{gid} of {who} for {subject} expires at {_escape(event.get('expires_at'))}"
     elif name == "grant.revoked":
         lead = f"grant #{gid} of {who} for {subject} was revoked by {_escape(event.get('by'))}"
+    elif name == "grant.lapsed":
+        lead = f"grant #{gid} of {who} for {subject} lapsed unused, still queued for its account"
     elif name == "break_glass":
         lead = f":rotating_light: BREAK-GLASS: {who} took {subject}"
     else:

@@ -85,7 +85,7 @@ class NotifierSettings(BaseModel):
     name: str
     kind: str = "webhook"
     #: event names to send (request.created, request.decided, grant.created, grant.expiring,
-    #: grant.revoked, break_glass), or "*" for all
+    #: grant.revoked, grant.lapsed, break_glass, account.needs_operator), or "*" for all
     events: list[str] = Field(default_factory=lambda: ["*"])
     options: dict[str, Any] = Field(default_factory=dict)
     #: the signing secret: a file, or the name of an environment variable

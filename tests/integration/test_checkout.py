@@ -1,6 +1,7 @@
 """Exclusive checkout of shared accounts, on a real database (``--db sqlite|postgres``): at most
 one live grant per account, however many requests and approvals race; refuse or queue per
-policy; a queued grant starts when the account is checked in.
+policy; a queued grant starts when the account is checked in, and lapses unused if its window
+ends first.
 
 The target here is never reached: only grants that never started check their account in without
 a rotation. The check-in after a rotation is tested end to end in test_pg_leases.py.
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from jitvault.domain import AccessKind, RequestState, Role
+from jitvault.errors import Conflict
 from jitvault.services import grants, policies, requests
 from jitvault.services.requests import CheckedOut, NewRequest
 from jitvault.storage import tables as t
@@ -129,9 +131,9 @@ def test_a_queued_grant_waits_and_starts_when_an_unused_grant_checks_the_account
     assert world.grant_of(first.id).queued
     assert world.grant_of(second.id).queued
 
-    # the sweep neither starts nor ends a queued grant, however much time passes
-    world.at(T0 + timedelta(minutes=50))
-    grants.sweep(world.node)
+    # the sweep neither starts nor ends a queued grant while its window lasts
+    world.at(T0 + timedelta(minutes=20))
+    assert grants.sweep(world.node).total == 0
     assert world.state(first.id) == RequestState.APPROVED
 
     # the scheduled grant is revoked before it started: nothing to rotate, checked in at once,
@@ -141,6 +143,7 @@ def test_a_queued_grant_waits_and_starts_when_an_unused_grant_checks_the_account
     g = world.grant_of(first.id)
     assert (world.state(first.id), g.queued) == (RequestState.ACTIVE, False)
     assert (g.starts_at, g.expires_at) == (world.now, world.now + timedelta(minutes=30))
+    assert g.expires_at > T0 + timedelta(minutes=30)  # past its window as approved: full duration
     assert world.state(second.id) == RequestState.APPROVED
     assert live_grants(world, "app_owner") == 1
     events = [e["action"] for e in world.events(f"grant:{g.id}")]
@@ -178,3 +181,137 @@ def test_a_check_in_racing_requests_and_a_cancel_leaves_at_most_one_live_grant(
         # with checkout: queue somebody always holds the account after the check-in: the queued
         # grant, or (if it was withdrawn) the first of the new requests, queued or not
         assert live_grants(world, account) == 1, trial
+
+
+def test_a_queued_grant_whose_window_ends_before_the_check_in_lapses_unused(
+    world: World,
+) -> None:
+    """A queued grant waits until the end of the window it was approved for, no longer: then
+    its request expires and its grant ends unused, with no cleanup (it never held the account,
+    so nothing is rotated), whether the sweep or a check-in comes first."""
+    policies.apply_policy(world.node, world.admin, QUEUE)
+    alice, bob, carol, dave = (
+        world.user(n, Role.REQUESTER) for n in ("alice", "bob", "carol", "dave")
+    )
+    # alice's scheduled grant holds the account from its approval until it is checked in
+    holder = requests.create_request(world.node, alice, ask("app_owner", T0 + timedelta(hours=1)))
+    holder_grant = world.grant_of(holder.id).id
+    bob_r = requests.create_request(world.node, bob, ask("app_owner"))  # window ends 09:30
+    world.at(T0 + timedelta(minutes=10))
+    carol_r = requests.create_request(world.node, carol, ask("app_owner"))  # ends 09:40
+    world.at(T0 + timedelta(minutes=35))
+    dave_r = requests.create_request(world.node, dave, ask("app_owner"))  # ends 10:05
+    assert all(world.grant_of(r.id).queued for r in (bob_r, carol_r, dave_r))
+
+    # still within bob's window (09:29): nothing lapses
+    assert grants.sweep(world.node, at=T0 + timedelta(minutes=29)).lapsed == 0
+    assert world.state(bob_r.id) == RequestState.APPROVED
+
+    # 09:35: bob's window ended while alice's grant held the account
+    result = grants.sweep(world.node)
+    assert result.lapsed == 1
+    assert result.total == 1
+    g = world.grant_of(bob_r.id)
+    assert world.state(bob_r.id) == RequestState.EXPIRED
+    assert (g.queued, g.ended_at) == (False, world.now)
+    assert g.end_reason == (
+        f"its window ended at 2026-11-23 09:30 UTC while pg-prod/app_owner was checked out "
+        f"by grant {holder_grant}"
+    )
+    assert world.cleanup_jobs(g.id) == []
+    lapsed = [e for e in world.events(f"grant:{g.id}") if e["action"] == "grant.lapsed"]
+    assert len(lapsed) == 1
+    assert lapsed[0]["outcome"] == "failure"
+    assert lapsed[0]["details"]["behind_grant"] == holder_grant
+    assert lapsed[0]["details"]["account"] == "pg-prod/app_owner"
+    assert grants.sweep(world.node).lapsed == 0  # once
+    assert [world.state(r.id) for r in (carol_r, dave_r)] == [RequestState.APPROVED] * 2
+
+    # 09:45, before any sweep: alice's grant is revoked unused and checks the account in. Carol
+    # waited past her window (09:40), so the account goes to dave, who starts now
+    world.at(T0 + timedelta(minutes=45))
+    grants.revoke_grant(world.node, world.admin, holder_grant, "not needed")
+    assert world.state(carol_r.id) == RequestState.APPROVED  # never started
+    assert world.state(dave_r.id) == RequestState.ACTIVE
+    assert world.grant_of(dave_r.id).starts_at == world.now
+    assert live_grants(world, "app_owner") == 1
+
+    # the sweep lapses carol's, now behind dave's grant; nothing of hers is cleaned up
+    assert grants.sweep(world.node).lapsed == 1
+    assert world.state(carol_r.id) == RequestState.EXPIRED
+    carol_grant = world.grant_of(carol_r.id)
+    assert world.cleanup_jobs(carol_grant.id) == []
+    assert [
+        e["details"]["behind_grant"]
+        for e in world.events(f"grant:{carol_grant.id}")
+        if e["action"] == "grant.lapsed"
+    ] == [world.grant_of(dave_r.id).id]
+    # a lapsed request cannot be cancelled or revoked any more
+    with pytest.raises(Conflict, match="the request is expired"):
+        requests.cancel(world.node, carol, carol_r.id)
+
+
+def test_a_queued_grant_asked_for_later_keeps_its_window_when_the_account_frees_early(
+    world: World,
+) -> None:
+    """Checked in before a queued grant's start, the account goes to it, but it starts at its
+    time, not at the check-in: a queued grant never starts outside the window it was approved
+    for."""
+    policies.apply_policy(world.node, world.admin, QUEUE)
+    alice = world.user("alice", Role.REQUESTER)
+    bob = world.user("bob", Role.REQUESTER)
+    holder = requests.create_request(world.node, alice, ask("app_owner", T0 + timedelta(hours=1)))
+    later = requests.create_request(world.node, bob, ask("app_owner", T0 + timedelta(hours=2)))
+    g = world.grant_of(later.id)
+    assert g.queued
+    window = (g.starts_at, g.expires_at)
+    assert window == (T0 + timedelta(hours=2), T0 + timedelta(hours=2, minutes=30))
+
+    world.at(T0 + timedelta(minutes=5))
+    requests.cancel(world.node, alice, holder.id)  # unused: checked in at once
+    g = world.grant_of(later.id)
+    assert (world.state(later.id), g.queued) == (RequestState.APPROVED, False)
+    assert (g.starts_at, g.expires_at) == window
+    assert live_grants(world, "app_owner") == 1  # bob's grant holds the account from now
+
+    assert grants.sweep(world.node, at=T0 + timedelta(hours=1, minutes=59)).started == 0
+    assert world.state(later.id) == RequestState.APPROVED
+    assert grants.sweep(world.node, at=T0 + timedelta(hours=2)).started == 1
+    assert world.state(later.id) == RequestState.ACTIVE
+
+
+def test_a_lapse_racing_a_check_in_either_starts_the_queued_grant_or_lapses_it(
+    world: World,
+) -> None:
+    """A check-in (on a node whose clock is just before the queued grant's window ends) races a
+    sweep that sees it ended: the grant either starts or lapses, never both, and the account has
+    one holder at most."""
+    policies.apply_policy(world.node, world.admin, QUEUE)
+    alice = world.user("alice", Role.REQUESTER)
+    bob = world.user("bob", Role.REQUESTER)
+    outcomes = set()
+    for trial in range(TRIALS):
+        world.at(T0)
+        account = world.account(f"shared_{trial}")
+        held = requests.create_request(world.node, alice, ask(account, T0 + timedelta(hours=1)))
+        waiting = requests.create_request(world.node, bob, ask(account))  # window ends 09:30
+        world.at(T0 + timedelta(minutes=30) - timedelta(seconds=1))
+        results = race(
+            partial(grants.revoke_grant, world.node, world.admin, world.grant_of(held.id).id, "r"),
+            partial(grants.sweep, world.node, T0 + timedelta(minutes=30)),
+        )
+        only_conflicts(results)
+        state = world.state(waiting.id)
+        outcomes.add(state)
+        g = world.grant_of(waiting.id)
+        assert not g.queued, trial
+        if state == RequestState.ACTIVE:
+            assert (g.ended_at, live_grants(world, account)) == (None, 1), trial
+        else:
+            assert state == RequestState.EXPIRED, trial
+            assert live_grants(world, account) == 0, trial
+        assert world.cleanup_jobs(g.id) == [], trial
+        lapses = [e for e in world.events(f"grant:{g.id}") if e["action"] == "grant.lapsed"]
+        activations = [e for e in world.events(f"grant:{g.id}") if e["action"] == "grant.activated"]
+        assert len(lapses) + len(activations) == 1, trial
+    assert outcomes <= {RequestState.ACTIVE, RequestState.EXPIRED}

@@ -427,6 +427,44 @@ def test_slack_format_posts_a_readable_text_line_and_blocks(
     assert "request_id" in context
 
 
+def test_a_queued_grant_that_lapses_tells_its_requester_why(
+    receiver: Receiver, open_world: OpenWorld
+) -> None:
+    """grant.lapsed: a grant queued for a checked-out account whose window ended first."""
+    w = open_world(receiver.url, events=["grant.lapsed"], format="slack")
+    policies.apply_policy(
+        w.node, w.admin, POLICY.replace("    max_duration: 8h\n", "    checkout: queue\n")
+    )
+    u = users.add_user(w.node, w.admin, "carol", Role.REQUESTER)
+    carol = Principal(u.id, u.name, u.role, tuple(u.groups))
+    start = w.clock() + timedelta(hours=3)
+    holder = requests.create_request(
+        w.node,
+        w.alice,
+        NewRequest("db1", AccessKind.ACCOUNT, "app", timedelta(hours=1), "INC-5", start),
+    )
+    queued = requests.create_request(
+        w.node, carol, NewRequest("db1", AccessKind.ACCOUNT, "app", timedelta(hours=1), "INC-6")
+    )
+    grant_id = requests.grant_id_of(w.node, queued)
+    assert grants.sweep(w.node, at=w.clock() + timedelta(minutes=59)).lapsed == 0
+    _drain(w)
+    assert receiver.delivered() == []
+    w.clock.advance(3601)
+    assert grants.sweep(w.node).lapsed == 1
+    _drain(w)
+    [r] = receiver.delivered()
+    assert r.headers["x-jitvault-event"] == "grant.lapsed"
+    text = r.json()["text"]
+    holder_id = requests.grant_id_of(w.node, holder)
+    for part in (
+        f"grant #{grant_id} of carol for account app on db1 lapsed unused",
+        "state: expired",
+        f"while db1/app was checked out by grant {holder_id}",
+    ):
+        assert part in text, (part, text)
+
+
 # --- (c) retries and dead jobs -------------------------------------------------------------------
 
 

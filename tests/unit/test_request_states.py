@@ -71,6 +71,7 @@ def test_the_transition_table_is_the_documented_machine() -> None:
             (s.APPROVED, s.ACTIVE),
             (s.APPROVED, s.CANCELLED),
             (s.APPROVED, s.REVOKED),
+            (s.APPROVED, s.EXPIRED),  # queued for its account past its window
             (s.ACTIVE, s.ENDED),
             (s.ACTIVE, s.REVOKED),
         ]

@@ -60,6 +60,7 @@ class Action(StrEnum):
     TEMPLATE_REMOVED = "template.removed"
     GRANT_PROVISIONED = "grant.provisioned"
     GRANT_QUEUED = "grant.queued"
+    GRANT_LAPSED = "grant.lapsed"
     ACCOUNT_CHECKED_IN = "account.checked_in"
 
 

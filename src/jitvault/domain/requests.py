@@ -37,8 +37,9 @@ TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
     RequestState.PENDING: frozenset(
         {RequestState.APPROVED, RequestState.DENIED, RequestState.CANCELLED, RequestState.EXPIRED}
     ),
+    # approved -> expired: a grant queued for its shared account whose window ended first
     RequestState.APPROVED: frozenset(
-        {RequestState.ACTIVE, RequestState.CANCELLED, RequestState.REVOKED}
+        {RequestState.ACTIVE, RequestState.CANCELLED, RequestState.REVOKED, RequestState.EXPIRED}
     ),
     RequestState.ACTIVE: frozenset({RequestState.ENDED, RequestState.REVOKED}),
     RequestState.DENIED: frozenset(),

@@ -29,6 +29,7 @@ from jitvault.services.requests import (
     activate,
     check_in,
     lapse_if_due,
+    lapse_queued,
     summary,
     withdraw_pending,
 )
@@ -189,11 +190,13 @@ class SweepResult:
     expired_requests: int = 0
     started: int = 0
     ended: int = 0
+    #: queued grants whose window ended before their account was checked in
+    lapsed: int = 0
     warned: int = 0
 
     @property
     def total(self) -> int:
-        return self.expired_requests + self.started + self.ended + self.warned
+        return self.expired_requests + self.started + self.ended + self.lapsed + self.warned
 
 
 def sweep(
@@ -202,10 +205,11 @@ def sweep(
     batch: int = SWEEP_BATCH,
     max_batches: int | None = None,
 ) -> SweepResult:
-    """One pass: lapse stale pending requests, start scheduled grants, end expired ones, and
-    warn of those about to expire. Each batch is one transaction; rows other nodes hold are
-    skipped (SKIP LOCKED), so nodes share the sweep without doing anything twice. One read asks
-    first which of the four are due: an idle pass takes no write lock."""
+    """One pass: lapse stale pending requests, start scheduled grants, end expired ones, lapse
+    queued grants whose window ended, and warn of grants about to expire. Each batch is one
+    transaction; rows other nodes hold are skipped (SKIP LOCKED), so nodes share the sweep
+    without doing anything twice. One read asks first which are due: an idle pass takes no
+    write lock."""
     at = at or node.clock()
     out = SweepResult()
     budget = [max_batches if max_batches is not None else -1]
@@ -217,8 +221,8 @@ def sweep(
 
     warn = timedelta(seconds=node.settings.workflow.expiry_warning_seconds)
     with node.read() as conn:
-        lapse_due, start_due, end_due, warning_due = workflow.sweep_due(conn, at, warn)
-    while lapse_due:
+        due = workflow.sweep_due(conn, at, warn)
+    while due.pending:
         with node.write() as tx:
             ids = workflow.due_pending(tx.conn, at, batch)
             for rid in ids:
@@ -226,7 +230,7 @@ def sweep(
                 out.expired_requests += lapse_if_due(node, tx, r, at)
         if not more(ids):
             break
-    while start_due:
+    while due.start:
         with node.write() as tx:
             ids = workflow.due_to_start(tx.conn, at, batch)
             for rid in ids:
@@ -237,7 +241,7 @@ def sweep(
                     out.started += 1
         if not more(ids):
             break
-    while end_due:
+    while due.end:
         with node.write() as tx:
             ids = workflow.due_to_end(tx.conn, at, batch)
             for rid in ids:
@@ -245,7 +249,14 @@ def sweep(
                 out.ended += 1
         if not more(ids):
             break
-    if warning_due:
+    while due.queue_lapse:
+        with node.write() as tx:
+            ids = workflow.due_queue_lapse(tx.conn, at, batch)
+            for rid in ids:
+                out.lapsed += lapse_queued(node, tx, workflow.request_get(tx.conn, rid), at)
+        if not more(ids):
+            break
+    if due.warning:
         with node.write() as tx:
             for gid in workflow.due_expiry_warning(tx.conn, at, warn, batch):
                 g = workflow.grant_get(tx.conn, gid)

@@ -22,6 +22,7 @@ EVENTS = (
     "grant.created",
     "grant.expiring",
     "grant.revoked",
+    "grant.lapsed",
     "break_glass",
     "account.needs_operator",
 )

@@ -398,7 +398,10 @@ def _refuse_if_checked_out(tx: Tx, account: Account) -> None:
 
 def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
     """The grant gives its shared account back (after its rotation committed, or unused);
-    the oldest grant queued for the account takes it and starts now, for its full duration.
+    the oldest grant queued for the account whose window has not ended takes it. Within its
+    window it starts now, for its full duration; scheduled for later, it keeps its window and
+    starts at its time (the sweep starts it). A queued grant never starts before its window,
+    nor after it: the sweep lapses it (:func:`lapse_queued`).
 
     Lock order: the audit event is written first (it locks the audit chain's head), then the
     checkout row goes, as in an approval (audit head, then the checkout row), so a check-in
@@ -420,7 +423,7 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
     if account_id is None or not promote:
         return
     target = repo.target_get(tx.conn, grant.target)
-    for request_id in workflow.next_queued(tx.conn, target.id, grant.name):
+    for request_id in workflow.next_queued(tx.conn, target.id, grant.name, at):
         if not workflow.request_try_lock(tx.conn, request_id):
             continue
         r = workflow.request_get(tx.conn, request_id)
@@ -429,11 +432,55 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
             continue
         if not workflow.checkout_take(tx.conn, account_id, waiting.id, at):
             return  # someone else took it meanwhile
+        if waiting.starts_at > at:
+            workflow.grant_update(tx.conn, waiting.id, queued=False)
+            return
         workflow.grant_update(
             tx.conn, waiting.id, queued=False, starts_at=at, expires_at=at + r.duration
         )
         activate(tx, request_id, waiting.id, at)
         return
+
+
+def lapse_queued(node: Node, tx: Tx, r: AccessRequest, at: datetime) -> bool:
+    """A grant still queued for its shared account when its approved window ended: the
+    request expires and the grant ends unused. It never held the account, so nothing is
+    cleaned up, rotated or checked in. True if it lapsed (``r`` locked by the caller)."""
+    grant = workflow.grant_for_request(tx.conn, r.id)
+    if r.state != RequestState.APPROVED or grant is None or not grant.queued:
+        return False
+    if grant.expires_at > at:
+        return False
+    account = repo.account_get(tx.conn, grant.target, grant.name)
+    holder = workflow.checkout_holder(tx.conn, account.id)
+    reason = (
+        f"its window ended at {grant.expires_at.strftime('%Y-%m-%d %H:%M UTC')} while "
+        f"{grant.target}/{grant.name} was checked out"
+        + (f" by grant {holder.id}" if holder else "")
+    )
+    _set_state(tx, r, RequestState.EXPIRED, at, "system")
+    workflow.grant_update(tx.conn, grant.id, queued=False, ended_at=at, end_reason=reason)
+    tx.emit(
+        AuditEvent(
+            Action.GRANT_LAPSED,
+            actor="system",
+            subject=f"grant:{grant.id}",
+            outcome=AuditOutcome.FAILURE,
+            details={
+                "request_id": r.id,
+                "account": f"{grant.target}/{grant.name}",
+                "window_ended_at": grant.expires_at.isoformat(),
+                "behind_grant": holder.id if holder else None,
+            },
+        )
+    )
+    notify.notify(
+        node,
+        tx,
+        "grant.lapsed",
+        {**summary(workflow.request_get(tx.conn, r.id)), "grant_id": grant.id, "reason": reason},
+    )
+    return True
 
 
 def lapse_if_due(node: Node, tx: Tx, r: AccessRequest, at: datetime) -> bool:
@@ -653,6 +700,7 @@ __all__ = [
     "get_request",
     "grant_id_of",
     "lapse_if_due",
+    "lapse_queued",
     "list_requests",
     "review",
     "summary",

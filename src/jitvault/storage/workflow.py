@@ -9,6 +9,7 @@ share the work without doing any of it twice.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -386,8 +387,9 @@ def checkout_held_by(conn: Connection, grant_id: int) -> bool:
     )
 
 
-def next_queued(conn: Connection, target_id: int, account: str) -> list[int]:
-    """Request ids of grants queued for the account, oldest first."""
+def next_queued(conn: Connection, target_id: int, account: str, at: datetime) -> list[int]:
+    """Request ids of grants queued for the account whose window has not ended at ``at``,
+    oldest first (those whose window ended are the sweep's to lapse)."""
     q = (
         select(_R.c.id)
         .join(_G, _G.c.request_id == _R.c.id)
@@ -397,6 +399,7 @@ def next_queued(conn: Connection, target_id: int, account: str) -> list[int]:
             _G.c.kind == AccessKind.ACCOUNT.value,
             _G.c.name == account,
             _R.c.state == RequestState.APPROVED.value,
+            _G.c.expires_at > at,
         )
         .order_by(_G.c.id)
     )
@@ -439,6 +442,18 @@ def _end_due(at: datetime) -> Select[Any]:
     )
 
 
+def _queue_lapse_due(at: datetime) -> Select[Any]:
+    return (
+        select(_R.c.id)
+        .join(_G, _G.c.request_id == _R.c.id)
+        .where(
+            _R.c.state == RequestState.APPROVED.value,
+            _G.c.queued.is_(True),  # still waiting for its account when its window ended
+            _G.c.expires_at <= at,
+        )
+    )
+
+
 def _warning_due(at: datetime, window: timedelta) -> Select[Any]:
     return (
         select(_G.c.id)
@@ -452,18 +467,30 @@ def _warning_due(at: datetime, window: timedelta) -> Select[Any]:
     )
 
 
-def sweep_due(conn: Connection, at: datetime, window: timedelta) -> tuple[bool, bool, bool, bool]:
-    """Is anything due (pending requests to lapse, grants to start, to end, to warn of)? One
-    query, no lock taken: a row another node holds counts, and the claim skips it."""
+@dataclass(frozen=True)
+class SweepDue:
+    """What a sweep pass has to do, asked in one query."""
+
+    pending: bool  # pending requests to lapse
+    start: bool  # grants to start
+    end: bool  # grants to end
+    queue_lapse: bool  # queued grants whose window ended before their account was free
+    warning: bool  # grants to warn of
+
+
+def sweep_due(conn: Connection, at: datetime, window: timedelta) -> SweepDue:
+    """Is anything due? One query, no lock taken: a row another node holds counts, and the
+    claim skips it."""
     row = conn.execute(
         select(
             exists(_pending_due(at)),
             exists(_start_due(at)),
             exists(_end_due(at)),
+            exists(_queue_lapse_due(at)),
             exists(_warning_due(at, window)),
         )
     ).one()
-    return bool(row[0]), bool(row[1]), bool(row[2]), bool(row[3])
+    return SweepDue(*(bool(v) for v in row))
 
 
 def due_pending(conn: Connection, at: datetime, limit: int) -> list[int]:
@@ -478,6 +505,11 @@ def due_to_start(conn: Connection, at: datetime, limit: int) -> list[int]:
 
 def due_to_end(conn: Connection, at: datetime, limit: int) -> list[int]:
     q = _end_due(at).order_by(_G.c.expires_at).limit(limit).with_for_update(of=_R, skip_locked=True)
+    return [int(r) for r in conn.execute(q).scalars()]
+
+
+def due_queue_lapse(conn: Connection, at: datetime, limit: int) -> list[int]:
+    q = _queue_lapse_due(at).order_by(_R.c.id).limit(limit).with_for_update(of=_R, skip_locked=True)
     return [int(r) for r in conn.execute(q).scalars()]
 
 
@@ -597,6 +629,7 @@ def job_list(conn: Connection, states: list[str] | None = None, limit: int = 500
 
 
 __all__ = [
+    "SweepDue",
     "approval_add",
     "approval_count",
     "checkout_held_by",
@@ -605,6 +638,7 @@ __all__ = [
     "checkout_take",
     "due_expiry_warning",
     "due_pending",
+    "due_queue_lapse",
     "due_to_end",
     "due_to_start",
     "grant_for_request",
