@@ -15,6 +15,7 @@ from functools import partial
 import pytest
 from sqlalchemy import func, select
 
+from jitvault.api.schemas import GrantOut
 from jitvault.domain import AccessKind, RequestState, Role
 from jitvault.errors import Conflict
 from jitvault.services import grants, policies, requests
@@ -135,6 +136,8 @@ def test_a_queued_grant_waits_and_starts_when_an_unused_grant_checks_the_account
     world.at(T0 + timedelta(minutes=20))
     assert grants.sweep(world.node).total == 0
     assert world.state(first.id) == RequestState.APPROVED
+    # the time it is told it has left is its full duration, not what is left of its window
+    assert GrantOut.of(world.grant_of(first.id), world.now).seconds_left == 30 * 60
 
     # the scheduled grant is revoked before it started: nothing to rotate, checked in at once,
     # and the oldest queued grant starts now, for its full duration

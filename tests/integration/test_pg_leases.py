@@ -300,15 +300,25 @@ def test_a_checked_out_account_is_refused_or_queued_until_its_rotation_checked_i
     world.policy(QUEUE)
     try:
         waiting = world.cli(*ask, "--reason", "INC-9 queued")
+        brief = world.cli(*ask[:-1], "2s", "--reason", "INC-9 brief")
     finally:
         world.policy(AUTO)
     assert waiting["state"] == "approved", waiting
     assert world.grant(waiting["grant_id"])["queued"] is True
     time.sleep(1.5)  # a worker pass or more: a queued grant does not start by itself
     assert world.grant(waiting["grant_id"])["state"] == "approved"
+    # nor does it wait past its window: the 2 s one lapses unused, the account still held
+    until(
+        "the brief queued grant lapses",
+        lambda: world.grant(brief["grant_id"])["state"] == "expired",
+    )
+    lapsed = world.grant(brief["grant_id"])
+    assert lapsed["queued"] is False
+    assert f"{TARGET}/{shared} was checked out by grant {first['grant_id']}" in lapsed["end_reason"]
 
     world.revoke(first["grant_id"])
     until("the queued grant starts", lambda: world.grant(waiting["grant_id"])["state"] == "active")
+    assert world.grant(brief["grant_id"])["state"] == "expired"
     assert not cluster.can_login(shared, old), "checked in before the rotation"
     _psql(world.connect(waiting["id"]), "SELECT 1")
     world.revoke(waiting["grant_id"])

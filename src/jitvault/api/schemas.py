@@ -346,7 +346,11 @@ class GrantOut(BaseModel):
     @classmethod
     def of(cls, g: Grant, now: datetime) -> GrantOut:
         left = 0
-        if g.state.value in ("approved", "active"):
+        if g.queued and g.state.value == "approved":
+            # waiting for its account: it gets its full duration when it starts (the end of
+            # its window is only how long it may wait)
+            left = int((g.expires_at - g.starts_at).total_seconds())
+        elif g.state.value in ("approved", "active"):
             # time of access left: a scheduled grant's wait before it starts does not count
             left = max(0, int((g.expires_at - max(now, g.starts_at)).total_seconds()))
         return cls(
