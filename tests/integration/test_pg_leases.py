@@ -305,6 +305,8 @@ def test_a_checked_out_account_is_refused_or_queued_until_its_rotation_checked_i
         world.policy(AUTO)
     assert waiting["state"] == "approved", waiting
     assert world.grant(waiting["grant_id"])["queued"] is True
+    assert (waiting["queued"], brief["queued"]) == (True, True)
+    assert brief["queued_until"] == world.grant(brief["grant_id"])["expires_at"]
     time.sleep(1.5)  # a worker pass or more: a queued grant does not start by itself
     assert world.grant(waiting["grant_id"])["state"] == "approved"
     # nor does it wait past its window: the 2 s one lapses unused, the account still held

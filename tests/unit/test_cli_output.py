@@ -44,6 +44,22 @@ def test_a_result_line_quoting_server_text_escapes_its_controls(
     assert out == "request 7: denied: name [/x][b]bold[/b]\\x1b[2K\\r\\u202e\n    error: forged\n"
 
 
+def test_a_queued_request_says_what_it_waits_for_and_until_when(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jitvault.cli.workflow import _request_line
+
+    r = {"id": 8, "state": "approved", "explanation": "auto-approved by rule 'q'", "grant_id": 3}
+    _request_line({**r, "target": "pg", "name": "app", "queued": False})
+    assert capsys.readouterr().out == "request 8: approved (grant 3): auto-approved by rule 'q'\n"
+    queued = {"queued": True, "queued_until": "2026-12-02T12:32:59.432909+01:00"}
+    _request_line({**r, "target": "pg", "name": "app", **queued})
+    assert capsys.readouterr().out == (
+        "request 8: approved (grant 3, queued: pg/app is checked out; it starts when checked in,"
+        " or lapses at 2026-12-02 11:32 UTC): auto-approved by rule 'q'\n"
+    )
+
+
 def test_session_show_says_what_a_run_without_a_recorded_preparation_is() -> None:
     """A run of the unnamed statement with no text: none was prepared (the server refuses the
     run); a run of a named one with no text: no Parse of it recorded (an SQL PREPARE names

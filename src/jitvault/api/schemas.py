@@ -288,9 +288,13 @@ class RequestOut(BaseModel):
     account: str | None = None
     end_on_disconnect: bool = False
     checkout: str = "refuse"
+    #: its grant waits for its shared account to be checked in, at most until ``queued_until``
+    queued: bool = False
+    queued_until: datetime | None = None
 
     @classmethod
-    def of(cls, r: AccessRequest, grant_id: int | None = None) -> RequestOut:
+    def of(cls, r: AccessRequest, grant: Grant | None = None) -> RequestOut:
+        queued = grant is not None and grant.queued and r.state.value == "approved"
         return cls(
             id=r.id,
             requester=r.requester,
@@ -312,10 +316,12 @@ class RequestOut(BaseModel):
             max_connections=r.max_connections,
             review_required=r.review_required,
             reviewed_by=r.reviewed_by,
-            grant_id=grant_id,
+            grant_id=grant.id if grant else None,
             account=r.account,
             end_on_disconnect=r.end_on_disconnect,
             checkout=r.checkout,
+            queued=queued,
+            queued_until=grant.expires_at if grant and queued else None,
         )
 
 

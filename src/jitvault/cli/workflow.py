@@ -66,6 +66,12 @@ def _request_line(r: dict[str, Any]) -> None:
     extra = ""
     if state == "pending":
         extra = f" ({len(r['approvals'])}/{r['required_approvals']} approvals)"
+    elif r.get("queued"):
+        until = datetime.fromisoformat(r["queued_until"]).astimezone(UTC)
+        extra = (
+            f" (grant {r['grant_id']}, queued: {r['target']}/{r['name']} is checked out; it"
+            f" starts when checked in, or lapses at {until:%Y-%m-%d %H:%M UTC})"
+        )
     elif r.get("grant_id"):
         extra = f" (grant {r['grant_id']})"
     line(f"request {r['id']}: {state}{extra}: {r['explanation']}")

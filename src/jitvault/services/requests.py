@@ -21,6 +21,7 @@ from jitvault.domain import (
     AccountMode,
     AccountStatus,
     Decision,
+    Grant,
     Outcome,
     Permission,
     PolicyDocument,
@@ -674,9 +675,14 @@ def list_requests(
     return rows
 
 
-def grant_id_of(node: Node, r: AccessRequest) -> int | None:
+def grant_of(node: Node, r: AccessRequest) -> Grant | None:
+    """The request's grant, if it was granted."""
     with node.read() as conn:
-        g = workflow.grant_for_request(conn, r.id)
+        return workflow.grant_for_request(conn, r.id)
+
+
+def grant_id_of(node: Node, r: AccessRequest) -> int | None:
+    g = grant_of(node, r)
     return g.id if g else None
 
 
@@ -699,6 +705,7 @@ __all__ = [
     "deny",
     "get_request",
     "grant_id_of",
+    "grant_of",
     "lapse_if_due",
     "lapse_queued",
     "list_requests",

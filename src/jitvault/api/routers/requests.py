@@ -43,7 +43,7 @@ def what_is_asked(
 
 
 def _out(node: Node, r: AccessRequest) -> RequestOut:
-    return RequestOut.of(r, requests.grant_id_of(node, r))
+    return RequestOut.of(r, requests.grant_of(node, r))
 
 
 @router.post("/requests", response_model=RequestOut, status_code=status.HTTP_201_CREATED)
