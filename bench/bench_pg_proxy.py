@@ -1172,6 +1172,13 @@ def main() -> int:
     print(f"-- 1-client select-only latency: what each hop adds per query (medians of {rounds})")
     print_latency(lat_rows)
     print()
+    print("-- and the hop's CPU at 1 client: us per query (PgBouncer: its process), by thread")
+    for name in dict.fromkeys(r.endpoint for r in lat_rows if r.endpoint != "direct"):
+        print_threads(lat_rows, name)
+    print("-- and its context switches at 1 client, per query, by thread")
+    for name in dict.fromkeys(r.endpoint for r in lat_rows if r.endpoint != "direct"):
+        print_threads(lat_rows, name, lambda r: r.hop_switches_by_thread, 1.0, 3)
+    print()
     print(
         f"-- memory of {idle} idle connections (psycopg, sslmode=disable), RSS growth of the"
         " hop's process (jitvault: the whole server)"
