@@ -153,8 +153,10 @@ def test_a_queued_grant_waits_and_starts_when_an_unused_grant_checks_the_account
     assert events.index("grant.queued") < events.index("grant.activated")
 
     # a queued request may be withdrawn; it leaves the queue
+    assert world.grant_of(second.id).waiting
     requests.cancel(world.node, alice, second.id)
     assert world.state(second.id) == RequestState.CANCELLED
+    assert not world.grant_of(second.id).waiting  # its flag stays; it waits no more
     assert live_grants(world, "app_owner") == 1
 
 

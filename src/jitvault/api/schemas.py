@@ -294,7 +294,7 @@ class RequestOut(BaseModel):
 
     @classmethod
     def of(cls, r: AccessRequest, grant: Grant | None = None) -> RequestOut:
-        queued = grant is not None and grant.queued and r.state.value == "approved"
+        queued = grant is not None and grant.waiting
         return cls(
             id=r.id,
             requester=r.requester,
@@ -352,7 +352,7 @@ class GrantOut(BaseModel):
     @classmethod
     def of(cls, g: Grant, now: datetime) -> GrantOut:
         left = 0
-        if g.queued and g.state.value == "approved":
+        if g.waiting:
             # waiting for its account: it gets its full duration when it starts (the end of
             # its window is only how long it may wait)
             left = int((g.expires_at - g.starts_at).total_seconds())

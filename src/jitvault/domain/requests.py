@@ -131,6 +131,12 @@ class Grant:
         """The account name sessions of this grant log in as upstream."""
         return self.account or self.name
 
+    @property
+    def waiting(self) -> bool:
+        """Queued for its shared account, and neither started nor ended (a queued grant that
+        is cancelled or revoked keeps its flag)."""
+        return self.queued and self.state == RequestState.APPROVED
+
 
 def check_can_approve(approver: Principal, request: AccessRequest) -> None:
     """Raise :class:`Forbidden` unless ``approver`` may approve or deny ``request``.
