@@ -428,18 +428,18 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
         if not workflow.request_try_lock(tx.conn, request_id):
             continue
         r = workflow.request_get(tx.conn, request_id)
-        waiting = workflow.grant_for_request(tx.conn, request_id)
-        if r.state != RequestState.APPROVED or waiting is None or not waiting.queued:
+        next_grant = workflow.grant_for_request(tx.conn, request_id)
+        if next_grant is None or not next_grant.waiting:  # read again under the lock
             continue
-        if not workflow.checkout_take(tx.conn, account_id, waiting.id, at):
+        if not workflow.checkout_take(tx.conn, account_id, next_grant.id, at):
             return  # someone else took it meanwhile
-        if waiting.starts_at > at:
-            workflow.grant_update(tx.conn, waiting.id, queued=False)
+        if next_grant.starts_at > at:
+            workflow.grant_update(tx.conn, next_grant.id, queued=False)
             return
         workflow.grant_update(
-            tx.conn, waiting.id, queued=False, starts_at=at, expires_at=at + r.duration
+            tx.conn, next_grant.id, queued=False, starts_at=at, expires_at=at + r.duration
         )
-        activate(tx, request_id, waiting.id, at)
+        activate(tx, request_id, next_grant.id, at)
         return
 
 
@@ -448,9 +448,7 @@ def lapse_queued(node: Node, tx: Tx, r: AccessRequest, at: datetime) -> bool:
     request expires and the grant ends unused. It never held the account, so nothing is
     cleaned up, rotated or checked in. True if it lapsed (``r`` locked by the caller)."""
     grant = workflow.grant_for_request(tx.conn, r.id)
-    if r.state != RequestState.APPROVED or grant is None or not grant.queued:
-        return False
-    if grant.expires_at > at:
+    if grant is None or not grant.waiting or grant.expires_at > at:
         return False
     account = repo.account_get(tx.conn, grant.target, grant.name)
     holder = workflow.checkout_holder(tx.conn, account.id)
