@@ -278,6 +278,18 @@ def test_a_queued_grant_asked_for_later_keeps_its_window_when_the_account_frees_
     assert (world.state(later.id), g.queued) == (RequestState.APPROVED, False)
     assert (g.starts_at, g.expires_at) == window
     assert live_grants(world, "app_owner") == 1  # bob's grant holds the account from now
+    # and the audit log says so now, not at its start: who checked it in, who took it
+    handover = [
+        (e["action"], e["details"])
+        for e in world.events("account:pg-prod/app_owner")
+        if e["action"].startswith("account.checked_")
+    ]
+    held_by = world.grant_of(holder.id).id
+    assert handover == [
+        ("account.checked_out", {"grant_id": held_by, "from_queue": False}),
+        ("account.checked_in", {"grant_id": held_by}),
+        ("account.checked_out", {"grant_id": g.id, "from_queue": True}),
+    ]
 
     assert grants.sweep(world.node, at=T0 + timedelta(hours=1, minutes=59)).started == 0
     assert world.state(later.id) == RequestState.APPROVED

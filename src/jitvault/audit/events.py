@@ -61,6 +61,7 @@ class Action(StrEnum):
     GRANT_PROVISIONED = "grant.provisioned"
     GRANT_QUEUED = "grant.queued"
     GRANT_LAPSED = "grant.lapsed"
+    ACCOUNT_CHECKED_OUT = "account.checked_out"
     ACCOUNT_CHECKED_IN = "account.checked_in"
 
 

@@ -307,7 +307,7 @@ def _approve(
     queued = False
     if r.kind == AccessKind.ACCOUNT:
         account = repo.account_get(tx.conn, target.name, r.name)
-        if not workflow.checkout_take(tx.conn, account.id, grant_id, at):
+        if not check_out(tx, account, grant_id, at):
             if r.checkout != "queue":
                 _refuse_if_checked_out(tx, account)
                 raise CheckedOut(f"{account.username} is checked out by another grant")
@@ -387,6 +387,27 @@ def activate(tx: Tx, request_id: int, grant_id: int, at: datetime, provision: bo
         workflow.job_enqueue(tx.conn, "grant.provision", {"grant_id": grant_id}, run_after=at)
 
 
+def check_out(
+    tx: Tx, account: Account, grant_id: int, at: datetime, from_queue: bool = False
+) -> bool:
+    """The grant takes the shared account (the one home of a checkout, and of its audit event:
+    at an approval, or from the queue at a check-in, whether the grant starts now or later).
+    False if another grant holds it. The caller's transaction already holds the audit chain's
+    head (an approval's or a check-in's event came first), so the lock order stays audit head,
+    then the checkout row."""
+    if not workflow.checkout_take(tx.conn, account.id, grant_id, at):
+        return False
+    tx.emit(
+        AuditEvent(
+            Action.ACCOUNT_CHECKED_OUT,
+            actor="system",
+            subject=f"account:{account.target_name}/{account.username}",
+            details={"grant_id": grant_id, "from_queue": from_queue},
+        )
+    )
+    return True
+
+
 def _refuse_if_checked_out(tx: Tx, account: Account) -> None:
     holder = workflow.checkout_holder(tx.conn, account.id)
     if holder is not None:
@@ -424,6 +445,7 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
     if account_id is None or not promote:
         return
     target = repo.target_get(tx.conn, grant.target)
+    account = repo.account_get(tx.conn, grant.target, grant.name)
     for request_id in workflow.next_queued(tx.conn, target.id, grant.name, at):
         if not workflow.request_try_lock(tx.conn, request_id):
             continue
@@ -431,7 +453,7 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
         next_grant = workflow.grant_for_request(tx.conn, request_id)
         if next_grant is None or not next_grant.waiting:  # read again under the lock
             continue
-        if not workflow.checkout_take(tx.conn, account_id, next_grant.id, at):
+        if not check_out(tx, account, next_grant.id, at, from_queue=True):
             return  # someone else took it meanwhile
         if next_grant.starts_at > at:
             workflow.grant_update(tx.conn, next_grant.id, queued=False)
