@@ -137,6 +137,10 @@ class Grant:
         is cancelled or revoked keeps its flag)."""
         return self.queued and self.state == RequestState.APPROVED
 
+    def window_ended(self, at: datetime) -> bool:
+        """Has the window it was approved for (or started with) ended at ``at``?"""
+        return self.expires_at <= at
+
 
 def check_can_approve(approver: Principal, request: AccessRequest) -> None:
     """Raise :class:`Forbidden` unless ``approver`` may approve or deny ``request``.

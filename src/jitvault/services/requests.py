@@ -470,7 +470,7 @@ def lapse_queued(node: Node, tx: Tx, r: AccessRequest, at: datetime) -> bool:
     request expires and the grant ends unused. It never held the account, so nothing is
     cleaned up, rotated or checked in. True if it lapsed (``r`` locked by the caller)."""
     grant = workflow.grant_for_request(tx.conn, r.id)
-    if grant is None or not grant.waiting or grant.expires_at > at:
+    if grant is None or not grant.waiting or not grant.window_ended(at):
         return False
     account = repo.account_get(tx.conn, grant.target, grant.name)
     holder = workflow.checkout_holder(tx.conn, account.id)

@@ -387,6 +387,11 @@ def checkout_held_by(conn: Connection, grant_id: int) -> bool:
     )
 
 
+def _waiting() -> ColumnElement[bool]:
+    """:attr:`Grant.waiting` as SQL (the query joins the request and its grant)."""
+    return and_(_G.c.queued.is_(True), _R.c.state == RequestState.APPROVED.value)
+
+
 def next_queued(conn: Connection, target_id: int, account: str, at: datetime) -> list[int]:
     """Request ids of grants queued for the account whose window has not ended at ``at``,
     oldest first (those whose window ended are the sweep's to lapse)."""
@@ -394,11 +399,10 @@ def next_queued(conn: Connection, target_id: int, account: str, at: datetime) ->
         select(_R.c.id)
         .join(_G, _G.c.request_id == _R.c.id)
         .where(
-            _G.c.queued.is_(True),
+            _waiting(),
             _G.c.target_id == target_id,
             _G.c.kind == AccessKind.ACCOUNT.value,
             _G.c.name == account,
-            _R.c.state == RequestState.APPROVED.value,
             _G.c.expires_at > at,
         )
         .order_by(_G.c.id)
@@ -446,11 +450,7 @@ def _queue_lapse_due(at: datetime) -> Select[Any]:
     return (
         select(_R.c.id)
         .join(_G, _G.c.request_id == _R.c.id)
-        .where(
-            _R.c.state == RequestState.APPROVED.value,
-            _G.c.queued.is_(True),  # still waiting for its account when its window ended
-            _G.c.expires_at <= at,
-        )
+        .where(_waiting(), _G.c.expires_at <= at)  # still waiting when its window ended
     )
 
 
