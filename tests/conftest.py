@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from jitvault.api import create_app
 from jitvault.config import Settings, load_settings
-from jitvault.domain import Principal, Role
-from jitvault.services import Node, system
+from jitvault.domain import AccessRequest, Principal, Role
+from jitvault.services import Node, requests, system
 from tests.support import scratch_postgres
 
 
@@ -84,6 +84,13 @@ def booted(settings: Settings) -> Iterator[Booted]:
         yield Booted(node, admin, result.admin_token.reveal())
     finally:
         node.close()
+
+
+def grant_id_of(node: Node, r: AccessRequest) -> int:
+    """The id of the request's grant (it must have one)."""
+    grant = requests.grant_of(node, r)
+    assert grant is not None, f"request {r.id} has no grant"
+    return grant.id
 
 
 @pytest.fixture

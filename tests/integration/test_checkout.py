@@ -21,7 +21,7 @@ from jitvault.errors import Conflict
 from jitvault.services import grants, policies, requests
 from jitvault.services.requests import CheckedOut, NewRequest
 from jitvault.storage import tables as t
-from tests.conftest import Booted
+from tests.conftest import Booted, grant_id_of
 from tests.integration.test_workflow import T0, World, setup_world
 from tests.integration.test_workflow_races import only_conflicts, race
 
@@ -88,7 +88,7 @@ def test_twenty_racing_requests_for_one_account_make_exactly_one_live_grant(
         assert all(isinstance(e, CheckedOut) for e in lost), [repr(e) for e in lost[:3]]
         assert won[0].state == RequestState.ACTIVE
         assert live_grants(world, account) == 1, trial
-        grant_id = requests.grant_id_of(world.node, won[0])
+        grant_id = grant_id_of(world.node, won[0])
         assert f"{account} is checked out until 09:30 UTC by grant {grant_id}" in str(lost[0])
 
 

@@ -18,7 +18,7 @@ from jitvault.errors import AuthError, Conflict, Forbidden
 from jitvault.services import Node, grants, policies, requests, sessions, targets, users
 from jitvault.services.requests import NewRequest
 from jitvault.storage import tables as t
-from tests.conftest import Booted
+from tests.conftest import Booted, grant_id_of
 
 POLICY = """
 rules:
@@ -112,8 +112,7 @@ def test_every_refusal_says_the_same_to_the_client_and_the_reason_to_the_audit_l
     sessions.open_session(world.node, once, "postgres")
     ended_rid = world.grant()
     ended = world.token(ended_rid)
-    g = requests.grant_id_of(world.node, requests.get_request(world.node, world.alice, ended_rid))
-    assert g is not None
+    g = grant_id_of(world.node, requests.get_request(world.node, world.alice, ended_rid))
     grants.revoke_grant(world.node, world.admin, g, "done")
     bad = {
         "malformed": Sensitive("not-a-token"),
@@ -165,8 +164,7 @@ def test_only_the_requester_gets_tokens_and_only_for_a_live_grant(world: World) 
         sessions.issue_session_token(world.node, world.bob, rid)
     with pytest.raises(Forbidden):
         sessions.issue_session_token(world.node, world.admin, rid)
-    g = requests.grant_id_of(world.node, requests.get_request(world.node, world.alice, rid))
-    assert g is not None
+    g = grant_id_of(world.node, requests.get_request(world.node, world.alice, rid))
     grants.revoke_grant(world.node, world.admin, g, "done")
     with pytest.raises(Conflict):
         sessions.issue_session_token(world.node, world.alice, rid)
@@ -216,8 +214,7 @@ def test_revoke_racing_session_open_has_one_outcome(world: World) -> None:
     for trial in range(TRIALS):
         rid = world.grant()
         token = world.token(rid)
-        gid = requests.grant_id_of(world.node, requests.get_request(world.node, world.alice, rid))
-        assert gid is not None
+        gid = grant_id_of(world.node, requests.get_request(world.node, world.alice, rid))
 
         def act(i: int, token: Sensitive[str] = token, gid: int = gid) -> Any:
             time.sleep(jitter.random() * 0.004)  # let either side win some trials

@@ -33,7 +33,7 @@ from jitvault.errors import AuditUnavailable, AuthError, Conflict, Forbidden, No
 from jitvault.services import Node, grants, policies, requests, sessions, ssh_keys, targets, users
 from jitvault.services.requests import NewRequest
 from jitvault.storage import tables as t
-from tests.conftest import Booted
+from tests.conftest import Booted, grant_id_of
 from tests.support import inserts_refused
 
 POLICY = """
@@ -84,8 +84,7 @@ class World:
             NewRequest("db1", AccessKind.ACCOUNT, account, timedelta(minutes=30), "INC-1"),
         )
         assert r.state.value == "active"
-        gid = requests.grant_id_of(self.node, r)
-        assert gid is not None
+        gid = grant_id_of(self.node, r)
         return gid, account
 
     def register(self, who: Principal, line: str | None = None) -> bytes:

@@ -36,7 +36,7 @@ from jitvault_webhook import (
     WebhookOptions,
     verify_signature,
 )
-from tests.conftest import make_settings
+from tests.conftest import grant_id_of, make_settings
 from tests.support import free_port
 
 SECRET_ENV = "JV_HOOK_SECRET"
@@ -289,8 +289,7 @@ def _full_workflow(w: World) -> dict[str, Any]:
     glass = _ask(w, "ops", break_glass=True, reason="INC-99 outage, paging nobody")
     pending = _ask(w, "prod")
     approved = requests.approve(w.node, w.bob, pending.id, comment="ok")
-    grant_id = requests.grant_id_of(w.node, auto)
-    assert grant_id is not None
+    grant_id = grant_id_of(w.node, auto)
     grants.revoke_grant(w.node, w.admin, grant_id, "done early")
     # the other two grants (1h) are within the 5 min warning window 58 minutes from now
     swept = grants.sweep(w.node, at=w.clock() + timedelta(minutes=58))
@@ -446,7 +445,7 @@ def test_a_queued_grant_that_lapses_tells_its_requester_why(
     queued = requests.create_request(
         w.node, carol, NewRequest("db1", AccessKind.ACCOUNT, "app", timedelta(hours=1), "INC-6")
     )
-    grant_id = requests.grant_id_of(w.node, queued)
+    grant_id = grant_id_of(w.node, queued)
     assert grants.sweep(w.node, at=w.clock() + timedelta(minutes=59)).lapsed == 0
     _drain(w)
     assert receiver.delivered() == []
@@ -456,7 +455,7 @@ def test_a_queued_grant_that_lapses_tells_its_requester_why(
     [r] = receiver.delivered()
     assert r.headers["x-jitvault-event"] == "grant.lapsed"
     text = r.json()["text"]
-    holder_id = requests.grant_id_of(w.node, holder)
+    holder_id = grant_id_of(w.node, holder)
     for part in (
         f"grant #{grant_id} of carol for account app on db1 lapsed unused",
         "state: expired",
@@ -549,8 +548,7 @@ def test_workflow_succeeds_while_the_receiver_port_is_closed_and_delivery_is_ret
     w = open_world(closed)
     request = _ask(w, "app")
     assert request.state == RequestState.ACTIVE
-    grant_id = requests.grant_id_of(w.node, request)
-    assert grant_id is not None
+    grant_id = grant_id_of(w.node, request)
     revoked = grants.revoke_grant(w.node, w.admin, grant_id, "done")
     assert revoked.ended_at is not None
 

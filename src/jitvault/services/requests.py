@@ -701,11 +701,6 @@ def grant_of(node: Node, r: AccessRequest) -> Grant | None:
         return workflow.grant_for_request(conn, r.id)
 
 
-def grant_id_of(node: Node, r: AccessRequest) -> int | None:
-    g = grant_of(node, r)
-    return g.id if g else None
-
-
 def _decidable_by(actor: Principal, r: AccessRequest) -> bool:
     try:
         check_can_approve(actor, r)
@@ -724,7 +719,6 @@ __all__ = [
     "create_request",
     "deny",
     "get_request",
-    "grant_id_of",
     "grant_of",
     "lapse_if_due",
     "lapse_queued",
