@@ -30,6 +30,8 @@ Measured, each with its anchors:
   server and pgbench; and the context switches of the hop's threads per transaction
   (``voluntary_ctxt_switches`` + ``nonvoluntary_ctxt_switches`` of ``/proc/<pid>/task/*/status``);
   for jitvault, both also by thread name (``jv-pg-relay``, ``jv-proxy``, ``jv-recorder``, ...);
+  and each hop's system time per transaction by thread (``stime``: its system calls and the
+  loopback network stack they run), the share a cheaper user-space path cannot reach;
 * 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
 * memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
   growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
@@ -114,11 +116,13 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def _stat_cpu_seconds(stat: str) -> float:
-    """User + system time of a ``/proc/.../stat`` text, in seconds."""
+def _stat_cpu_seconds(stat: str, user: bool = True) -> float:
+    """User + system time of a ``/proc/.../stat`` text (only system time if not ``user``), in
+    seconds."""
     after_name = stat.rsplit(")", 1)[1].split()
-    # fields 14 and 15 of proc(5), counted from the state (field 3) on
-    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+    # fields 14 (utime) and 15 (stime) of proc(5), counted from the state (field 3) on
+    ticks = int(after_name[12]) + (int(after_name[11]) if user else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -152,6 +156,10 @@ def _stat_name_and_cpu(stat: str) -> tuple[str, float]:
     return stat[stat.index("(") + 1 : stat.rindex(")")], _stat_cpu_seconds(stat)
 
 
+def _stat_name_and_system(stat: str) -> tuple[str, float]:
+    return stat[stat.index("(") + 1 : stat.rindex(")")], _stat_cpu_seconds(stat, user=False)
+
+
 def _status_name_and_switches(status: str) -> tuple[str, float]:
     name, switches = "", 0
     for line in status.splitlines():
@@ -165,6 +173,12 @@ def _status_name_and_switches(status: str) -> tuple[str, float]:
 def cpu_seconds_by_thread(pid: int) -> dict[str, float]:
     """CPU time (user + system) of a process's live threads so far, by thread name."""
     return _by_thread_name(pid, "stat", _stat_name_and_cpu)
+
+
+def system_seconds_by_thread(pid: int) -> dict[str, float]:
+    """System time (the kernel's work for it: system calls, the network stack it runs) of a
+    process's live threads so far, by thread name."""
+    return _by_thread_name(pid, "stat", _stat_name_and_system)
 
 
 def context_switches_by_thread(pid: int) -> dict[str, float]:
@@ -512,6 +526,8 @@ class PgbenchResult:
     hop_cpu_by_thread: dict[str, float] | None = None
     #: context switches of the hop's threads during the run, by thread name (None: no hop)
     hop_switches_by_thread: dict[str, float] | None = None
+    #: system CPU seconds of the hop's threads during the run, by thread name (None: no hop)
+    hop_system_by_thread: dict[str, float] | None = None
 
     @property
     def cpu_us_per_tx(self) -> float | None:
@@ -551,15 +567,22 @@ def pgbench(
     cpu_before = cpu_seconds(ep.pid) if ep.pid is not None else None
     threads_before = cpu_seconds_by_thread(ep.pid) if ep.pid is not None else None
     thread_switches_before = context_switches_by_thread(ep.pid) if ep.pid is not None else None
+    system_before = system_seconds_by_thread(ep.pid) if ep.pid is not None else None
     done = subprocess.run(
         args, capture_output=True, text=True, env=ep.env(), timeout=seconds + 120, check=False
     )
     hop_cpu = None if ep.pid is None or cpu_before is None else cpu_seconds(ep.pid) - cpu_before
-    by_thread = switches_by_thread = None
+    by_thread = switches_by_thread = system_by_thread = None
     hop_switches = None
-    if ep.pid is not None and threads_before is not None and thread_switches_before is not None:
+    if (
+        ep.pid is not None
+        and threads_before is not None
+        and thread_switches_before is not None
+        and system_before is not None
+    ):
         by_thread = _grown(threads_before, cpu_seconds_by_thread(ep.pid))
         switches_by_thread = _grown(thread_switches_before, context_switches_by_thread(ep.pid))
+        system_by_thread = _grown(system_before, system_seconds_by_thread(ep.pid))
         hop_switches = int(sum(switches_by_thread.values()))
     out = done.stdout
     tps, lat, tx = _TPS.search(out), _LAT.search(out), _TX.search(out)
@@ -585,6 +608,7 @@ def pgbench(
         hop_switches,
         by_thread,
         switches_by_thread,
+        system_by_thread,
     )
 
 
@@ -1169,6 +1193,13 @@ def main() -> int:
     for name in hops:
         print_threads(tps_rows, name, lambda r: r.hop_switches_by_thread, 1.0, 3)
     print()
+    print(
+        "-- the hops' system time (system calls, and the loopback network stack they run):"
+        " us per transaction by thread (medians)"
+    )
+    for name in dict.fromkeys(r.endpoint for r in tps_rows if r.endpoint != "direct"):
+        print_threads(tps_rows, name, lambda r: r.hop_system_by_thread)
+    print()
     print(f"-- 1-client select-only latency: what each hop adds per query (medians of {rounds})")
     print_latency(lat_rows)
     print()
@@ -1178,6 +1209,9 @@ def main() -> int:
     print("-- and its context switches at 1 client, per query, by thread")
     for name in dict.fromkeys(r.endpoint for r in lat_rows if r.endpoint != "direct"):
         print_threads(lat_rows, name, lambda r: r.hop_switches_by_thread, 1.0, 3)
+    print("-- and its system time at 1 client: us per query, by thread")
+    for name in dict.fromkeys(r.endpoint for r in lat_rows if r.endpoint != "direct"):
+        print_threads(lat_rows, name, lambda r: r.hop_system_by_thread)
     print()
     print(
         f"-- memory of {idle} idle connections (psycopg, sslmode=disable), RSS growth of the"
