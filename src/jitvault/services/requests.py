@@ -307,7 +307,7 @@ def _approve(
     queued = False
     if r.kind == AccessKind.ACCOUNT:
         account = repo.account_get(tx.conn, target.name, r.name)
-        if not check_out(tx, account, grant_id, at):
+        if not _check_out(tx, account, grant_id, at):
             if r.checkout != "queue":
                 _refuse_if_checked_out(tx, account)
                 raise CheckedOut(f"{account.username} is checked out by another grant")
@@ -387,7 +387,7 @@ def activate(tx: Tx, request_id: int, grant_id: int, at: datetime, provision: bo
         workflow.job_enqueue(tx.conn, "grant.provision", {"grant_id": grant_id}, run_after=at)
 
 
-def check_out(
+def _check_out(
     tx: Tx, account: Account, grant_id: int, at: datetime, from_queue: bool = False
 ) -> bool:
     """The grant takes the shared account (the one home of a checkout, and of its audit event:
@@ -453,7 +453,7 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
         next_grant = workflow.grant_for_request(tx.conn, request_id)
         if next_grant is None or not next_grant.waiting:  # read again under the lock
             continue
-        if not check_out(tx, account, next_grant.id, at, from_queue=True):
+        if not _check_out(tx, account, next_grant.id, at, from_queue=True):
             return  # someone else took it meanwhile
         if next_grant.starts_at > at:
             workflow.grant_update(tx.conn, next_grant.id, queued=False)
