@@ -850,16 +850,44 @@ static PyObject *Engine_set_gate(Engine *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-/* a session's open "q" item while take() merges its statements */
+/* a session's "q" item while take() merges its statements: pass one sums its size, pass two
+ * writes its statements straight into its bytes object (no buffer grown, nothing copied twice) */
 typedef struct {
     long long sid;
-    Buf json;
-    size_t count;
+    size_t len, count;
     Py_ssize_t pos; /* its place in the list */
+    PyObject *json; /* pass two: its bytes object, and where the next statements go */
+    char *w;
 } Run;
+
+/* which run is a session's open one, while take() merges (open addressing over the sessions
+ * of one take; a session whose "e" or "c" came keeps its slot, with no run) */
+typedef struct {
+    long long sid;
+    size_t run; /* NO_RUN: none open */
+    int used;
+} Slot;
+#define NO_RUN ((size_t)-1)
+
+static Slot *slot_of(Slot *slots, size_t mask, long long sid) {
+    size_t i = ((size_t)sid * 0x9E3779B97F4A7C15ull) & mask;
+    while (slots[i].used && slots[i].sid != sid) i = (i + 1) & mask;
+    if (!slots[i].used) slots[i] = (Slot){.sid = sid, .run = NO_RUN, .used = 1};
+    return &slots[i];
+}
 
 /* a {"ago":us}, object: 7 + 20 + 2 bytes at most */
 #define AGO_MAX 29
+
+/* the statements' time: how long before this take (at now) they were read; none for
+ * durations only (at 0) */
+static size_t ago_object(char *out, const Event *e, int64_t now) {
+    if (e->at <= 0) return 0;
+    memcpy(out, "{\"ago\":", 7);
+    size_t n = 7 + format_u64(out + 7, (uint64_t)(now > e->at ? now - e->at : 0));
+    memcpy(out + n, "},", 2);
+    return n + 2;
+}
 
 /* everything queued, in order: ("q", sid, count, statements) for a session's statements (one
  * item per session and take, in the order they were sent; statements: their JSON objects,
@@ -888,72 +916,36 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
     /* one "q" item per session (interleaved sessions would otherwise make one item, and one
      * recorder call, per client read); a session's "e" or "c" ends its item, so that the order
      * of its own events is kept */
-    size_t nruns = 0, cap = 0;
-    Run *runs = NULL;
+    size_t events = 0, nruns = 0;
+    for (Event *e = ev; e; e = e->next) events++;
+    size_t nslots = 16;
+    while (nslots < 2 * events) nslots *= 2;
+    Slot *slots = calloc(nslots, sizeof(Slot));
+    Run *runs = calloc(events ? events : 1, sizeof(Run));
+    size_t *run_of = calloc(events ? events : 1, sizeof(size_t)); /* each event's run */
     PyObject *list = PyList_New(0);
-    PyObject *open = PyDict_New(); /* sid -> index in runs of its open item */
-    if (list == NULL || open == NULL) goto fail;
-    for (Event *e = ev; e; e = e->next) {
-        PyObject *key = PyLong_FromLongLong(e->sid);
-        if (key == NULL) goto fail;
+    if (list == NULL) goto fail;
+    if (slots == NULL || runs == NULL || run_of == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    char ago[AGO_MAX];
+    size_t k = 0;
+    for (Event *e = ev; e; e = e->next, k++) { /* pass one: the items, and each run's size */
+        Slot *slot = slot_of(slots, nslots - 1, e->sid);
         if (e->kind == 'q') {
-            PyObject *index = PyDict_GetItemWithError(open, key); /* borrowed */
-            Run *run;
-            if (index == NULL) {
-                if (PyErr_Occurred()) {
-                    Py_DECREF(key);
-                    goto fail;
-                }
-                if (nruns == cap) {
-                    size_t more = cap ? cap * 2 : 16;
-                    Run *grown = realloc(runs, more * sizeof(Run));
-                    if (grown == NULL) {
-                        Py_DECREF(key);
-                        PyErr_NoMemory();
-                        goto fail;
-                    }
-                    runs = grown;
-                    cap = more;
-                }
-                run = &runs[nruns];
-                *run = (Run){.sid = e->sid, .pos = PyList_GET_SIZE(list)};
-                PyObject *at = PyLong_FromSize_t(nruns);
-                int failed = at == NULL || PyDict_SetItem(open, key, at) < 0 ||
-                             PyList_Append(list, Py_None) < 0;
-                Py_XDECREF(at);
-                nruns++;
-                if (failed) {
-                    Py_DECREF(key);
-                    goto fail;
-                }
-            } else {
-                run = &runs[PyLong_AsSize_t(index)];
+            if (slot->run == NO_RUN) {
+                slot->run = nruns;
+                runs[nruns++] = (Run){.sid = e->sid, .pos = PyList_GET_SIZE(list)};
+                if (PyList_Append(list, Py_None) < 0) goto fail;
             }
-            Py_DECREF(key);
-            /* the statements' time: how long before this take they were read */
-            char ago[AGO_MAX];
-            size_t ago_len = 0;
-            if (e->at > 0) {
-                memcpy(ago, "{\"ago\":", 7);
-                ago_len = 7 + format_u64(ago + 7, (uint64_t)(now > e->at ? now - e->at : 0));
-                memcpy(ago + ago_len, "},", 2);
-                ago_len += 2;
-            }
-            if ((run->json.len && buf_append(&run->json, (const uint8_t *)",", 1) < 0) ||
-                buf_append(&run->json, (const uint8_t *)ago, ago_len) < 0 ||
-                buf_append(&run->json, e->text, e->len) < 0) {
-                PyErr_NoMemory();
-                goto fail;
-            }
+            Run *run = &runs[slot->run];
+            run->len += (run->len ? 1 : 0) + ago_object(ago, e, now) + e->len;
             run->count += e->count;
+            run_of[k] = slot->run;
             continue;
         }
-        int was_open = PyDict_Contains(open, key);
-        if (was_open < 0 || (was_open && PyDict_DelItem(open, key) < 0)) {
-            Py_DECREF(key);
-            goto fail;
-        }
-        Py_DECREF(key);
+        slot->run = NO_RUN;
         PyObject *item;
         if (e->kind == 'e') {
             item = Py_BuildValue("(sLiiiL)", "e", e->sid, e->code, (int)e->style, (int)e->vtype,
@@ -968,23 +960,39 @@ static PyObject *Engine_take(Engine *self, PyObject *Py_UNUSED(ignored)) {
         Py_DECREF(item);
     }
     for (size_t i = 0; i < nruns; i++) {
+        runs[i].json = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)runs[i].len);
+        if (runs[i].json == NULL) goto fail;
+        runs[i].w = PyBytes_AS_STRING(runs[i].json);
+    }
+    k = 0;
+    for (Event *e = ev; e; e = e->next, k++) { /* pass two: the statements, in place */
+        if (e->kind != 'q') continue;
+        Run *run = &runs[run_of[k]];
+        if (run->w != PyBytes_AS_STRING(run->json)) *run->w++ = ',';
+        size_t n = ago_object(run->w, e, now);
+        memcpy(run->w + n, e->text, e->len);
+        run->w += n + e->len;
+    }
+    for (size_t i = 0; i < nruns; i++) {
         Run *run = &runs[i];
-        PyObject *item = Py_BuildValue("(sLny#)", "q", run->sid, (Py_ssize_t)run->count,
-                                       (const char *)run->json.data, (Py_ssize_t)run->json.len);
+        PyObject *item = Py_BuildValue("(sLnN)", "q", run->sid, (Py_ssize_t)run->count, run->json);
+        run->json = NULL; /* the item's (or released by the failure) */
         if (item == NULL) goto fail;
         PyList_SET_ITEM(list, run->pos, item); /* steals item; the placeholder was None */
         Py_DECREF(Py_None);
     }
-    for (size_t i = 0; i < nruns; i++) buf_free(&runs[i].json);
+    free(slots);
     free(runs);
-    Py_DECREF(open);
+    free(run_of);
     free_events(ev);
     return list;
 fail:
-    for (size_t i = 0; i < nruns; i++) buf_free(&runs[i].json);
+    if (runs != NULL)
+        for (size_t i = 0; i < nruns; i++) Py_XDECREF(runs[i].json);
+    free(slots);
     free(runs);
+    free(run_of);
     Py_XDECREF(list);
-    Py_XDECREF(open);
     free_events(ev);
     return NULL;
 }

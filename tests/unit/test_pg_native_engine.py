@@ -200,7 +200,7 @@ def test_engine_refuses_a_second_init() -> None:
 
 
 class _Ignored:
-    def native_statements(self, statements: list[tuple[str, bytes]]) -> None: ...
+    def native_unrecorded(self, exc: Exception) -> None: ...
 
     def native_ended(self, reason: str, violation: object) -> None: ...
 
@@ -262,6 +262,58 @@ def test_interleaved_sessions_hand_over_one_item_each_in_order() -> None:
             ("q", 1, 3, _rendered(*(f"SELECT 1{n} ;" for n in range(3)))),
             ("q", 2, 3, _rendered(*(f"SELECT 2{n} ;" for n in range(3)))),
         ]
+    finally:
+        engine.stop()
+        for end in ends:
+            end.close()
+
+
+def test_many_sessions_hand_over_one_item_each_and_an_end_closes_a_sessions_item() -> None:
+    """Forty sessions (ids far apart, so that the take's table of sessions probes past
+    collisions) take turns: one item each, its statements in the order sent, the "ago" marks
+    well formed; a session that ends has its item before its end."""
+    assert _relay is not None
+    engine = _relay.Engine()
+    ends: list[socket.socket] = []
+    sids = [(1 << 40) + 4096 * i for i in range(40)]
+    try:
+        clients = {}
+        for sid in sids:
+            proxy_client, client = _pair()
+            backend, proxy_server = _pair()
+            engine.add(sid, proxy_client.detach(), proxy_server.detach(), b"", b"")
+            clients[sid] = client
+            ends += [client, backend]
+        for n in range(2):
+            for sid, client in clients.items():
+                client.sendall(pg.query(f"SELECT {sid}, {n} ;"))
+        closed = sids[::7]
+        time.sleep(0.2)  # all read (and queued) before the ends and the first take
+        for sid in closed:
+            clients[sid].close()
+        events: list[tuple[object, ...]] = []
+        deadline = time.monotonic() + 10
+        while (
+            sum(int(event[2]) for event in events if event[0] == "q") < 2 * len(sids)  # type: ignore[call-overload]
+            or sum(event[0] == "e" for event in events) < len(closed)
+        ):
+            assert time.monotonic() < deadline, "the statements never came out"
+            select.select([engine.fileno()], [], [], 0.5)
+            events += engine.take()
+        items = [event for event in events if event[0] == "q"]
+        assert sorted(int(event[1]) for event in items) == sids  # type: ignore[call-overload]
+        for event in items:
+            assert re.fullmatch(
+                rb'\{"ago":\d+\},\{[^{}]*\}(,\{"ago":\d+\},\{[^{}]*\}|,\{[^{}]*\})*',
+                event[3],  # type: ignore[arg-type]
+            ), event
+        assert _unmarked(items) == [
+            ("q", sid, 2, _rendered(*(f"SELECT {sid}, {n} ;" for n in range(2))))
+            for sid in [int(event[1]) for event in items]  # type: ignore[call-overload]
+        ]
+        for sid in closed:
+            order = [event[0] for event in events if event[1] == sid]
+            assert order == ["q", "e"]
     finally:
         engine.stop()
         for end in ends:
