@@ -639,25 +639,30 @@ class _Connection:
 
     # native relay events (see native.NativeSession)
 
-    def native_statements(self, statements: RenderedStatements) -> None:
+    def native_unrecorded(self, exc: JitvaultError) -> None:
         session = self.session
         assert session is not None
-        self._record_forwarded(session, statements)
+        self._unrecorded(session, exc)
 
     def _record_forwarded(self, session: _Session, statements: RenderedStatements) -> None:
         # the statement has gone to the server already (even when the session is being cut
         # or is ending now), or its duration is known: the core keeps it whatever happens
         try:
             self.ctx.record_statements(session.session_id, statements, forwarded=True)
-        except JitvaultError as exc:  # fail closed: the session ends at once
-            if session.cut_reason is not None or self._ending:
-                return
-            log.warning(
-                "postgres proxy: session %s: cannot record (%s)",
-                session.session_id,
-                type(exc).__name__,
-            )
-            session.cut(RECORDING_REFUSED)
+        except JitvaultError as exc:
+            self._unrecorded(session, exc)
+
+    def _unrecorded(self, session: _Session, exc: JitvaultError) -> None:
+        """The core refused what the session sent (it keeps what was forwarded): fail closed,
+        the session ends at once."""
+        if session.cut_reason is not None or self._ending:
+            return
+        log.warning(
+            "postgres proxy: session %s: cannot record (%s)",
+            session.session_id,
+            type(exc).__name__,
+        )
+        session.cut(RECORDING_REFUSED)
 
     def native_ended(self, reason: str, violation: pg.ProtocolViolation | None) -> None:
         if violation is not None:

@@ -21,7 +21,8 @@ import logging
 import os
 from typing import Protocol
 
-from jitvault.plugin_api import ProxyContext, RenderedStatements
+from jitvault.errors import JitvaultError
+from jitvault.plugin_api import ProxyContext
 from jitvault_postgres import protocol as pg
 from jitvault_postgres.protocol import ProtocolViolation
 
@@ -63,7 +64,8 @@ def client_violation(code: int, message_type: int, length: int) -> ProtocolViola
 class NativeSession(Protocol):
     """What the engine's events are delivered to (one client connection)."""
 
-    def native_statements(self, statements: RenderedStatements) -> None: ...
+    def native_unrecorded(self, exc: JitvaultError) -> None:
+        """The core refused the statements the session forwarded (it keeps them): end it."""
 
     def native_ended(self, reason: str, violation: ProtocolViolation | None) -> None: ...
 
@@ -111,14 +113,14 @@ class NativeRelays:
         self._engine.close(session_id, last, terminate, linger)
 
     def _drain(self) -> None:
-        recorded = False
+        sessions = self._sessions
+        forwarded: list[tuple[int, int, bytes]] = []  # every session's statements: one call
         for event in self._engine.take():
-            session = self._sessions.get(event[1])
+            session = sessions.get(event[1])
             if session is None:
                 continue
             if event[0] == "q":
-                recorded = True
-                session.native_statements(RenderedStatements(event[2], event[3]))
+                forwarded.append(event[1:])
             elif event[0] == "e":
                 code = event[2]
                 violation = (
@@ -131,6 +133,8 @@ class NativeRelays:
                 del self._sessions[event[1]]
                 session.native_closed()
         ctx = self._ctx
+        if forwarded and ctx is not None:
+            self._record(ctx, forwarded)
         if self._gated or ctx is None:
             return
         # the gate: no client is read while the core refuses recordings (statements would run
@@ -138,11 +142,22 @@ class NativeRelays:
         if not ctx.recording_available():
             self._close_gate()
             self._loop.call_later(_RECHECK_SECONDS, self._recheck)
-        elif recorded:
+        elif forwarded:
             backlog = ctx.recording_backlog()
             if backlog is not None:
                 self._close_gate()
                 asyncio.ensure_future(backlog).add_done_callback(self._open_gate)
+
+    def _record(self, ctx: ProxyContext, forwarded: list[tuple[int, int, bytes]]) -> None:
+        """Hand the statements to the core (all of them are kept whatever it says); if it
+        refuses, every session whose statements were in the batch ends."""
+        try:
+            ctx.record_forwarded(forwarded)
+        except JitvaultError as exc:
+            for session_id, _, _ in forwarded:
+                session = self._sessions.get(session_id)
+                if session is not None:
+                    session.native_unrecorded(exc)
 
     def _close_gate(self) -> None:
         self._gated = True

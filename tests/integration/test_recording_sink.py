@@ -285,6 +285,48 @@ def test_rendered_statements_are_read_back_as_query_events_in_order_and_count_on
     assert events[1]["ts"] == events[2]["ts"]  # arrived together: one time
 
 
+def test_a_hand_over_of_several_sessions_is_queued_whole_with_one_time_then_refused(
+    booted: Booted,
+) -> None:
+    """The native relay hands over every session's forwarded statements in one call: each
+    session's are kept, in its own recording, at one time; a full queue or a failing store
+    keeps them all (they ran) and then refuses, so that every session of the batch ends."""
+    ticket, alice = _open(booted)
+    token, _ = sessions.issue_session_token(booted.node, alice, ticket.grant.request_id)
+    other = sessions.open_session(booted.node, token, "postgres").session_id
+    sid, sink = ticket.session_id, RecordingSink(booted.node, max_events=4)
+    first, second = (
+        _rendered(("simple", "SELECT 1"), ("simple", "SELECT 2")),
+        _rendered(("extended", "SELECT $1")),
+    )
+    sink.add_forwarded([(sid, first.count, first.json), (other, second.count, second.json)])
+    sink.add_forwarded([(other, 0, b"")])  # nothing: nothing queued
+    assert len(sink) == 3
+    ran = _rendered(("simple", "SELECT 'ran: full'"))
+    with pytest.raises(RecordingUnavailable, match="queue is full"):  # 2 do not fit in 1
+        sink.add_forwarded([(sid, ran.count, ran.json), (other, ran.count, ran.json)])
+    assert len(sink) == 5
+
+    async def scenario() -> None:
+        with recordings_refused(booted.node):
+            with pytest.raises(RecordingUnavailable):
+                await sink.flush()
+            late = _rendered(("simple", "SELECT 'ran: failing'"))
+            with pytest.raises(RecordingUnavailable, match="cannot be stored"):
+                sink.add_forwarded([(other, late.count, late.json)])
+        await sink.flush()
+
+    asyncio.run(scenario())
+    assert _texts(booted.node, sid) == ["SELECT 1", "SELECT 2", "SELECT 'ran: full'"]
+    assert _texts(booted.node, other) == [
+        "SELECT $1",
+        "SELECT 'ran: full'",
+        "SELECT 'ran: failing'",
+    ]
+    times = [e["ts"] for e in sessions.session_events(booted.node, sid)]
+    assert times[0] == times[1] == sessions.session_events(booted.node, other)[0]["ts"]
+
+
 def test_durations_go_to_the_oldest_statements_without_one_across_writes_and_forms(
     booted: Booted,
 ) -> None:

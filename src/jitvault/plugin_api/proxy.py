@@ -201,6 +201,13 @@ class ProxyContext(Protocol):
         forward nothing more.
         """
 
+    def record_forwarded(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
+        """:meth:`record_statements` of rendered statements already forwarded, for several
+        sessions at once: ``(session id, count, json)`` each, ``count`` and ``json`` as in
+        :class:`RenderedStatements` (a relay in native code hands over every session it serves
+        in one call). One timestamp; all queued whatever the refusal, which is raised after:
+        every session of the batch must then end and forward nothing more."""
+
     def recording_backlog(self) -> Awaitable[None] | None:
         """None while the core stores recordings as fast as they come; else an awaitable done
         once it has caught up. A front end that gets one reads no more from the side whose

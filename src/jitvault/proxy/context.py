@@ -206,6 +206,9 @@ class NodeProxyContext:
     ) -> None:
         self.recordings.add_statements(session_id, statements, forwarded=forwarded)
 
+    def record_forwarded(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
+        self.recordings.add_forwarded(batch)
+
     def recording_backlog(self) -> Awaitable[None] | None:
         return self.recordings.backlog()
 

@@ -183,6 +183,32 @@ class RecordingSink:
         if refusal is not None:
             raise RecordingUnavailable(refusal)
 
+    def add_forwarded(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
+        """Statements already forwarded, rendered, of several sessions: ``(session id, count,
+        JSON)`` each, as :class:`RenderedStatements` holds them (the native relay's hand-over,
+        one call for every session it serves: the loop pays per hand-over, not per session).
+        One timestamp and one check of the bounds for all; all queued whatever the refusal,
+        which is raised after (see :meth:`add_statements`: every session of the batch must
+        then end)."""
+        weight = count = 0
+        for _, n, payload in batch:
+            count += n
+            weight += _BASE_SIZE * n + len(payload)
+        if not count:
+            return
+        refusal = self._refusal(weight, count)
+        at = self.node.clock()
+        append = self._queue.append
+        for session_id, n, payload in batch:
+            if n:
+                append((session_id, at, "query", payload, _BASE_SIZE * n + len(payload), n))
+        self._events += count
+        self._bytes += weight
+        if self._events >= self.batch and self._wake is not None:
+            self._wake.set()
+        if refusal is not None:
+            raise RecordingUnavailable(refusal)
+
     @property
     def available(self) -> bool:
         """Would an event be taken now (the store did not fail its last write)?"""
