@@ -165,7 +165,7 @@ class RecordingSink:
         payload: list[tuple[str, bytes]] | bytes
         if isinstance(statements, RenderedStatements):
             count, payload = statements.count, statements.json
-            size = _BASE_SIZE * count + len(payload)
+            size = _rendered_size(count, payload)
         else:
             payload = list(statements)
             count = len(payload)
@@ -176,10 +176,7 @@ class RecordingSink:
         if refusal is not None and not forwarded:
             raise RecordingUnavailable(refusal)
         self._queue.append((session_id, self.node.clock(), "query", payload, size, count))
-        self._events += count
-        self._bytes += size
-        if self._events >= self.batch and self._wake is not None:
-            self._wake.set()
+        self._counted(count, size)
         if refusal is not None:
             raise RecordingUnavailable(refusal)
 
@@ -190,24 +187,26 @@ class RecordingSink:
         One timestamp and one check of the bounds for all; all queued whatever the refusal,
         which is raised after (see :meth:`add_statements`: every session of the batch must
         then end)."""
-        weight = count = 0
-        for _, n, payload in batch:
-            count += n
-            weight += _BASE_SIZE * n + len(payload)
+        count = sum(n for _, n, _ in batch)
         if not count:
             return
+        weight = sum(_rendered_size(n, payload) for _, n, payload in batch)
         refusal = self._refusal(weight, count)
         at = self.node.clock()
         append = self._queue.append
         for session_id, n, payload in batch:
             if n:
-                append((session_id, at, "query", payload, _BASE_SIZE * n + len(payload), n))
-        self._events += count
-        self._bytes += weight
-        if self._events >= self.batch and self._wake is not None:
-            self._wake.set()
+                append((session_id, at, "query", payload, _rendered_size(n, payload), n))
+        self._counted(count, weight)
         if refusal is not None:
             raise RecordingUnavailable(refusal)
+
+    def _counted(self, count: int, size: int) -> None:
+        """Count events just queued; a full batch wakes the writer."""
+        self._events += count
+        self._bytes += size
+        if self._events >= self.batch and self._wake is not None:
+            self._wake.set()
 
     @property
     def available(self) -> bool:
@@ -229,10 +228,7 @@ class RecordingSink:
         if refusal is not None:
             raise RecordingUnavailable(refusal)
         self._queue.append((session_id, self.node.clock(), kind, data, size, 1))
-        self._events += 1
-        self._bytes += size
-        if self._events >= self.batch and self._wake is not None:
-            self._wake.set()
+        self._counted(1, size)
 
     async def flush(self) -> None:
         """Write everything queued until now. Raises RecordingUnavailable if the store refused."""
@@ -336,6 +332,11 @@ def _size(data: dict[str, Any]) -> int:
     """What an event weighs in the queue: its strings, nested ones included (a terminal's
     output is a list of events holding the text), plus a fixed part."""
     return _BASE_SIZE + _strings_size(data)
+
+
+def _rendered_size(count: int, json: bytes) -> int:
+    """What statements a relay rendered weigh in the queue."""
+    return _BASE_SIZE * count + len(json)
 
 
 def _strings_size(value: object) -> int:
