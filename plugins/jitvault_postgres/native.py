@@ -113,28 +113,29 @@ class NativeRelays:
         self._engine.close(session_id, last, terminate, linger)
 
     def _drain(self) -> None:
-        sessions = self._sessions
+        sessions, ctx = self._sessions, self._ctx
         forwarded: list[tuple[int, int, bytes]] = []  # every session's statements: one call
-        for event in self._engine.take():
-            session = sessions.get(event[1])
-            if session is None:
-                continue
-            if event[0] == "q":
-                forwarded.append(event[1:])
-            elif event[0] == "e":
-                code = event[2]
-                violation = (
-                    client_violation(event[3], event[4], event[5])
-                    if code == _CLIENT_VIOLATION_CODE
-                    else None
-                )
-                session.native_ended(END_REASONS.get(code, "relay failed"), violation)
-            else:
-                del self._sessions[event[1]]
-                session.native_closed()
-        ctx = self._ctx
-        if forwarded and ctx is not None:
-            self._record(ctx, forwarded)
+        try:
+            for event in self._engine.take():
+                session = sessions.get(event[1])
+                if session is None:
+                    continue
+                if event[0] == "q":
+                    forwarded.append(event[1:])
+                elif event[0] == "e":
+                    code = event[2]
+                    violation = (
+                        client_violation(event[3], event[4], event[5])
+                        if code == _CLIENT_VIOLATION_CODE
+                        else None
+                    )
+                    session.native_ended(END_REASONS.get(code, "relay failed"), violation)
+                else:
+                    del self._sessions[event[1]]
+                    session.native_closed()
+        finally:  # what ran is recorded, whatever an end's handling did
+            if forwarded and ctx is not None:
+                self._record(ctx, forwarded)
         if self._gated or ctx is None:
             return
         # the gate: no client is read while the core refuses recordings (statements would run

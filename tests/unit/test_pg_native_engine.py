@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from jitvault.proxy.recording import RecordingUnavailable
 from jitvault_postgres import native
 from jitvault_postgres import protocol as pg
 
@@ -228,6 +229,78 @@ def test_a_refused_hand_over_closes_both_sockets() -> None:
             peer.settimeout(5)
             assert peer.recv(1) == b""
             peer.close()
+    finally:
+        loop.close()
+
+
+class _Taken:
+    """An engine stand-in whose take() gives these events once."""
+
+    def __init__(self, events: list[tuple[object, ...]]) -> None:
+        self.events = events
+
+    def take(self) -> list[tuple[object, ...]]:
+        events, self.events = self.events, []
+        return events
+
+    def set_gate(self, open_: bool) -> None: ...
+
+
+class _Recorded:
+    """A ProxyContext stand-in for the hand-over: what was given to the core."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.batches: list[list[tuple[int, int, bytes]]] = []
+        self.refuse = refuse
+
+    def record_forwarded(self, batch: list[tuple[int, int, bytes]]) -> None:
+        self.batches.append(list(batch))
+        if self.refuse:
+            raise RecordingUnavailable("the recording queue is full")
+
+    def recording_available(self) -> bool:
+        return True
+
+    def recording_backlog(self) -> None:
+        return None
+
+
+class _Ending:
+    """A session whose end handling fails, and that notes a refused recording."""
+
+    def __init__(self) -> None:
+        self.unrecorded: list[str] = []
+
+    def native_unrecorded(self, exc: Exception) -> None:
+        self.unrecorded.append(str(exc))
+
+    def native_ended(self, reason: str, violation: object) -> None:
+        raise RuntimeError("the end's handling failed")
+
+    def native_closed(self) -> None: ...
+
+
+def test_a_hand_over_records_every_sessions_statements_in_one_call_whatever_an_end_does() -> None:
+    """The statements of a take reach the core in one call, for every session, even when the
+    handling of a session's end in the same take fails; a refusal reaches every session of
+    the batch."""
+    loop = asyncio.new_event_loop()
+    try:
+        for refuse in (False, True):
+            relays = native.NativeRelays(loop)
+            relays.shutdown()
+            first, second = _Ending(), _Ending()
+            relays._sessions.update({1: first, 2: second})  # type: ignore[dict-item]
+            ctx = _Recorded(refuse)
+            relays._ctx = ctx  # type: ignore[assignment]
+            relays._engine = _Taken(  # type: ignore[assignment]
+                [("q", 1, 2, b"a"), ("q", 2, 1, b"b"), ("e", 1, 1, 0, 0, 0), ("q", 9, 1, b"x")]
+            )
+            with pytest.raises(RuntimeError, match="end's handling failed"):
+                relays._drain()
+            assert ctx.batches == [[(1, 2, b"a"), (2, 1, b"b")]]  # 9: no such session
+            expected = ["the recording queue is full"] if refuse else []
+            assert (first.unrecorded, second.unrecorded) == (expected, expected)
     finally:
         loop.close()
 
