@@ -7,8 +7,9 @@ recordings back, and with them every session (backpressure).
 A relay never waits for the database, and pays as little as it can per statement:
 :meth:`RecordingSink.add_statements` appends one small tuple (session, time, the raw text
 bytes of the statements that arrived together, or their JSON where the relay rendered it in
-native code) to an in-memory queue and returns; decoding, JSON, encryption and the INSERT all
-happen in the writer, a batch at a time. A background
+native code) to an in-memory queue and returns (the native relay's hand-over is one
+:meth:`RecordingSink.add_forwarded` call for every session it serves); decoding, JSON,
+encryption and the INSERT all happen in the writer, a batch at a time. A background
 task writes the queue every ``interval`` seconds, or as soon as ``batch`` events wait, one
 transaction per batch (at most ``batch`` events and about ``batch_bytes`` of texts) holding one
 row per session: a *chunk* of that session's events, one JSON array sealed once (see
