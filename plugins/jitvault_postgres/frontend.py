@@ -648,7 +648,7 @@ class _Connection:
         # the statement has gone to the server already (even when the session is being cut
         # or is ending now), or its duration is known: the core keeps it whatever happens
         try:
-            self.ctx.record_statements(session.session_id, statements, forwarded=True)
+            self.ctx.record_forwarded(((session.session_id, statements.count, statements.json),))
         except JitvaultError as exc:
             self._unrecorded(session, exc)
 

@@ -196,6 +196,22 @@ def test_raw_statements_count_against_the_byte_bound_and_are_refused_while_faili
     assert _texts(booted.node, sid) == ["SELECT '" + "x" * 9_000 + "'", "SELECT 1"]
 
 
+def _rendered(*statements: tuple[str, str]) -> RenderedStatements:
+    """What a relay in native code hands over (its rendering is tested against json's in
+    tests/unit/test_pg_native_json.py)."""
+    objects = [
+        json.dumps({"kind": kind, "text": text}, ensure_ascii=True, sort_keys=True,
+                   separators=(",", ":"))
+        for kind, text in statements
+    ]  # fmt: skip
+    return RenderedStatements(len(objects), ",".join(objects).encode())
+
+
+def _one(session_id: int, statements: RenderedStatements) -> list[tuple[int, int, bytes]]:
+    """A hand-over of one session's forwarded statements."""
+    return [(session_id, statements.count, statements.json)]
+
+
 def test_a_statement_already_forwarded_is_queued_whatever_the_refusal_then_refused(
     booted: Booted,
 ) -> None:
@@ -207,7 +223,7 @@ def test_a_statement_already_forwarded_is_queued_whatever_the_refusal_then_refus
     with pytest.raises(RecordingUnavailable, match="queue is full"):
         sink.add_statement(sid, "simple", b"SELECT 'refused'")
     with pytest.raises(RecordingUnavailable, match="queue is full"):
-        sink.add_statement(sid, "simple", b"SELECT 'ran: full'", forwarded=True)
+        sink.add_forwarded(_one(sid, _rendered(("simple", "SELECT 'ran: full'"))))
     assert sink.available  # full is not failing
 
     async def scenario() -> None:
@@ -216,7 +232,7 @@ def test_a_statement_already_forwarded_is_queued_whatever_the_refusal_then_refus
                 await sink.flush()
             assert not sink.available
             with pytest.raises(RecordingUnavailable, match="cannot be stored"):
-                sink.add_statement(sid, "extended", b"SELECT 'ran: failing'", forwarded=True)
+                sink.add_forwarded(_one(sid, _rendered(("extended", "SELECT 'ran: failing'"))))
         await sink.flush()
         assert sink.available
 
@@ -237,26 +253,12 @@ def test_statements_handed_over_together_are_queued_all_or_none_in_order(
     with pytest.raises(RecordingUnavailable, match="queue is full"):  # 3 do not fit in 2
         sink.add_statements(sid, [("simple", b"SELECT 'no'")] * 3)
     assert len(sink) == 2
-    with pytest.raises(RecordingUnavailable, match="queue is full"):  # they ran: all kept
-        sink.add_statements(sid, [("simple", b"SELECT 'ran'")] * 3, forwarded=True)
     asyncio.run(sink.flush())
     events = sessions.session_events(booted.node, sid)
     assert [(e["data"]["kind"], e["data"]["text"]) for e in events] == [
         ("simple", "SELECT 1"),
         ("extended", "SELECT $1"),
-        *[("simple", "SELECT 'ran'")] * 3,
     ]
-
-
-def _rendered(*statements: tuple[str, str]) -> RenderedStatements:
-    """What a relay in native code hands over (its rendering is tested against json's in
-    tests/unit/test_pg_native_json.py)."""
-    objects = [
-        json.dumps({"kind": kind, "text": text}, ensure_ascii=True, sort_keys=True,
-                   separators=(",", ":"))
-        for kind, text in statements
-    ]  # fmt: skip
-    return RenderedStatements(len(objects), ",".join(objects).encode())
 
 
 def test_rendered_statements_are_read_back_as_query_events_in_order_and_count_one_by_one(
@@ -270,7 +272,7 @@ def test_rendered_statements_are_read_back_as_query_events_in_order_and_count_on
     with pytest.raises(RecordingUnavailable, match="queue is full"):  # 3 do not fit in 2
         sink.add_statements(sid, _rendered(*[("simple", "SELECT 'no'")] * 3))
     with pytest.raises(RecordingUnavailable, match="queue is full"):  # they ran: all kept
-        sink.add_statements(sid, _rendered(*[("simple", "SELECT 'ran'")] * 3), forwarded=True)
+        sink.add_forwarded(_one(sid, _rendered(*[("simple", "SELECT 'ran'")] * 3)))
     sink.add_statements(sid, RenderedStatements(0, b""))  # nothing: nothing queued
     assert len(sink) == 7
     asyncio.run(sink.flush())

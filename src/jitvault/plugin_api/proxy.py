@@ -53,7 +53,7 @@ def render_statement(kind: str, text: bytes | None, name: bytes = b"") -> bytes:
 
 
 def statements_done(done: Sequence[tuple[int, int]]) -> RenderedStatements:
-    """How long recorded statements ran, for :meth:`ProxyContext.record_statements`: for each
+    """How long recorded statements ran, for :meth:`ProxyContext.record_forwarded`: for each
     ``(statements, microseconds)`` in order, the oldest ``statements`` of the session's recorded
     statements that have no duration yet ran for ``microseconds`` (from the first of them being
     sent to the server's answer). Rendered as ``{"done":[statements,microseconds]}`` objects,
@@ -185,8 +185,6 @@ class ProxyContext(Protocol):
         self,
         session_id: int,
         statements: Sequence[tuple[str, bytes]] | RenderedStatements,
-        *,
-        forwarded: bool = False,
     ) -> None:
         """Record statements the client sent, of one session and arrived together, as
         ``(style, text)`` pairs: each a ``query`` event with ``text`` (these bytes, decoded from
@@ -194,19 +192,17 @@ class ProxyContext(Protocol):
         already rendered (:class:`RenderedStatements`): recorded as they are, the same events.
 
         The relay's per-read call: it only queues the bytes. Same promise and refusals as
-        :meth:`record_nowait`: all are queued, or none and the refusal is raised. Except for
-        statements already ``forwarded`` to the target (a relay that queued them in memory of
-        its own first): those are queued whatever the refusal (what ran is recorded, kept and
-        retried), then the refusal is raised, and the front end must end the session and
-        forward nothing more.
+        :meth:`record_nowait`: all are queued, or none and the refusal is raised (what has
+        already gone to the target is :meth:`record_forwarded`'s).
         """
 
     def record_forwarded(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
-        """:meth:`record_statements` of rendered statements already forwarded, for several
-        sessions at once: ``(session id, count, json)`` each, ``count`` and ``json`` as in
-        :class:`RenderedStatements` (a relay in native code hands over every session it serves
-        in one call). One timestamp; all queued whatever the refusal, which is raised after:
-        every session of the batch must then end and forward nothing more."""
+        """Record rendered statements that have already gone to the target, or their
+        durations (:func:`statements_done`), of one session or several: ``(session id, count,
+        json)`` each, ``count`` and ``json`` as in :class:`RenderedStatements` (a relay in
+        native code hands over every session it serves in one call). One timestamp. They ran,
+        so all are queued whatever the refusal (what ran is recorded, kept and retried), then
+        the refusal is raised: every session of the batch must end and forward nothing more."""
 
     def recording_backlog(self) -> Awaitable[None] | None:
         """None while the core stores recordings as fast as they come; else an awaitable done

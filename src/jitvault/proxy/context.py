@@ -201,10 +201,8 @@ class NodeProxyContext:
         self,
         session_id: int,
         statements: Sequence[tuple[str, bytes]] | RenderedStatements,
-        *,
-        forwarded: bool = False,
     ) -> None:
-        self.recordings.add_statements(session_id, statements, forwarded=forwarded)
+        self.recordings.add_statements(session_id, statements)
 
     def record_forwarded(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
         self.recordings.add_forwarded(batch)

@@ -141,28 +141,19 @@ class RecordingSink:
         sessions.check_event_kind(kind)
         self._put(session_id, kind, data, _size(data))
 
-    def add_statement(
-        self, session_id: int, style: str, text: bytes, *, forwarded: bool = False
-    ) -> None:
+    def add_statement(self, session_id: int, style: str, text: bytes) -> None:
         """Queue a statement's text as the client sent it (recorded as a ``query`` event with
         ``text`` decoded from UTF-8, undecodable bytes as U+FFFD, and ``kind`` = ``style``).
-        The relay's fast path: nothing is decoded or encoded here. Same refusals as :meth:`add`,
-        except that a statement already ``forwarded`` (the native relay queues in its own memory
-        first) is queued whatever the refusal, so that what ran is recorded, before the
-        refusal is raised."""
-        self.add_statements(session_id, ((style, text),), forwarded=forwarded)
+        The relay's fast path: nothing is decoded or encoded here. Same refusals as :meth:`add`
+        (what has already gone to the server is :meth:`add_forwarded`'s)."""
+        self.add_statements(session_id, ((style, text),))
 
     def add_statements(
-        self,
-        session_id: int,
-        statements: Sequence[tuple[str, bytes]] | RenderedStatements,
-        *,
-        forwarded: bool = False,
+        self, session_id: int, statements: Sequence[tuple[str, bytes]] | RenderedStatements
     ) -> None:
         """:meth:`add_statement` for ``(style, text)`` pairs of one session that arrived
-        together, or for such statements already rendered (the native relay's hand-over): one
-        timestamp, one check of the bounds, all queued or none (unless ``forwarded``: then
-        all, and the refusal raised after)."""
+        together, or for such statements already rendered: one timestamp, one check of the
+        bounds, all queued or none."""
         payload: list[tuple[str, bytes]] | bytes
         if isinstance(statements, RenderedStatements):
             count, payload = statements.count, statements.json
@@ -174,30 +165,30 @@ class RecordingSink:
         if not count:
             return
         refusal = self._refusal(size, count)
-        if refusal is not None and not forwarded:
+        if refusal is not None:
             raise RecordingUnavailable(refusal)
         self._queue.append((session_id, self.node.clock(), "query", payload, size, count))
         self._counted(count, size)
-        if refusal is not None:
-            raise RecordingUnavailable(refusal)
 
     def add_forwarded(self, batch: Sequence[tuple[int, int, bytes]]) -> None:
-        """Statements already forwarded, rendered, of several sessions: ``(session id, count,
-        JSON)`` each, as :class:`RenderedStatements` holds them (the native relay's hand-over,
-        one call for every session it serves: the loop pays per hand-over, not per session).
-        One timestamp and one check of the bounds for all; all queued whatever the refusal,
-        which is raised after (see :meth:`add_statements`: every session of the batch must
-        then end)."""
+        """Statements that have already gone to the server, or their durations, rendered, of
+        one session or several: ``(session id, count, JSON)`` each, as
+        :class:`RenderedStatements` holds them (the native relay hands over every session it
+        serves in one call: the loop pays per hand-over, not per session). One timestamp and
+        one check of the bounds for all. They ran, so all are queued whatever the refusal
+        (kept, and retried if the store fails), and the refusal is raised after: every session
+        of the batch must then end and forward nothing more."""
         count = sum(n for _, n, _ in batch)
         if not count:
             return
-        weight = sum(_rendered_size(n, payload) for _, n, payload in batch)
+        sizes = [_rendered_size(n, payload) for _, n, payload in batch]
+        weight = sum(sizes)
         refusal = self._refusal(weight, count)
         at = self.node.clock()
         append = self._queue.append
-        for session_id, n, payload in batch:
+        for (session_id, n, payload), size in zip(batch, sizes, strict=True):
             if n:
-                append((session_id, at, "query", payload, _rendered_size(n, payload), n))
+                append((session_id, at, "query", payload, size, n))
         self._counted(count, weight)
         if refusal is not None:
             raise RecordingUnavailable(refusal)
