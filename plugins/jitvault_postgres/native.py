@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from jitvault.errors import JitvaultError
 from jitvault.plugin_api import ProxyContext
@@ -72,16 +73,37 @@ class NativeSession(Protocol):
     def native_closed(self) -> None: ...
 
 
+class RelayEngine(Protocol):
+    """What :class:`NativeRelays` asks of the engine (``_relay.Engine``; see ``_relay.pyi``)."""
+
+    def fileno(self) -> int:
+        """An eventfd, readable when :meth:`take` has something."""
+
+    def add(
+        self, sid: int, client_fd: int, server_fd: int, to_server: bytes, to_client: bytes, /
+    ) -> None: ...
+
+    def close(self, sid: int, last: bytes, terminate: bytes, linger: float, /) -> None: ...
+
+    def set_gate(self, open: bool, /) -> None: ...
+
+    def take(self) -> Sequence[tuple[Any, ...]]:
+        """Every event queued since the last take: ``("q", sid, count, json)``, ``("e", sid,
+        code, violation, message type, length)``, ``("c", sid)``."""
+
+    def stop(self) -> None: ...
+
+
 class NativeRelays:
     """The engine of one event loop, and the sessions it relays."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._engine = _relay.Engine()
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: RelayEngine | None = None) -> None:
+        self._engine: RelayEngine = _relay.Engine() if engine is None else engine
         self._loop = loop
         self._sessions: dict[int, NativeSession] = {}
         self._ctx: ProxyContext | None = None
         self._gated = False
-        loop.add_reader(self._engine.fileno(), self._drain)
+        loop.add_reader(self._engine.fileno(), self.drain)
 
     def add(
         self,
@@ -112,7 +134,10 @@ class NativeRelays:
         the session's ``native_closed`` follows."""
         self._engine.close(session_id, last, terminate, linger)
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Handle every event the engine queued: sessions that ended or closed, and the
+        statements they forwarded, handed to the core in one call (the loop calls this when
+        the engine's eventfd is readable)."""
         sessions, ctx = self._sessions, self._ctx
         forwarded: list[tuple[int, int, bytes]] = []  # every session's statements: one call
         try:
@@ -176,12 +201,20 @@ class NativeRelays:
 
     def shutdown(self) -> None:
         """Record what is queued, close every socket, end the thread."""
-        self._drain()
+        self.drain()
         self._loop.remove_reader(self._engine.fileno())
         self._engine.stop()
-        self._drain()
+        self.drain()
         if self._sessions:
             log.info("postgres proxy: %d native sessions closed at shutdown", len(self._sessions))
 
 
-__all__ = ["BUILT", "END_REASONS", "NativeRelays", "NativeSession", "available", "client_violation"]
+__all__ = [
+    "BUILT",
+    "END_REASONS",
+    "NativeRelays",
+    "NativeSession",
+    "RelayEngine",
+    "available",
+    "client_violation",
+]

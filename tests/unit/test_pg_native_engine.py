@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import select
 import socket
 import struct
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -234,16 +236,31 @@ def test_a_refused_hand_over_closes_both_sockets() -> None:
 
 
 class _Taken:
-    """An engine stand-in whose take() gives these events once."""
+    """An engine stand-in whose take() gives these events once (its eventfd: a pipe that
+    never becomes readable, closed by stop())."""
 
-    def __init__(self, events: list[tuple[object, ...]]) -> None:
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
         self.events = events
+        self.added: list[int] = []
+        self._pipe = os.pipe()
 
-    def take(self) -> list[tuple[object, ...]]:
+    def fileno(self) -> int:
+        return self._pipe[0]
+
+    def add(self, sid: int, client_fd: int, server_fd: int, *early: bytes) -> None:
+        self.added.append(sid)
+
+    def close(self, sid: int, last: bytes, terminate: bytes, linger: float) -> None: ...
+
+    def take(self) -> list[tuple[Any, ...]]:
         events, self.events = self.events, []
         return events
 
     def set_gate(self, open_: bool) -> None: ...
+
+    def stop(self) -> None:
+        for fd in self._pipe:
+            os.close(fd)
 
 
 class _Recorded:
@@ -287,20 +304,20 @@ def test_a_hand_over_records_every_sessions_statements_in_one_call_whatever_an_e
     loop = asyncio.new_event_loop()
     try:
         for refuse in (False, True):
-            relays = native.NativeRelays(loop)
-            relays.shutdown()
-            first, second = _Ending(), _Ending()
-            relays._sessions.update({1: first, 2: second})  # type: ignore[dict-item]
-            ctx = _Recorded(refuse)
-            relays._ctx = ctx  # type: ignore[assignment]
-            relays._engine = _Taken(  # type: ignore[assignment]
+            engine = _Taken(
                 [("q", 1, 2, b"a"), ("q", 2, 1, b"b"), ("e", 1, 1, 0, 0, 0), ("q", 9, 1, b"x")]
             )
+            relays = native.NativeRelays(loop, engine)
+            first, second, ctx = _Ending(), _Ending(), _Recorded(refuse)
+            for sid, session in ((1, first), (2, second)):
+                relays.add(sid, session, (-1, -1), (b"", b""), ctx)  # type: ignore[arg-type]
+            assert engine.added == [1, 2]
             with pytest.raises(RuntimeError, match="end's handling failed"):
-                relays._drain()
+                relays.drain()
             assert ctx.batches == [[(1, 2, b"a"), (2, 1, b"b")]]  # 9: no such session
             expected = ["the recording queue is full"] if refuse else []
             assert (first.unrecorded, second.unrecorded) == (expected, expected)
+            relays.shutdown()  # the stand-in's pipe is closed
     finally:
         loop.close()
 
