@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any, overload
 
-from sqlalchemy import Connection, Row, delete, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jitvault.domain import (
@@ -135,8 +135,14 @@ def user_add(
     return user_get(conn, name)
 
 
+#: lookups by name that every login and API call makes, built once with their cache keys
+#: (see storage.workflow)
+_USER_BY_NAME = select(t.users).where(t.users.c.name == bindparam("name"))
+_TARGET_BY_NAME = select(t.targets).where(t.targets.c.name == bindparam("name"))
+
+
 def user_get(conn: Connection, name: str) -> User:
-    row = conn.execute(select(t.users).where(t.users.c.name == name)).first()
+    row = conn.execute(_USER_BY_NAME, {"name": name}).first()
     if row is None:
         raise NotFound(f"user {name!r} does not exist", hint="see 'jitvault user list'")
     return _user(row)
@@ -144,7 +150,7 @@ def user_get(conn: Connection, name: str) -> User:
 
 def user_find(conn: Connection, name: str) -> tuple[User, str | None] | None:
     """The user and their password hash, or None."""
-    row = conn.execute(select(t.users).where(t.users.c.name == name)).first()
+    row = conn.execute(_USER_BY_NAME, {"name": name}).first()
     return None if row is None else (_user(row), row.password_hash)
 
 
@@ -334,7 +340,7 @@ def target_update(
 
 
 def target_get(conn: Connection, name: str) -> Target:
-    row = conn.execute(select(t.targets).where(t.targets.c.name == name)).first()
+    row = conn.execute(_TARGET_BY_NAME, {"name": name}).first()
     if row is None:
         raise NotFound(f"target {name!r} does not exist", hint="see 'jitvault target list'")
     return _target(row)
@@ -354,6 +360,11 @@ _ACCOUNT_COLUMNS = (
     (t.accounts.c.secret.is_not(None)).label("has_secret"),
     t.accounts.c.secret_updated_at,
     t.accounts.c.created_at,
+)
+_ACCOUNT_BY_NAME: Any = (
+    select(*_ACCOUNT_COLUMNS)
+    .join(t.targets, t.targets.c.id == t.accounts.c.target_id)
+    .where(t.targets.c.name == bindparam("target"), t.accounts.c.username == bindparam("username"))
 )
 
 
@@ -388,11 +399,7 @@ def account_add(conn: Connection, target: Target, username: str, mode: AccountMo
 
 
 def account_get(conn: Connection, target_name: str, username: str) -> Account:
-    row = conn.execute(
-        select(*_ACCOUNT_COLUMNS)
-        .join(t.targets, t.targets.c.id == t.accounts.c.target_id)
-        .where(t.targets.c.name == target_name, t.accounts.c.username == username)
-    ).first()
+    row = conn.execute(_ACCOUNT_BY_NAME, {"target": target_name, "username": username}).first()
     if row is None:
         raise NotFound(
             f"account {target_name}/{username} does not exist",

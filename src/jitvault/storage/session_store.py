@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, func, insert, select, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, update
 
 from jitvault.storage import tables as t
 
@@ -13,6 +13,14 @@ _T = t.session_tokens
 _S = t.sessions
 #: a session's cancel key lives as long as the session: every end clears it
 _NO_CANCEL_KEY: dict[str, Any] = {"cancel_id": None, "cancel_key": None, "cancel_key_term": None}
+#: statements every login runs, built once with their cache keys (see storage.workflow)
+_TOKEN_BY_ID = select(_T).where(_T.c.id == bindparam("token_id"))
+_SESSION_END = (
+    update(_S)
+    .where(_S.c.id == bindparam("session_id"), _S.c.ended_at.is_(None))
+    .values(ended_at=bindparam("at"), end_reason=bindparam("reason"), **_NO_CANCEL_KEY)
+)
+_SESSION_GRANT = select(_S.c.grant_id).where(_S.c.id == bindparam("session_id"))
 
 
 def token_add(
@@ -37,7 +45,7 @@ def token_add(
 
 
 def token_find(conn: Connection, token_id: str) -> Row[Any] | None:
-    return conn.execute(select(_T).where(_T.c.id == token_id)).first()
+    return conn.execute(_TOKEN_BY_ID, {"token_id": token_id}).first()
 
 
 def token_use(conn: Connection, token_id: str, at: datetime) -> bool:
@@ -115,11 +123,7 @@ def _end_live(conn: Connection, which: Any, at: datetime, reason: str) -> list[i
 
 
 def session_end(conn: Connection, session_id: int, at: datetime, reason: str) -> bool:
-    result = conn.execute(
-        update(_S)
-        .where(_S.c.id == session_id, _S.c.ended_at.is_(None))
-        .values(ended_at=at, end_reason=reason, **_NO_CANCEL_KEY)
-    )
+    result = conn.execute(_SESSION_END, {"session_id": session_id, "at": at, "reason": reason})
     return result.rowcount == 1
 
 
@@ -145,7 +149,7 @@ def cancel_id_session(conn: Connection, cancel_id: int) -> int | None:
 
 
 def session_grant(conn: Connection, session_id: int) -> int | None:
-    gid = conn.execute(select(_S.c.grant_id).where(_S.c.id == session_id)).scalar_one_or_none()
+    gid = conn.execute(_SESSION_GRANT, {"session_id": session_id}).scalar_one_or_none()
     return None if gid is None else int(gid)
 
 

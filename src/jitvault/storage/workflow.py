@@ -19,6 +19,7 @@ from sqlalchemy import (
     Row,
     Select,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -106,12 +107,17 @@ def request_insert(conn: Connection, **values: Any) -> int:
     return int(pk[0])
 
 
+#: statements of the hot paths (every login reads its grant and request) are built once, with
+#: their cache keys: a call then costs SQLAlchemy a lookup, not the building of an expression
+_APPROVALS = (
+    select(t.approvals.c.approver)
+    .where(t.approvals.c.request_id == bindparam("request_id"))
+    .order_by(t.approvals.c.id)
+)
+
+
 def _approvals(conn: Connection, request_id: int) -> tuple[str, ...]:
-    rows = conn.execute(
-        select(t.approvals.c.approver)
-        .where(t.approvals.c.request_id == request_id)
-        .order_by(t.approvals.c.id)
-    )
+    rows = conn.execute(_APPROVALS, {"request_id": request_id})
     return tuple(r.approver for r in rows)
 
 
@@ -156,19 +162,18 @@ def _request(conn: Connection, row: Row[Any]) -> AccessRequest:
     )
 
 
-def _request_query() -> Any:
-    return (
-        select(*_REQUEST_COLUMNS)
-        .join(t.users, t.users.c.id == _R.c.requester_id)
-        .join(t.targets, t.targets.c.id == _R.c.target_id)
-    )
+_REQUESTS: Any = (
+    select(*_REQUEST_COLUMNS)
+    .join(t.users, t.users.c.id == _R.c.requester_id)
+    .join(t.targets, t.targets.c.id == _R.c.target_id)
+)
+_REQUEST_BY_ID = _REQUESTS.where(_R.c.id == bindparam("request_id"))
+_REQUEST_LOCK = select(_R.c.id).where(_R.c.id == bindparam("request_id")).with_for_update()
 
 
 def request_lock(conn: Connection, request_id: int) -> AccessRequest:
     """Lock the request row for this transaction and return it."""
-    locked = conn.execute(
-        select(_R.c.id).where(_R.c.id == request_id).with_for_update()
-    ).scalar_one_or_none()
+    locked = conn.execute(_REQUEST_LOCK, {"request_id": request_id}).scalar_one_or_none()
     if locked is None:
         raise NotFound(f"request {request_id} does not exist", hint="see 'jitvault request list'")
     return request_get(conn, request_id)
@@ -183,7 +188,7 @@ def request_try_lock(conn: Connection, request_id: int) -> bool:
 
 
 def request_get(conn: Connection, request_id: int) -> AccessRequest:
-    row = conn.execute(_request_query().where(_R.c.id == request_id)).first()
+    row = conn.execute(_REQUEST_BY_ID, {"request_id": request_id}).first()
     if row is None:
         raise NotFound(f"request {request_id} does not exist", hint="see 'jitvault request list'")
     return _request(conn, row)
@@ -195,7 +200,7 @@ def request_list(
     states: list[RequestState] | None = None,
     limit: int = 500,
 ) -> list[AccessRequest]:
-    q = _request_query()
+    q = _REQUESTS
     if requester_id is not None:
         q = q.where(_R.c.requester_id == requester_id)
     if states:
@@ -289,21 +294,22 @@ def _grant(row: Row[Any]) -> Grant:
     )
 
 
-def _grant_query() -> Any:
-    return select(
-        *[c for c in _G.c if c.name not in ("lease_secret", "lease_secret_term")], _R.c.state
-    ).join(_R, _R.c.id == _G.c.request_id)
+_GRANTS: Any = select(
+    *[c for c in _G.c if c.name not in ("lease_secret", "lease_secret_term")], _R.c.state
+).join(_R, _R.c.id == _G.c.request_id)
+_GRANT_BY_ID = _GRANTS.where(_G.c.id == bindparam("grant_id"))
+_GRANT_OF_REQUEST = _GRANTS.where(_G.c.request_id == bindparam("request_id"))
 
 
 def grant_get(conn: Connection, grant_id: int) -> Grant:
-    row = conn.execute(_grant_query().where(_G.c.id == grant_id)).first()
+    row = conn.execute(_GRANT_BY_ID, {"grant_id": grant_id}).first()
     if row is None:
         raise NotFound(f"grant {grant_id} does not exist", hint="see 'jitvault grant list'")
     return _grant(row)
 
 
 def grant_for_request(conn: Connection, request_id: int) -> Grant | None:
-    row = conn.execute(_grant_query().where(_G.c.request_id == request_id)).first()
+    row = conn.execute(_GRANT_OF_REQUEST, {"request_id": request_id}).first()
     return None if row is None else _grant(row)
 
 
@@ -313,7 +319,7 @@ def grant_list(
     states: list[RequestState] | None = None,
     limit: int = 1000,
 ) -> list[Grant]:
-    q = _grant_query()
+    q = _GRANTS
     if user_id is not None:
         q = q.where(_G.c.user_id == user_id)
     if states:
@@ -327,7 +333,7 @@ def grant_update(conn: Connection, grant_id: int, **values: Any) -> None:
 
 def live_elevations(conn: Connection, grant: Grant) -> list[Grant]:
     """Other live grants giving the same role to the same account on the same target."""
-    q = _grant_query().where(
+    q = _GRANTS.where(
         _G.c.id != grant.id,
         _G.c.target_name == grant.target,
         _G.c.kind == AccessKind.ROLE.value,
