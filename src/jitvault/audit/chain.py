@@ -47,8 +47,7 @@ def _canonical(
     ).encode()
 
 
-#: the statements every event runs, built once (their cache keys too: each event then costs
-#: SQLAlchemy a lookup, not the building of three expressions)
+#: the statements every event runs (hot path: see jitvault.storage)
 _HEAD = (
     select(t.audit_head.c.seq, t.audit_head.c.mac)
     .where(t.audit_head.c.id == HEAD_ID)

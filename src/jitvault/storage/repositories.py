@@ -135,8 +135,7 @@ def user_add(
     return user_get(conn, name)
 
 
-#: lookups by name that every login and API call makes, built once with their cache keys
-#: (see storage.workflow)
+#: lookups by name that every login and API call makes (hot path: see jitvault.storage)
 _USER_BY_NAME = select(t.users).where(t.users.c.name == bindparam("name"))
 _TARGET_BY_NAME = select(t.targets).where(t.targets.c.name == bindparam("name"))
 

@@ -24,12 +24,16 @@ class StaleKeyring(CryptoError):
     """The database has a newer active key term than this node's keyring: reload and retry."""
 
 
+#: every seal takes it (hot path: see jitvault.storage)
+_ACTIVE_TERM = (
+    select(t.keyring.c.term)
+    .where(t.keyring.c.purpose == PURPOSE_DATA, t.keyring.c.state == "active")
+    .with_for_update(read=True)
+)
+
+
 def _lock_active_term(conn: Connection, keyring: Keyring) -> int:
-    row = conn.execute(
-        select(t.keyring.c.term)
-        .where(t.keyring.c.purpose == PURPOSE_DATA, t.keyring.c.state == "active")
-        .with_for_update(read=True)
-    ).first()
+    row = conn.execute(_ACTIVE_TERM).first()
     if row is None:
         raise CryptoError("no active data key in the keyring", hint="run 'jitvault init'")
     term = int(row.term)

@@ -13,7 +13,7 @@ _T = t.session_tokens
 _S = t.sessions
 #: a session's cancel key lives as long as the session: every end clears it
 _NO_CANCEL_KEY: dict[str, Any] = {"cancel_id": None, "cancel_key": None, "cancel_key_term": None}
-#: statements every login runs, built once with their cache keys (see storage.workflow)
+#: statements every login runs (hot path: see jitvault.storage)
 _TOKEN_BY_ID = select(_T).where(_T.c.id == bindparam("token_id"))
 _SESSION_END = (
     update(_S)
@@ -21,6 +21,13 @@ _SESSION_END = (
     .values(ended_at=bindparam("at"), end_reason=bindparam("reason"), **_NO_CANCEL_KEY)
 )
 _SESSION_GRANT = select(_S.c.grant_id).where(_S.c.id == bindparam("session_id"))
+_SESSION_ADD = insert(_S)
+_CANCEL_ID_SET = (
+    update(_S)
+    .where(_S.c.id == bindparam("session_id"), _S.c.ended_at.is_(None))
+    .values(cancel_id=bindparam("cancel_id"))
+)
+_CANCEL_ID_TAKEN = select(_S.c.id).where(_S.c.cancel_id == bindparam("cancel_id"))
 
 
 def token_add(
@@ -68,14 +75,15 @@ def session_add(
     """A live session, opened with session token ``token_id`` or (``token_id`` "") with the
     registered SSH key of that fingerprint."""
     result = conn.execute(
-        insert(_S).values(
-            grant_id=grant_id,
-            token_id=token_id,
-            ssh_key_fingerprint=ssh_key_fingerprint,
-            protocol=protocol,
-            source=source,
-            started_at=at,
-        )
+        _SESSION_ADD,
+        {
+            "grant_id": grant_id,
+            "token_id": token_id,
+            "ssh_key_fingerprint": ssh_key_fingerprint,
+            "protocol": protocol,
+            "source": source,
+            "started_at": at,
+        },
     )
     pk = result.inserted_primary_key
     assert pk is not None
@@ -130,14 +138,12 @@ def session_end(conn: Connection, session_id: int, at: datetime, reason: str) ->
 def cancel_id_set(conn: Connection, session_id: int, cancel_id: int) -> bool:
     """Name a live session's cancel key ``cancel_id`` (its sealed part is stored apart);
     False if the session has ended."""
-    result = conn.execute(
-        update(_S).where(_S.c.id == session_id, _S.c.ended_at.is_(None)).values(cancel_id=cancel_id)
-    )
+    result = conn.execute(_CANCEL_ID_SET, {"session_id": session_id, "cancel_id": cancel_id})
     return result.rowcount == 1
 
 
 def cancel_id_taken(conn: Connection, cancel_id: int) -> bool:
-    return conn.execute(select(_S.c.id).where(_S.c.cancel_id == cancel_id)).first() is not None
+    return conn.execute(_CANCEL_ID_TAKEN, {"cancel_id": cancel_id}).first() is not None
 
 
 def cancel_id_session(conn: Connection, cancel_id: int) -> int | None:

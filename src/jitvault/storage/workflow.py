@@ -61,14 +61,18 @@ def policy_add(conn: Connection, document: str, sha256: str, created_by: str) ->
     return version
 
 
+#: read at every login (hot path: see jitvault.storage)
+_RULE_OF_REQUEST = (
+    select(t.policies.c.document, t.access_requests.c.rule)
+    .select_from(t.access_requests)
+    .join(t.policies, t.policies.c.version == t.access_requests.c.policy_version)
+    .where(t.access_requests.c.id == bindparam("request_id"))
+)
+
+
 def policy_rule_of_request(conn: Connection, request_id: int) -> tuple[str, str] | None:
     """The policy document (text) and rule name that decided a request, or None."""
-    row = conn.execute(
-        select(t.policies.c.document, t.access_requests.c.rule)
-        .select_from(t.access_requests)
-        .join(t.policies, t.policies.c.version == t.access_requests.c.policy_version)
-        .where(t.access_requests.c.id == request_id)
-    ).first()
+    row = conn.execute(_RULE_OF_REQUEST, {"request_id": request_id}).first()
     if row is None or row.rule is None:
         return None
     return str(row.document), str(row.rule)
@@ -107,8 +111,7 @@ def request_insert(conn: Connection, **values: Any) -> int:
     return int(pk[0])
 
 
-#: statements of the hot paths (every login reads its grant and request) are built once, with
-#: their cache keys: a call then costs SQLAlchemy a lookup, not the building of an expression
+#: every login reads its grant and request (hot path: see jitvault.storage)
 _APPROVALS = (
     select(t.approvals.c.approver)
     .where(t.approvals.c.request_id == bindparam("request_id"))
