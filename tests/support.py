@@ -174,8 +174,12 @@ class ServerProcess:
         self.stop(signal.SIGKILL)
 
 
-def start_server(config: Path, port: int, env: dict[str, str] | None = None) -> ServerProcess:
-    """``jitvault server --config FILE --port PORT`` in the background; waits until it answers."""
+def start_server(
+    config: Path, port: int, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> ServerProcess:
+    """``jitvault server --config FILE --port PORT`` in the background; waits (bounded by
+    ``timeout``) until it answers. RuntimeError with the end of its log if it exits first or
+    does not answer in time."""
     log = config.parent / f"server-{port}.log"
     fh = log.open("ab")
     proc = subprocess.Popen(
@@ -188,11 +192,27 @@ def start_server(config: Path, port: int, env: dict[str, str] | None = None) -> 
     fh.close()
     addr = f"http://127.0.0.1:{port}"
     server = ServerProcess(proc, addr, config.parent, log)
-    try:
-        wait_http(f"{addr}/v1/sys/seal-status")
-    except TimeoutError:
-        server.stop()
-        raise RuntimeError(f"server did not start:\n{log.read_text()[-3000:]}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        # an exited server is reported at once (and not mistaken for whatever else answers
+        # on its port)
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"server on port {port} exited with status {proc.returncode}:\n"
+                f"{log.read_text()[-3000:]}"
+            )
+        try:
+            wait_http(f"{addr}/v1/sys/seal-status", timeout=min(1.0, timeout))
+            break
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                server.stop()
+                raise RuntimeError(
+                    f"server on port {port} did not answer within {timeout}s:\n"
+                    f"{log.read_text()[-3000:]}"
+                ) from None
+    if proc.poll() is not None:
+        raise RuntimeError(f"server on port {port} exited:\n{log.read_text()[-3000:]}")
     return server
 
 

@@ -210,22 +210,34 @@ def test_two_servers_on_one_postgres_end_every_grant_exactly_once(
         # both servers start together and find them all due at once
         ports = [free_port(), free_port()]
         boot: list[ServerProcess] = []
-
-        def start(port: int) -> None:
-            # two nodes on one machine: each its own proxy ports (a taken port stops a server)
-            env = server_env() | {
+        failures: list[str] = []
+        # two nodes on one machine: each its own proxy ports (a taken port stops a server),
+        # handed out here, before the threads, so that no two calls race for one port
+        envs = [
+            server_env()
+            | {
                 "JITVAULT_SERVER__PG_PROXY_PORT": str(free_port()),
                 "JITVAULT_SERVER__SSH_PROXY_PORT": str(free_port()),
             }
-            boot.append(start_server(config, port, env))
+            for _ in ports
+        ]
 
-        starters = [threading.Thread(target=start, args=(p,), daemon=True) for p in ports]
+        def start(port: int, env: dict[str, str]) -> None:
+            try:
+                boot.append(start_server(config, port, env, timeout=90))
+            except RuntimeError as exc:  # reported below, with the server's log
+                failures.append(str(exc))
+
+        starters = [
+            threading.Thread(target=start, args=(p, e), daemon=True)
+            for p, e in zip(ports, envs, strict=True)
+        ]
         for th in starters:
             th.start()
         for th in starters:
-            th.join(60)
+            th.join(120)
         servers.extend(boot)
-        assert len(boot) == 2, "a server did not start"
+        assert len(boot) == 2, "a server did not start:\n" + "\n".join(failures)
 
         # wave 2: scheduled grants that start and end at the same instants, while both run
         start_at = node.clock() + timedelta(seconds=8)
