@@ -117,6 +117,36 @@ def test_twenty_racing_approvals_for_one_account_make_exactly_one_live_grant(
         assert live_grants(world, account) == 1, trial
 
 
+def test_an_approval_audits_the_grant_before_its_checkout_of_the_account(
+    world: World,
+) -> None:
+    """In the chain an approval reads in the order it happened to the account: the request is
+    approved, the grant is created, the grant checks the account out (then it starts), whether
+    a policy or a person approved it."""
+    dba = world.user("dba00", Role.APPROVER, "dba")
+    alice = world.user("alice", Role.REQUESTER)
+    for policy, account in ((AUTO, "by_policy"), (ONE_APPROVAL, "by_person")):
+        policies.apply_policy(world.node, world.admin, policy)
+        world.account(account)
+        r = requests.create_request(world.node, alice, ask(account))
+        if r.state == RequestState.PENDING:
+            requests.approve(world.node, dba, r.id)
+        grant = f"grant:{world.grant_of(r.id).id}"
+        order = [
+            e["action"]
+            for e in world.events()
+            if e["subject"] in (f"request:{r.id}", grant, f"account:pg-prod/{account}")
+        ]
+        # a policy's approval is in its request.created; a person's is an event of its own
+        approved = "request.created" if policy is AUTO else "request.approved"
+        assert order[-4:] == [
+            approved,
+            "grant.created",
+            "account.checked_out",
+            "grant.activated",
+        ], (account, order)
+
+
 def test_a_queued_grant_waits_and_starts_when_an_unused_grant_checks_the_account_in(
     world: World,
 ) -> None:

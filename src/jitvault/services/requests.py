@@ -304,10 +304,13 @@ def _approve(
         end_on_disconnect=r.end_on_disconnect,
         lease_template=json.dumps(template.snapshot()) if template else None,
     )
-    queued = False
+    queued = checked_out = False
     if r.kind == AccessKind.ACCOUNT:
         account = repo.account_get(tx.conn, target.name, r.name)
-        if not _check_out(tx, account, grant_id, at):
+        # taken now (the approval's event holds the audit head: the lock order of
+        # _check_out_queued), audited after the grant it goes to
+        checked_out = workflow.checkout_take(tx.conn, account.id, grant_id, at)
+        if not checked_out:
             if r.checkout != "queue":
                 _refuse_if_checked_out(tx, account)
                 raise CheckedOut(f"{account.username} is checked out by another grant")
@@ -341,6 +344,8 @@ def _approve(
             },
         )
     )
+    if checked_out:
+        _audit_checkout(tx, account, grant_id, from_queue=False)
     if queued:
         holder = workflow.checkout_holder(tx.conn, account.id)
         tx.emit(
@@ -387,16 +392,20 @@ def activate(tx: Tx, request_id: int, grant_id: int, at: datetime, provision: bo
         workflow.job_enqueue(tx.conn, "grant.provision", {"grant_id": grant_id}, run_after=at)
 
 
-def _check_out(
-    tx: Tx, account: Account, grant_id: int, at: datetime, from_queue: bool = False
-) -> bool:
-    """The grant takes the shared account (the one home of a checkout, and of its audit event:
-    at an approval, or from the queue at a check-in, whether the grant starts now or later).
+def _check_out_queued(tx: Tx, account: Account, grant_id: int, at: datetime) -> bool:
+    """A queued grant takes the shared account at a check-in, whether it starts now or later.
     False if another grant holds it. The caller's transaction already holds the audit chain's
-    head (an approval's or a check-in's event came first), so the lock order stays audit head,
-    then the checkout row."""
+    head (the check-in's event came first), so the lock order stays audit head, then the
+    checkout row, as at an approval (which takes it in :func:`_approve`, and audits it
+    after its ``grant.created``)."""
     if not workflow.checkout_take(tx.conn, account.id, grant_id, at):
         return False
+    _audit_checkout(tx, account, grant_id, from_queue=True)
+    return True
+
+
+def _audit_checkout(tx: Tx, account: Account, grant_id: int, from_queue: bool) -> None:
+    """The one home of a checkout's audit event: every checkout is audited when it happens."""
     tx.emit(
         AuditEvent(
             Action.ACCOUNT_CHECKED_OUT,
@@ -405,7 +414,6 @@ def _check_out(
             details={"grant_id": grant_id, "from_queue": from_queue},
         )
     )
-    return True
 
 
 def _refuse_if_checked_out(tx: Tx, account: Account) -> None:
@@ -453,7 +461,7 @@ def check_in(tx: Tx, grant_id: int, at: datetime, promote: bool = True) -> None:
         next_grant = workflow.grant_for_request(tx.conn, request_id)
         if next_grant is None or not next_grant.waiting:  # read again under the lock
             continue
-        if not _check_out(tx, account, next_grant.id, at, from_queue=True):
+        if not _check_out_queued(tx, account, next_grant.id, at):
             return  # someone else took it meanwhile
         if next_grant.starts_at > at:
             workflow.grant_update(tx.conn, next_grant.id, queued=False)
