@@ -3,6 +3,7 @@ racing session open with one outcome. On SQLite and PostgreSQL (``--db``)."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -235,6 +236,74 @@ def test_revoke_racing_session_open_has_one_outcome(world: World) -> None:
         assert world.live(gid) == 0, f"trial {trial}: a live session outlived its revoked grant"
     assert sum(outcomes.values()) == TRIALS
     print(f"revoke vs open over {TRIALS} trials: {dict(outcomes)}")
+
+
+def _ends_audited(world: World) -> dict[int, list[tuple[str, str]]]:
+    """Every ``session.ended`` event: session id -> [(actor, reason)], in the chain's order."""
+    with world.node.read() as conn:
+        rows = conn.execute(
+            select(t.audit_events.c.actor, t.audit_events.c.subject, t.audit_events.c.details)
+            .where(t.audit_events.c.action == "session.ended")
+            .order_by(t.audit_events.c.seq)
+        ).all()
+    ends: dict[int, list[tuple[str, str]]] = {}
+    for actor, subject, details in rows:
+        reason = (details if isinstance(details, dict) else json.loads(details))["reason"]
+        ends.setdefault(int(subject.removeprefix("session:")), []).append((actor, reason))
+    return ends
+
+
+def test_every_end_of_a_session_is_audited_once_whatever_ended_it(world: World) -> None:
+    # its client, its grant's revoke (two sessions at once), its grant's expiry
+    closed = sessions.open_session(world.node, world.token(world.grant()), "postgres")
+    assert sessions.close_session(world.node, closed.session_id, "client closed")
+    rid = world.grant()
+    cut = [sessions.open_session(world.node, world.token(rid), "postgres") for _ in range(2)]
+    grants.revoke_grant(world.node, world.admin, cut[0].grant.id, "INC-9 over")
+    expiring = sessions.open_session(world.node, world.token(world.grant()), "postgres")
+    later = world.node.clock() + timedelta(hours=1)
+    world.node.clock = lambda: later
+    grants.sweep(world.node)
+    # the proxies then close what the store already ended: no second end
+    for ticket in (*cut, expiring):
+        assert not sessions.close_session(world.node, ticket.session_id, "client closed")
+
+    revoked = ("admin", "grant revoked: INC-9 over")
+    assert _ends_audited(world) == {
+        closed.session_id: [("system", "client closed")],
+        cut[0].session_id: [revoked],
+        cut[1].session_id: [revoked],
+        expiring.session_id: [("system", "grant ended: expired")],
+    }
+    with world.node.read() as conn:
+        (details,) = conn.execute(
+            select(t.audit_events.c.details).where(t.audit_events.c.action == "grant.revoked")
+        ).one()
+    details = details if isinstance(details, dict) else json.loads(details)
+    assert details["sessions_cut"] == [c.session_id for c in cut]
+
+
+def test_a_revoke_racing_a_client_closing_its_session_audits_one_end(world: World) -> None:
+    outcomes: Counter[str] = Counter()
+    jitter = random.Random(20261204)
+    for trial in range(40):
+        rid = world.grant()
+        ticket = sessions.open_session(world.node, world.token(rid), "postgres")
+
+        def act(i: int, ticket: sessions.SessionTicket = ticket) -> Any:
+            time.sleep(jitter.random() * 0.004)  # let either side win some trials
+            if i == 0:
+                return grants.revoke_grant(world.node, world.admin, ticket.grant.id, "race")
+            return sessions.close_session(world.node, ticket.session_id, "client closed")
+
+        revoked, closed_it = _race(2, act)
+        assert not isinstance(revoked, BaseException), f"trial {trial}: {revoked!r}"
+        assert isinstance(closed_it, bool), f"trial {trial}: {closed_it!r}"
+        ends = _ends_audited(world)[ticket.session_id]
+        assert len(ends) == 1, f"trial {trial}: the session's end was audited {ends}"
+        outcomes["closed first" if closed_it else "cut first"] += 1
+        assert (ends[0][1] == "client closed") == closed_it, f"trial {trial}: {ends}"
+    print(f"revoke vs close over 40 trials: {dict(outcomes)}")
 
 
 def test_a_scram_exchange_with_the_token_as_password_proves_it_without_sending_it(

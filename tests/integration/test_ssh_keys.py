@@ -454,6 +454,9 @@ def test_removing_a_key_ends_its_live_sessions_and_only_those(world: World) -> N
     assert ended == {by_key.session_id: ssh_keys.KEY_REMOVED_REASON}
     (_, details), *_ = reversed(world.audited("ssh_key.removed"))
     assert _details(details)["sessions_cut"] == [by_key.session_id]
+    # the cut session's own end is audited in the same transaction, as the remover's act
+    ends = [(s, _details(d)) for s, d in world.audited("session.ended")]
+    assert ends == [(f"session:{by_key.session_id}", {"reason": ssh_keys.KEY_REMOVED_REASON})]
 
 
 def test_a_key_removal_racing_a_key_session_open_leaves_no_live_session_of_the_key(

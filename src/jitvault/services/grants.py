@@ -23,7 +23,7 @@ from jitvault.domain import (
     transition,
 )
 from jitvault.errors import ValidationError
-from jitvault.services import notify
+from jitvault.services import notify, session_ends
 from jitvault.services.node import Node, Tx
 from jitvault.services.requests import (
     activate,
@@ -90,7 +90,8 @@ def _finish(
     workflow.request_update(tx.conn, request_id, state=new)
     workflow.grant_update(tx.conn, grant.id, ended_at=at, end_reason=reason)
     # live sessions end with their grant, in the same transaction; their proxies cut them
-    cut = session_store.end_sessions(tx.conn, grant.id, at, session_end_reason(new, reason))
+    cut_reason = session_end_reason(new, reason)
+    cut = session_store.end_sessions(tx.conn, grant.id, at, cut_reason)
     started = r.state == RequestState.ACTIVE
     if started:
         # only a grant that was in use has something to clean up; its shared account is
@@ -117,6 +118,7 @@ def _finish(
             },
         )
     )
+    session_ends.audit_ended(tx, cut, cut_reason, actor=by)
     if not started:
         check_in(tx, grant.id, at)  # never used: nothing to rotate
     if new == RequestState.REVOKED:

@@ -52,7 +52,7 @@ from jitvault.domain import (
 from jitvault.errors import AuthError, Conflict, Forbidden, NotFound
 from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
-from jitvault.services import grants, leases, policies, targets
+from jitvault.services import grants, leases, policies, session_ends, targets
 from jitvault.services.node import Node, Tx
 from jitvault.storage import repositories as repo
 from jitvault.storage import sealed, session_store, workflow
@@ -781,14 +781,7 @@ def close_session(
             workflow.request_lock(tx.conn, grant.request_id)
         ended = session_store.session_end(tx.conn, session_id, at, reason)
         if ended:
-            tx.emit(
-                AuditEvent(
-                    Action.SESSION_ENDED,
-                    actor="system",
-                    subject=f"session:{session_id}",
-                    details={"reason": reason},
-                )
-            )
+            session_ends.audit_ended(tx, [session_id], reason)
             if may_end:
                 assert grant is not None
                 grants.end_on_last_disconnect(node, tx, grant.id, session_id)

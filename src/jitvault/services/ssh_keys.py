@@ -21,6 +21,7 @@ from jitvault.domain import (
     validate_username,
 )
 from jitvault.errors import NotFound
+from jitvault.services import session_ends
 from jitvault.services.node import Node
 from jitvault.storage import repositories as repo
 from jitvault.storage import session_store
@@ -119,6 +120,7 @@ def remove_key(
                 },
             )
         )
+        session_ends.audit_ended(tx, cut, KEY_REMOVED_REASON, actor=actor.name)
     return found
 
 

@@ -119,15 +119,15 @@ def end_key_sessions(conn: Connection, fingerprint: str, at: datetime, reason: s
 
 
 def _end_live(conn: Connection, which: Any, at: datetime, reason: str) -> list[int]:
-    live = select(_S.c.id).where(which, _S.c.ended_at.is_(None)).order_by(_S.c.id)
-    ids = [int(r.id) for r in conn.execute(live).all()]
-    if ids:
-        conn.execute(
-            update(_S)
-            .where(_S.c.id.in_(ids), _S.c.ended_at.is_(None))
-            .values(ended_at=at, end_reason=reason, **_NO_CANCEL_KEY)
-        )
-    return ids
+    """The sessions this statement ended, in order: one that a concurrent transaction ended
+    first (its client closed meanwhile) is not among them, so each end is recorded once."""
+    ended = conn.execute(
+        update(_S)
+        .where(which, _S.c.ended_at.is_(None))
+        .values(ended_at=at, end_reason=reason, **_NO_CANCEL_KEY)
+        .returning(_S.c.id)
+    )
+    return sorted(int(r.id) for r in ended)
 
 
 def session_end(conn: Connection, session_id: int, at: datetime, reason: str) -> bool:
