@@ -80,6 +80,13 @@ static inline uint32_t be32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
+static inline void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
 /* ---- the client framer -------------------------------------------------------------------- */
 
 /* what the framer surfaces: a message's type, the statement name it carries (a Parse's, or a
@@ -285,9 +292,15 @@ typedef struct {
     uint64_t through;
     int violation;
     uint32_t readies; /* ReadyForQuery messages seen (the relay takes and zeroes the count) */
+    /* a NotificationResponse from the session's own backend (real_pid) is shown as from the
+     * process id the client was given in its BackendKeyData (given_pid), as
+     * frontend.BackendFramer does; map_pid 0: none is rewritten */
+    int map_pid;
+    uint32_t real_pid, given_pid;
 } ServerFramer;
 
-static size_t server_scan(ServerFramer *f, const uint8_t *v, size_t size) {
+/* the one body it changes, in place: see map_pid */
+static size_t server_scan(ServerFramer *f, uint8_t *v, size_t size) {
     size_t pos = 0;
     if (f->through) {
         pos = f->through < size ? (size_t)f->through : size;
@@ -308,13 +321,15 @@ static size_t server_scan(ServerFramer *f, const uint8_t *v, size_t size) {
             break;
         }
         if (v[pos] == 'Z') f->readies++;
+        else if (v[pos] == 'A' && f->map_pid && length >= 8 && be32(v + pos + 5) == f->real_pid)
+            put_be32(v + pos + 5, f->given_pid);
         pos = end;
     }
     return pos;
 }
 
-/* same contract as client_feed */
-static int server_feed(ServerFramer *f, const uint8_t *data, size_t n, const uint8_t **out,
+/* same contract as client_feed, but ``data`` may be changed (map_pid) */
+static int server_feed(ServerFramer *f, uint8_t *data, size_t n, const uint8_t **out,
                        size_t *out_len) {
     *out = data;
     *out_len = 0;

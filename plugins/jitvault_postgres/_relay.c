@@ -11,7 +11,8 @@
  *     rendered as the recorder's JSON (_statements.h) and queued *before* the message is
  *     forwarded; everything else streams through.
  *   server -> client: cut at message boundaries (an incomplete message under 1 MiB is held), so
- *     that a FATAL message can be put in whenever the session is cut.
+ *     that a FATAL message can be put in whenever the session is cut; a NotificationResponse
+ *     from the session's own backend names the process id its client was given (map_pid).
  *
  * Python drains the queue (Engine.take) when the engine's eventfd says something waits:
  * statements (recorded by the core), and the end of a session (its sockets then wait, unread,
@@ -439,7 +440,7 @@ static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
     else if (c.terminated) park(e, r, END_CLIENT_CLOSED);
 }
 
-static void from_server(Engine *e, Relay *r, const uint8_t *data, size_t n) {
+static void from_server(Engine *e, Relay *r, uint8_t *data, size_t n) {
     const uint8_t *out;
     size_t out_len;
     int from_data = server_feed(&r->sf, data, n, &out, &out_len);
@@ -578,7 +579,7 @@ static void start_close(Engine *e, Command *c) {
 }
 
 static void start_relay(Engine *e, Relay *r, const uint8_t *to_server, size_t ns,
-                        const uint8_t *to_client, size_t nc) {
+                        uint8_t *to_client, size_t nc) {
     r->next = e->relays;
     if (e->relays) e->relays->prev = r;
     e->relays = r;
@@ -781,7 +782,10 @@ static PyObject *Engine_add(Engine *self, PyObject *args) {
     int cfd, sfd;
     const char *ts, *tc;
     Py_ssize_t ns, nc;
-    if (!PyArg_ParseTuple(args, "Liiy#y#", &sid, &cfd, &sfd, &ts, &ns, &tc, &nc)) return NULL;
+    int real_pid = 0, given_pid = 0;
+    if (!PyArg_ParseTuple(args, "Liiy#y#|ii", &sid, &cfd, &sfd, &ts, &ns, &tc, &nc, &real_pid,
+                          &given_pid))
+        return NULL;
     if (!self->running) {
         PyErr_SetString(PyExc_RuntimeError, "the native relay is stopped");
         return NULL;
@@ -800,6 +804,11 @@ static PyObject *Engine_add(Engine *self, PyObject *args) {
     r->cfd = cfd;
     r->sfd = sfd;
     r->state = ST_LIVE;
+    if (real_pid != 0 || given_pid != 0) {
+        r->sf.map_pid = 1;
+        r->sf.real_pid = (uint32_t)real_pid;
+        r->sf.given_pid = (uint32_t)given_pid;
+    }
     c->kind = 'a';
     c->relay = r;
     c->last = a;
@@ -999,7 +1008,7 @@ fail:
 
 static PyMethodDef Engine_methods[] = {
     {"fileno", (PyCFunction)Engine_fileno, METH_NOARGS, "The eventfd that is readable when take() has something."},
-    {"add", (PyCFunction)Engine_add, METH_VARARGS, "add(sid, client_fd, server_fd, to_server, to_client): relay a session (the fds are the engine's from now on)."},
+    {"add", (PyCFunction)Engine_add, METH_VARARGS, "add(sid, client_fd, server_fd, to_server, to_client, real_pid=0, given_pid=0): relay a session (the fds are the engine's from now on); notifications from backend real_pid are shown as from given_pid."},
     {"close", (PyCFunction)Engine_close, METH_VARARGS, "close(sid, last_message, terminate, linger): end a session."},
     {"set_gate", (PyCFunction)Engine_set_gate, METH_O, "set_gate(open): read clients (True) or hold them (False)."},
     {"take", (PyCFunction)Engine_take, METH_NOARGS, "take(): the queued events."},
@@ -1096,12 +1105,17 @@ typedef struct {
 static PyObject *ServerFramer_feed(PyServerFramer *self, PyObject *arg) {
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    /* a copy: the framer may change it (map_pid), the caller's bytes stay as they were */
+    size_t n = (size_t)view.len;
+    uint8_t *data = copy_bytes(view.buf, view.len);
+    PyBuffer_Release(&view);
+    if (data == NULL) return PyErr_NoMemory();
     const uint8_t *out;
     size_t out_len;
-    int from_data = server_feed(&self->f, view.buf, (size_t)view.len, &out, &out_len);
+    int from_data = server_feed(&self->f, data, n, &out, &out_len);
     PyObject *forward = from_data < 0 ? NULL : PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)out_len);
     if (from_data >= 0) server_commit(&self->f, from_data, out_len);
-    PyBuffer_Release(&view);
+    free(data);
     if (forward == NULL) return from_data < 0 ? PyErr_NoMemory() : NULL;
     unsigned int readies = self->f.readies;
     self->f.readies = 0;
@@ -1114,8 +1128,18 @@ static void ServerFramer_dealloc(PyServerFramer *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyObject *ServerFramer_notify_pid(PyServerFramer *self, PyObject *args) {
+    int real_pid, given_pid;
+    if (!PyArg_ParseTuple(args, "ii", &real_pid, &given_pid)) return NULL;
+    self->f.map_pid = 1;
+    self->f.real_pid = (uint32_t)real_pid;
+    self->f.given_pid = (uint32_t)given_pid;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef ServerFramer_methods[] = {
     {"feed", (PyCFunction)ServerFramer_feed, METH_O, "feed(data) -> (forward, violation, at_boundary, readies)"},
+    {"notify_pid", (PyCFunction)ServerFramer_notify_pid, METH_VARARGS, "notify_pid(real, given): notifications from backend real are shown as from given."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -81,6 +81,8 @@ UPSTREAM_REFUSED_MESSAGE = (
 
 
 _READY = ord("Z")
+_NOTIFICATION = ord("A")
+_PID = struct.Struct("!i")  # a NotificationResponse's first field, BackendKeyData's too
 
 
 def _now_us() -> int:
@@ -119,15 +121,28 @@ class BackendFramer:
     ``hold_limit`` is streamed through instead of being held (:attr:`at_boundary` is False
     while it passes). :attr:`readies` counts the ReadyForQuery messages returned (the relay
     takes and zeroes it: :class:`~.protocol.StatementCycles`).
+
+    The one body it touches: a NotificationResponse that names the session's own backend
+    (:meth:`notify_pid`) names it by the process id the client was given in its BackendKeyData,
+    so that a client tells its own notifications apart as it would on a direct connection.
     """
 
-    __slots__ = ("_held", "_through", "hold_limit", "readies")
+    __slots__ = ("_held", "_pids", "_through", "hold_limit", "pids", "readies")
 
     def __init__(self, hold_limit: int = 1 << 20) -> None:
         self.hold_limit = hold_limit
         self._held = bytearray()
         self._through = 0
         self.readies = 0
+        #: the session's backend's process id, and the one its client was given
+        self.pids: tuple[int, int] | None = None
+        self._pids: tuple[bytes, bytes] | None = None
+
+    def notify_pid(self, real: int, given: int) -> None:
+        """From now on, notifications from backend ``real`` are shown as from ``given`` (the
+        process id of the client's BackendKeyData: the proxy's cancel id)."""
+        self.pids = (real, given)
+        self._pids = (_PID.pack(real), _PID.pack(given))
 
     @property
     def at_boundary(self) -> bool:
@@ -147,6 +162,7 @@ class BackendFramer:
             data = bytes(self._held)
             self._held.clear()
         pos, size = 0, len(data)
+        own: list[int] = []  # where a notification of the session's backend names it
         while size - pos >= 5:
             length: int = _HEADER.unpack_from(data, pos)[1]
             if length < 4:
@@ -157,9 +173,23 @@ class BackendFramer:
                     self._through = end - size
                     pos = size
                 break
-            if data[pos] == _READY:
+            kind = data[pos]
+            if kind == _READY:
                 self.readies += 1
+            elif (
+                kind == _NOTIFICATION
+                and self._pids is not None
+                and length >= 8
+                and data[pos + 5 : pos + 9] == self._pids[0]
+            ):
+                own.append(pos + 5)
             pos = end
+        if own:
+            assert self._pids is not None
+            patched = bytearray(data)
+            for at in own:
+                patched[at : at + 4] = self._pids[1]
+            data = bytes(patched)
         if pos < size:
             self._held += data[pos:]
             data = data[:pos]
@@ -503,6 +533,7 @@ class _Connection:
             fake_key,
             _CancelTarget(upstream.endpoint, upstream.pid, upstream.secret_key).sealed(),
         )
+        session.framer.notify_pid(upstream.pid, fake_pid)
         self.codec.authenticated()
         await self.send(
             b"".join(
@@ -625,6 +656,7 @@ class _Connection:
                 (client[0], server[0]),
                 (early + client[1], server[1]),
                 self.ctx,
+                session.framer.pids,
             )
         except (RuntimeError, OSError, MemoryError) as exc:  # the sockets are closed
             log.warning(

@@ -80,8 +80,18 @@ class RelayEngine(Protocol):
         """An eventfd, readable when :meth:`take` has something."""
 
     def add(
-        self, sid: int, client_fd: int, server_fd: int, to_server: bytes, to_client: bytes, /
-    ) -> None: ...
+        self,
+        sid: int,
+        client_fd: int,
+        server_fd: int,
+        to_server: bytes,
+        to_client: bytes,
+        real_pid: int = 0,
+        given_pid: int = 0,
+        /,
+    ) -> None:
+        """Relay a session; notifications from backend ``real_pid`` are shown to the client
+        as from ``given_pid`` (both 0: none rewritten)."""
 
     def close(self, sid: int, last: bytes, terminate: bytes, linger: float, /) -> None: ...
 
@@ -112,16 +122,19 @@ class NativeRelays:
         sockets: tuple[int, int],
         early: tuple[bytes, bytes],
         ctx: ProxyContext,
+        pids: tuple[int, int] | None = None,
     ) -> None:
         """Relay a session: its client and server sockets (the engine's from now on) and what
-        was read from each side and not relayed yet (to the server, to the client).
+        was read from each side and not relayed yet (to the server, to the client); ``pids``:
+        its backend's process id and the one its client was given (see
+        :meth:`~.frontend.BackendFramer.notify_pid`).
 
         Where the engine cannot take them (stopped at shutdown, out of memory), both sockets
         are closed before the error is raised: nothing holds them any more."""
         self._sessions[session_id] = session
         self._ctx = ctx
         try:
-            self._engine.add(session_id, sockets[0], sockets[1], early[0], early[1])
+            self._engine.add(session_id, sockets[0], sockets[1], early[0], early[1], *(pids or ()))
         except BaseException:
             del self._sessions[session_id]
             for fd in sockets:

@@ -1289,6 +1289,35 @@ def test_plain_sessions_go_to_the_native_relay_and_tls_ones_stay_in_python(
     assert f"session {second} relayed natively" not in log
 
 
+@pytest.mark.parametrize("sslmode", ["disable", "require"])  # the native relay; the Python one
+def test_a_client_sees_its_own_notifications_from_the_backend_pid_it_was_given(
+    world: ProxyWorld, sslmode: str
+) -> None:
+    """A client tells its own notifications apart by the process id of its BackendKeyData
+    (libpq's PQbackendPID, psycopg's ``info.backend_pid``). The proxy gives it a fake one (its
+    cancel id), so the notifications of the session's backend are shown with that one; those
+    of other backends keep theirs."""
+    access = _access(world)
+    info = _connect_info(world, access)
+    got: list[psycopg.Notify] = []
+    with _psycopg(info, sslmode=sslmode) as conn:
+        conn.add_notify_handler(got.append)
+        (real,) = conn.execute("SELECT pg_backend_pid()").fetchone() or (None,)
+        given = conn.info.backend_pid
+        assert given != real  # the proxy's own id: the client cannot signal the backend
+        conn.execute("LISTEN jv_chan")
+        conn.execute("NOTIFY jv_chan, 'mine'")
+        world.cluster.sql("NOTIFY jv_chan, 'theirs'", dbname=info["dbname"])
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:  # bounded: 10 s
+            conn.execute("SELECT 1")  # reads what the server sent meanwhile
+            time.sleep(0.05)
+    by_payload = {n.payload: n for n in got}
+    assert set(by_payload) == {"mine", "theirs"}, got
+    assert by_payload["mine"].pid == given
+    assert by_payload["theirs"].pid not in (given, real)
+
+
 def test_a_malformed_message_after_login_gets_08P01_from_the_native_relay_and_is_not_forwarded(
     world: ProxyWorld,
 ) -> None:

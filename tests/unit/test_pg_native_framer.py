@@ -158,8 +158,13 @@ ServerOutcome = tuple[list[tuple[bytes, bool, int]], bool]
 _HUGE = _typed(b"D", b"h" * ((1 << 20) + 10))
 
 
+#: the backend's process id in the notifications below, and the one its client was given
+_REAL_PID, _GIVEN_PID = 1, 0x12345
+
+
 def _server_python(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
     framer = BackendFramer()
+    framer.notify_pid(_REAL_PID, _GIVEN_PID)
     reads, pos = list[tuple[bytes, bool, int]](), 0
     for end in [*sorted(set(cuts)), len(stream)]:
         if end <= pos:
@@ -177,6 +182,7 @@ def _server_python(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
 def _server_native(stream: bytes, cuts: Sequence[int]) -> ServerOutcome:
     assert _relay is not None
     framer = _relay.ServerFramer()
+    framer.notify_pid(_REAL_PID, _GIVEN_PID)
     reads, pos = list[tuple[bytes, bool, int]](), 0
     for end in [*sorted(set(cuts)), len(stream)]:
         if end <= pos:
@@ -200,7 +206,10 @@ _SERVER_VALID = [
     _typed(b"D", b"z" * 70_000),
     _typed(b"C", b"SELECT 1\0"),
     _typed(b"E", b"SFATAL\0C57P01\0Mterminating\0\0"),
-    _typed(b"A", b"\0\0\0\x01chan\0payload\0"),
+    _typed(b"A", b"\0\0\0\x01chan\0payload\0"),  # the session's own backend
+    _typed(b"A", b"\0\0\0\x02chan\0payload\0"),  # another one
+    _typed(b"A", b"\0\0\0\x01"),  # no channel: the pid is still mapped (the client judges it)
+    _typed(b"A", b"\0\0\x01"),  # too short to name a backend
     _HUGE,
 ]
 _SERVER_MALFORMED = [
@@ -228,6 +237,33 @@ def test_the_native_server_framing_matches_the_python_relay_however_the_stream_i
 ) -> None:
     stream = b"".join(parts)
     assert _server_native(stream, cuts) == _server_python(stream, cuts)
+
+
+def test_both_framings_show_the_sessions_own_notifications_from_the_pid_its_client_was_given() -> (
+    None
+):
+    own = _typed(b"A", struct.pack("!i", 4242) + b"chan\0hi\0")
+    other = _typed(b"A", struct.pack("!i", 777) + b"chan\0hi\0")
+    shown = _typed(b"A", struct.pack("!i", 99) + b"chan\0hi\0")
+    ready = _typed(b"Z", b"I")
+    assert _relay is not None
+    for framer in (BackendFramer(), _relay.ServerFramer()):
+        stream = ready + own + other
+        first = framer.feed(stream)
+        assert (first if isinstance(first, bytes) else first[0]) == stream  # not asked yet
+        framer.notify_pid(4242, 99)
+        sent = ready + own[:7]
+        out = framer.feed(sent)
+        assert (out if isinstance(out, bytes) else out[0]) == ready
+        rest = own[7:] + other + own
+        out = framer.feed(rest)
+        assert (out if isinstance(out, bytes) else out[0]) == shown + other + shown
+    # the native framer changes a copy: the caller's buffer stays as it was
+    native = _relay.ServerFramer()
+    native.notify_pid(4242, 99)
+    read = bytearray(own)
+    assert native.feed(read)[0] == shown
+    assert read == own
 
 
 def test_the_native_server_framing_streams_a_huge_message_and_holds_a_partial_one() -> None:
