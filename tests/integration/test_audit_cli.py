@@ -20,7 +20,14 @@ import pytest
 from jitvault.audit import GENESIS
 
 from ..conftest import scratch_database
-from ..support import ServerProcess, cli_env, free_port, run_cli, start_server
+from ..support import (
+    ServerProcess,
+    cli_env,
+    free_port,
+    run_cli,
+    start_server,
+    use_free_proxy_ports,
+)
 
 
 @dataclass
@@ -48,6 +55,8 @@ def server(db_kind: str, tmp_path: Path) -> Iterator[Server]:
             if line.startswith("export JITVAULT_")
         )
         assert exports["JITVAULT_ADDR"] == f"http://127.0.0.1:{port}"
+        # the defaults (6543, 2222) may be taken, e.g. by a `jitvault dev` on this machine
+        use_free_proxy_ports(data_dir / "config.toml")
         proc = start_server(data_dir / "config.toml", port)
         try:
             yield Server(proc, cli_env(exports["JITVAULT_ADDR"], exports["JITVAULT_TOKEN"]), url)
