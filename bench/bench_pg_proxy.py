@@ -33,6 +33,11 @@ Measured, each with its anchors:
   and each hop's system time per transaction by thread (``stime``: its system calls and the
   loopback network stack they run), the share a cheaper user-space path cannot reach;
 * 1-client select-only latency: what each hop adds per query, in microseconds and as a ratio;
+* logins: ``pgbench -C -S`` with 2 clients, a new connection for every transaction: logins a
+  second against direct and PgBouncer, and the hop's CPU per login by thread (PgBouncer's
+  session mode reuses its server connections, so its clients' logins start no backend;
+  jitvault opens a session in its store and logs in upstream with the vaulted credential for
+  every one, as a direct client would);
 * memory: ``--idle`` idle connections opened through the hop by psycopg in this process; the
   growth of the hop's RSS (``VmRSS`` in ``/proc/<pid>/status``) per connection, PgBouncer's as the
   anchor;
@@ -103,6 +108,8 @@ DBNAME = "bench"
 SCALE = 10
 CLIENTS = 8
 THREADS = 2
+#: the logins row: clients each opening a new connection for every select-only transaction
+LOGIN_CLIENTS = 2
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -544,7 +551,11 @@ class PgbenchResult:
         return self.hop_switches / self.transactions
 
 
-_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+# pgbench -C (the logins row) counts each reconnection in its rate and says so
+_TPS = re.compile(
+    r"^tps = ([0-9.]+) \((?:without initial connection|including reconnection) times?\)",
+    re.MULTILINE,
+)
 _LAT = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
 _TX = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
@@ -562,8 +573,10 @@ def pgbench(
 ) -> PgbenchResult:
     args = [str(bin_dir / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
     args += ["-T", str(seconds), "-M", query_mode]
-    if workload == "select-only":
+    if workload in ("select-only", "logins"):
         args.append("-S")
+    if workload == "logins":
+        args.append("-C")  # a new connection, and so a login, for every transaction
     cpu_before = cpu_seconds(ep.pid) if ep.pid is not None else None
     threads_before = cpu_seconds_by_thread(ep.pid) if ep.pid is not None else None
     thread_switches_before = context_switches_by_thread(ep.pid) if ep.pid is not None else None
@@ -1090,6 +1103,7 @@ def main() -> int:
     password = Sensitive("bench-" + secrets.token_urlsafe(18))
     tps_rows: list[PgbenchResult] = []
     lat_rows: list[PgbenchResult] = []
+    login_rows: list[PgbenchResult] = []
     mem_rows: list[MemoryResult] = []
     eph_rows: list[EphemeralResult] = []
     with (
@@ -1138,6 +1152,19 @@ def main() -> int:
                 for ep in rotated(endpoints, r):
                     lat_rows.append(
                         pgbench(cluster.bin_dir, ep, "select-only", 1, 1, seconds, r, mode)
+                    )
+                for ep in rotated(endpoints, r):
+                    login_rows.append(
+                        pgbench(
+                            cluster.bin_dir,
+                            ep,
+                            "logins",
+                            LOGIN_CLIENTS,
+                            LOGIN_CLIENTS,
+                            seconds,
+                            r,
+                            mode,
+                        )
                     )
                 print(f"round {r + 1}/{rounds} done ({load()})")
             after_pgbench = load()
@@ -1212,6 +1239,17 @@ def main() -> int:
     print("-- and its system time at 1 client: us per query, by thread")
     for name in dict.fromkeys(r.endpoint for r in lat_rows if r.endpoint != "direct"):
         print_threads(lat_rows, name, lambda r: r.hop_system_by_thread)
+    print()
+    print(
+        f"-- logins: pgbench -C -S, {LOGIN_CLIENTS} clients, a new connection for every"
+        " transaction (tps = logins a second, connection time included; hop CPU: per login;"
+        " PgBouncer reuses its server connections in session mode: no backend is started and"
+        " no upstream login made for its clients' logins; jitvault logs in upstream every time)"
+    )
+    print_tps(login_rows)
+    print("-- and the jitvault hop's CPU per login by thread, us (medians)")
+    for name in dict.fromkeys(r.endpoint for r in login_rows if r.endpoint.startswith("jitvault")):
+        print_threads(login_rows, name)
     print()
     print(
         f"-- memory of {idle} idle connections (psycopg, sslmode=disable), RSS growth of the"
