@@ -20,7 +20,17 @@ from jitvault.api import create_app
 from jitvault.config import Settings, load_settings
 from jitvault.domain import AccessRequest, Principal, Role
 from jitvault.services import Node, requests, system
-from tests.support import scratch_postgres
+from tests import leftovers
+from tests.support import PG_HOST_DSN, scratch_postgres
+
+# every process this run starts carries its mark (tests/leftovers.py)
+os.environ[leftovers.RUN_ENV] = leftovers.RUN
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop and remove what an earlier run that was killed left behind (its servers, clusters,
+    sshd servers, test users and scratch databases); a live run's things are left alone."""
+    leftovers.sweep(PG_HOST_DSN)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -36,6 +36,7 @@ from psycopg import sql
 from jitvault.domain import Sensitive
 from jitvault.plugin_api import TargetAccess
 from jitvault.plugin_api.scram import scram_verifier
+from tests import leftovers
 from tests.support import free_port
 
 ADMIN_USER = "vault_admin"
@@ -317,6 +318,7 @@ def start_cluster(
     ``env``: the server's environment."""
     workdir = Path(tempfile.mkdtemp(prefix="jitvault-pg-"))
     workdir.chmod(0o700)
+    leftovers.mark_dir(workdir)  # a killed run's cluster is stopped by the next run
     if os.geteuid() == 0:
         shutil.chown(workdir, "postgres", "postgres")
     data_dir = workdir / "data"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import leftovers
 from tests.support import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -87,7 +88,15 @@ class SshdServer:
         """Create a Linux user (removed at teardown); set its password if given."""
         name = name or f"{TEST_USER_PREFIX}{secrets.token_hex(4)}"
         subprocess.run(
-            ["useradd", "--create-home", "--shell", "/bin/bash", name],
+            [
+                "useradd",
+                "--create-home",
+                "--shell",
+                "/bin/bash",
+                "--comment",
+                leftovers.user_comment(),  # a killed run's users are removed by the next run
+                name,
+            ],
             check=True,
             capture_output=True,
         )
@@ -158,6 +167,7 @@ def start_sshd(extra_config: str = "", port: int | None = None) -> Iterator[Sshd
     # the directory (mkdtemp makes it 0700). Nothing secret is readable: ssh-keygen writes the
     # private keys 0600, and the rest are public keys and the config.
     base.chmod(0o755)
+    leftovers.mark_dir(base)  # a killed run's sshd is stopped and its dir removed by the next
     (base / "keys").mkdir()
     Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     _keygen(base / "ssh_host_ed25519_key", "jitvault-test-host")

@@ -20,6 +20,7 @@ import httpx
 import psycopg
 
 from jitvault.services import Node
+from tests import leftovers
 
 if TYPE_CHECKING:
     from tests.pgcluster import PgCluster
@@ -38,6 +39,8 @@ def scratch_postgres(prefix: str = "jvtest") -> Iterator[str]:
     name = f"{prefix}_{secrets.token_hex(6)}"
     with psycopg.connect(f"{PG_HOST_DSN}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
+        # a killed run's databases are dropped by the next run (tests/leftovers.py)
+        conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{leftovers.db_comment()}'")
     try:
         yield f"{PG_HOST_DSN}/{name}"
     finally:
