@@ -23,7 +23,8 @@ Measured, each with its anchors:
 
 * pgbench (the cluster's own), select-only (``-S``) and tpcb-like, 8 clients (``-c 8 -j 2``),
   fixed duration, against direct / PgBouncer / jitvault (``sslmode=disable``, as direct) /
-  jitvault with ``sslmode=require``: tps, as a ratio to direct and to PgBouncer; and the CPU
+  PgBouncer and jitvault with ``sslmode=require`` (client TLS; both reach the cluster in the
+  clear): tps, as a ratio to direct and to PgBouncer (a TLS row to PgBouncer's); and the CPU
   time the hop's process used per transaction (``/proc/<pid>/stat``; jitvault: the whole
   server, recorder included; with ``--workers`` above 1, the first process only), PgBouncer's
   as the anchor: on a machine whose cores the benchmark fills, a hop's CPU is taken from the
@@ -98,6 +99,7 @@ from tests.support import (  # noqa: E402
     wait_port,
 )
 
+from jitvault.crypto.tls import ensure_self_signed  # noqa: E402
 from jitvault.domain import Sensitive  # noqa: E402
 from jitvault.plugin_api.scram import scram_verifier  # noqa: E402
 
@@ -334,6 +336,8 @@ class Bouncer:
     proc: subprocess.Popen[bytes]
     endpoint: Endpoint
     workdir: Path
+    #: the same PgBouncer with client TLS (``sslmode=require``): the anchor of jitvault's TLS rows
+    tls: Endpoint
 
     def stop(self) -> None:
         stop_pid(self.proc)  # SIGTERM: immediate shutdown
@@ -359,7 +363,11 @@ def start_pgbouncer(cluster: PgCluster, password: Sensitive[str], pool: int, wor
         f"default_pool_size = {pool + 50}\n"
         "max_db_connections = 0\n"
         "server_tls_sslmode = disable\n"
-        "client_tls_sslmode = disable\n"
+        # client TLS offered, not required: the plain rows stay plain; its certificate is a
+        # self-signed P-256 one like jitvault's proxy's (jitvault.crypto.tls)
+        "client_tls_sslmode = allow\n"
+        f"client_tls_cert_file = {workdir / 'tls.crt'}\n"
+        f"client_tls_key_file = {workdir / 'tls.key'}\n"
         "ignore_startup_parameters = extra_float_digits,options\n"
         f"logfile = {workdir / 'pgbouncer.log'}\n"
         "log_connections = 0\n"
@@ -368,9 +376,10 @@ def start_pgbouncer(cluster: PgCluster, password: Sensitive[str], pool: int, wor
     )
     users.write_text(f'"{ROLE}" "{password.reveal()}"\n')
     users.chmod(0o600)
+    ensure_self_signed(workdir / "tls.crt", workdir / "tls.key", ["127.0.0.1"])
     kwargs: dict[str, Any] = {}
     if os.geteuid() == 0:
-        for p in (workdir, ini, users):
+        for p in (workdir, ini, users, workdir / "tls.crt", workdir / "tls.key"):
             shutil.chown(p, "postgres", "postgres")
         kwargs = {"user": "postgres", "group": "postgres", "extra_groups": []}
     with (workdir / "stdout.log").open("wb") as fh:
@@ -384,11 +393,13 @@ def start_pgbouncer(cluster: PgCluster, password: Sensitive[str], pool: int, wor
             **kwargs,
         )
     endpoint = Endpoint("PgBouncer", port, ROLE, password.reveal(), DBNAME, pid=proc.pid)
-    bouncer = Bouncer(proc, endpoint, workdir)
+    tls = Endpoint("PgBouncer TLS", port, ROLE, password.reveal(), DBNAME, "require", proc.pid)
+    bouncer = Bouncer(proc, endpoint, workdir, tls)
     try:
         wait_port(port)
-        with endpoint.connect() as conn:
-            conn.execute("SELECT 1")
+        for ep in (endpoint, tls):
+            with ep.connect() as conn:
+                conn.execute("SELECT 1")
     except BaseException:
         bouncer.stop()
         log = (workdir / "pgbouncer.log").read_text(errors="replace")[-2000:]
@@ -677,6 +688,14 @@ def _switches_per_tx(rows: list[PgbenchResult], workload: str, endpoint: str) ->
     return _hop_median(rows, workload, endpoint, lambda r: r.switches_per_tx)
 
 
+def _anchor(name: str, names: list[str]) -> str:
+    """The PgBouncer row a row is weighed against: a TLS row against PgBouncer's TLS row (when
+    there is one), every other row against plain PgBouncer."""
+    if name.endswith(" TLS") and "PgBouncer TLS" in names:
+        return "PgBouncer TLS"
+    return "PgBouncer"
+
+
 def print_tps(rows: list[PgbenchResult]) -> None:
     print(
         f"{'workload':<12} {'endpoint':<14} {'median tps':>11} {'latency ms':>11}"
@@ -687,13 +706,14 @@ def print_tps(rows: list[PgbenchResult]) -> None:
         names = list(dict.fromkeys(r.endpoint for r in rows if r.workload == workload))
         for name in names:
             mine = list(_by_round(rows, workload, name).values())
-            if "PgBouncer" in names:
-                vs = _ratios(rows, workload, name, "PgBouncer")
+            anchor = _anchor(name, names)
+            if anchor in names:
+                vs = _ratios(rows, workload, name, anchor)
                 vs_b = f"{_median(vs):>12.2f} {_spread(vs):>13}"
             else:
                 vs_b = f"{'-':>12} {'-':>13}"
             failed = sum(r.failed for r in mine)
-            cpu, cpu_b = _cpu_per_tx(rows, workload, name), _cpu_per_tx(rows, workload, "PgBouncer")
+            cpu, cpu_b = _cpu_per_tx(rows, workload, name), _cpu_per_tx(rows, workload, anchor)
             cpu_text = f"{cpu:>14.1f}" if cpu is not None else f"{'-':>14}"
             cpu_x = f"{cpu / cpu_b:>10.2f}" if cpu is not None and cpu_b else f"{'-':>10}"
             cs = _switches_per_tx(rows, workload, name)
@@ -744,13 +764,14 @@ def print_latency(rows: list[PgbenchResult]) -> None:
     def added(name: str) -> float:
         return _median(list(added_by_round(name).values()))
 
-    b_added = added("PgBouncer") if "PgBouncer" in names else None
-    b_rounds = added_by_round("PgBouncer") if "PgBouncer" in names else {}
     print(
         f"{'endpoint':<14} {'latency us':>11} {'added us':>9} {'added x PgBouncer':>18}"
         f" {'rounds x PgB':>13}"
     )
     for name in names:
+        anchor = _anchor(name, names)
+        b_added = added(anchor) if anchor in names else None
+        b_rounds = added_by_round(anchor) if anchor in names else {}
         lat = _median([r.latency_ms for r in _by_round(rows, "select-only", name).values()])
         plus = added(name)
         vs = f"{plus / b_added:>18.2f}" if b_added and name != "direct" else f"{'-':>18}"
@@ -1130,6 +1151,7 @@ def main() -> int:
                 print(f"jitvault: {args.workers} server processes on a PostgreSQL store")
             endpoints = [direct]
             endpoints += [bouncer.endpoint] if bouncer else []
+            endpoints += [bouncer.tls] if bouncer and not args.pgbench_only else []
             endpoints += [jv.plain] if args.pgbench_only else [jv.plain, jv.tls]
             if args.compare is not None:
                 other = start_jitvault(
@@ -1207,7 +1229,8 @@ def main() -> int:
         f"-- pgbench, {CLIENTS} clients, {seconds} s per row, median of {rounds} interleaved"
         " rounds (tps without connection time; jitvault rows: every statement recorded;"
         " hop CPU: user + system time of the hop's process, every thread, per transaction;"
-        " switches: its threads' context switches per transaction)"
+        " switches: its threads' context switches per transaction; x PgBouncer: a TLS row"
+        " against PgBouncer TLS)"
     )
     print_tps(tps_rows)
     print()
