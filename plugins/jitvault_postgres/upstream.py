@@ -216,8 +216,11 @@ async def _authenticate(conv: _Conversation, account: str, credential: Sensitive
                 scram = ScramClient(credential)
                 await conv.send(pg.sasl_initial_response(MECHANISM, scram.first_message()))
             case pg.AuthenticationSASLContinue(data=data) if scram is not None:
-                # PBKDF2 in a thread: the loop relays every other session meanwhile
-                final = await asyncio.to_thread(scram.handle_server_first, data)
+                # PBKDF2, where the password's keys for this salt are not cached yet, in a
+                # thread: the loop relays every other session meanwhile
+                final = scram.handle_server_first_cached(data)
+                if final is None:
+                    final = await asyncio.to_thread(scram.handle_server_first, data)
                 await conv.send(pg.sasl_response(final))
             case pg.AuthenticationSASLFinal(data=data) if scram is not None:
                 scram.verify_server_final(data)

@@ -20,6 +20,7 @@ from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, ValidationError
 from jitvault.plugin_api.scram import (
     MAX_ITERATIONS,
+    ClientKeyCache,
     ScramAuthFailed,
     ScramClient,
     ScramMalformed,
@@ -417,3 +418,89 @@ def test_md5_password_answers_from_what_postgresql_stores_as_md5(
     # the server checks md5(stored-hash-hex + salt); our answer must match it
     expected = b"md5" + hashlib.md5(stored[3:].encode() + salt).hexdigest().encode()  # noqa: S324
     assert md5_password(role, Sensitive(password), salt) == expected
+
+
+# -- the client's key cache ----------------------------------------------------------------------
+
+
+def _login(client: ScramClient, server: ScramServer, cached_only: bool = False) -> bytes | None:
+    """One exchange; the client's final message (None: ``cached_only`` and not cached)."""
+    server_first = server.handle_client_first(client.first_message())
+    final = (
+        client.handle_server_first_cached(server_first)
+        if cached_only
+        else client.handle_server_first(server_first)
+    )
+    if final is not None:
+        client.verify_server_final(server.handle_client_final(final))
+    return final
+
+
+def test_the_cache_derives_a_password_s_keys_once_per_salt_and_logins_still_prove_it() -> None:
+    cache = ClientKeyCache()
+    verifier = verifier_for("pw")
+    for _ in range(3):
+        _login(ScramClient(Sensitive("pw"), cache=cache), ScramServer(verifier))
+    assert cache.derivations == 1
+    # a new salt (the server's password set again) and a new password each derive anew
+    _login(ScramClient(Sensitive("pw"), cache=cache), ScramServer(verifier_for("pw")))
+    _login(ScramClient(Sensitive("new"), cache=cache), ScramServer(verifier_for("new")))
+    assert cache.derivations == 3
+
+
+def test_a_cached_key_never_logs_in_with_another_password_under_the_same_salt() -> None:
+    cache = ClientKeyCache()
+    salt = secrets.token_bytes(16)
+    right = scram_verifier(Sensitive("right"), salt, 4096)
+    _login(ScramClient(Sensitive("right"), cache=cache), ScramServer(right))
+    # the server's salt and count are the same: only the password tells the entries apart
+    client = ScramClient(Sensitive("wrong"), cache=cache)
+    server = ScramServer(right)
+    final = client.handle_server_first(server.handle_client_first(client.first_message()))
+    with pytest.raises(ScramAuthFailed, match="wrong password"):
+        server.handle_client_final(final)
+    assert cache.derivations == 2
+
+
+def test_cached_only_answers_without_pbkdf2_and_leaves_a_miss_to_the_full_call() -> None:
+    cache = ClientKeyCache()
+    verifier = verifier_for("pw")
+    client, server = ScramClient(Sensitive("pw"), cache=cache), ScramServer(verifier)
+    server_first = server.handle_client_first(client.first_message())
+    assert client.handle_server_first_cached(server_first) is None
+    assert cache.derivations == 0
+    # the miss left the exchange where it was: the full call completes it
+    final = client.handle_server_first(server_first)
+    client.verify_server_final(server.handle_client_final(final))
+    assert _login(ScramClient(Sensitive("pw"), cache=cache), ScramServer(verifier), True)
+    assert cache.derivations == 1
+    # without a cache, cached_only always misses
+    assert _login(ScramClient(Sensitive("pw"), cache=None), ScramServer(verifier), True) is None
+
+
+def test_the_cache_keeps_its_bound_and_forgets_the_least_recently_used_first() -> None:
+    cache = ClientKeyCache(bound=2)
+    verifiers = {name: verifier_for(name) for name in ("a", "b", "c")}
+
+    def login(name: str, cached_only: bool = False) -> bytes | None:
+        client = ScramClient(Sensitive(name), cache=cache)
+        return _login(client, ScramServer(verifiers[name]), cached_only)
+
+    for name in ("a", "b", "a", "c"):  # "b" is the least recently used when "c" comes
+        login(name)
+    assert cache.derivations == 3
+    assert login("a", cached_only=True) is not None
+    assert login("c", cached_only=True) is not None
+    assert login("b", cached_only=True) is None
+
+
+def test_the_cache_holds_no_password_nor_a_plain_digest_of_one() -> None:
+    cache = ClientKeyCache()
+    password = "canary-" + secrets.token_urlsafe(12)
+    _login(ScramClient(Sensitive(password), cache=cache), ScramServer(verifier_for(password)))
+    (found,) = cache._entries
+    assert password.encode() not in found
+    assert found != hashlib.sha256(password.encode()).digest()
+    # another process (another key) files the same login under another name
+    other = ClientKeyCache()
+    assert other._key != cache._key

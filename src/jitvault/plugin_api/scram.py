@@ -24,7 +24,10 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import overload
 
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, ValidationError
@@ -52,6 +55,66 @@ class ScramAuthFailed(AuthError):
 def salted_password(password: Sensitive[str], salt: bytes, iterations: int) -> bytes:
     # Our generated passwords are printable ASCII, for which SASLprep is the identity.
     return hashlib.pbkdf2_hmac("sha256", password.reveal().encode(), salt, iterations)
+
+
+class ClientKeyCache:
+    """The ``(ClientKey, ServerKey)`` pairs of recent upstream logins, so that a password's
+    PBKDF2 (4,096 rounds of HMAC-SHA256 by default, about 1 ms) runs once per salt and not at
+    every login. A server keeps a role's salt and iteration count until its password changes,
+    and a rotation changes the password, so a stale entry is never looked up again: it ages out
+    of the bound. Entries are found by an HMAC of the password, the salt and the count under a
+    key drawn when the process starts: the table holds no password nor any digest of one that
+    could be tested offline, only the keys a login derives (which, like the password, live in
+    this process's memory only). Thread-safe; the least recently used entry goes first."""
+
+    def __init__(self, bound: int = 256) -> None:
+        self._bound = bound
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+        #: PBKDF2 runs (a miss each): what the tests count
+        self.derivations = 0
+
+    @overload
+    def keys(
+        self, password: Sensitive[str], salt: bytes, iterations: int
+    ) -> tuple[bytes, bytes]: ...
+
+    @overload
+    def keys(
+        self, password: Sensitive[str], salt: bytes, iterations: int, *, derive: bool
+    ) -> tuple[bytes, bytes] | None: ...
+
+    def keys(
+        self, password: Sensitive[str], salt: bytes, iterations: int, *, derive: bool = True
+    ) -> tuple[bytes, bytes] | None:
+        """``(ClientKey, ServerKey)`` of ``password`` under ``salt`` and ``iterations``; with
+        ``derive=False``, None unless they are cached (no PBKDF2 run)."""
+        secret = password.reveal().encode()
+        found = hmac.new(
+            self._key,
+            len(secret).to_bytes(4, "big") + secret + salt + iterations.to_bytes(4, "big"),
+            hashlib.sha256,
+        ).digest()
+        with self._lock:
+            cached = self._entries.get(found)
+            if cached is not None:
+                self._entries.move_to_end(found)
+                return cached
+        if not derive:
+            return None
+        salted = salted_password(password, salt, iterations)
+        keys = (_hmac(salted, b"Client Key"), _hmac(salted, b"Server Key"))
+        with self._lock:
+            self.derivations += 1
+            self._entries[found] = keys
+            while len(self._entries) > self._bound:
+                self._entries.popitem(last=False)
+        return keys
+
+
+#: the process's cache of upstream logins' keys (see :class:`ClientKeyCache`)
+CLIENT_KEYS = ClientKeyCache()
 
 
 def keys_from_salted(salted: bytes) -> tuple[bytes, bytes]:
@@ -187,9 +250,15 @@ class ScramClient:
     """
 
     def __init__(
-        self, password: Sensitive[str], *, username: str = "", nonce: str | None = None
+        self,
+        password: Sensitive[str],
+        *,
+        username: str = "",
+        nonce: str | None = None,
+        cache: ClientKeyCache | None = CLIENT_KEYS,
     ) -> None:
         self._password = password
+        self._cache = cache
         self._nonce = nonce if nonce is not None else _new_nonce()
         _check_nonce(self._nonce)
         self._first_bare = f"n={_saslname(username)},r={self._nonce}"
@@ -207,7 +276,19 @@ class ScramClient:
         return f"n,,{self._first_bare}".encode()
 
     def handle_server_first(self, data: bytes) -> bytes:
-        """Check server-first-message; return client-final-message (with the proof)."""
+        """Check server-first-message; return client-final-message (with the proof). May run
+        PBKDF2 (see :meth:`handle_server_first_cached` for a caller that must not block)."""
+        answer = self._answer_server_first(data, cached_only=False)
+        assert answer is not None
+        return answer
+
+    def handle_server_first_cached(self, data: bytes) -> bytes | None:
+        """:meth:`handle_server_first` if the password's keys for this salt are in the cache;
+        None otherwise, the exchange left as it was (call :meth:`handle_server_first` next,
+        in a thread: it runs PBKDF2)."""
+        return self._answer_server_first(data, cached_only=True)
+
+    def _answer_server_first(self, data: bytes, *, cached_only: bool) -> bytes | None:
         if self._state is not _ClientState.SENT_FIRST:
             raise ScramMalformed("server-first-message out of order")
         self._state = _ClientState.DONE  # whatever happens next, this exchange cannot resume
@@ -221,10 +302,19 @@ class ScramClient:
         if not salt:
             raise ScramMalformed("empty salt")
         iterations = _parse_iterations(iterations_text)
-        salted = salted_password(self._password, salt, iterations)
-        client_key = _hmac(salted, b"Client Key")
+        if self._cache is None:
+            if cached_only:
+                self._state = _ClientState.SENT_FIRST
+                return None
+            salted = salted_password(self._password, salt, iterations)
+            client_key, server_key = _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
+        else:
+            keys = self._cache.keys(self._password, salt, iterations, derive=not cached_only)
+            if keys is None:
+                self._state = _ClientState.SENT_FIRST
+                return None
+            client_key, server_key = keys
         stored_key = hashlib.sha256(client_key).digest()
-        server_key = _hmac(salted, b"Server Key")
         without_proof = f"c=biws,r={nonce}"
         auth_message = f"{self._first_bare},{data.decode()},{without_proof}".encode()
         proof = _xor(client_key, _hmac(stored_key, auth_message))
@@ -346,9 +436,11 @@ def md5_password(user: str, password: Sensitive[str], salt: bytes) -> bytes:
 
 
 __all__ = [
+    "CLIENT_KEYS",
     "DEFAULT_ITERATIONS",
     "MAX_ITERATIONS",
     "MECHANISM",
+    "ClientKeyCache",
     "ScramAuthFailed",
     "ScramClient",
     "ScramMalformed",
