@@ -563,6 +563,42 @@ def test_a_login_given_up_while_the_store_opens_its_session_leaves_no_live_sessi
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_session_whose_credential_cannot_be_handed_out_is_refused_and_ended_at_once(
+    world: ProxyWorld,
+) -> None:
+    """The account needs an operator (a rotation could not tell its password): the session the
+    token opens is ended again in the same worker call (reason ``no credential``), the client
+    is told why, and the --end-on-disconnect grant lives on (a session that never got going
+    ends no grant); once the account is fixed, the token logs in."""
+    access = _access(world, end_on_disconnect=True)
+    info = _connect_info(world, access)
+    node = world.node()
+    try:
+
+        def set_status(status: str) -> None:
+            with node.write() as tx:
+                tx.conn.execute(
+                    t.accounts.update()
+                    .where(t.accounts.c.username == access.role)
+                    .values(status=status)
+                )
+
+        set_status("needs_operator")
+        with pytest.raises(psycopg.OperationalError, match="needs an operator"):
+            _psycopg(info).close()
+        (sid,) = _session_ids(node, info["token_id"])
+        with node.read() as conn:
+            reason = conn.execute(
+                select(t.sessions.c.end_reason).where(t.sessions.c.id == sid)
+            ).scalar_one()
+        assert reason == "no credential"
+        set_status("ok")
+        with _psycopg(info) as conn:  # the grant lives on
+            assert conn.execute("SELECT current_user").fetchone() == (access.role,)
+    finally:
+        node.close()
+
+
 def _raw_login(port: int, user: str, password: str) -> pg.ErrorResponse | None:
     """Log in with a minimal client of our own (plain TCP, SCRAM) to see the exact error
     fields the proxy sends (libpq does not hand a failed login's SQLSTATE to psycopg).

@@ -122,28 +122,57 @@ class NodeProxyContext:
     async def _open_once(
         self, open_session: Callable[[], sessions.SessionTicket], unproven: str | None
     ) -> SessionTicket:
-        """Open a session in the store (in a thread) and hand out its ticket. A login given up
-        meanwhile (its timeout, the client gone) cannot stop the thread: the session it opens
-        is then ended as soon as it is open, so no live session is left that nobody holds
-        (it would count against ``max_connections`` until the grant ends)."""
+        """Open a session in the store and read what its proxy needs (one thread, one hop)
+        and hand out its ticket. A login given up meanwhile (its timeout, the client gone)
+        cannot stop the thread: the session it opens is then ended as soon as it is open, so
+        no live session is left that nobody holds (it would count against
+        ``max_connections`` until the grant ends)."""
         async with self.preauth.place(unproven) as place:
-            opening = asyncio.ensure_future(asyncio.to_thread(open_session))
+            opening = asyncio.ensure_future(
+                asyncio.to_thread(self._open_with_material, open_session)
+            )
             place.hold_until(opening)
             try:
-                opened = await asyncio.shield(opening)
+                opened, material = await asyncio.shield(opening)
             except asyncio.CancelledError:
                 opening.add_done_callback(self._end_abandoned)
                 raise
-        return await self._ticket(opened)
+        grant = opened.grant
+        self._opened[opened.session_id] = (grant.expires_at, grant.id)
+        return SessionTicket(
+            session_id=opened.session_id,
+            grant_id=grant.id,
+            user=grant.user,
+            account=material.account,
+            target=TargetAccess(name=material.target.name, options=material.target.options),
+            credential=material.credential,
+            expires_at=grant.expires_at,
+            allow_forwarding=material.allow_forwarding,
+        )
 
-    def _end_abandoned(self, opening: asyncio.Future[sessions.SessionTicket]) -> None:
+    def _open_with_material(
+        self, open_session: Callable[[], sessions.SessionTicket]
+    ) -> tuple[sessions.SessionTicket, sessions.ProxyMaterial]:
+        """(In a worker thread.) The opened session and its credential; a session whose
+        credential cannot be handed out is ended again (a session that never got going does
+        not end an --end-on-disconnect grant)."""
+        opened = open_session()
+        try:
+            return opened, sessions.proxy_material(self.node, opened)
+        except BaseException:
+            sessions.close_session(self.node, opened.session_id, "no credential", False)
+            raise
+
+    def _end_abandoned(
+        self, opening: asyncio.Future[tuple[sessions.SessionTicket, sessions.ProxyMaterial]]
+    ) -> None:
         if opening.cancelled() or opening.exception() is not None:
-            return  # nothing was opened
+            return  # nothing was opened (or what was has been ended again)
         closing = asyncio.ensure_future(
             asyncio.to_thread(
                 sessions.close_session,
                 self.node,
-                opening.result().session_id,
+                opening.result()[0].session_id,
                 ABANDONED,
                 False,  # a session that never got going does not end its grant
             )
@@ -159,28 +188,6 @@ class NodeProxyContext:
                 "proxy: the session of an abandoned login could not be ended (%s)",
                 type(closing.exception()).__name__,
             )
-
-    async def _ticket(self, opened: sessions.SessionTicket) -> SessionTicket:
-        try:
-            material = await asyncio.to_thread(sessions.proxy_material, self.node, opened)
-        except BaseException:
-            # a session that never got going does not end an --end-on-disconnect grant
-            await asyncio.to_thread(
-                sessions.close_session, self.node, opened.session_id, "no credential", False
-            )
-            raise
-        grant = opened.grant
-        self._opened[opened.session_id] = (grant.expires_at, grant.id)
-        return SessionTicket(
-            session_id=opened.session_id,
-            grant_id=grant.id,
-            user=grant.user,
-            account=material.account,
-            target=TargetAccess(name=material.target.name, options=material.target.options),
-            credential=material.credential,
-            expires_at=grant.expires_at,
-            allow_forwarding=material.allow_forwarding,
-        )
 
     def register(self, handle: SessionHandle) -> None:
         expires, grant_id = self._opened.pop(handle.session_id)
