@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import nullcontext
+
+from sqlalchemy import Connection
 
 from jitvault.audit import Action, AuditEvent
 from jitvault.domain import AccessKind, Grant, RequestState, Sensitive
@@ -53,10 +56,11 @@ def template_of(grant: Grant) -> AccountTemplate:
     )
 
 
-def lease_secret(node: Node, grant: Grant) -> Sensitive[str] | None:
-    """The ephemeral account's secret (decrypted just in time; sealed: 503)."""
-    with node.read() as conn:
-        raw = sealed.open_column(conn, node.vault.keyring, GRANT_LEASE_SECRET, grant.id)
+def lease_secret(node: Node, grant: Grant, conn: Connection | None = None) -> Sensitive[str] | None:
+    """The ephemeral account's secret (decrypted just in time, in ``conn`` if given, else in
+    a read transaction of its own; sealed: 503)."""
+    with node.read() if conn is None else nullcontext(conn) as reading:
+        raw = sealed.open_column(reading, node.vault.keyring, GRANT_LEASE_SECRET, grant.id)
     return None if raw is None else raw.map(bytes.decode)
 
 
@@ -135,10 +139,15 @@ def _held_before(node: Node, grant: Grant, member_now: bool) -> bool:
     return True
 
 
+def needs_provisioning(grant: Grant) -> bool:
+    """Is this an elevation or ephemeral grant whose role or account is not made yet?"""
+    return grant.kind in (AccessKind.ROLE, AccessKind.EPHEMERAL) and not grant.provisioned_at
+
+
 def ensure_provisioned(node: Node, grant: Grant) -> Grant:
     """For a session: provision now if the start's job has not yet (waiting for whoever holds
     the grant's lock). Raises Conflict if the grant is not provisioned in time."""
-    if grant.kind not in (AccessKind.ROLE, AccessKind.EPHEMERAL) or grant.provisioned_at:
+    if not needs_provisioning(grant):
         return grant
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
@@ -182,6 +191,7 @@ __all__ = [
     "STEPS",
     "ensure_provisioned",
     "lease_secret",
+    "needs_provisioning",
     "provision",
     "take_back",
     "template_of",

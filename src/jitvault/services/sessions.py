@@ -21,7 +21,7 @@ import json
 import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -49,7 +49,7 @@ from jitvault.domain import (
     allowed,
     authorize,
 )
-from jitvault.errors import AuthError, Conflict, Forbidden, NotFound
+from jitvault.errors import AuthError, Conflict, Forbidden, JitvaultError, NotFound
 from jitvault.plugin_api import Unsupported
 from jitvault.plugin_api.scram import scram_verifier
 from jitvault.services import grants, leases, policies, session_ends, targets
@@ -82,6 +82,9 @@ class SessionTicket:
     session_id: int
     token_id: str
     grant: Grant
+    #: what its proxy logs in upstream with, read in the transaction that opened the session
+    #: (None: :func:`proxy_material` reads it, after provisioning the grant, or says why not)
+    material: ProxyMaterial | None = field(default=None, repr=False)
 
 
 def issue_session_token(
@@ -224,7 +227,7 @@ def _open(
                 tx, grant, at, protocol, source, token_id=token_id, single_use=row.single_use
             )
             if isinstance(opened, SessionTicket):
-                return opened
+                return replace(opened, material=_material_at_open(node, tx.conn, grant))
             refusal = opened
     _refuse(node, f"token:{token_id}", refusal, protocol, source)
 
@@ -373,7 +376,7 @@ def open_session_with_key(
         if refusal is None and grant is not None:
             opened = _open_on_grant(tx, grant, at, protocol, source, ssh_key=fingerprint)
             if isinstance(opened, SessionTicket):
-                return opened
+                return replace(opened, material=_material_at_open(node, tx.conn, grant))
             refusal = opened
     _refuse(node, f"ssh_key:{fingerprint}", refusal or "refused", protocol, source, grant_id)
 
@@ -419,25 +422,43 @@ def proxy_material(node: Node, ticket: SessionTicket) -> ProxyMaterial:
     time; sealed: 503): the shared account's vaulted secret, the requester's own account's
     (elevation), or the ephemeral account made for the grant (provisioned now if the grant's
     start job has not done it yet); and whether the grant's sessions may forward ports (its
-    deciding policy rule's allow_forwarding)."""
+    deciding policy rule's allow_forwarding). Read when the session opened where it could be
+    (the ticket's ``material``)."""
+    if ticket.material is not None:
+        return ticket.material
     grant = leases.ensure_provisioned(node, ticket.grant)
     with node.read() as conn:
-        target = repo.target_get(conn, grant.target)
-        forwarding = policies.rule_allows_forwarding(conn, grant.request_id)
-        account = (
-            None
-            if grant.kind == AccessKind.EPHEMERAL
-            else repo.account_get(conn, grant.target, grant.login)
-        )
-    if account is None:
-        secret = leases.lease_secret(node, grant)
-    elif account.status == AccountStatus.NEEDS_OPERATOR:
-        raise Conflict(f"account {grant.target}/{grant.login} needs an operator")
+        return _material(node, conn, grant)
+
+
+def _material(node: Node, conn: Connection, grant: Grant) -> ProxyMaterial:
+    """:func:`proxy_material` of a provisioned grant, read in ``conn``."""
+    target = repo.target_get(conn, grant.target)
+    forwarding = policies.rule_allows_forwarding(conn, grant.request_id)
+    if grant.kind == AccessKind.EPHEMERAL:
+        secret = leases.lease_secret(node, grant, conn)
     else:
-        secret = targets.account_secret(node, account)
+        account = repo.account_get(conn, grant.target, grant.login)
+        if account.status == AccountStatus.NEEDS_OPERATOR:
+            raise Conflict(f"account {grant.target}/{grant.login} needs an operator")
+        secret = targets.account_secret(node, account, conn)
     if secret is None:
         raise Conflict(f"account {grant.target}/{grant.login} has no vaulted credential")
     return ProxyMaterial(target, grant.login, secret, forwarding)
+
+
+def _material_at_open(node: Node, conn: Connection, grant: Grant) -> ProxyMaterial | None:
+    """The material, read in the transaction that opens the session (no transaction of its
+    own at login); None where the grant is still to be provisioned (which talks to the target:
+    not while the grant's row is locked) or where the material cannot be handed out: the
+    session is then committed as opened, and :func:`proxy_material` raises why, so that the
+    proxy ends it again (an audited open and end, not a silent refusal)."""
+    if leases.needs_provisioning(grant):
+        return None
+    try:
+        return _material(node, conn, grant)
+    except JitvaultError:
+        return None
 
 
 def record_event(node: Node, session_id: int, kind: str, data: dict[str, Any]) -> None:

@@ -8,9 +8,11 @@ the value upstream and never return it.
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
+from sqlalchemy import Connection
 
 from jitvault.audit import Action, AuditEvent
 from jitvault.crypto import is_usable_private_key, looks_like_private_key
@@ -258,11 +260,14 @@ def get_account(node: Node, actor: Principal, target_name: str, username: str) -
         return repo.account_get(conn, target_name, username)
 
 
-def account_secret(node: Node, account: Account) -> Sensitive[str] | None:
-    """The vaulted credential, for use upstream only. Sealed: 503."""
+def account_secret(
+    node: Node, account: Account, conn: Connection | None = None
+) -> Sensitive[str] | None:
+    """The vaulted credential, for use upstream only (read in ``conn`` if given, else in a
+    read transaction of its own). Sealed: 503."""
     keyring = node.vault.keyring
-    with node.read() as conn:
-        raw = sealed.open_column(conn, keyring, ACCOUNT_SECRET, account.id)
+    with node.read() if conn is None else nullcontext(conn) as reading:
+        raw = sealed.open_column(reading, keyring, ACCOUNT_SECRET, account.id)
     return None if raw is None else raw.map(bytes.decode)
 
 
