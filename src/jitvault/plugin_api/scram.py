@@ -57,6 +57,12 @@ def salted_password(password: Sensitive[str], salt: bytes, iterations: int) -> b
     return hashlib.pbkdf2_hmac("sha256", password.reveal().encode(), salt, iterations)
 
 
+def client_keys(password: Sensitive[str], salt: bytes, iterations: int) -> tuple[bytes, bytes]:
+    """``(ClientKey, ServerKey)`` of a password (PBKDF2: slow on purpose)."""
+    salted = salted_password(password, salt, iterations)
+    return _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
+
+
 class ClientKeyCache:
     """The ``(ClientKey, ServerKey)`` pairs of recent upstream logins, so that a password's
     PBKDF2 (4,096 rounds of HMAC-SHA256 by default, about 1 ms) runs once per salt and not at
@@ -103,8 +109,7 @@ class ClientKeyCache:
                 return cached
         if not derive:
             return None
-        salted = salted_password(password, salt, iterations)
-        keys = (_hmac(salted, b"Client Key"), _hmac(salted, b"Server Key"))
+        keys = client_keys(password, salt, iterations)
         with self._lock:
             self.derivations += 1
             self._entries[found] = keys
@@ -302,18 +307,14 @@ class ScramClient:
         if not salt:
             raise ScramMalformed("empty salt")
         iterations = _parse_iterations(iterations_text)
-        if self._cache is None:
-            if cached_only:
-                self._state = _ClientState.SENT_FIRST
-                return None
-            salted = salted_password(self._password, salt, iterations)
-            client_key, server_key = _hmac(salted, b"Client Key"), _hmac(salted, b"Server Key")
-        else:
+        if self._cache is not None:
             keys = self._cache.keys(self._password, salt, iterations, derive=not cached_only)
-            if keys is None:
-                self._state = _ClientState.SENT_FIRST
-                return None
-            client_key, server_key = keys
+        else:
+            keys = None if cached_only else client_keys(self._password, salt, iterations)
+        if keys is None:  # cached_only, and not cached: the exchange stays where it was
+            self._state = _ClientState.SENT_FIRST
+            return None
+        client_key, server_key = keys
         stored_key = hashlib.sha256(client_key).digest()
         without_proof = f"c=biws,r={nonce}"
         auth_message = f"{self._first_bare},{data.decode()},{without_proof}".encode()
