@@ -33,6 +33,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from jitvault.crypto.tls import ensure_self_signed
 from jitvault.domain import Sensitive
 from jitvault.plugin_api import TargetAccess
 from jitvault.plugin_api.scram import scram_verifier
@@ -310,12 +311,16 @@ def _stop(cluster: PgCluster) -> None:
 
 
 def start_cluster(
-    bin_dir: Path, extra: dict[str, str] | None = None, env: dict[str, str] | None = None
+    bin_dir: Path,
+    extra: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    tls: bool = False,
 ) -> PgCluster:
     """initdb + start a private cluster; the caller must :func:`_stop` it and remove its dir.
 
     ``extra``: postgresql.conf settings over the defaults below (values as written there);
-    ``env``: the server's environment."""
+    ``env``: the server's environment; ``tls``: TLS offered (``ssl = on``, a self-signed
+    certificate), to clients that ask for it."""
     workdir = Path(tempfile.mkdtemp(prefix="jitvault-pg-"))
     workdir.chmod(0o700)
     leftovers.mark_dir(workdir)  # a killed run's cluster is stopped by the next run
@@ -347,28 +352,39 @@ def start_cluster(
     )
     with (data_dir / "postgresql.conf").open("a") as fh:
         fh.write("\ninclude 'jitvault_test.conf'\n")
+    offered = {"ssl": "off"}
+    if tls:
+        cert, key = data_dir / "server.crt", data_dir / "server.key"
+        ensure_self_signed(cert, key, ["127.0.0.1"])
+        if os.geteuid() == 0:
+            for made in (cert, key):
+                shutil.chown(made, "postgres", "postgres")
+        offered = {"ssl": "on", "ssl_cert_file": f"'{cert}'", "ssl_key_file": f"'{key}'"}
     password = Sensitive(secrets.token_urlsafe(24))
     last = ""
     for _attempt in range(3):  # a free port may be taken between probe and bind: retry
         port = free_port()
-        settings = {
-            "listen_addresses": "'127.0.0.1'",
-            "port": str(port),
-            "unix_socket_directories": f"'{workdir}'",
-            "password_encryption": "'scram-sha-256'",
-            "log_statement": "'all'",
-            "logging_collector": "off",
-            "log_destination": "'stderr'",
-            "log_line_prefix": "'%m [%p] %a: '",
-            "log_timezone": "'UTC'",
-            "lc_messages": "'C'",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "max_connections": "60",
-            "shared_buffers": "'32MB'",
-            "ssl": "off",
-        } | (extra or {})
+        settings = (
+            {
+                "listen_addresses": "'127.0.0.1'",
+                "port": str(port),
+                "unix_socket_directories": f"'{workdir}'",
+                "password_encryption": "'scram-sha-256'",
+                "log_statement": "'all'",
+                "logging_collector": "off",
+                "log_destination": "'stderr'",
+                "log_line_prefix": "'%m [%p] %a: '",
+                "log_timezone": "'UTC'",
+                "lc_messages": "'C'",
+                "fsync": "off",
+                "synchronous_commit": "off",
+                "full_page_writes": "off",
+                "max_connections": "60",
+                "shared_buffers": "'32MB'",
+            }
+            | offered
+            | (extra or {})
+        )
         (data_dir / "jitvault_test.conf").write_text(
             "".join(f"{k} = {v}\n" for k, v in settings.items())
         )
@@ -429,7 +445,7 @@ def pg_cluster() -> Iterator[PgCluster]:
             pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root without a postgres system user")
-    cluster = start_cluster(bin_dir)
+    cluster = start_cluster(bin_dir, tls=True)  # targets ask for TLS or not, as they say
     try:
         yield cluster
     finally:

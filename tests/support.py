@@ -272,11 +272,14 @@ def inserts_refused(node: Node, table: str) -> Iterator[None]:
                 conn.exec_driver_sql(statement)
 
 
-def add_cluster_target(cluster: PgCluster, name: str, env: dict[str, str]) -> None:
-    """``jitvault target add postgres NAME`` for a test cluster, its admin password on stdin."""
+def add_cluster_target(
+    cluster: PgCluster, name: str, env: dict[str, str], sslmode: str = "disable"
+) -> None:
+    """``jitvault target add postgres NAME`` for a test cluster, its admin password on stdin;
+    the proxy and the lifecycle reach it with ``sslmode``."""
     add = run_cli(
         "target", "add", "postgres", name, "--host", cluster.host, "--port",
-        str(cluster.port), "--dbname", "postgres", "--option", "sslmode=disable",
+        str(cluster.port), "--dbname", "postgres", "--option", f"sslmode={sslmode}",
         "--admin-user", cluster.admin_user, "--admin-password-stdin",
         env=env, stdin=cluster.admin_password.reveal() + "\n",
     )  # fmt: skip

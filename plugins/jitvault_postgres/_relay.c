@@ -3,8 +3,10 @@
  *
  * Once a session is logged in (in Python: TLS, SCRAM, the upstream login, the cancel keys),
  * frontend.py hands its two sockets to an Engine: one thread per process, one epoll loop over
- * every such session. It moves bytes both ways with the same framing rules as the Python relay
- * (protocol.FrontendRelay and frontend.BackendFramer):
+ * every such session. A side that speaks TLS is handed over with its TLS connection, made and
+ * handshaken by Python's ssl module: the engine takes over its OpenSSL object (see ssl_of) and
+ * decrypts and encrypts that side's bytes from then on. It moves bytes both ways with the same
+ * framing rules as the Python relay (protocol.FrontendRelay and frontend.BackendFramer):
  *
  *   client -> server: every message's type and length are checked; Query, Parse and Terminate
  *     are held until complete, checked as the server checks them, and their statement text is
@@ -39,6 +41,12 @@
 #include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef JV_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#else
+typedef struct ssl_st SSL; /* built without OpenSSL's headers: no side is ever TLS */
+#endif
 
 #define READ_CHUNK (64 * 1024)
 /* the queue of statements waiting for Python: clients are not read above either bound (one
@@ -80,6 +88,7 @@ enum {
 typedef struct Relay {
     long long sid;
     int cfd, sfd;
+    SSL *tls[2]; /* the client's and the server's TLS connection, where a side has one */
     int state;
     ClientFramer cf;
     ServerFramer sf;
@@ -141,7 +150,9 @@ typedef struct {
     int gate_closed_now; /* the gate as the thread last applied it */
     int lingering;       /* relays in ST_LINGER (a turn looks at deadlines only if some are) */
     int statements_waiting; /* statements queued without waking Python (the timer is armed) */
-    uint8_t *scratch;
+    uint8_t *scratch; /* what a socket gave */
+    uint8_t *plain;   /* what a TLS side's bytes decrypt to */
+    uint8_t *sealed;  /* what a TLS side's bytes encrypt to */
 } Engine;
 
 static double now_seconds(void) {
@@ -311,6 +322,50 @@ static int flush_out(int fd, Buf *out) {
     return 0;
 }
 
+/* ---- TLS sides ---------------------------------------------------------------------------- */
+
+#ifdef JV_TLS
+/* what the side's TLS connection has made (records, alerts, post-handshake messages) goes to its
+ * socket; -1 on a broken connection */
+static int tls_flush(Engine *e, SSL *tls, int fd, Buf *out) {
+    BIO *sealed = SSL_get_wbio(tls);
+    while (BIO_ctrl_pending(sealed) > 0) {
+        int got = BIO_read(sealed, e->sealed, READ_CHUNK);
+        if (got <= 0 || send_or_queue(fd, out, e->sealed, (size_t)got) < 0) return -1;
+    }
+    return 0;
+}
+#endif
+
+/* p[0..n) to a side: sent (what the socket takes now) or queued in out, encrypted first where the
+ * side is TLS; -1 on a broken connection */
+static int side_send(Engine *e, SSL *tls, int fd, Buf *out, const uint8_t *p, size_t n) {
+#ifdef JV_TLS
+    if (tls != NULL) {
+        while (n > 0) { /* into a memory BIO: never a retry, at most a short write */
+            int w = SSL_write(tls, p, n > INT_MAX ? INT_MAX : (int)n);
+            if (w <= 0) {
+                ERR_clear_error();
+                return -1;
+            }
+            p += w;
+            n -= (size_t)w;
+        }
+        return tls_flush(e, tls, fd, out);
+    }
+#endif
+    return send_or_queue(fd, out, p, n);
+}
+
+/* a TLS side's close_notify, queued for its socket after what is queued already */
+static void side_close_notify(Engine *e, SSL *tls, int fd, Buf *out) {
+#ifdef JV_TLS
+    if (tls == NULL) return;
+    if (SSL_shutdown(tls) < 0) ERR_clear_error();
+    (void)tls_flush(e, tls, fd, out);
+#endif
+}
+
 /* queue rendered recording objects of a session for Python (json is the event's from now on,
  * or freed on failure), read at monotonic time ``at`` (0: durations, which need no time);
  * -1: out of memory */
@@ -434,7 +489,7 @@ static void from_client(Engine *e, Relay *r, const uint8_t *data, size_t n) {
         park(e, r, END_NO_MEMORY);
         return;
     }
-    int broken = send_or_queue(r->sfd, &r->to_server, out, out_len) < 0;
+    int broken = side_send(e, r->tls[1], r->sfd, &r->to_server, out, out_len) < 0;
     client_commit(&r->cf, from_data, out_len);
     if (broken) park(e, r, END_UPSTREAM_LOST);
     else if (c.terminated) park(e, r, END_CLIENT_CLOSED);
@@ -453,10 +508,49 @@ static void from_server(Engine *e, Relay *r, uint8_t *data, size_t n) {
         park(e, r, END_NO_MEMORY);
         return;
     }
-    int broken = send_or_queue(r->cfd, &r->to_client, out, out_len) < 0;
+    int broken = side_send(e, r->tls[0], r->cfd, &r->to_client, out, out_len) < 0;
     server_commit(&r->sf, from_data, out_len);
     if (r->sf.violation) park(e, r, END_UPSTREAM_VIOLATION);
     else if (broken) park(e, r, END_CLIENT_LOST);
+}
+
+/* what a side's socket gave (data[0..n)), as plaintext to the relay: decrypted first where the
+ * side is TLS (n 0: what its TLS connection holds already) */
+static void received(Engine *e, Relay *r, int server_side, uint8_t *data, size_t n) {
+    SSL *tls = r->tls[server_side];
+    if (tls == NULL) {
+        if (server_side) from_server(e, r, data, n);
+        else from_client(e, r, data, n);
+        return;
+    }
+#ifdef JV_TLS
+    int lost = server_side ? END_UPSTREAM_LOST : END_CLIENT_LOST;
+    if (n > 0 && BIO_write(SSL_get_rbio(tls), data, (int)n) != (int)n) {
+        park(e, r, END_NO_MEMORY);
+        return;
+    }
+    while (r->state == ST_LIVE) {
+        int got = SSL_read(tls, e->plain, READ_CHUNK);
+        if (got > 0) {
+            if (server_side) from_server(e, r, e->plain, (size_t)got);
+            else from_client(e, r, e->plain, (size_t)got);
+            continue;
+        }
+        int why = SSL_get_error(tls, got);
+        ERR_clear_error();
+        if (why == SSL_ERROR_WANT_READ) break;
+        /* close_notify: the peer closed; anything else (a bad record, an alert): broken */
+        if (why == SSL_ERROR_ZERO_RETURN)
+            park(e, r, server_side ? END_UPSTREAM_CLOSED : END_CLIENT_CLOSED);
+        else park(e, r, lost);
+        return;
+    }
+    /* what reading made (a KeyUpdate's answer) goes out */
+    if (r->state == ST_LIVE &&
+        tls_flush(e, tls, server_side ? r->sfd : r->cfd,
+                  server_side ? &r->to_server : &r->to_client) < 0)
+        park(e, r, lost);
+#endif
 }
 
 static void finish_linger(Engine *e, Relay *r) {
@@ -486,6 +580,10 @@ static void free_dead(Engine *e) {
         buf_free(&r->sf.held);
         buf_free(&r->to_server);
         buf_free(&r->to_client);
+#ifdef JV_TLS
+        for (int side = 0; side < 2; side++)
+            if (r->tls[side] != NULL) SSL_free(r->tls[side]); /* the engine's reference */
+#endif
         free(r);
     }
 }
@@ -526,8 +624,7 @@ static void on_ready(Engine *e, Relay *r, int server_side, uint32_t events) {
         if (!held) {
             ssize_t got = recv(fd, e->scratch, READ_CHUNK, MSG_DONTWAIT);
             if (got > 0) {
-                if (server_side) from_server(e, r, e->scratch, (size_t)got);
-                else from_client(e, r, e->scratch, (size_t)got);
+                received(e, r, server_side, e->scratch, (size_t)got);
             } else if (got == 0) {
                 park(e, r, server_side ? END_UPSTREAM_CLOSED : END_CLIENT_CLOSED);
             } else if (errno != EAGAIN && errno != EINTR && errno != EWOULDBLOCK) {
@@ -555,19 +652,21 @@ static void start_close(Engine *e, Command *c) {
     if (r->sfd >= 0) {
         update_mask(e, r, r->sfd, &r->smask, 0);
         if (c->term_len && r->to_server.len == 0 && r->cf.through == 0 && r->cf.held.len == 0) {
-            ssize_t w = send(r->sfd, c->term, c->term_len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)w;
+            /* what the socket takes now: the server's connection closes right after */
+            (void)side_send(e, r->tls[1], r->sfd, &r->to_server, c->term, c->term_len);
+            side_close_notify(e, r->tls[1], r->sfd, &r->to_server);
         }
         close(r->sfd);
         r->sfd = -1;
     }
     /* the last message only where the client's stream is at a message boundary */
     if (c->last_len && r->sf.through == 0) {
-        if (buf_append(&r->to_client, c->last, c->last_len) < 0) {
+        if (side_send(e, r->tls[0], r->cfd, &r->to_client, c->last, c->last_len) < 0) {
             finish_linger(e, r);
             return;
         }
     }
+    side_close_notify(e, r->tls[0], r->cfd, &r->to_client);
     buf_free(&r->sf.held);
     r->deadline = now_seconds() + c->linger;
     if (flush_out(r->cfd, &r->to_client) < 0) {
@@ -585,6 +684,9 @@ static void start_relay(Engine *e, Relay *r, const uint8_t *to_server, size_t ns
     e->relays = r;
     if (nc) from_server(e, r, to_client, nc);
     if (ns && r->state == ST_LIVE) from_client(e, r, to_server, ns);
+    /* a TLS side's records that came with the login and were not read yet */
+    for (int side = 0; side < 2; side++)
+        if (r->tls[side] != NULL && r->state == ST_LIVE) received(e, r, side, NULL, 0);
     if (r->state == ST_LIVE) rearm(e, r);
 }
 
@@ -709,7 +811,9 @@ static int Engine_init(Engine *self, PyObject *args, PyObject *kwds) {
     }
     self->epfd = self->wakefd = self->notifyfd = self->timerfd = -1;
     self->scratch = malloc(READ_CHUNK);
-    if (self->scratch == NULL) {
+    self->plain = malloc(READ_CHUNK);
+    self->sealed = malloc(READ_CHUNK);
+    if (self->scratch == NULL || self->plain == NULL || self->sealed == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -770,11 +874,89 @@ static void Engine_dealloc(Engine *self) {
     if (self->notifyfd >= 0) close(self->notifyfd);
     if (self->timerfd >= 0) close(self->timerfd);
     free(self->scratch);
+    free(self->plain);
+    free(self->sealed);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *Engine_fileno(Engine *self, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromLong(self->notifyfd);
+}
+
+/* ---- taking over a TLS connection from Python's ssl module -------------------------------- */
+
+#ifdef JV_TLS
+/* The head of CPython's _ssl._SSLSocket (the object behind ssl.SSLObject._sslobj), as in
+ * CPython 3.11 to 3.13: its socket's weak reference, then its OpenSSL connection. Python's side
+ * (native.tls_handle) hands one over only on those versions; ssl_of checks what it found before
+ * anything is taken. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *socket;
+    SSL *ssl;
+} SSLSocketHead;
+
+/* the OpenSSL connection of a handshaken _ssl._SSLSocket that this module's OpenSSL can drive,
+ * else NULL: the type by name, the connection's back-pointer to its Python object (which _ssl
+ * sets), and its context's method, one of this library's own (a Python linked with another copy
+ * of OpenSSL has other method tables) */
+static SSL *ssl_of(PyObject *obj) {
+    if (strcmp(Py_TYPE(obj)->tp_name, "_ssl._SSLSocket") != 0) return NULL;
+    SSL *ssl = ((SSLSocketHead *)obj)->ssl;
+    if (ssl == NULL || SSL_get_app_data(ssl) != (void *)obj) return NULL;
+    const SSL_METHOD *method = SSL_CTX_get_ssl_method(SSL_get_SSL_CTX(ssl));
+    if (method != TLS_server_method() && method != TLS_client_method() && method != TLS_method())
+        return NULL;
+    if (!SSL_is_init_finished(ssl)) return NULL;
+    return ssl;
+}
+
+/* move what a memory BIO holds to another; -1 on failure */
+static int move_pending(BIO *from, BIO *to) {
+    char chunk[4096];
+    while (BIO_ctrl_pending(from) > 0) {
+        int got = BIO_read(from, chunk, (int)sizeof chunk);
+        if (got <= 0 || BIO_write(to, chunk, got) != got) return -1;
+    }
+    return 0;
+}
+
+/* The engine's own reference to obj's TLS connection, which Python must not use from here on:
+ * it is given two memory BIOs of the engine's (holding what Python's held: records not read
+ * yet, and records not sent yet), so that nothing Python does with its ssl.SSLObject's BIOs
+ * afterwards (asyncio reads its outgoing BIO when the transport goes) touches the engine's;
+ * renegotiation is refused from then on. NULL with an exception set where it cannot be taken. */
+static SSL *take_tls(PyObject *obj) {
+    SSL *ssl = ssl_of(obj);
+    if (ssl == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the native relay cannot take this TLS connection");
+        return NULL;
+    }
+    BIO *in = BIO_new(BIO_s_mem()), *out = BIO_new(BIO_s_mem());
+    if (in == NULL || out == NULL || move_pending(SSL_get_rbio(ssl), in) < 0 ||
+        move_pending(SSL_get_wbio(ssl), out) < 0) {
+        BIO_free(in);
+        BIO_free(out);
+        ERR_clear_error();
+        PyErr_NoMemory();
+        return NULL;
+    }
+    /* empty: "read again later", as Python's MemoryBIO says it, not the end of the stream */
+    BIO_set_mem_eof_return(in, -1);
+    BIO_set_mem_eof_return(out, -1);
+    SSL_up_ref(ssl);
+    SSL_set_bio(ssl, in, out); /* drops the connection's references to Python's BIOs */
+    SSL_set_options(ssl, SSL_OP_NO_RENEGOTIATION);
+    return ssl;
+}
+#endif
+
+/* tls_supported(obj): can the engine take over this TLS connection (ssl.SSLObject._sslobj)? */
+static PyObject *tls_supported(PyObject *module, PyObject *obj) {
+#ifdef JV_TLS
+    if (ssl_of(obj) != NULL) Py_RETURN_TRUE;
+#endif
+    Py_RETURN_FALSE;
 }
 
 static PyObject *Engine_add(Engine *self, PyObject *args) {
@@ -783,12 +965,28 @@ static PyObject *Engine_add(Engine *self, PyObject *args) {
     const char *ts, *tc;
     Py_ssize_t ns, nc;
     int real_pid = 0, given_pid = 0;
-    if (!PyArg_ParseTuple(args, "Liiy#y#|ii", &sid, &cfd, &sfd, &ts, &ns, &tc, &nc, &real_pid,
-                          &given_pid))
+    PyObject *tls_objects[2] = {Py_None, Py_None};
+    if (!PyArg_ParseTuple(args, "Liiy#y#|iiOO", &sid, &cfd, &sfd, &ts, &ns, &tc, &nc, &real_pid,
+                          &given_pid, &tls_objects[0], &tls_objects[1]))
         return NULL;
     if (!self->running) {
         PyErr_SetString(PyExc_RuntimeError, "the native relay is stopped");
         return NULL;
+    }
+    SSL *tls[2] = {NULL, NULL};
+    for (int side = 0; side < 2; side++) {
+        if (tls_objects[side] == Py_None) continue;
+#ifdef JV_TLS
+        tls[side] = take_tls(tls_objects[side]);
+#else
+        PyErr_SetString(PyExc_ValueError, "the native relay was built without TLS");
+#endif
+        if (tls[side] == NULL) {
+#ifdef JV_TLS
+            if (side == 1 && tls[0] != NULL) SSL_free(tls[0]);
+#endif
+            return NULL;
+        }
     }
     Relay *r = calloc(1, sizeof(Relay));
     Command *c = calloc(1, sizeof(Command));
@@ -798,8 +996,14 @@ static PyObject *Engine_add(Engine *self, PyObject *args) {
         free(c);
         free(a);
         free(b);
+#ifdef JV_TLS
+        for (int side = 0; side < 2; side++)
+            if (tls[side] != NULL) SSL_free(tls[side]);
+#endif
         return PyErr_NoMemory();
     }
+    r->tls[0] = tls[0];
+    r->tls[1] = tls[1];
     r->sid = sid;
     r->cfd = cfd;
     r->sfd = sfd;
@@ -1228,6 +1432,8 @@ static PyObject *statement_json(PyObject *module, PyObject *args) {
 }
 
 static PyMethodDef relay_functions[] = {
+    {"tls_supported", tls_supported, METH_O,
+     "Can the engine take over this TLS connection (an ssl.SSLObject's _sslobj)?"},
     {"statement_json", statement_json, METH_VARARGS, "statement_json(style, name, text) -> the JSON object the engine hands over for a statement."},
     {NULL, NULL, 0, NULL},
 };

@@ -17,6 +17,8 @@ One :class:`PostgresFrontend` serves every client connection of the postgres lis
    passed through as they come, cut at message boundaries only, so that the core can end the
    session at any time with a FATAL 57P01 the client understands. Each side's outgoing buffer
    pauses the other side's reading above its high-water mark (bounded memory per session).
+   Where the native relay is built (:mod:`.native`), the logged-in session's two sockets go to
+   it instead, with the TLS connection of each side that has one.
 
 Nothing here raises out of :meth:`PostgresFrontend.handle`; log lines carry no secret and no
 driver or server message text.
@@ -391,6 +393,8 @@ class _Connection:
         #: native relay: the client's last message, and when the engine has closed the sockets
         self._native_last = b""
         self._native_closed: asyncio.Future[None] | None = None
+        #: native relay: the ssl.SSLObject of each TLS side, kept while the engine drives them
+        self._native_tls: tuple[object, object] = (None, None)
 
     # -- I/O helpers (the login phase) ------------------------------------------------------
 
@@ -621,8 +625,10 @@ class _Connection:
         assert upstream is not None
         relays = self.frontend.native_relays()
         if relays is not None and self.wire.detachable and upstream.wire.detachable:
-            self._start_native(session, relays)
-            return
+            tls = (native.tls_connection(self.wire.tls), native.tls_connection(upstream.wire.tls))
+            if native.NOT_TAKEN not in tls:
+                self._start_native(session, relays, tls)
+                return
         self.relay = pg.FrontendRelay()
         early = b"".join(m.raw for m in self._pending) + self.codec.take_buffered()
         self._pending.clear()
@@ -637,10 +643,15 @@ class _Connection:
         elif upstream.wire.ended:
             self._end("upstream closed")
 
-    def _start_native(self, session: _Session, relays: native.NativeRelays) -> None:
-        """Hand the session's sockets to the native relay (plain TCP both ways)."""
+    def _start_native(
+        self, session: _Session, relays: native.NativeRelays, tls: tuple[Any, Any]
+    ) -> None:
+        """Hand the session's sockets to the native relay, with the TLS connection of each
+        side that has one (:func:`~.native.tls_connection`)."""
         upstream = session.upstream
         assert upstream is not None
+        # the engine drives them from now on; their Python objects live as long as it does
+        self._native_tls = (self.wire.tls, upstream.wire.tls)
         early = b"".join(m.raw for m in self._pending) + self.codec.take_buffered()
         self._pending.clear()
         client = self.wire.detach()
@@ -656,7 +667,8 @@ class _Connection:
                 (client[0], server[0]),
                 (early + client[1], server[1]),
                 self.ctx,
-                session.framer.pids,
+                session.framer.pids or (0, 0),
+                tls,
             )
         except (RuntimeError, OSError, MemoryError) as exc:  # the sockets are closed
             log.warning(
@@ -667,7 +679,11 @@ class _Connection:
             self._end("relay failed")
             return
         session.native = relays
-        log.info("postgres proxy: session %s relayed natively", session.session_id)
+        log.info(
+            "postgres proxy: session %s relayed natively%s",
+            session.session_id,
+            " (TLS)" if tls != (None, None) else "",
+        )
 
     # native relay events (see native.NativeSession)
 
@@ -702,6 +718,7 @@ class _Connection:
         self._end(reason)
 
     def native_closed(self) -> None:
+        self._native_tls = (None, None)
         if self._native_closed is not None and not self._native_closed.done():
             self._native_closed.set_result(None)
         self._end("client closed")

@@ -1,4 +1,4 @@
-"""The native relay's Python side: a logged-in plain-TCP session handed to :mod:`._relay`.
+"""The native relay's Python side: a logged-in session handed to :mod:`._relay`.
 
 The C engine (``_relay.c``) runs one thread per process with one epoll loop over every session
 given to it, and moves bytes both ways without the GIL, with the framing rules of
@@ -10,8 +10,16 @@ JSON by the engine, recorded through the core, which may refuse: the session is 
 sessions that ended by themselves. Closing (with a last FATAL message where the client's stream
 allows it) is asked of the engine too.
 
-The Python relay stays for TLS sessions (either side), and where the extension is not built or
-``JITVAULT_PG_NATIVE_RELAY=0`` is set.
+A side that speaks TLS (the client's, or the target's) goes to the engine with its TLS
+connection: Python's ssl module makes it and runs the handshake, the engine then drives the
+same OpenSSL connection (:func:`tls_connection` says which ones it can take: CPython 3.11 to
+3.13, whose ``_ssl`` object layout the engine knows, with the OpenSSL the engine is linked
+with). Python must not touch such a connection again; the session keeps its ``ssl.SSLObject``
+until the engine has closed it.
+
+The Python relay stays where the engine cannot take a session (a TLS connection it does not
+know), where the extension is not built, where ``JITVAULT_PG_NATIVE_RELAY=0`` is set, and for
+TLS sessions where ``JITVAULT_PG_NATIVE_TLS=0`` is.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -56,6 +65,30 @@ def available() -> bool:
     return BUILT and os.environ.get("JITVAULT_PG_NATIVE_RELAY", "1") != "0"
 
 
+#: the CPython versions whose ``_ssl._SSLSocket`` layout the engine reads (``_relay.c``)
+_TLS_PYTHONS = ((3, 11), (3, 12), (3, 13))
+#: a side's TLS connection where the engine cannot take it (the session stays in Python)
+NOT_TAKEN = object()
+
+
+def tls_connection(ssl_object: Any) -> Any:
+    """What the engine is given for a side whose transport has ``ssl_object`` (its
+    ``get_extra_info("ssl_object")``): None for plain TCP, the ``_ssl`` connection behind a
+    TLS one the engine can take over, else :data:`NOT_TAKEN`."""
+    if ssl_object is None:
+        return None
+    connection = getattr(ssl_object, "_sslobj", None)
+    if (
+        connection is None
+        or sys.implementation.name != "cpython"
+        or sys.version_info[:2] not in _TLS_PYTHONS
+        or os.environ.get("JITVAULT_PG_NATIVE_TLS", "1") == "0"
+        or not _relay.tls_supported(connection)
+    ):
+        return NOT_TAKEN
+    return connection
+
+
 def client_violation(code: int, message_type: int, length: int) -> ProtocolViolation:
     """The engine's violation, worded as :class:`~.protocol.FrontendRelay` words it (one
     table: :func:`~.protocol.relay_violation`)."""
@@ -88,10 +121,13 @@ class RelayEngine(Protocol):
         to_client: bytes,
         real_pid: int = 0,
         given_pid: int = 0,
+        client_tls: Any = None,
+        server_tls: Any = None,
         /,
     ) -> None:
         """Relay a session; notifications from backend ``real_pid`` are shown to the client
-        as from ``given_pid`` (both 0: none rewritten)."""
+        as from ``given_pid`` (both 0: none rewritten); a TLS side with its connection (see
+        :func:`tls_connection`), which the engine drives from then on."""
 
     def close(self, sid: int, last: bytes, terminate: bytes, linger: float, /) -> None: ...
 
@@ -122,19 +158,21 @@ class NativeRelays:
         sockets: tuple[int, int],
         early: tuple[bytes, bytes],
         ctx: ProxyContext,
-        pids: tuple[int, int] | None = None,
+        pids: tuple[int, int] = (0, 0),
+        tls: tuple[Any, Any] = (None, None),
     ) -> None:
         """Relay a session: its client and server sockets (the engine's from now on) and what
         was read from each side and not relayed yet (to the server, to the client); ``pids``:
         its backend's process id and the one its client was given (see
-        :meth:`~.frontend.BackendFramer.notify_pid`).
+        :meth:`~.frontend.BackendFramer.notify_pid`); ``tls``: each side's TLS connection
+        (:func:`tls_connection`), or None.
 
         Where the engine cannot take them (stopped at shutdown, out of memory), both sockets
         are closed before the error is raised: nothing holds them any more."""
         self._sessions[session_id] = session
         self._ctx = ctx
         try:
-            self._engine.add(session_id, sockets[0], sockets[1], early[0], early[1], *(pids or ()))
+            self._engine.add(session_id, *sockets, *early, *pids, *tls)
         except BaseException:
             del self._sessions[session_id]
             for fd in sockets:
@@ -225,9 +263,11 @@ class NativeRelays:
 __all__ = [
     "BUILT",
     "END_REASONS",
+    "NOT_TAKEN",
     "NativeRelays",
     "NativeSession",
     "RelayEngine",
     "available",
     "client_violation",
+    "tls_connection",
 ]

@@ -205,16 +205,21 @@ class Wire(asyncio.Protocol):
             transport is None
             or self.ended
             or transport.is_closing()
-            or transport.get_extra_info("ssl_object") is not None
             or transport.get_extra_info("socket") is None
             or transport.get_write_buffer_size() != 0
         )
 
+    @property
+    def tls(self) -> ssl.SSLObject | None:
+        """The connection's TLS object, where it speaks TLS."""
+        return cast("ssl.SSLObject | None", self.extra_info("ssl_object"))
+
     def detach(self) -> tuple[int, bytes] | None:
         """Hand the connection over to native code: a duplicate of its socket (the transport is
         dropped, not shut down: the connection stays open through the duplicate) and what was
-        read and not consumed yet. None where it cannot be handed over: TLS, the end already
-        reached, or bytes still waiting to be sent."""
+        read and not consumed yet (decrypted, on a TLS connection: its :attr:`tls` object's
+        connection goes with the socket, and nothing here may use it again). None where it
+        cannot be handed over: the end already reached, or bytes still waiting to be sent."""
         transport = self.transport
         if transport is None or not self.detachable:
             return None

@@ -40,17 +40,22 @@ from jitvault_postgres import protocol as pg
 from jitvault_postgres.frontend import BackendFramer
 from tests.integration.test_recording_sink import recordings_refused
 from tests.pgcluster import PgCluster
-from tests.support import add_cluster_target, run_cli, wait_port
+from tests.support import add_cluster_target, cli_env, run_cli, wait_port
 from tests.world import ServerWorld, race, server_world, until
 
 TARGET = "pgc"
+#: the same cluster, reached over TLS (``sslmode=require``)
+TLS_TARGET = "pgc-tls"
 MAX_CONNECTIONS = 3
 #: the requirement is 2 s; the assertion leaves room for a loaded CI machine
 CUT_BOUND_SECONDS = 5.0
-#: a test run through each relay: TLS sessions stay in the Python relay, plain-TCP ones go to
-#: the native one (``_relay.c``)
+#: a test run through each relay: the native one (``_relay.c``) with and without the client's
+#: TLS, and the Python one (a server of its own, started with ``JITVAULT_PG_NATIVE_RELAY=0``)
 RELAYS = pytest.mark.parametrize(
-    "sslmode", ["require", "disable"], ids=["python-relay", "native-relay"]
+    ("world", "sslmode"),
+    [("native", "require"), ("native", "disable"), ("python", "require")],
+    ids=["native-tls", "native-relay", "python-relay"],
+    indirect=["world"],
 )
 
 
@@ -59,14 +64,27 @@ class ProxyWorld(ServerWorld):
     """The server world with the tests' cluster registered as the target; alice requests."""
 
     cluster: PgCluster
+    #: the relay of its sessions (:data:`RELAYS`)
+    relay: str = "native"
 
 
 @contextlib.contextmanager
-def proxy_world(db_kind: str, tmp: Path, cluster: PgCluster, policy: str) -> Iterator[ProxyWorld]:
-    """A server on a scratch store of ``db_kind`` with ``cluster`` registered as ``TARGET``,
-    ``policy`` applied and the proxy listening; alice requests."""
-    with server_world(ProxyWorld, db_kind, tmp, "alice", cluster=cluster) as w:
+def proxy_world(
+    db_kind: str,
+    tmp: Path,
+    cluster: PgCluster,
+    policy: str,
+    server_env: dict[str, str] | None = None,
+) -> Iterator[ProxyWorld]:
+    """A server on a scratch store of ``db_kind`` with ``cluster`` registered as ``TARGET``
+    (and as ``TLS_TARGET``), ``policy`` applied and the proxy listening; alice requests;
+    ``server_env``: the server's environment (:data:`RELAYS`)."""
+    relay = "python" if (server_env or {}).get("JITVAULT_PG_NATIVE_RELAY") == "0" else "native"
+    with server_world(
+        ProxyWorld, db_kind, tmp, "alice", server_env=server_env, cluster=cluster, relay=relay
+    ) as w:
         add_cluster_target(cluster, TARGET, w.admin_env)
+        add_cluster_target(cluster, TLS_TARGET, w.admin_env, sslmode="require")
         w.policy(policy)
         wait_port(w.pg_port)
         yield w
@@ -74,14 +92,23 @@ def proxy_world(db_kind: str, tmp: Path, cluster: PgCluster, policy: str) -> Ite
 
 @pytest.fixture(scope="module")
 def world(
-    db_kind: str, tmp_path_factory: pytest.TempPathFactory, pg_cluster: PgCluster
+    request: pytest.FixtureRequest,
+    db_kind: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_cluster: PgCluster,
 ) -> Iterator[ProxyWorld]:
+    """The module's server; ``python`` (:data:`RELAYS`): one whose sessions all stay in the
+    Python relay."""
+    relay = getattr(request, "param", "native")
+    server_env = cli_env(JITVAULT_PG_NATIVE_RELAY="0") if relay == "python" else None
     policy = (
         "rules:\n  - name: proxy-tests\n"
-        f"    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
+        f"    match: {{targets: [{TARGET}, {TLS_TARGET}]}}\n    auto_approve: true\n"
         f"    max_connections: {MAX_CONNECTIONS}\n"
     )
-    with proxy_world(db_kind, tmp_path_factory.mktemp("pgproxy"), pg_cluster, policy) as w:
+    with proxy_world(
+        db_kind, tmp_path_factory.mktemp("pgproxy"), pg_cluster, policy, server_env
+    ) as w:
         yield w
 
 
@@ -94,9 +121,14 @@ class Access:
     grant_id: int
 
 
-def _access(world: ProxyWorld, duration: str = "10m", end_on_disconnect: bool = False) -> Access:
-    """A fresh role with a known password, vaulted as an injected account; alice's live grant
-    (ended by its last session's end if ``end_on_disconnect``)."""
+def _access(
+    world: ProxyWorld,
+    duration: str = "10m",
+    end_on_disconnect: bool = False,
+    target: str = TARGET,
+) -> Access:
+    """A fresh role with a known password, vaulted as an injected account of ``target``;
+    alice's live grant (ended by its last session's end if ``end_on_disconnect``)."""
     cluster = world.cluster
     role = f"px_{secrets.token_hex(4)}"
     password = Sensitive(secrets.token_urlsafe(18))
@@ -108,12 +140,12 @@ def _access(world: ProxyWorld, duration: str = "10m", end_on_disconnect: bool = 
         )
     )
     acc = run_cli(
-        "account", "add", TARGET, role, "--password-stdin",
+        "account", "add", target, role, "--password-stdin",
         env=world.admin_env, stdin=password.reveal() + "\n",
     )  # fmt: skip
     assert acc.returncode == 0, acc.stderr
     r = world.cli(
-        "request", "create", "--target", TARGET, "--account", role, "--duration", duration,
+        "request", "create", "--target", target, "--account", role, "--duration", duration,
         "--reason", "INC-42 proxy test",
         *(["--end-on-disconnect"] if end_on_disconnect else []), env=world.user_env,
     )  # fmt: skip
@@ -1305,27 +1337,42 @@ def test_ten_thousand_malformed_messages_do_not_break_the_proxy(world: ProxyWorl
     assert "Traceback" not in log
 
 
-def test_plain_sessions_go_to_the_native_relay_and_tls_ones_stay_in_python(
-    world: ProxyWorld,
+@RELAYS
+@pytest.mark.parametrize("target", [TARGET, TLS_TARGET], ids=["plain-target", "tls-target"])
+def test_a_session_is_relayed_where_its_server_says_with_tls_on_either_side(
+    world: ProxyWorld, sslmode: str, target: str
 ) -> None:
-    access = _access(world)
+    """Plain and TLS sessions, on either side, go to the native relay (which takes the TLS
+    connections Python's ssl module made over), unless the server relays in Python only; the
+    data crosses intact either way, and the target's side is TLS where it asks for it."""
+    access = _access(world, target=target)
     info = _connect_info(world, access)
     node = world.node()
     try:
-        for sslmode in ("disable", "require"):
-            with _psycopg(info, sslmode=sslmode) as conn:
-                assert conn.execute("SELECT current_user").fetchone() == (access.role,)
-        first, second = sorted(_session_ids(node, info["token_id"]))
-        for sid in (first, second):
-            _wait_session_ended(node, sid)
+        with _psycopg(info, sslmode=sslmode) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (access.role,)
+            upstream_tls = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            assert upstream_tls.fetchone() == (target == TLS_TARGET,)
+            # records of every size: many small rows, then one row larger than a chunk
+            rows = conn.execute("SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+            assert rows.fetchall()[-1] == (20000, hashlib.md5(b"20000").hexdigest())  # noqa: S324
+            big = "".join(secrets.choice("abcdef") for _ in range(200_000))
+            assert conn.execute("SELECT %s::text", (big,)).fetchone() == (big,)
+        (sid,) = _session_ids(node, info["token_id"])
+        _wait_session_ended(node, sid)
     finally:
         node.close()
     log = world.server.log.read_text(errors="replace")
-    assert f"session {first} relayed natively" in log
-    assert f"session {second} relayed natively" not in log
+    line = f"session {sid} relayed natively"
+    tls = sslmode == "require" or target == TLS_TARGET
+    if world.relay == "python":
+        assert line not in log
+    else:
+        assert f"{line}{' (TLS)' if tls else ''}\n" in log
+    assert "Traceback" not in log
 
 
-@pytest.mark.parametrize("sslmode", ["disable", "require"])  # the native relay; the Python one
+@RELAYS
 def test_a_client_sees_its_own_notifications_from_the_backend_pid_it_was_given(
     world: ProxyWorld, sslmode: str
 ) -> None:

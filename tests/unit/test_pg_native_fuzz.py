@@ -52,6 +52,7 @@ def test_the_native_framing_survives_random_streams_under_the_sanitizers(
 
 ENGINE_TESTS = [
     ROOT / "tests" / "unit" / "test_pg_native_engine.py",
+    ROOT / "tests" / "unit" / "test_pg_native_tls.py",
     ROOT / "tests" / "unit" / "test_pg_statement_cycles.py",
 ]
 
@@ -59,9 +60,10 @@ ENGINE_TESTS = [
 def test_the_engine_tests_pass_with_the_engine_built_under_address_sanitizer(
     tmp_path: Path,
 ) -> None:
-    """The whole engine (its thread, its queue, the durations added to queued events) built
-    with -fsanitize=address and loaded into a Python of its own, which runs the engine's tests:
-    an out-of-bounds write that the normal build survives silently fails here."""
+    """The whole engine (its thread, its queue, the durations added to queued events, its TLS
+    sides) built with -fsanitize=address and loaded into a Python of its own, which runs the
+    engine's tests: an out-of-bounds write that the normal build survives silently fails
+    here."""
     gcc = shutil.which("gcc")
     assert gcc is not None, "gcc is needed to build the native relay (apt-get install gcc)"
     package = tmp_path / "jitvault_postgres"
@@ -72,7 +74,8 @@ def test_the_engine_tests_pass_with_the_engine_built_under_address_sanitizer(
         [
             gcc, "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-shared",
             "-fPIC", "-Wall", "-Wextra", "-Wno-unused-parameter", f"-I{includes}",
-            str(package / "_relay.c"), "-o", str(package / f"_relay{suffix}"),
+            "-DJV_TLS=1", str(package / "_relay.c"), "-o", str(package / f"_relay{suffix}"),
+            "-lssl", "-lcrypto",
         ],
         check=True,
         timeout=120,
