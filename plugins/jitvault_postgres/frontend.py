@@ -670,7 +670,7 @@ class _Connection:
                 session.framer.pids or (0, 0),
                 tls,
             )
-        except (RuntimeError, OSError, MemoryError) as exc:  # the sockets are closed
+        except (RuntimeError, OSError, MemoryError, ValueError) as exc:  # sockets closed
             log.warning(
                 "postgres proxy: session %s: the native relay did not take it (%s)",
                 session.session_id,
