@@ -324,6 +324,15 @@ static int flush_out(int fd, Buf *out) {
 
 /* ---- TLS sides ---------------------------------------------------------------------------- */
 
+/* the engine's references to a relay's TLS connections (Python's objects keep theirs) */
+static void drop_tls(SSL *tls[2]) {
+#ifdef JV_TLS
+    for (int side = 0; side < 2; side++)
+        if (tls[side] != NULL) SSL_free(tls[side]);
+#endif
+    tls[0] = tls[1] = NULL;
+}
+
 #ifdef JV_TLS
 /* what the side's TLS connection has made (records, alerts, post-handshake messages) goes to its
  * socket; -1 on a broken connection */
@@ -514,13 +523,17 @@ static void from_server(Engine *e, Relay *r, uint8_t *data, size_t n) {
     else if (broken) park(e, r, END_CLIENT_LOST);
 }
 
+static void deliver(Engine *e, Relay *r, int server_side, uint8_t *data, size_t n) {
+    if (server_side) from_server(e, r, data, n);
+    else from_client(e, r, data, n);
+}
+
 /* what a side's socket gave (data[0..n)), as plaintext to the relay: decrypted first where the
  * side is TLS (n 0: what its TLS connection holds already) */
 static void received(Engine *e, Relay *r, int server_side, uint8_t *data, size_t n) {
     SSL *tls = r->tls[server_side];
     if (tls == NULL) {
-        if (server_side) from_server(e, r, data, n);
-        else from_client(e, r, data, n);
+        deliver(e, r, server_side, data, n);
         return;
     }
 #ifdef JV_TLS
@@ -532,8 +545,7 @@ static void received(Engine *e, Relay *r, int server_side, uint8_t *data, size_t
     while (r->state == ST_LIVE) {
         int got = SSL_read(tls, e->plain, READ_CHUNK);
         if (got > 0) {
-            if (server_side) from_server(e, r, e->plain, (size_t)got);
-            else from_client(e, r, e->plain, (size_t)got);
+            deliver(e, r, server_side, e->plain, (size_t)got);
             continue;
         }
         int why = SSL_get_error(tls, got);
@@ -580,10 +592,7 @@ static void free_dead(Engine *e) {
         buf_free(&r->sf.held);
         buf_free(&r->to_server);
         buf_free(&r->to_client);
-#ifdef JV_TLS
-        for (int side = 0; side < 2; side++)
-            if (r->tls[side] != NULL) SSL_free(r->tls[side]); /* the engine's reference */
-#endif
+        drop_tls(r->tls);
         free(r);
     }
 }
@@ -982,9 +991,7 @@ static PyObject *Engine_add(Engine *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "the native relay was built without TLS");
 #endif
         if (tls[side] == NULL) {
-#ifdef JV_TLS
-            if (side == 1 && tls[0] != NULL) SSL_free(tls[0]);
-#endif
+            drop_tls(tls);
             return NULL;
         }
     }
@@ -996,10 +1003,7 @@ static PyObject *Engine_add(Engine *self, PyObject *args) {
         free(c);
         free(a);
         free(b);
-#ifdef JV_TLS
-        for (int side = 0; side < 2; side++)
-            if (tls[side] != NULL) SSL_free(tls[side]);
-#endif
+        drop_tls(tls);
         return PyErr_NoMemory();
     }
     r->tls[0] = tls[0];

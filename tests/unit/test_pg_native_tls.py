@@ -17,7 +17,6 @@ import socket
 import ssl
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pytest
 from jitvault.crypto.tls import ensure_self_signed, server_context
 from jitvault_postgres import native
 from jitvault_postgres import protocol as pg
+from tests.unit.test_pg_native_engine import Harness, _pair
 
 try:
     from jitvault_postgres import _relay
@@ -35,14 +35,6 @@ except ImportError:  # test_pg_native_framer fails on a missing build
 pytestmark = pytest.mark.skipif(_relay is None, reason="the native relay is not built")
 
 READY = b"Z" + struct.pack("!i", 5) + b"I"
-
-
-def _pair() -> tuple[socket.socket, socket.socket]:
-    """A connected loopback TCP pair (accepted side, connecting side)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        near = socket.create_connection(listener.getsockname())
-        far, _ = listener.accept()
-    return far, near
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -70,12 +62,14 @@ def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, 
     return server_context(where / "cert.pem", where / "key.pem"), client
 
 
-class TlsSession:
+class TlsSession(Harness):
     """A client logged in over TLS, as the front end leaves it when it hands the session over:
     ``server`` is the proxy's ssl.SSLObject (its records arrive through ``incoming``), ``client``
-    the user's end, ``backend`` the target's; the engine relays both once :meth:`hand_over`."""
+    the user's end, ``backend`` the target's; the engine relays both once :meth:`hand_over`
+    (and is read and stopped as the plain sessions' :class:`Harness` is)."""
 
     def __init__(self, contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+        # not the Harness's: no plain session is handed over
         assert _relay is not None
         self.engine = _relay.Engine()
         self.proxy_client, user = _pair()
@@ -102,7 +96,7 @@ class TlsSession:
         hello.join(10)
         assert made, "the TLS handshake did not complete"
         self.client = made[0]
-        self.events: list[tuple[object, ...]] = []
+        self.events = []
 
     def read_unrelayed(self, size: int) -> None:
         """Records the client sent that Python reads off the socket and does not decrypt (as
@@ -131,21 +125,6 @@ class TlsSession:
             self.server._sslobj,  # type: ignore[attr-defined]
             None,
         )
-
-    def take(self, until: str, timeout: float = 5.0) -> list[tuple[object, ...]]:
-        deadline = time.monotonic() + timeout
-        while not any(event[0] == until for event in self.events):
-            left = deadline - time.monotonic()
-            kinds = [event[0] for event in self.events]
-            assert left > 0, f"no {until!r} event from the engine, only {kinds}"
-            select.select([self.engine.fileno()], [], [], left)
-            self.events += self.engine.take()
-        return self.events
-
-    def close(self) -> None:
-        self.engine.stop()
-        self.client.close()
-        self.backend.close()
 
 
 @pytest.fixture
@@ -189,8 +168,7 @@ def test_a_forged_record_ends_the_session_as_a_broken_connection(session: TlsSes
     forged = pg.query("SELECT 'never'")
     # an application-data record the client's keys did not seal: its tag cannot check out
     os.write(session.client.fileno(), b"\x17\x03\x03" + struct.pack("!H", 40) + b"\x00" * 40)
-    ended = next(e for e in session.take("e") if e[0] == "e")
-    assert native.END_REASONS[int(ended[2])] == "client connection lost"  # type: ignore[call-overload]
+    assert session.end_reason() == "client connection lost"
     session.backend.settimeout(0.5)
     with pytest.raises(TimeoutError):
         session.backend.recv(len(forged))
