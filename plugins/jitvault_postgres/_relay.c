@@ -896,9 +896,12 @@ static PyObject *Engine_fileno(Engine *self, PyObject *Py_UNUSED(ignored)) {
 
 #ifdef JV_TLS
 /* The head of CPython's _ssl._SSLSocket (the object behind ssl.SSLObject._sslobj), as in
- * CPython 3.11 to 3.13: its socket's weak reference, then its OpenSSL connection. Python's side
- * (native.tls_handle) hands one over only on those versions; ssl_of checks what it found before
+ * CPython 3.11 to 3.13: its socket's weak reference, then its OpenSSL connection. Built for
+ * another Python, the engine takes no TLS connection; ssl_of checks what it found before
  * anything is taken. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(PYPY_VERSION)
+#define JV_SSL_LAYOUT_KNOWN 1
+#endif
 typedef struct {
     PyObject_HEAD
     PyObject *socket;
@@ -910,6 +913,9 @@ typedef struct {
  * sets), and its context's method, one of this library's own (a Python linked with another copy
  * of OpenSSL has other method tables) */
 static SSL *ssl_of(PyObject *obj) {
+#ifndef JV_SSL_LAYOUT_KNOWN
+    return NULL;
+#endif
     if (strcmp(Py_TYPE(obj)->tp_name, "_ssl._SSLSocket") != 0) return NULL;
     SSL *ssl = ((SSLSocketHead *)obj)->ssl;
     if (ssl == NULL || SSL_get_app_data(ssl) != (void *)obj) return NULL;

@@ -12,10 +12,10 @@ allows it) is asked of the engine too.
 
 A side that speaks TLS (the client's, or the target's) goes to the engine with its TLS
 connection: Python's ssl module makes it and runs the handshake, the engine then drives the
-same OpenSSL connection (:func:`tls_connection` says which ones it can take: CPython 3.11 to
-3.13, whose ``_ssl`` object layout the engine knows, with the OpenSSL the engine is linked
-with). Python must not touch such a connection again; the session keeps its ``ssl.SSLObject``
-until the engine has closed it.
+same OpenSSL connection (:func:`tls_connection` says which ones it can take: on CPython 3.11
+to 3.13, whose ``_ssl`` object layout the engine knows, those made with the OpenSSL the engine
+is linked with). Python must not touch such a connection again; the session keeps its
+``ssl.SSLObject`` until the engine has closed it.
 
 The Python relay stays where the engine cannot take a session (a TLS connection it does not
 know), where the extension is not built, where ``JITVAULT_PG_NATIVE_RELAY=0`` is set, and for
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -65,8 +64,6 @@ def available() -> bool:
     return BUILT and os.environ.get("JITVAULT_PG_NATIVE_RELAY", "1") != "0"
 
 
-#: the CPython versions whose ``_ssl._SSLSocket`` layout the engine reads (``_relay.c``)
-_TLS_PYTHONS = ((3, 11), (3, 12), (3, 13))
 #: a side's TLS connection where the engine cannot take it (the session stays in Python)
 NOT_TAKEN = object()
 
@@ -74,14 +71,13 @@ NOT_TAKEN = object()
 def tls_connection(ssl_object: Any) -> Any:
     """What the engine is given for a side whose transport has ``ssl_object`` (its
     ``get_extra_info("ssl_object")``): None for plain TCP, the ``_ssl`` connection behind a
-    TLS one the engine can take over, else :data:`NOT_TAKEN`."""
+    TLS one the engine can take over (``_relay.tls_supported``: the checks are the engine's,
+    which knows the layout it reads), else :data:`NOT_TAKEN`."""
     if ssl_object is None:
         return None
     connection = getattr(ssl_object, "_sslobj", None)
     if (
         connection is None
-        or sys.implementation.name != "cpython"
-        or sys.version_info[:2] not in _TLS_PYTHONS
         or os.environ.get("JITVAULT_PG_NATIVE_TLS", "1") == "0"
         or not _relay.tls_supported(connection)
     ):
