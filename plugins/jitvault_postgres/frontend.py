@@ -625,9 +625,10 @@ class _Connection:
         assert upstream is not None
         relays = self.frontend.native_relays()
         if relays is not None and self.wire.detachable and upstream.wire.detachable:
-            tls = (native.tls_connection(self.wire.tls), native.tls_connection(upstream.wire.tls))
-            if native.NOT_TAKEN not in tls:
-                self._start_native(session, relays, tls)
+            ssl_objects = (self.wire.tls, upstream.wire.tls)
+            connections = native.tls_connections(ssl_objects)
+            if connections is not None:
+                self._start_native(session, relays, ssl_objects, connections)
                 return
         self.relay = pg.FrontendRelay()
         early = b"".join(m.raw for m in self._pending) + self.codec.take_buffered()
@@ -644,14 +645,18 @@ class _Connection:
             self._end("upstream closed")
 
     def _start_native(
-        self, session: _Session, relays: native.NativeRelays, tls: tuple[Any, Any]
+        self,
+        session: _Session,
+        relays: native.NativeRelays,
+        ssl_objects: tuple[Any, Any],
+        connections: tuple[Any, Any],
     ) -> None:
         """Hand the session's sockets to the native relay, with the TLS connection of each
-        side that has one (:func:`~.native.tls_connection`)."""
+        side that has one (:func:`~.native.tls_connections`)."""
         upstream = session.upstream
         assert upstream is not None
         # the engine drives them from now on; their Python objects live as long as it does
-        self._native_tls = (self.wire.tls, upstream.wire.tls)
+        self._native_tls = ssl_objects
         early = b"".join(m.raw for m in self._pending) + self.codec.take_buffered()
         self._pending.clear()
         client = self.wire.detach()
@@ -668,7 +673,7 @@ class _Connection:
                 (early + client[1], server[1]),
                 self.ctx,
                 session.framer.pids or (0, 0),
-                tls,
+                connections,
             )
         except (RuntimeError, OSError, MemoryError, ValueError) as exc:  # sockets closed
             log.warning(
@@ -682,7 +687,7 @@ class _Connection:
         log.info(
             "postgres proxy: session %s relayed natively%s",
             session.session_id,
-            " (TLS)" if tls != (None, None) else "",
+            " (TLS)" if ssl_objects != (None, None) else "",
         )
 
     # native relay events (see native.NativeSession)

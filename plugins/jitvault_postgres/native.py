@@ -12,7 +12,7 @@ allows it) is asked of the engine too.
 
 A side that speaks TLS (the client's, or the target's) goes to the engine with its TLS
 connection: Python's ssl module makes it and runs the handshake, the engine then drives the
-same OpenSSL connection (:func:`tls_connection` says which ones it can take: on CPython 3.11
+same OpenSSL connection (:func:`tls_connections` says which ones it can take: on CPython 3.11
 to 3.13, whose ``_ssl`` object layout the engine knows, those made with the OpenSSL the engine
 is linked with). Python must not touch such a connection again; the session keeps its
 ``ssl.SSLObject`` until the engine has closed it.
@@ -64,25 +64,23 @@ def available() -> bool:
     return BUILT and os.environ.get("JITVAULT_PG_NATIVE_RELAY", "1") != "0"
 
 
-#: a side's TLS connection where the engine cannot take it (the session stays in Python)
-NOT_TAKEN = object()
-
-
-def tls_connection(ssl_object: Any) -> Any:
-    """What the engine is given for a side whose transport has ``ssl_object`` (its
-    ``get_extra_info("ssl_object")``): None for plain TCP, the ``_ssl`` connection behind a
-    TLS one the engine can take over (``_relay.tls_supported``: the checks are the engine's,
-    which knows the layout it reads), else :data:`NOT_TAKEN`."""
-    if ssl_object is None:
+def tls_connections(ssl_objects: tuple[Any, Any]) -> tuple[Any, Any] | None:
+    """What the engine is given for a session's two sides (client, server), from each
+    transport's ``get_extra_info("ssl_object")``: None for a plain TCP side, the ``_ssl``
+    connection behind a TLS one; None for the whole session where the engine cannot take one
+    of them (``_relay.tls_supported``: the checks are the engine's, which knows the layout it
+    reads; or ``JITVAULT_PG_NATIVE_TLS=0``): it then stays in the Python relay."""
+    if ssl_objects == (None, None):
+        return ssl_objects
+    if os.environ.get("JITVAULT_PG_NATIVE_TLS", "1") == "0":
         return None
-    connection = getattr(ssl_object, "_sslobj", None)
-    if (
-        connection is None
-        or os.environ.get("JITVAULT_PG_NATIVE_TLS", "1") == "0"
-        or not _relay.tls_supported(connection)
-    ):
-        return NOT_TAKEN
-    return connection
+    client, server = (
+        None if side is None else getattr(side, "_sslobj", None) for side in ssl_objects
+    )
+    for side, connection in ((ssl_objects[0], client), (ssl_objects[1], server)):
+        if side is not None and (connection is None or not _relay.tls_supported(connection)):
+            return None
+    return client, server
 
 
 def client_violation(code: int, message_type: int, length: int) -> ProtocolViolation:
@@ -123,7 +121,7 @@ class RelayEngine(Protocol):
     ) -> None:
         """Relay a session; notifications from backend ``real_pid`` are shown to the client
         as from ``given_pid`` (both 0: none rewritten); a TLS side with its connection (see
-        :func:`tls_connection`), which the engine drives from then on."""
+        :func:`tls_connections`), which the engine drives from then on."""
 
     def close(self, sid: int, last: bytes, terminate: bytes, linger: float, /) -> None: ...
 
@@ -161,7 +159,7 @@ class NativeRelays:
         was read from each side and not relayed yet (to the server, to the client); ``pids``:
         its backend's process id and the one its client was given (see
         :meth:`~.frontend.BackendFramer.notify_pid`); ``tls``: each side's TLS connection
-        (:func:`tls_connection`), or None.
+        (:func:`tls_connections`), or None.
 
         Where the engine cannot take them (stopped at shutdown, out of memory), both sockets
         are closed before the error is raised: nothing holds them any more."""
@@ -259,11 +257,10 @@ class NativeRelays:
 __all__ = [
     "BUILT",
     "END_REASONS",
-    "NOT_TAKEN",
     "NativeRelays",
     "NativeSession",
     "RelayEngine",
     "available",
     "client_violation",
-    "tls_connection",
+    "tls_connections",
 ]

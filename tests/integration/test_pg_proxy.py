@@ -74,12 +74,13 @@ def proxy_world(
     tmp: Path,
     cluster: PgCluster,
     policy: str,
-    server_env: dict[str, str] | None = None,
+    relay: str = "native",
 ) -> Iterator[ProxyWorld]:
     """A server on a scratch store of ``db_kind`` with ``cluster`` registered as ``TARGET``
     (and as ``TLS_TARGET``), ``policy`` applied and the proxy listening; alice requests;
-    ``server_env``: the server's environment (:data:`RELAYS`)."""
-    relay = "python" if (server_env or {}).get("JITVAULT_PG_NATIVE_RELAY") == "0" else "native"
+    ``relay``: ``python`` for a server whose sessions all stay in the Python relay
+    (``JITVAULT_PG_NATIVE_RELAY=0``, :data:`RELAYS`)."""
+    server_env = cli_env(JITVAULT_PG_NATIVE_RELAY="0") if relay == "python" else None
     with server_world(
         ProxyWorld, db_kind, tmp, "alice", server_env=server_env, cluster=cluster, relay=relay
     ) as w:
@@ -97,18 +98,14 @@ def world(
     tmp_path_factory: pytest.TempPathFactory,
     pg_cluster: PgCluster,
 ) -> Iterator[ProxyWorld]:
-    """The module's server; ``python`` (:data:`RELAYS`): one whose sessions all stay in the
-    Python relay."""
-    relay = getattr(request, "param", "native")
-    server_env = cli_env(JITVAULT_PG_NATIVE_RELAY="0") if relay == "python" else None
+    """The module's server; parametrized by :data:`RELAYS` with its relay."""
     policy = (
         "rules:\n  - name: proxy-tests\n"
         f"    match: {{targets: [{TARGET}, {TLS_TARGET}]}}\n    auto_approve: true\n"
         f"    max_connections: {MAX_CONNECTIONS}\n"
     )
-    with proxy_world(
-        db_kind, tmp_path_factory.mktemp("pgproxy"), pg_cluster, policy, server_env
-    ) as w:
+    relay = getattr(request, "param", "native")
+    with proxy_world(db_kind, tmp_path_factory.mktemp("pgproxy"), pg_cluster, policy, relay) as w:
         yield w
 
 

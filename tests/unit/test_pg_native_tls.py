@@ -181,8 +181,9 @@ def test_only_handshaken_connections_of_pythons_ssl_are_taken(
     fresh = contexts[0].wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
     assert not _relay.tls_supported(fresh._sslobj)  # type: ignore[attr-defined]
     assert not _relay.tls_supported(object())
-    assert native.tls_connection(None) is None
-    assert native.tls_connection(fresh) is native.NOT_TAKEN
+    assert native.tls_connections((None, None)) == (None, None)
+    assert native.tls_connections((fresh, None)) is None
+    assert native.tls_connections((None, fresh)) is None
     engine = _relay.Engine()
     try:
         a, b = socket.socketpair()
