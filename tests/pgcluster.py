@@ -241,6 +241,38 @@ class PgCluster:
             name=name, options=opts, admin_user=self.admin_user, admin_secret=self.admin_password
         )
 
+    @contextlib.contextmanager
+    def tls_only(self, *users: str) -> Iterator[None]:
+        """While the block runs, TCP logins of ``users`` are refused unless over TLS
+        (``hostnossl ... reject`` ahead of ``pg_hba.conf``'s other lines); ``users`` are
+        plain names (no quoting in ``pg_hba.conf``)."""
+        assert all(re.fullmatch(r"[a-z0-9_]+", user) for user in users), users
+        hba = self.data_dir / "pg_hba.conf"
+        before = hba.read_text()
+        hba.write_text("".join(f"hostnossl all {u} 127.0.0.1/32 reject\n" for u in users) + before)
+        self._reload_hba(users[0], refused=True)
+        try:
+            yield
+        finally:
+            hba.write_text(before)
+            self._reload_hba(users[0], refused=False)
+
+    def _reload_hba(self, user: str, refused: bool) -> None:
+        """Reload the configuration and wait (bounded) until a plain TCP login of ``user`` is
+        refused by ``pg_hba.conf`` or no longer is: the postmaster reloads when it gets to it."""
+        self.sql("SELECT pg_catalog.pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.connect_as(user, Sensitive("not-the-password")).close()
+                by_hba = False
+            except psycopg.OperationalError as exc:
+                by_hba = "pg_hba.conf rejects connection" in str(exc)
+            if by_hba == refused:
+                return
+            assert time.monotonic() < deadline, f"pg_hba.conf not reloaded (refused={refused})"
+            time.sleep(0.05)
+
     # -- process ------------------------------------------------------------------------------
 
     def postmaster_pid(self) -> int | None:

@@ -171,6 +171,52 @@ def test_rotate_of_a_missing_role_is_rejected_with_its_sqlstate_and_not_retryabl
     assert info.value.__context__ is None
 
 
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def test_a_target_that_asks_for_tls_is_reached_over_tls_by_every_operation(
+    pg_cluster: PgCluster,
+) -> None:
+    """``sslmode=require``: the admin's connections (rotate, an ephemeral role made and
+    dropped, an elevation given and taken back) and the account's own login (verify) all go
+    over TLS. While the test runs the cluster refuses these roles any other way, which the
+    same target with ``sslmode=disable`` shows."""
+    admin, admin_password = unique("tls_admin"), secret()
+    user, password, new = unique("tls_user"), secret(), secret()
+    ephemeral, role = unique("tls_eph"), unique("tls_role")
+    make_login_role(pg_cluster, admin, admin_password)
+    pg_cluster.sql(sql.SQL("ALTER ROLE {} SUPERUSER").format(sql.Identifier(admin)))
+    make_login_role(pg_cluster, user, password)
+    pg_cluster.create_role(role, "NOLOGIN")
+    template = AccountTemplate(name="t", grant_roles=(role,))
+    over_tls = pg_cluster.target("pgtls", sslmode="require")
+    over_tls = type(over_tls)(over_tls.name, over_tls.options, admin, admin_password)
+    plain = type(over_tls)(
+        over_tls.name, {**over_tls.options, "sslmode": "disable"}, admin, admin_password
+    )
+    try:
+        with pg_cluster.tls_only(admin, user, ephemeral):
+            assert run(PLUGIN.verify(over_tls, user, password)) is True
+            run(PLUGIN.rotate(over_tls, user, new))
+            assert run(PLUGIN.verify(over_tls, user, new)) is True
+            run(PLUGIN.create_account(over_tls, template, ephemeral, password, later()))
+            assert run(PLUGIN.verify(over_tls, ephemeral, password)) is True
+            run(PLUGIN.elevate(over_tls, user, role, later()))
+            assert run(PLUGIN.has_role(over_tls, user, role)) is True
+            run(PLUGIN.revoke(over_tls, user, role))
+            assert not is_member(pg_cluster, user, role)
+            run(PLUGIN.drop_account(over_tls, template, ephemeral))
+            assert not pg_cluster.role_exists(ephemeral)
+            # without TLS the cluster refuses them: the operations above went over TLS
+            assert run(PLUGIN.verify(plain, user, new)) is False
+            with pytest.raises(TargetRejected):
+                run(PLUGIN.rotate(plain, user, secret()))
+        assert pg_cluster.can_login(user, new)
+    finally:
+        for name in (ephemeral, user, role, admin):
+            pg_cluster.drop_role(name)
+
+
 # -- ephemeral accounts -----------------------------------------------------------------------
 
 
