@@ -126,6 +126,12 @@ class TlsSession(Harness):
             None,
         )
 
+    def close(self) -> None:
+        super().close()
+        # a session never handed over still holds the proxy's ends (detached ones: no-ops)
+        self.proxy_client.close()
+        self.proxy_server.close()
+
 
 @pytest.fixture
 def session(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> Iterator[TlsSession]:
@@ -193,3 +199,15 @@ def test_only_handshaken_connections_of_pythons_ssl_are_taken(
         b.close()
     finally:
         engine.stop()
+
+
+def test_a_session_is_taken_with_its_tls_sides_unless_one_cannot_be_or_tls_is_turned_off(
+    session: TlsSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handshaken = session.server
+    connection = handshaken._sslobj  # type: ignore[attr-defined]
+    assert native.tls_connections((handshaken, None)) == (connection, None)
+    assert native.tls_connections((None, handshaken)) == (None, connection)
+    monkeypatch.setenv("JITVAULT_PG_NATIVE_TLS", "0")
+    assert native.tls_connections((handshaken, None)) is None
+    assert native.tls_connections((None, None)) == (None, None)  # plain sessions stay native
