@@ -80,6 +80,12 @@ RECORDING_REFUSED = "the session recording cannot be stored"
 UPSTREAM_REFUSED_MESSAGE = (
     "the vaulted credential was refused by the target; an operator has been told"
 )
+#: the answer to a client that did not ask for TLS where the proxy requires it
+TLS_REQUIRED = pg.fatal_error(
+    SQLSTATE_INVALID_AUTHORIZATION,
+    "this proxy requires TLS",
+    hint="connect with sslmode=require (as jitvault connect prints)",
+)
 
 
 _READY = ord("Z")
@@ -467,6 +473,16 @@ class _Connection:
                         await up.send_cancel(target.endpoint, target.pid, target.secret_key)
                     return None
                 case pg.StartupMessage():
+                    if self.ctx.require_tls and self.wire.tls is None:
+                        # before any authentication: nothing of the token is asked for
+                        self.end_reason = "client without TLS refused"
+                        log.info(
+                            "postgres proxy: a client from %s without TLS refused"
+                            " (server.pg_proxy_require_tls)",
+                            self.source,
+                        )
+                        await self.fail(TLS_REQUIRED)
+                        return None
                     return message
                 case _:  # the codec lets nothing else through in this phase
                     raise pg.ProtocolViolation("unexpected message before the startup")

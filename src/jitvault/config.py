@@ -63,6 +63,10 @@ class ServerSettings(BaseModel):
     #: one PostgreSQL state store share them (the kernel spreads the connections). Off by
     #: default: any process of this user that sets it too could take a share of the clients.
     proxy_reuse_port: bool = False
+    #: refuse PostgreSQL clients that do not ask for TLS (libpq's sslmode=require and up do):
+    #: without it SCRAM still keeps their token off the wire, but their queries and results
+    #: travel in clear
+    pg_proxy_require_tls: bool = False
     #: a live session whose proxy node has not said it holds it for this long (a heartbeat
     #: every quarter of it) is ended by any node: that node crashed or was killed
     session_lost_seconds: float = Field(default=60.0, ge=1.0)

@@ -75,12 +75,17 @@ def proxy_world(
     cluster: PgCluster,
     policy: str,
     relay: str = "native",
+    settings: dict[str, str] | None = None,
 ) -> Iterator[ProxyWorld]:
     """A server on a scratch store of ``db_kind`` with ``cluster`` registered as ``TARGET``
     (and as ``TLS_TARGET``), ``policy`` applied and the proxy listening; alice requests;
     ``relay``: ``python`` for a server whose sessions all stay in the Python relay
-    (``JITVAULT_PG_NATIVE_RELAY=0``, :data:`RELAYS`)."""
-    server_env = cli_env(JITVAULT_PG_NATIVE_RELAY="0") if relay == "python" else None
+    (``JITVAULT_PG_NATIVE_RELAY=0``, :data:`RELAYS`); ``settings``: more of the server's
+    environment (``JITVAULT_SERVER__...``)."""
+    env = dict(settings or {})
+    if relay == "python":
+        env["JITVAULT_PG_NATIVE_RELAY"] = "0"
+    server_env = cli_env(**env) if env else None
     with server_world(
         ProxyWorld, db_kind, tmp, "alice", server_env=server_env, cluster=cluster, relay=relay
     ) as w:
@@ -1367,6 +1372,41 @@ def test_a_session_is_relayed_where_its_server_says_with_tls_on_either_side(
     else:
         assert f"{line}{' (TLS)' if tls else ''}\n" in log
     assert "Traceback" not in log
+
+
+def test_a_proxy_that_requires_tls_refuses_a_client_without_it_before_asking_for_a_token(
+    db_kind: str, tmp_path: Path, pg_cluster: PgCluster
+) -> None:
+    """``server.pg_proxy_require_tls``: a client that does not ask for TLS is answered FATAL
+    28000 right after its StartupMessage, before any authentication request (nothing of its
+    token is asked for); one that asks for it logs in; a cancel request (never encrypted in
+    the protocol) is still taken."""
+    policy = (
+        f"rules:\n  - name: tls-only\n    match: {{targets: [{TARGET}]}}\n    auto_approve: true\n"
+    )
+    settings = {"JITVAULT_SERVER__PG_PROXY_REQUIRE_TLS": "true"}
+    with proxy_world(db_kind, tmp_path, pg_cluster, policy, settings=settings) as w:
+        access = _access(w)
+        info = _connect_info(w, access)
+        with socket.create_connection(("127.0.0.1", info["port"]), timeout=10) as raw:
+            raw.sendall(pg.startup_message({"user": info["user"], "database": info["dbname"]}))
+            answer = b""
+            for _ in range(100):  # bounded: until the proxy closes
+                chunk = raw.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer[:1] == b"E", answer  # no 'R' (authentication request) came first
+        assert b"C28000\x00" in answer
+        assert b"this proxy requires TLS" in answer
+        with pytest.raises(psycopg.OperationalError, match="this proxy requires TLS"):
+            _psycopg(info, sslmode="disable").close()
+        with _psycopg(info, sslmode="require") as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (access.role,)
+            conn.cancel_safe(timeout=10)  # the cancel request goes in clear, as libpq sends it
+        log = w.server.log.read_text(errors="replace")
+        assert "without TLS refused (server.pg_proxy_require_tls)" in log
+        assert "Traceback" not in log
 
 
 @RELAYS

@@ -121,6 +121,9 @@ class ProxyContext(Protocol):
     #: bind the listener with SO_REUSEPORT (``server.proxy_reuse_port``: several processes of
     #: the node share the port); False unless the operator opted in
     reuse_port: bool
+    #: refuse a client that does not ask for TLS before it logs in
+    #: (``server.pg_proxy_require_tls``; SSH is always encrypted)
+    require_tls: bool
 
     async def token_verifier(self, token_id: str, source: str) -> Sensitive[str] | None:
         """The SCRAM-SHA-256 verifier of a session token, or None if there is no such token.

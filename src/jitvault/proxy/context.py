@@ -53,6 +53,7 @@ class NodeProxyContext:
         self._closing: set[asyncio.Future[bool]] = set()
         self.state_dir = node.settings.data_dir / "proxy" / protocol
         self.reuse_port = node.settings.server.proxy_reuse_port
+        self.require_tls = node.settings.server.pg_proxy_require_tls
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def token_verifier(self, token_id: str, source: str) -> Sensitive[str] | None:
