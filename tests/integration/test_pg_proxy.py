@@ -1403,7 +1403,15 @@ def test_a_proxy_that_requires_tls_refuses_a_client_without_it_before_asking_for
             _psycopg(info, sslmode="disable").close()
         with _psycopg(info, sslmode="require") as conn:
             assert conn.execute("SELECT current_user").fetchone() == (access.role,)
-            conn.cancel_safe(timeout=10)  # the cancel request goes in clear, as libpq sends it
+            # libpq sends its cancel request in clear (it is no login): it still cancels
+            timer = threading.Timer(1.0, conn.cancel)
+            timer.start()
+            try:
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    conn.execute("SELECT pg_sleep(30)")
+            finally:
+                timer.cancel()
+                timer.join(5)
         log = w.server.log.read_text(errors="replace")
         assert "without TLS refused (server.pg_proxy_require_tls)" in log
         assert "Traceback" not in log
