@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import time
+import zlib
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 
@@ -471,7 +472,7 @@ def test_statements_handed_over_together_count_one_by_one_in_batches_and_refusal
     asyncio.run(sink.flush())
     assert len(sink) == 0
     # 3 + 3 reach the batch of 5: two writes, one chunk row each
-    assert [kind for kind, _ in _rows(booted.node, sid)] == [sessions.CHUNK_KIND] * 2
+    assert [kind for kind, _ in _rows(booted.node, sid)] == [sessions.DEFLATED_CHUNK_KIND] * 2
     assert _texts(booted.node, sid) == [f"SELECT {n}{i}" for n in range(3) for i in range(3)]
 
 
@@ -495,7 +496,9 @@ def test_a_batch_of_a_sessions_events_is_one_sealed_chunk_row_read_back_in_order
         sink.add_statement(sid, "simple", f"SELECT 'chunked-{i}'".encode())
     asyncio.run(sink.flush())
     rows = _rows(booted.node, sid)
-    assert [kind for kind, _ in rows] == [sessions.CHUNK_KIND] * 3  # batches of 100, 100, 50
+    assert [kind for kind, _ in rows] == [
+        sessions.DEFLATED_CHUNK_KIND
+    ] * 3  # batches of 100, 100, 50
     assert all(data.startswith("jv1:") and "chunked" not in data for _, data in rows)
     events = sessions.session_events(booted.node, sid)
     assert [e["data"]["text"] for e in events] == [f"SELECT 'chunked-{i}'" for i in range(250)]
@@ -520,15 +523,21 @@ def test_each_events_time_is_kept_to_the_microsecond_inside_a_chunk(booted: Boot
     assert all(e["ts"].utcoffset() == timedelta(0) for e in events)
 
 
-def test_rows_of_one_event_each_written_before_chunks_are_still_read_in_order(
+def test_rows_written_before_chunks_and_before_compression_are_still_read_in_order(
     booted: Booted,
 ) -> None:
+    """Earlier versions wrote one event per row, then chunks as plain JSON (CHUNK_KIND): a
+    session recorded then is read back whole next to what is written now."""
     sid, sink = _session_with_sink(booted)
     node = booted.node
     old = [("query", {"text": "SELECT 'old-1'", "kind": "simple"}), ("note", {"text": "old-2"})]
-    with node.write() as tx:  # the rows record_events wrote before chunks: one event each
-        ids = session_store.reserve_event_ids(tx.conn, len(old))
-        payloads = [Sensitive(json.dumps(data).encode()) for _, data in old]
+    old_chunk = [("query", {"kind": "simple", "text": "SELECT 'old-3'"}), ("note", {"n": 4})]
+    rows = [(kind, json.dumps(data).encode()) for kind, data in old]
+    entries = [sessions.chunk_entry(i, kind, data) for i, (kind, data) in enumerate(old_chunk)]
+    rows.append((sessions.CHUNK_KIND, ("[" + ",".join(entries) + "]").encode()))
+    with node.write() as tx:
+        ids = session_store.reserve_event_ids(tx.conn, len(rows))
+        payloads = [Sensitive(payload) for _, payload in rows]
         term, envelopes = sealed.seal_new(
             tx.conn, tx.keyring, SESSION_EVENT_DATA, list(zip(ids, payloads, strict=True))
         )
@@ -536,22 +545,47 @@ def test_rows_of_one_event_each_written_before_chunks_are_still_read_in_order(
             tx.conn,
             [
                 (i, sid, kind, node.clock(), env)
-                for i, (kind, _), env in zip(ids, old, envelopes, strict=True)
+                for i, (kind, _), env in zip(ids, rows, envelopes, strict=True)
             ],
             term,
         )
     sink.add_statement(sid, "simple", b"SELECT 'new-1'")
     sink.add(sid, "note", {"text": "new-2"})
     asyncio.run(sink.flush())
-    assert [kind for kind, _ in _rows(node, sid)] == ["query", "note", sessions.CHUNK_KIND]
+    assert [kind for kind, _ in _rows(node, sid)] == [
+        "query",
+        "note",
+        sessions.CHUNK_KIND,
+        sessions.DEFLATED_CHUNK_KIND,
+    ]
     assert [(e["kind"], e["data"]) for e in sessions.session_events(node, sid)] == [
         *old,
+        *old_chunk,
         ("query", {"text": "SELECT 'new-1'", "kind": "simple"}),
         ("note", {"text": "new-2"}),
     ]
 
 
-@pytest.mark.parametrize("kind", [sessions.CHUNK_KIND, sessions.STATEMENTS_ENTRY])
+def test_a_chunk_is_compressed_before_it_is_sealed(booted: Booted) -> None:
+    """Statements repeat: a chunk of them is stored in a fraction of its JSON's size, and read
+    back whole."""
+    sid, sink = _session_with_sink(booted)
+    texts = [
+        f"SELECT abalance FROM pgbench_accounts WHERE aid = {i * 7919 % 100_000};"
+        for i in range(2_000)
+    ]
+    sink.add_statements(sid, [("simple", text.encode()) for text in texts])
+    asyncio.run(sink.flush())
+    ((kind, data),) = _rows(booted.node, sid)
+    assert kind == sessions.DEFLATED_CHUNK_KIND
+    json_size = sum(len(json.dumps({"kind": "simple", "text": text})) for text in texts)
+    assert len(data) < json_size / 4
+    assert _texts(booted.node, sid) == texts
+
+
+@pytest.mark.parametrize(
+    "kind", [sessions.CHUNK_KIND, sessions.DEFLATED_CHUNK_KIND, sessions.STATEMENTS_ENTRY]
+)
 def test_an_event_cannot_take_a_kind_the_stored_format_keeps(booted: Booted, kind: str) -> None:
     sid, sink = _session_with_sink(booted)
     with pytest.raises(ValueError, match=kind):
@@ -582,9 +616,11 @@ def test_statement_texts_of_any_bytes_are_stored_as_the_json_encoder_would_store
         (row_id,) = conn.execute(
             select(t.session_events.c.id).where(t.session_events.c.session_id == sid)
         ).scalars()
-    raw = booted.node.vault.keyring.decrypt(
-        envelope, sealed.context_for(SESSION_EVENT_DATA, row_id)
-    ).reveal()
+    raw = zlib.decompress(
+        booted.node.vault.keyring.decrypt(
+            envelope, sealed.context_for(SESSION_EVENT_DATA, row_id)
+        ).reveal()
+    )
     entries = json.loads(raw)
     assert (
         raw.decode()
