@@ -633,29 +633,41 @@ def test_a_session_whose_credential_cannot_be_handed_out_is_refused_and_ended_at
         node.close()
 
 
+def _scram_login(
+    s: socket.socket, user: str, password: str, keys: list[pg.BackendKeyData] | None = None
+) -> pg.ErrorResponse | None:
+    """Log in on ``s`` with a minimal client of our own (SCRAM, the server's proof checked):
+    None once ReadyForQuery came, else the error the proxy answered, with the exact fields it
+    sent (libpq does not hand a failed login's SQLSTATE to psycopg). The cancel key the proxy
+    hands out is appended to ``keys``."""
+    s.sendall(pg.startup_message({"user": user, "database": "postgres"}))
+    reader = pg.BackendReader()
+    scram = ScramClient(Sensitive(password))
+    while data := s.recv(65536):
+        for m in reader.feed(data):
+            if isinstance(m, pg.AuthenticationSASL):
+                assert m.mechanisms == (MECHANISM,)
+                s.sendall(pg.sasl_initial_response(MECHANISM, scram.first_message()))
+            elif isinstance(m, pg.AuthenticationSASLContinue):
+                s.sendall(pg.sasl_response(scram.handle_server_first(m.data)))
+            elif isinstance(m, pg.AuthenticationSASLFinal):
+                scram.verify_server_final(m.data)
+            elif isinstance(m, pg.ErrorResponse):
+                return m
+            elif isinstance(m, pg.BackendKeyData) and keys is not None:
+                keys.append(m)
+            elif isinstance(m, pg.ReadyForQuery):
+                return None
+    raise AssertionError("the proxy closed during login")
+
+
 def _raw_login(port: int, user: str, password: str) -> pg.ErrorResponse | None:
-    """Log in with a minimal client of our own (plain TCP, SCRAM) to see the exact error
-    fields the proxy sends (libpq does not hand a failed login's SQLSTATE to psycopg).
-    None: logged in."""
+    """Log in and leave (plain TCP, :func:`_scram_login`): None if logged in, else the error."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(pg.startup_message({"user": user, "database": "postgres"}))
-        reader = pg.BackendReader()
-        scram = ScramClient(Sensitive(password))
-        while data := s.recv(65536):
-            for m in reader.feed(data):
-                if isinstance(m, pg.AuthenticationSASL):
-                    assert m.mechanisms == (MECHANISM,)
-                    s.sendall(pg.sasl_initial_response(MECHANISM, scram.first_message()))
-                elif isinstance(m, pg.AuthenticationSASLContinue):
-                    s.sendall(pg.sasl_response(scram.handle_server_first(m.data)))
-                elif isinstance(m, pg.AuthenticationSASLFinal):
-                    scram.verify_server_final(m.data)
-                elif isinstance(m, pg.ErrorResponse):
-                    return m
-                elif isinstance(m, pg.ReadyForQuery):
-                    s.sendall(pg.terminate())
-                    return None
-    raise AssertionError("the proxy closed without an answer")
+        error = _scram_login(s, user, password)
+        if error is None:
+            s.sendall(pg.terminate())
+        return error
 
 
 def _assert_plain_auth_failure(port: int, user: str, password: str) -> None:
@@ -1136,25 +1148,14 @@ def test_a_statement_that_cannot_be_recorded_cuts_its_session_with_57P01(
 def _raw_session(
     port: int, user: str, password: str, keys: list[pg.BackendKeyData] | None = None
 ) -> socket.socket:
-    """A logged-in connection of our own (plain TCP, SCRAM), after its ReadyForQuery; the
-    cancel key the proxy handed out is appended to ``keys``."""
+    """A logged-in connection of our own (plain TCP, :func:`_scram_login`), after its
+    ReadyForQuery; the cancel key the proxy handed out is appended to ``keys``."""
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    s.sendall(pg.startup_message({"user": user, "database": "postgres"}))
-    reader = pg.BackendReader()
-    scram = ScramClient(Sensitive(password))
-    while data := s.recv(65536):
-        for m in reader.feed(data):
-            if isinstance(m, pg.AuthenticationSASL):
-                s.sendall(pg.sasl_initial_response(MECHANISM, scram.first_message()))
-            elif isinstance(m, pg.AuthenticationSASLContinue):
-                s.sendall(pg.sasl_response(scram.handle_server_first(m.data)))
-            elif isinstance(m, pg.ErrorResponse):
-                raise AssertionError(f"login failed: {m.sqlstate}")
-            elif isinstance(m, pg.BackendKeyData) and keys is not None:
-                keys.append(m)
-            elif isinstance(m, pg.ReadyForQuery):
-                return s
-    raise AssertionError("the proxy closed during login")
+    error = _scram_login(s, user, password, keys)
+    if error is not None:
+        s.close()
+        raise AssertionError(f"login failed: {error.sqlstate}")
+    return s
 
 
 class PeakRss:
@@ -1390,12 +1391,7 @@ def test_a_proxy_that_requires_tls_refuses_a_client_without_it_before_asking_for
         info = _connect_info(w, access)
         with socket.create_connection(("127.0.0.1", info["port"]), timeout=10) as raw:
             raw.sendall(pg.startup_message({"user": info["user"], "database": info["dbname"]}))
-            answer = b""
-            for _ in range(100):  # bounded: until the proxy closes
-                chunk = raw.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
+            answer = _until_closed(raw)
         assert answer[:1] == b"E", answer  # no 'R' (authentication request) came first
         assert b"C28000\x00" in answer
         assert b"this proxy requires TLS" in answer
@@ -1404,14 +1400,7 @@ def test_a_proxy_that_requires_tls_refuses_a_client_without_it_before_asking_for
         with _psycopg(info, sslmode="require") as conn:
             assert conn.execute("SELECT current_user").fetchone() == (access.role,)
             # libpq sends its cancel request in clear (it is no login): it still cancels
-            timer = threading.Timer(1.0, conn.cancel)
-            timer.start()
-            try:
-                with pytest.raises(psycopg.errors.QueryCanceled):
-                    conn.execute("SELECT pg_sleep(30)")
-            finally:
-                timer.cancel()
-                timer.join(5)
+            _assert_cancel_stops_a_running_query(conn)
         log = w.server.log.read_text(errors="replace")
         assert "without TLS refused (server.pg_proxy_require_tls)" in log
         assert "Traceback" not in log
@@ -1455,10 +1444,8 @@ def test_a_malformed_message_after_login_gets_08P01_from_the_native_relay_and_is
     with _raw_session(info["port"], info["user"], info["password"]) as s:
         # a good statement, then in the same segment a message of a type no client sends
         s.sendall(pg.query(f"SELECT '{marker}-before'") + b"Z" + struct.pack("!i", 4))
-        reader, got = pg.BackendReader(), list[pg.Message]()
         s.settimeout(10)
-        while data := s.recv(65536):
-            got += reader.feed(data)
+        got = pg.BackendReader().feed(_until_closed(s))
     errors = [m for m in got if isinstance(m, pg.ErrorResponse)]
     assert [(e.sqlstate, e.message) for e in errors] == [
         ("08P01", "unknown frontend message type b'Z'")
@@ -1474,6 +1461,22 @@ def test_a_malformed_message_after_login_gets_08P01_from_the_native_relay_and_is
 # ------------------------------------------------------------------------------- cancel
 
 
+def _assert_cancel_stops_a_running_query(conn: psycopg.Connection[Any]) -> None:
+    """libpq's cancel (a CancelRequest on a connection of its own, sent a second after the
+    query) stops a ``pg_sleep(30)`` running on ``conn`` with 57014, well before it would end."""
+    timer = threading.Timer(1.0, conn.cancel)
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(psycopg.errors.QueryCanceled) as caught:
+            conn.execute("SELECT pg_sleep(30)")
+    finally:
+        timer.cancel()
+        timer.join(5)
+    assert caught.value.sqlstate == "57014"
+    assert time.monotonic() - started < 10
+
+
 @RELAYS
 def test_a_cancel_request_through_the_proxy_cancels_the_running_query(
     world: ProxyWorld,
@@ -1482,17 +1485,7 @@ def test_a_cancel_request_through_the_proxy_cancels_the_running_query(
     access = _access(world)
     info = _connect_info(world, access)
     with _psycopg(info, sslmode=sslmode) as conn:
-        timer = threading.Timer(1.0, conn.cancel)
-        timer.start()
-        started = time.monotonic()
-        try:
-            with pytest.raises(psycopg.errors.QueryCanceled) as caught:
-                conn.execute("SELECT pg_sleep(30)")
-        finally:
-            timer.cancel()
-            timer.join(5)
-        assert caught.value.sqlstate == "57014"
-        assert time.monotonic() - started < 10
+        _assert_cancel_stops_a_running_query(conn)
         # the session goes on after a cancelled query
         assert conn.execute("SELECT current_user").fetchone() == (access.role,)
 
@@ -1502,6 +1495,18 @@ def _cancel_request(port: int, pid: int, key: bytes) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(pg.cancel_request(pid, key))
         assert s.recv(1) == b""
+
+
+def _until_closed(s: socket.socket, reads: int = 1_000) -> bytes:
+    """Everything the proxy sends on ``s`` until it closes (bounded: ``reads`` reads, each
+    within the socket's timeout)."""
+    answer = b""
+    for _ in range(reads):
+        chunk = s.recv(65536)
+        if not chunk:
+            return answer
+        answer += chunk
+    raise AssertionError(f"the proxy did not close after {reads} reads")
 
 
 def _query_outcome(s: socket.socket, text: str) -> str:
