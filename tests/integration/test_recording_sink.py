@@ -496,9 +496,8 @@ def test_a_batch_of_a_sessions_events_is_one_sealed_chunk_row_read_back_in_order
         sink.add_statement(sid, "simple", f"SELECT 'chunked-{i}'".encode())
     asyncio.run(sink.flush())
     rows = _rows(booted.node, sid)
-    assert [kind for kind, _ in rows] == [
-        sessions.DEFLATED_CHUNK_KIND
-    ] * 3  # batches of 100, 100, 50
+    # batches of 100, 100, 50
+    assert [kind for kind, _ in rows] == [sessions.DEFLATED_CHUNK_KIND] * 3
     assert all(data.startswith("jv1:") and "chunked" not in data for _, data in rows)
     events = sessions.session_events(booted.node, sid)
     assert [e["data"]["text"] for e in events] == [f"SELECT 'chunked-{i}'" for i in range(250)]
