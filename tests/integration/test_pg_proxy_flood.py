@@ -10,14 +10,20 @@ of their own: meanwhile a live session's statements are still written, and a rev
 cuts it within the bound. The floods are logins of our own client, each from its own loopback
 address (127.0.0.0/8), stopped where the proxy looks the token up.
 
+The TLS handshakes of clients that have proven nothing run on the proxy's loop, the one that
+cuts sessions: a flood of them (each a ClientHello the proxy answers with its key exchange and
+signature, then gone) still lets a revoke cut a live session within the bound.
+
 Always on PostgreSQL (a table lock that readers wait for), whatever ``--db`` says.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import socket
+import ssl
 import threading
 import time
 import tomllib
@@ -112,69 +118,173 @@ def _unproven_logins(port: int, role: str, sources: list[str]) -> Iterator[None]
             s.close()
 
 
+class _Queries:
+    """A live session's statements, one every 5 ms in a thread of their own, until the proxy
+    cuts the session (its error and when it came are kept)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        conn.prepare_threshold = None  # every execution sends its text (a Parse) to be recorded
+        # a FATAL that reaches libpq between two queries is handed to the notice handler
+        self.notices: list[str] = []
+        conn.add_notice_handler(lambda diag: self.notices.append(str(diag.message_primary)))
+        self.done = 0
+        self.error: str | None = None
+        self.at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.conn.execute("SELECT %s::text", [secrets.token_hex(4)])
+                self.done += 1
+                time.sleep(0.005)
+        except psycopg.Error as exc:
+            self.error, self.at = str(exc), time.monotonic()
+
+    def __enter__(self) -> _Queries:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.conn.close()
+        assert not self._thread.is_alive()
+
+    def __repr__(self) -> str:
+        return f"<{self.done} queries, error {self.error!r}>"
+
+    def assert_cut_by_revoke(self, world: ProxyWorld, grant_id: int) -> None:
+        """Revoke the session's grant (``jitvault grant revoke``): the session is cut, its
+        client told why, within the bound of the revoke's start."""
+        revoked = time.monotonic()
+        world.revoke(grant_id)
+        self._thread.join(CUT_BOUND_SECONDS + 10)
+        assert not self._thread.is_alive(), "the revoked session was not cut"
+        told = [str(self.error), *self.notices]
+        assert any("terminating connection: access grant revoked" in m for m in told), told
+        assert self.at - revoked < CUT_BOUND_SECONDS
+
+
 def test_a_login_flood_on_a_slow_store_holds_back_neither_recordings_nor_a_revoke(
     world: ProxyWorld,
 ) -> None:
     access = _access(world)
     info = _connect_info(world, access)
     store = _store(world)
-    conn = _psycopg(info, sslmode="disable")
-    conn.prepare_threshold = None  # every execution sends its text (a Parse) to be recorded
-    # a FATAL that reaches libpq between two queries is handed to the notice handler
-    notices: list[str] = []
-    conn.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
-    session_id = int(world.cli("session", "list", "--live", env=world.admin_env)[0]["id"])
-    queries: dict[str, Any] = {"done": 0, "error": None, "at": None}
-    stop = threading.Event()
-
-    def run_queries() -> None:
-        try:
-            while not stop.is_set():
-                conn.execute("SELECT %s::text", [secrets.token_hex(4)])
-                queries["done"] += 1
-                time.sleep(0.005)
-        except psycopg.Error as exc:
-            queries["error"], queries["at"] = str(exc), time.monotonic()
-
     locker = psycopg.connect(store)
-    querying = threading.Thread(target=run_queries, daemon=True)
-    flooding = contextlib.ExitStack()
+    # an unknown token from each of FLOOD addresses: each lookup waits for the lock
+    sources = [f"127.0.0.{10 + i}" for i in range(FLOOD)]
     try:
-        querying.start()
-        locker.execute("LOCK TABLE session_tokens IN ACCESS EXCLUSIVE MODE")
-        # an unknown token from each of FLOOD addresses: each lookup waits for the lock
-        sources = [f"127.0.0.{10 + i}" for i in range(FLOOD)]
-        flooding.enter_context(_unproven_logins(info["port"], access.role, sources))
-        deadline = time.monotonic() + 20
-        while _waiting_lookups(store) < 4:  # the shared pool is busy waiting
-            assert time.monotonic() < deadline, "the flood's lookups never reached the store"
-            time.sleep(0.1)
-        # recordings are still written
-        before = _recorded_rows(store, session_id)
-        deadline = time.monotonic() + 10
-        while _recorded_rows(store, session_id) <= before:
-            assert time.monotonic() < deadline, (
-                f"no recording was written during the flood {queries}"
-            )
-            time.sleep(0.2)
-        assert queries["error"] is None, queries
-        # and a revoke still cuts the session in time
-        world.revoke(access.grant_id)
-        revoked = time.monotonic()
-        querying.join(CUT_BOUND_SECONDS + 10)
-        assert not querying.is_alive(), "the revoked session was not cut"
-        told = [str(queries["error"]), *notices]
-        assert any("terminating connection: access grant revoked" in m for m in told), told
-        assert queries["at"] - revoked < CUT_BOUND_SECONDS
-        assert _waiting_lookups(store) >= 1  # all of it while the store was still locked
+        with _Queries(_psycopg(info, sslmode="disable")) as queries:
+            session_id = int(world.cli("session", "list", "--live", env=world.admin_env)[0]["id"])
+            locker.execute("LOCK TABLE session_tokens IN ACCESS EXCLUSIVE MODE")
+            with _unproven_logins(info["port"], access.role, sources):
+                _flooded(store, session_id, queries)
+                # and a revoke still cuts the session in time
+                queries.assert_cut_by_revoke(world, access.grant_id)
+                assert _waiting_lookups(store) >= 1  # all of it while the store was still locked
     finally:
-        stop.set()
         locker.rollback()
         locker.close()
-        flooding.close()
-        querying.join(10)
-        conn.close()
-    assert not querying.is_alive()
+
+
+def _flooded(store: str, session_id: int, queries: _Queries) -> None:
+    """The flood's lookups wait in the shared pool, and the session's recordings are still
+    written."""
+    deadline = time.monotonic() + 20
+    while _waiting_lookups(store) < 4:  # the shared pool is busy waiting
+        assert time.monotonic() < deadline, "the flood's lookups never reached the store"
+        time.sleep(0.1)
+    before = _recorded_rows(store, session_id)
+    deadline = time.monotonic() + 10
+    while _recorded_rows(store, session_id) <= before:
+        assert time.monotonic() < deadline, f"no recording was written during the flood {queries}"
+        time.sleep(0.2)
+    assert queries.error is None, queries
+
+
+#: clients of a TLS flood at once, and the handshakes it starts at most (whatever the time)
+TLS_FLOOD = 300
+TLS_FLOOD_MAX = 100_000
+
+
+def _client_hello() -> bytes:
+    """A TLS ClientHello, sent as it is by every client of a flood: the proxy does the work of
+    a handshake (a key exchange, a signature) for each, and the client none."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_side=False)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@contextlib.contextmanager
+def _tls_hellos(port: int) -> Iterator[dict[str, int]]:
+    """TLS_FLOOD clients at once, each making the proxy start one TLS handshake after another
+    (an SSLRequest, a ClientHello, the first byte of the proxy's answer read, closed): how many
+    the proxy answered (``answered``) and how many went otherwise (``failed``) in the dict.
+    Stopped on exit (at most TLS_FLOOD_MAX handshakes in all)."""
+    counts = {"answered": 0, "failed": 0}
+    stop = threading.Event()
+    hello = _client_hello()
+
+    async def handshake() -> bool:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(pg.ssl_request())
+            if await reader.readexactly(1) != b"S":
+                return False
+            writer.write(hello)
+            return await reader.read(1) != b""
+        finally:
+            writer.close()
+
+    async def client() -> None:
+        while not stop.is_set() and counts["answered"] + counts["failed"] < TLS_FLOOD_MAX:
+            try:
+                answered = await asyncio.wait_for(handshake(), 5)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                answered = False
+            counts["answered" if answered else "failed"] += 1
+
+    async def flood() -> None:
+        await asyncio.gather(*(client() for _ in range(TLS_FLOOD)))
+
+    flooding = threading.Thread(target=asyncio.run, args=(flood(),), daemon=True)
+    flooding.start()
+    try:
+        yield counts
+    finally:
+        stop.set()
+        flooding.join(30)
+        assert not flooding.is_alive()
+
+
+def test_a_tls_handshake_flood_holds_back_no_revoke(world: ProxyWorld) -> None:
+    access = _access(world)
+    info = _connect_info(world, access)
+    with (
+        _Queries(_psycopg(info, sslmode="disable")) as queries,
+        _tls_hellos(info["port"]) as hellos,
+    ):
+        deadline = time.monotonic() + 30
+        while hellos["answered"] < 2 * TLS_FLOOD:
+            assert time.monotonic() < deadline, f"the proxy answered no flood {hellos}"
+            time.sleep(0.1)
+        assert queries.error is None, queries
+        answered = hellos["answered"]
+        queries.assert_cut_by_revoke(world, access.grant_id)
+        assert hellos["answered"] > answered, hellos  # the flood went on meanwhile
+    # and the proxy serves a TLS client right after
+    info = _connect_info(world, _access(world))
+    with _psycopg(info) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_a_login_flood_from_one_address_holds_back_no_other_address_login(
