@@ -42,7 +42,10 @@ from typing import Any
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError, Unavailable
 from jitvault.plugin_api import (
+    TOO_MANY_LOGGING_IN,
+    TRY_AGAIN_SHORTLY_HINT,
     Cut,
+    LoginPlace,
     ProxyContext,
     ProxyListener,
     RenderedStatements,
@@ -86,11 +89,22 @@ TLS_REQUIRED = pg.fatal_error(
     "this proxy requires TLS",
     hint="connect with sslmode=require (as jitvault connect prints)",
 )
+#: the answer to a connection the core has no place for (as PostgreSQL answers when it cannot
+#: start a backend: before reading anything, which libpq shows in reply to its first message)
+BUSY = pg.fatal_error(
+    SQLSTATE_TOO_MANY_CONNECTIONS, TOO_MANY_LOGGING_IN, hint=TRY_AGAIN_SHORTLY_HINT
+)
 
 
 _READY = ord("Z")
 _NOTIFICATION = ord("A")
 _PID = struct.Struct("!i")  # a NotificationResponse's first field, BackendKeyData's too
+
+
+def _address(wire: Wire) -> str:
+    """The client's address (its source, as the core bounds it)."""
+    peer = wire.extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 def _now_us() -> int:
@@ -277,16 +291,22 @@ class PostgresFrontend:
         class ClientWire(Wire):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)
-                frontend.spawn(frontend.handle(self, ctx))
+                place = ctx.admit(_address(self))
+                if place is None:
+                    self.write(BUSY)
+                    frontend.spawn(self.close(LINGER_SECONDS))
+                else:
+                    frontend.spawn(frontend.handle(self, ctx, place))
 
         server = await asyncio.get_running_loop().create_server(
             ClientWire, host, port, reuse_port=ctx.reuse_port or None
         )
         return _Listener(server, self)
 
-    async def handle(self, wire: Wire, ctx: ProxyContext) -> None:
+    async def handle(self, wire: Wire, ctx: ProxyContext, place: LoginPlace) -> None:
         """Serve one client until its session relays (the relay then runs on callbacks and
-        finishes the connection itself), or to its end if it never gets that far."""
+        finishes the connection itself), or to its end if it never gets that far. ``place``:
+        its place among the connections logging in, given back when the login is over."""
         connection = _Connection(self, wire, ctx)
         relaying = False
         try:
@@ -294,6 +314,7 @@ class PostgresFrontend:
         except Exception as exc:  # a misbehaving client ends its own connection only
             log.warning("postgres proxy: a connection failed (%s)", type(exc).__name__)
         finally:
+            place.release()
             if not relaying:
                 await connection.finish()
 
@@ -389,8 +410,7 @@ class _Connection:
         self.ctx = ctx
         self.codec = pg.FrontendReader()
         self._pending: list[pg.Message] = []
-        peer = wire.extra_info("peername")
-        self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self.source = _address(wire)
         self.session: _Session | None = None
         self.end_reason = "client closed"
         self.relay: pg.FrontendRelay | None = None

@@ -35,7 +35,7 @@ import asyncssh
 
 from jitvault.domain import Sensitive
 from jitvault.errors import AuthError, JitvaultError
-from jitvault.plugin_api import Cut, ProxyContext, ProxyListener, SessionTicket
+from jitvault.plugin_api import Cut, LoginPlace, ProxyContext, ProxyListener, SessionTicket
 from jitvault_ssh import aead, relay
 from jitvault_ssh import connect as upstream_login
 
@@ -220,14 +220,22 @@ class _Server(asyncssh.SSHServer):
         self._opening: asyncio.Future[None] | None = None
         #: why that session did not open (what a channel waiting for it is told)
         self._refusal = "Session refused"
+        #: its place among the node's connections logging in (given back once authenticated)
+        self._logging_in: LoginPlace | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.source = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._logging_in = self.ctx.admit(self.source)
+        if self._logging_in is None:
+            # no place: closed before the version exchange, as sshd does over MaxStartups
+            # (SSH has no way to say why before it); the core logs the refusals
+            conn.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._logged_in()
         if self.session is not None:
             self.frontend.spawn(self.session.finish("client closed"))
 
@@ -294,7 +302,13 @@ class _Server(asyncssh.SSHServer):
         self._offered_key = (name, blob)
         return True
 
+    def _logged_in(self) -> None:
+        if self._logging_in is not None:
+            self._logging_in.release()
+            self._logging_in = None
+
     async def auth_completed(self) -> None:
+        self._logged_in()
         offered, self._offered_key = self._offered_key, None
         if self.session is not None or offered is None:
             return  # a token login: its session is open already

@@ -74,6 +74,12 @@ class ServerSettings(BaseModel):
     #: that have proven nothing yet (a flood from one address cannot hold back the others'
     #: logins); clients behind one NAT or load balancer share an address
     proxy_preauth_per_source: int = Field(default=2, ge=1)
+    #: connections not logged in yet, across the node's proxies (sshd's MaxStartups): each
+    #: holds a socket and, for TLS, a handshake's work until it logs in or its login times out;
+    #: a new connection over the bound is refused at once
+    proxy_max_startups: int = Field(default=256, ge=1)
+    #: the same, from one client address (sshd's PerSourceMaxStartups)
+    proxy_max_startups_per_source: int = Field(default=64, ge=1)
 
 
 class AuthSettings(BaseModel):

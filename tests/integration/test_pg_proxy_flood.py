@@ -165,6 +165,7 @@ class _Queries:
         assert not self._thread.is_alive(), "the revoked session was not cut"
         told = [str(self.error), *self.notices]
         assert any("terminating connection: access grant revoked" in m for m in told), told
+        print(f"cut {self.at - revoked:.2f} s after the revoke started")
         assert self.at - revoked < CUT_BOUND_SECONDS
 
 
@@ -210,6 +211,8 @@ def _flooded(store: str, session_id: int, queries: _Queries) -> None:
 #: each leaves a loopback port in TIME_WAIT, and this stays well below their range)
 TLS_FLOOD = 300
 TLS_FLOOD_MAX = 20_000
+#: where a TLS flood comes from (the live session and the logins after come from 127.0.0.1)
+TLS_FLOOD_SOURCE = "127.0.0.7"
 
 
 def _client_hello() -> bytes:
@@ -227,32 +230,37 @@ def _client_hello() -> bytes:
 
 @contextlib.contextmanager
 def _tls_hellos(port: int) -> Iterator[dict[str, int]]:
-    """TLS_FLOOD clients at once, each making the proxy start one TLS handshake after another
-    (an SSLRequest, a ClientHello, the first byte of the proxy's answer read, closed): how many
-    the proxy answered (``answered``) and how many went otherwise (``failed``) in the dict.
-    Stopped on exit (at most TLS_FLOOD_MAX handshakes in all)."""
-    counts = {"answered": 0, "failed": 0}
+    """TLS_FLOOD clients at once from TLS_FLOOD_SOURCE, each making the proxy start one TLS
+    handshake after another (an SSLRequest, a ClientHello, the first byte of the proxy's answer
+    read, closed): in the dict, how many the proxy answered (``answered``), refused at once
+    (``refused``: the address's places among the connections logging in were all taken) and
+    how many went otherwise (``failed``). Stopped on exit (at most TLS_FLOOD_MAX connections
+    in all)."""
+    counts = {"answered": 0, "refused": 0, "failed": 0}
     stop = threading.Event()
     hello = _client_hello()
 
-    async def handshake() -> bool:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def handshake() -> str:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(TLS_FLOOD_SOURCE, 0)
+        )
         try:
             writer.write(pg.ssl_request())
-            if await reader.readexactly(1) != b"S":
-                return False
+            first = await reader.readexactly(1)
+            if first != b"S":
+                return "refused" if first == b"E" else "failed"
             writer.write(hello)
-            return await reader.read(1) != b""
+            return "answered" if await reader.read(1) != b"" else "failed"
         finally:
             writer.close()
 
     async def client() -> None:
-        while not stop.is_set() and counts["answered"] + counts["failed"] < TLS_FLOOD_MAX:
+        while not stop.is_set() and sum(counts.values()) < TLS_FLOOD_MAX:
             try:
-                answered = await asyncio.wait_for(handshake(), 5)
+                outcome = await asyncio.wait_for(handshake(), 5)
             except (OSError, asyncio.IncompleteReadError, TimeoutError):
-                answered = False
-            counts["answered" if answered else "failed"] += 1
+                outcome = "failed"
+            counts[outcome] += 1
 
     async def flood() -> None:
         await asyncio.gather(*(client() for _ in range(TLS_FLOOD)))
@@ -274,14 +282,22 @@ def test_a_tls_handshake_flood_holds_back_no_revoke(world: ProxyWorld) -> None:
         _Queries(_psycopg(info, sslmode="disable")) as queries,
         _tls_hellos(info["port"]) as hellos,
     ):
-        deadline = time.monotonic() + 30
+        started = time.monotonic()
         while hellos["answered"] < 2 * TLS_FLOOD:
-            assert time.monotonic() < deadline, f"the proxy answered no flood {hellos}"
+            assert time.monotonic() < started + 30, f"the proxy answered no flood {hellos}"
             time.sleep(0.1)
         assert queries.error is None, queries
         answered = hellos["answered"]
         queries.assert_cut_by_revoke(world, access.grant_id)
         assert hellos["answered"] > answered, hellos  # the flood went on meanwhile
+        took = time.monotonic() - started
+    print(
+        f"TLS flood: {hellos['answered'] / took:.0f} handshakes answered and"
+        f" {hellos['refused'] / took:.0f} connections refused a second ({hellos})"
+    )
+    # the flood's address had all its places among the connections logging in, no more
+    assert hellos["refused"] > 0, hellos
+    assert hellos["failed"] == 0, hellos
     # and the proxy serves a TLS client right after
     info = _connect_info(world, _access(world))
     with _psycopg(info) as conn:

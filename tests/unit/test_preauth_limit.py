@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
-from jitvault.proxy.preauth import PreAuthLimit
+import pytest
+
+from jitvault.proxy.preauth import LoginPlaces, PreAuthLimit
 
 
 class Lookups:
@@ -65,3 +68,42 @@ def test_a_caller_that_gives_up_waiting_starts_nothing_and_one_running_keeps_its
         assert len(limit) == 0
 
     asyncio.run(scenario())
+
+
+def test_login_places_bound_each_address_and_the_node_and_are_given_back_once() -> None:
+    places = LoginPlaces(most=3, per_source=2)
+    a1, a2 = places.admit("10.0.0.1"), places.admit("10.0.0.1")
+    assert a1 is not None
+    assert a2 is not None
+    assert places.admit("10.0.0.1") is None  # the address's bound
+    b1 = places.admit("10.0.0.2")
+    assert b1 is not None
+    assert places.admit("10.0.0.3") is None  # the node's bound, whatever the address
+    assert (len(places), places.refused) == (3, 2)
+    a1.release()
+    a1.release()  # a second release gives nothing back
+    assert (len(places), places.from_source("10.0.0.1")) == (2, 1)
+    assert places.admit("10.0.0.3") is not None
+    assert places.admit("10.0.0.1") is None  # the node is full again
+    for place in (a2, b1):
+        place.release()
+    assert places.from_source("10.0.0.1") == places.from_source("10.0.0.2") == 0
+    assert set(places._by_source) == {"10.0.0.3"}  # an address without logins leaves nothing
+
+
+def test_refusals_are_logged_at_most_every_ten_seconds_with_their_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    places = LoginPlaces(most=1, per_source=1, clock=lambda: now[0])
+    assert places.admit("10.0.0.1") is not None
+    with caplog.at_level(logging.WARNING, logger="jitvault.proxy.preauth"):
+        for _ in range(80):
+            assert places.admit("10.0.0.2") is None
+            now[0] += 0.125
+        assert places.admit("10.0.0.2") is None  # 10 s after the first warning
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("proxy: 1 new connection(s) refused")
+    assert warnings[1].startswith("proxy: 80 new connection(s) refused")
+    assert "all 1 places of the node are taken (server.proxy_max_startups)" in warnings[1]

@@ -98,6 +98,17 @@ CONNECT_AGAIN_HINT = "Connect again: the access grant is unchanged."
 #: the cut of every live session of a node that stops (the grants stay live: their users may
 #: connect again, to another node or after the restart)
 NODE_STOPPING = Cut("the jitvault server is shutting down", grant_lives=True)
+#: what a client refused by :meth:`ProxyContext.admit` is told, where its protocol can say it
+TOO_MANY_LOGGING_IN = "too many connections are logging in to the proxy at once"
+TRY_AGAIN_SHORTLY_HINT = "Try again in a few seconds."
+
+
+class LoginPlace(Protocol):
+    """A connection's place among the node's connections that have not logged in yet."""
+
+    def release(self) -> None:
+        """Give the place back: the client has logged in, or its connection has ended.
+        Idempotent."""
 
 
 class SessionHandle(Protocol):
@@ -124,6 +135,15 @@ class ProxyContext(Protocol):
     #: refuse a client that does not ask for TLS before it logs in
     #: (``server.pg_proxy_require_tls``; SSH is always encrypted)
     require_tls: bool
+
+    def admit(self, source: str) -> LoginPlace | None:
+        """A place for a new connection from ``source`` (its address) among the node's
+        connections that have not logged in yet, which the core bounds in all and per address
+        (``server.proxy_max_startups``, ``server.proxy_max_startups_per_source``). None: no
+        place; the front end refuses the connection at once, before it reads from it, telling
+        the client :data:`TOO_MANY_LOGGING_IN` where its protocol allows. The front end asks
+        when the connection is made and releases the place once the client has logged in or
+        the connection has ended, whichever comes first."""
 
     async def token_verifier(self, token_id: str, source: str) -> Sensitive[str] | None:
         """The SCRAM-SHA-256 verifier of a session token, or None if there is no such token.
@@ -255,7 +275,10 @@ class ProtocolFrontend(Protocol):
 __all__ = [
     "CONNECT_AGAIN_HINT",
     "NODE_STOPPING",
+    "TOO_MANY_LOGGING_IN",
+    "TRY_AGAIN_SHORTLY_HINT",
     "Cut",
+    "LoginPlace",
     "ProtocolFrontend",
     "ProxyContext",
     "ProxyListener",

@@ -12,8 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from jitvault.domain import Sensitive
-from jitvault.plugin_api import RenderedStatements, SessionHandle, SessionTicket, TargetAccess
-from jitvault.proxy.preauth import PreAuthLimit
+from jitvault.plugin_api import (
+    LoginPlace,
+    RenderedStatements,
+    SessionHandle,
+    SessionTicket,
+    TargetAccess,
+)
+from jitvault.proxy.preauth import LoginPlaces, PreAuthLimit
 from jitvault.proxy.recording import RecordingSink, RecordingUnavailable
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node, sessions
@@ -39,12 +45,15 @@ class NodeProxyContext:
         protocol: str,
         ssl_context: ssl.SSLContext | None,
         preauth: PreAuthLimit,
+        logging_in: LoginPlaces,
     ) -> None:
         self.node = node
         self.registry = registry
         self.recordings = recordings
         #: the node's bound on lookups for clients that have proven nothing yet
         self.preauth = preauth
+        #: the node's bound on connections that have not logged in yet (every listener's)
+        self.logging_in = logging_in
         self.protocol = protocol
         self.ssl_context = ssl_context
         #: sessions opened and not registered yet: their deadlines and grants
@@ -55,6 +64,9 @@ class NodeProxyContext:
         self.reuse_port = node.settings.server.proxy_reuse_port
         self.require_tls = node.settings.server.pg_proxy_require_tls
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def admit(self, source: str) -> LoginPlace | None:
+        return self.logging_in.admit(source)
 
     async def token_verifier(self, token_id: str, source: str) -> Sensitive[str] | None:
         return await self.preauth.run(source, sessions.token_verifier, self.node, token_id)

@@ -1,4 +1,10 @@
-"""Store lookups for clients that have proven nothing yet, a few at a time per source address.
+"""Clients that have proven nothing yet: how many may be logging in, and their store lookups.
+
+:class:`LoginPlaces` bounds the connections of a node that have not logged in yet, in all and
+per source address (like sshd's MaxStartups and PerSourceMaxStartups, without the random early
+drops): each one holds a socket, buffers and, for TLS, a handshake's work until it logs in or
+its front end's login timeout ends it. A connection over a bound is refused at once, before
+anything is read from it.
 
 A login looks its token (or offered SSH key) up in the store before the client has proven
 anything, and so does a cancel request. Those lookups run in the proxy loop's shared thread
@@ -18,11 +24,101 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: at most one warning about refused connections per this many seconds (a flood logs a count)
+REFUSAL_LOG_SECONDS = 10.0
+
+
+class _LoginPlace:
+    """A connection's place among those logging in; :meth:`release` gives it back (once)."""
+
+    __slots__ = ("_places", "_source")
+
+    def __init__(self, places: LoginPlaces, source: str) -> None:
+        self._places: LoginPlaces | None = places
+        self._source = source
+
+    def release(self) -> None:
+        places, self._places = self._places, None
+        if places is not None:
+            places._release(self._source)
+
+
+class LoginPlaces:
+    """The connections of a node that have not logged in yet: at most ``most`` in all and
+    ``per_source`` from one address (``server.proxy_max_startups`` and
+    ``server.proxy_max_startups_per_source``). Clients behind one NAT or load balancer share an
+    address."""
+
+    def __init__(
+        self, most: int, per_source: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.most = most
+        self.per_source = per_source
+        self._clock = clock
+        self._by_source: dict[str, int] = {}
+        self._taken = 0
+        #: connections refused since the node started
+        self.refused = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def __len__(self) -> int:
+        """Connections logging in now."""
+        return self._taken
+
+    def from_source(self, source: str) -> int:
+        return self._by_source.get(source, 0)
+
+    def admit(self, source: str) -> _LoginPlace | None:
+        """A place for a new connection from ``source``; None when a bound is reached."""
+        held = self._by_source.get(source, 0)
+        if self._taken >= self.most:
+            self._refused(
+                f"all {self.most} places of the node are taken (server.proxy_max_startups)"
+            )
+            return None
+        if held >= self.per_source:
+            self._refused(
+                f"all {self.per_source} places of {source} are taken"
+                " (server.proxy_max_startups_per_source)"
+            )
+            return None
+        self._by_source[source] = held + 1
+        self._taken += 1
+        return _LoginPlace(self, source)
+
+    def _release(self, source: str) -> None:
+        self._taken -= 1
+        held = self._by_source[source] - 1
+        if held:
+            self._by_source[source] = held
+        else:
+            del self._by_source[source]
+
+    def _refused(self, why: str) -> None:
+        self.refused += 1
+        self._unlogged += 1
+        now = self._clock()
+        if self._logged_at is not None and now - self._logged_at < REFUSAL_LOG_SECONDS:
+            return
+        log.warning(
+            "proxy: %d new connection(s) refused since the last such warning: %s; raise the"
+            " bound if these are your clients",
+            self._unlogged,
+            why,
+        )
+        self._unlogged = 0
+        self._logged_at = now
 
 
 @dataclass
@@ -106,4 +202,4 @@ class PreAuthLimit:
             del self._sources[source]
 
 
-__all__ = ["Place", "PreAuthLimit"]
+__all__ = ["LoginPlaces", "Place", "PreAuthLimit"]

@@ -15,7 +15,7 @@ from jitvault.errors import Unavailable
 from jitvault.osthread import name_os_thread, named_thread_pool
 from jitvault.plugin_api import NODE_STOPPING, ProtocolFrontend, ProxyListener
 from jitvault.proxy.context import NodeProxyContext
-from jitvault.proxy.preauth import PreAuthLimit
+from jitvault.proxy.preauth import LoginPlaces, PreAuthLimit
 from jitvault.proxy.recording import RecordingSink
 from jitvault.proxy.registry import SessionRegistry
 from jitvault.services import Node
@@ -50,7 +50,9 @@ class ProxyServer:
         self.node = node
         self.registry = SessionRegistry(node)
         self.recordings = RecordingSink(node, on_failure=self.registry.cut)
-        self.preauth = PreAuthLimit(node.settings.server.proxy_preauth_per_source)
+        cfg = node.settings.server
+        self.preauth = PreAuthLimit(cfg.proxy_preauth_per_source)
+        self.logging_in = LoginPlaces(cfg.proxy_max_startups, cfg.proxy_max_startups_per_source)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -80,7 +82,13 @@ class ProxyServer:
             if frontend is None or kind not in ports:
                 continue
             ctx = NodeProxyContext(
-                self.node, self.registry, self.recordings, frontend.protocol, tls, self.preauth
+                self.node,
+                self.registry,
+                self.recordings,
+                frontend.protocol,
+                tls,
+                self.preauth,
+                self.logging_in,
             )
             listener = await frontend.listen(self.node.settings.server.listen, ports[kind], ctx)
             self._listeners.append(listener)
