@@ -4,7 +4,7 @@ proxies: a connection over a bound is refused at once (PostgreSQL: ``FATAL 53300
 SSH: closed before the version exchange, as sshd does), a logged-in session holds no place, and
 every way a login ends gives its place back.
 
-A real ``jitvault server`` with small bounds, real clients (``psql``, psycopg, OpenSSH ``ssh``)
+A real ``jitvault server`` with small bounds, real clients (``psql``, psycopg, OpenSSH, paramiko)
 from 127.0.0.1, and connections held half-way through a login from other loopback addresses.
 """
 
@@ -32,11 +32,23 @@ from tests.integration.test_pg_proxy import (
     proxy_world,
 )
 from tests.integration.test_pg_proxy_flood import _unproven_logins
+from tests.integration.test_ssh_proxy import TARGET as SSH_TARGET
+from tests.integration.test_ssh_proxy import SshWorld, _register
+from tests.integration.test_ssh_proxy import _access as _ssh_access
+from tests.integration.test_ssh_proxy import _connect_info as _ssh_connect_info
 from tests.pgcluster import PgCluster
+from tests.ssh_clients import dest, openssh, paramiko_client
+from tests.sshd import SshdServer
+from tests.support import cli_env, wait_port
+from tests.world import server_world
 
 MOST = 6
 PER_SOURCE = 3
 FULL = "too many connections are logging in to the proxy at once"
+SETTINGS = {
+    "JITVAULT_SERVER__PROXY_MAX_STARTUPS": str(MOST),
+    "JITVAULT_SERVER__PROXY_MAX_STARTUPS_PER_SOURCE": str(PER_SOURCE),
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +59,8 @@ def world(
         f"rules:\n  - name: places\n    match: {{targets: [{TARGET}]}}\n"
         "    auto_approve: true\n    max_connections: 20\n"
     )
-    settings = {
-        "JITVAULT_SERVER__PROXY_MAX_STARTUPS": str(MOST),
-        "JITVAULT_SERVER__PROXY_MAX_STARTUPS_PER_SOURCE": str(PER_SOURCE),
-    }
     tmp = tmp_path_factory.mktemp("places")
-    with proxy_world(db_kind, tmp, pg_cluster, policy, settings=settings) as w:
+    with proxy_world(db_kind, tmp, pg_cluster, policy, settings=SETTINGS) as w:
         yield w
 
 
@@ -246,3 +254,35 @@ def test_every_way_a_login_ends_gives_its_place_back(world: ProxyWorld) -> None:
     # and all of the address's places are free
     with _unproven_logins(world.pg_port, "nobody", ["127.0.0.6"] * PER_SOURCE):
         _assert_refused(_first_answer(world.pg_port, "127.0.0.6"))
+
+
+@pytest.fixture(scope="module")
+def ssh_world(
+    db_kind: str, tmp_path_factory: pytest.TempPathFactory, sshd_server: SshdServer
+) -> Iterator[SshWorld]:
+    tmp = tmp_path_factory.mktemp("sshplaces")
+    env = cli_env(**SETTINGS)
+    with server_world(SshWorld, db_kind, tmp, "alice", server_env=env, sshd=sshd_server) as w:
+        _register(w.admin_env, SSH_TARGET, sshd_server)
+        w.policy(
+            f"rules:\n  - name: places\n    match: {{targets: [{SSH_TARGET}]}}\n"
+            "    auto_approve: true\n    max_connections: 20\n"
+        )
+        wait_port(w.ssh_port, what="the SSH proxy")
+        yield w
+
+
+def test_logged_in_ssh_sessions_hold_no_place(ssh_world: SshWorld) -> None:
+    info = _ssh_connect_info(ssh_world, _ssh_access(ssh_world))
+    transports = []
+    try:
+        for _ in range(MOST + 2):
+            transport, _sock = paramiko_client(info)
+            transports.append(transport)
+            assert transport.is_authenticated()
+        done = openssh("ssh", info, dest(info), "echo in")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "in"
+    finally:
+        for transport in transports:
+            transport.close()
