@@ -11,8 +11,10 @@ cuts it within the bound. The floods are logins of our own client, each from its
 address (127.0.0.0/8), stopped where the proxy looks the token up.
 
 The TLS handshakes of clients that have proven nothing run on the proxy's loop, the one that
-cuts sessions: a flood of them (each a ClientHello the proxy answers with its key exchange and
-signature, then gone) still lets a revoke cut a live session within the bound.
+cuts sessions: a flood of them from one address (each a ClientHello the proxy answers with its
+key exchange and signature, then gone) gets at most that address's places among the
+connections logging in (``server.proxy_max_startups_per_source``; the rest are refused at
+once) and still lets a revoke cut a live session within the bound.
 
 Always on PostgreSQL (a table lock that readers wait for), whatever ``--db`` says.
 """
