@@ -178,16 +178,21 @@ class ServerProcess:
 
 
 def start_server(
-    config: Path, port: int, env: dict[str, str] | None = None, timeout: float = 30.0
+    config: Path,
+    port: int,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    output: int | None = None,
 ) -> ServerProcess:
     """``jitvault server --config FILE --port PORT`` in the background; waits (bounded by
     ``timeout``) until it answers. RuntimeError with the end of its log if it exits first or
-    does not answer in time."""
+    does not answer in time. Its output (standard output and error) goes to its log file, or
+    to the file descriptor ``output`` (the log file then stays empty)."""
     log = config.parent / f"server-{port}.log"
     fh = log.open("ab")
     proc = subprocess.Popen(
         [JITVAULT, "server", "--config", str(config), "--port", str(port)],
-        stdout=fh,
+        stdout=fh if output is None else output,
         stderr=subprocess.STDOUT,
         env=env or cli_env(),
         start_new_session=True,

@@ -168,15 +168,17 @@ def server_world(
     tmp: Path,
     user: str,
     server_env: dict[str, str] | None = None,
+    output: int | None = None,
     **extra: Any,
 ) -> Iterator[W]:
     """A data directory on a scratch store of ``db_kind`` (``data_dir_on_free_ports``), the
-    server running (in ``server_env``, else the tests' own without ``JITVAULT_*``), and
-    requester ``user``: a ``kind`` world with ``extra`` fields. The server stops afterwards."""
+    server running (in ``server_env``, else the tests' own without ``JITVAULT_*``; its output
+    to ``output``, see ``start_server``), and requester ``user``: a ``kind`` world with
+    ``extra`` fields. The server stops afterwards."""
     with scratch_database(db_kind, tmp) as database_url:
         data = data_dir_on_free_ports(tmp, database_url)
         config, pg_port, ssh_port = data.config, data.pg_port, data.ssh_port
-        server = start_server(config, data.api_port, server_env)
+        server = start_server(config, data.api_port, server_env, output=output)
         try:
             admin_env = cli_env(server.addr, data.token)
             user_env = add_requester(admin_env, server.addr, user)

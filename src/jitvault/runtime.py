@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 import resource
+import signal
 import sys
 import threading
 
@@ -17,18 +18,33 @@ from jitvault.api import create_app
 from jitvault.config import Settings
 from jitvault.errors import JitvaultError
 from jitvault.lifecycle import Worker
+from jitvault.logoutput import LogOutput
 from jitvault.proxy import ProxyServer
 from jitvault.services import Node
 
 log = logging.getLogger("jitvault")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+#: the server's log lines (on standard error)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> LogOutput:
+    """Log at ``level`` and above to standard error, written by a thread of its own
+    (:class:`~jitvault.logoutput.LogOutput`: no thread waits for the log's reader)."""
+    target = logging.StreamHandler(sys.stderr)
+    target.setFormatter(logging.Formatter(LOG_FORMAT))
+    output = LogOutput(target)
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    root.addHandler(output)
+    return output
+
+
+def flush_logs() -> None:
+    """Write what the log holds (each handler's flush is bounded: see LogOutput.flush)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
 
 
 def open_node(settings: Settings) -> Node:
@@ -80,6 +96,21 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def write_logs_at_sigterm() -> None:
+    """SIGTERM still ends the process as a signal, once the log is written: no exit handler
+    runs at a signal's default action, and uvicorn, once it has shut down at a SIGTERM, raises
+    it again with the handler it found (this one) in place. From the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def flush_then_end(signum: int, _frame: object) -> None:
+        flush_logs()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, flush_then_end)
+
+
 def serve(node: Node) -> None:
     """Run the API, the proxies and the background worker until interrupted. Raises
     Unavailable, having closed the node, when the proxies cannot start."""
@@ -112,12 +143,14 @@ def serve(node: Node) -> None:
     # uvicorn.run returns
     app = create_app(node, on_shutdown=stop)
     tune_garbage_collector()
+    write_logs_at_sigterm()
     try:
         uvicorn.run(
             app,
             host=cfg.listen,
             port=cfg.api_port,
             log_level=node.settings.log_level.lower(),
+            log_config=None,  # its lines go through the root logger's output, as ours do
             access_log=False,
             server_header=False,
         )
@@ -127,8 +160,10 @@ def serve(node: Node) -> None:
 
 __all__ = [
     "configure_logging",
+    "flush_logs",
     "open_node",
     "raise_open_files_limit",
     "serve",
     "tune_garbage_collector",
+    "write_logs_at_sigterm",
 ]

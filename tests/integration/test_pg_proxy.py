@@ -76,18 +76,27 @@ def proxy_world(
     policy: str,
     relay: str = "native",
     settings: dict[str, str] | None = None,
+    output: int | None = None,
 ) -> Iterator[ProxyWorld]:
     """A server on a scratch store of ``db_kind`` with ``cluster`` registered as ``TARGET``
     (and as ``TLS_TARGET``), ``policy`` applied and the proxy listening; alice requests;
     ``relay``: ``python`` for a server whose sessions all stay in the Python relay
     (``JITVAULT_PG_NATIVE_RELAY=0``, :data:`RELAYS`); ``settings``: more of the server's
-    environment (``JITVAULT_SERVER__...``)."""
+    environment (``JITVAULT_SERVER__...``); ``output``: where the server's output goes (a file
+    descriptor; its log file by default)."""
     env = dict(settings or {})
     if relay == "python":
         env["JITVAULT_PG_NATIVE_RELAY"] = "0"
     server_env = cli_env(**env) if env else None
     with server_world(
-        ProxyWorld, db_kind, tmp, "alice", server_env=server_env, cluster=cluster, relay=relay
+        ProxyWorld,
+        db_kind,
+        tmp,
+        "alice",
+        server_env=server_env,
+        output=output,
+        cluster=cluster,
+        relay=relay,
     ) as w:
         add_cluster_target(cluster, TARGET, w.admin_env)
         add_cluster_target(cluster, TLS_TARGET, w.admin_env, sslmode="require")
@@ -908,12 +917,14 @@ def _thread_names(pid: int) -> list[str]:
 
 def test_the_servers_threads_carry_names_that_top_and_perf_show(world: ProxyWorld) -> None:
     """Operators tell the relay, the proxy's loop and its blocking calls, the recorder, the
-    watcher and the worker apart in ``top -H``, ``perf`` and ``/proc`` by their OS-level
-    names; a thread the loop starts does not pass for the loop."""
+    watcher, the worker and the log's writer apart in ``top -H``, ``perf`` and ``/proc`` by
+    their OS-level names; a thread the loop starts does not pass for the loop."""
     access = _access(world)
     info = _connect_info(world, access)
     pid = world.server.proc.pid
-    wanted = {"jv-pg-relay", "jv-proxy", "jv-proxy-io", "jv-recorder", "jv-watcher", "jv-worker"}
+    wanted = {
+        "jv-pg-relay", "jv-proxy", "jv-proxy-io", "jv-recorder", "jv-watcher", "jv-worker", "jv-log"
+    }  # fmt: skip
     with _psycopg(info, sslmode="disable") as conn:
         conn.execute("SELECT 1")
         until(f"threads named {sorted(wanted)}", lambda: wanted <= set(_thread_names(pid)))
