@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import select
+import signal
 import termios
 import threading
 import time
@@ -30,6 +31,7 @@ from tests.integration.test_pg_proxy import (
 )
 from tests.integration.test_pg_proxy_flood import _Queries
 from tests.pgcluster import PgCluster
+from tests.world import ServerWorld, server_world
 
 #: Linux's fcntl for a pipe's size (not in Python 3.11's fcntl module)
 F_SETPIPE_SZ = 1031
@@ -132,3 +134,15 @@ def test_logins_and_a_revoke_go_on_while_nothing_reads_the_servers_log(
     # what was logged meanwhile is written once the output takes lines again
     stalled.resume()
     stalled.wait_for(f"postgres proxy: session {session_id} cut (access grant revoked")
+
+
+def test_a_server_stopped_by_sigterm_writes_its_last_log_lines(
+    db_kind: str, tmp_path: Path
+) -> None:
+    """The lines logged as it stops are written before the signal ends the process: uvicorn's
+    last one comes after the app's shutdown, right before it raises the SIGTERM again."""
+    with server_world(ServerWorld, db_kind, tmp_path, "alice") as w:
+        pass  # the server stops here (SIGTERM)
+    assert w.server.proc.returncode == -signal.SIGTERM  # still ended by the signal
+    last = w.server.log.read_text(errors="replace").splitlines()[-1]
+    assert last.endswith(f"INFO uvicorn.error: Finished server process [{w.server.proc.pid}]")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -155,3 +158,32 @@ def test_close_on_an_output_that_stays_blocked_is_bounded(gate: _Gate) -> None:
     started = time.monotonic()
     output.close()
     assert time.monotonic() - started < FLUSH_SECONDS + 1
+
+
+_SIGTERM_CHILD = """
+import logging, os, signal
+from jitvault import runtime
+runtime.configure_logging("info")
+runtime.write_logs_at_sigterm()
+for i in range({lines}):
+    logging.getLogger("child").info("line %d", i)
+os.kill(os.getpid(), signal.SIGTERM)
+signal.pause()
+"""
+
+
+def test_sigterm_ends_the_process_once_what_waits_is_written() -> None:
+    """As the server ends at a SIGTERM: no exit handler runs at a signal's default action, so
+    without the handler most of the queue would be lost."""
+    lines = 5_000
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGTERM_CHILD.format(lines=lines)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr[-2000:]
+    written = [line for line in done.stderr.splitlines() if " INFO child: line " in line]
+    assert len(written) == lines
+    assert written[-1].endswith(f"INFO child: line {lines - 1}")
