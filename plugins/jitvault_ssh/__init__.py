@@ -8,8 +8,18 @@ relay, recording) in :mod:`.frontend`.
 from __future__ import annotations
 
 import functools
+import warnings
 from datetime import datetime
 from typing import Any
+
+with warnings.catch_warnings():
+    # asyncssh (2.24) names cryptography's DSA types as it is imported, and cryptography 51
+    # warns at each of those names that DSA is deprecated: five warnings on standard error from
+    # every process that loads this plugin (the server, the CLI). jitvault neither makes nor
+    # accepts DSA keys (crypto/ssh_public_keys.py refuses ssh-dss), so they say nothing to a
+    # user; only those are silenced, and only while asyncssh loads.
+    warnings.filterwarnings("ignore", message="DSA is deprecated", category=UserWarning)
+    import asyncssh  # noqa: F401
 
 from jitvault.domain import SecretKind, Sensitive
 from jitvault.errors import ValidationError
